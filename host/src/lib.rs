@@ -1,1 +1,18 @@
+//! The usage-agent host: runs DWDI usage backends as sandboxed WebAssembly components
+//! and reports what they measure to Waldur.
+//!
+//! - [`config`]: the waldur-site-agent YAML, read unchanged.
+//! - [`runtime`]: wasmtime, one fresh instance per component call.
+//! - [`egress`]: the only way out of the sandbox: allow-list, OIDC, proxies, TLS.
+//! - [`backends`]: which component serves which offering.
+//! - [`period`], [`amount`]: billing months and two-decimal amounts.
+//! - [`cli`]: the `usage-agent` commands.
 
+pub mod amount;
+pub mod backends;
+pub mod builtin;
+pub mod cli;
+pub mod config;
+pub mod egress;
+pub mod period;
+pub mod runtime;

@@ -1,1 +1,32 @@
-fn main() {}
+//! `usage-agent`: see `usage_agent::cli`.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use usage_agent::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("usage-agent: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match runtime.block_on(cli::run(cli, &mut stdout)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // A closed pipe (`usage-agent usage | head`) is not a failure.
+            if error.chain().any(|cause| {
+                cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("usage-agent: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `usage-agent usage`: the operator's dry run. It asks the backend for usage exactly
+//! as a report cycle would and prints it, submitting nothing.
+
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use super::ConfigArg;
+use crate::amount::Cents;
+use crate::backends::{Backends, prepare_offering};
+use crate::config::{AgentConfig, OfferingConfig};
+use crate::period::{self, Month};
+use crate::runtime::{Runtime, wit};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Only this offering (its `name` or `waldur_offering_uuid`); default: all.
+    #[arg(long, value_name = "NAME")]
+    pub offering: Option<String>,
+    /// Billing month; default: the current month in the config's time zone.
+    #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
+    pub month: Option<String>,
+    /// First day of a daily report (with --to).
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "to")]
+    pub from: Option<String>,
+    /// Last day of a daily report (with --from).
+    #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
+    pub to: Option<String>,
+    /// A resource backend id to report (repeatable); `ID@cluster` sets its cluster.
+    #[arg(long = "resource", value_name = "ID")]
+    pub resources: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The usage of one offering, as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct OfferingUsage {
+    pub offering: String,
+    pub backend_type: String,
+    pub period: String,
+    pub upstream_requests: u32,
+    pub resources: Vec<ResourceLine>,
+}
+
+/// One resource's usage, rounded as Waldur would store it.
+#[derive(Debug, Serialize)]
+pub(crate) struct ResourceLine {
+    pub backend_id: String,
+    pub found: bool,
+    pub totals: Vec<(String, String)>,
+    pub users: Vec<(String, Vec<(String, String)>)>,
+}
+
+/// The period a usage command asks for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Period {
+    Month(Month),
+    Days(jiff::civil::Date, jiff::civil::Date),
+}
+
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Month(month) => write!(f, "{month}"),
+            Period::Days(first, last) => write!(f, "{first}..{last}"),
+        }
+    }
+}
+
+pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let config = AgentConfig::load(&args.config.config)?;
+    let tz = period::time_zone(config.timezone.as_deref())?;
+    let period = match (&args.month, &args.from, &args.to) {
+        (Some(month), _, _) => Period::Month(Month::parse(month).map_err(|e| anyhow::anyhow!("--month: {e}"))?),
+        (None, Some(from), Some(to)) => {
+            let first = period::parse_date(from).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+            let last = period::parse_date(to).map_err(|e| anyhow::anyhow!("--to: {e}"))?;
+            if first > last {
+                bail!("--from {first} is after --to {last}");
+            }
+            Period::Days(first, last)
+        }
+        _ => Period::Month(Month::containing(jiff::Timestamp::now(), &tz)),
+    };
+    let selected: Vec<(usize, &OfferingConfig)> = match &args.offering {
+        Some(key) => vec![config.find_offering(key)?],
+        None => config.offerings().collect(),
+    };
+    let resources = explicit_resources(&args.resources);
+    let printed = collect(&config, &selected, period, |_, _| resources.clone()).await?;
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &printed)?;
+        writeln!(out)?;
+    } else {
+        write_table(out, &printed)?;
+    }
+    Ok(())
+}
+
+/// Asks each selected offering's backend for the usage of the resources `pick` names.
+pub(crate) async fn collect(
+    config: &AgentConfig,
+    selected: &[(usize, &OfferingConfig)],
+    period: Period,
+    pick: impl Fn(usize, &OfferingConfig) -> Vec<wit::WaldurResource>,
+) -> Result<Vec<OfferingUsage>> {
+    let backends = Backends::new(Runtime::new()?);
+    backends.load_builtins_for(config).await?;
+    let mut printed = Vec::new();
+    for &(index, offering) in selected {
+        let name = offering.display_name(index);
+        let backend = prepare_offering(&backends, index, offering).await?;
+        let resources = pick(index, offering);
+        if resources.is_empty() {
+            bail!("offerings[{index}] ({name}): no resources: pass --resource ID (repeatable)");
+        }
+        let report = fetch(&backend, resources, period)
+            .await
+            .map_err(|e| anyhow::anyhow!("offerings[{index}] ({name}): {e}"))?;
+        printed.push(offering_usage(&name, offering, period, &report)?);
+    }
+    Ok(printed)
+}
+
+/// Asks the backend for a month or a range of days.
+pub(crate) async fn fetch(
+    backend: &crate::runtime::OfferingBackend,
+    resources: Vec<wit::WaldurResource>,
+    period: Period,
+) -> Result<wit::Report, crate::runtime::CallError> {
+    match period {
+        Period::Month(month) => backend.usage_report(resources, billing_period(month)).await,
+        Period::Days(first, last) => backend.daily_report(resources, wit_date(first), wit_date(last)).await,
+    }
+}
+
+/// The WIT form of a month.
+pub(crate) fn billing_period(month: Month) -> wit::BillingPeriod {
+    wit::BillingPeriod { year: month.year as u16, month: month.month as u8 }
+}
+
+fn wit_date(date: jiff::civil::Date) -> wit::Date {
+    wit::Date { year: date.year() as u16, month: date.month() as u8, day: date.day() as u8 }
+}
+
+/// `ID` or `ID@cluster` arguments as WIT resources.
+pub(crate) fn explicit_resources(args: &[String]) -> Vec<wit::WaldurResource> {
+    args.iter()
+        .map(|arg| match arg.rsplit_once('@') {
+            Some((id, cluster)) if !cluster.is_empty() && !cluster.contains('/') => {
+                wit::WaldurResource { backend_id: id.to_owned(), cluster: Some(cluster.to_ascii_lowercase()) }
+            }
+            _ => wit::WaldurResource { backend_id: arg.clone(), cluster: None },
+        })
+        .collect()
+}
+
+/// Rounds a report for printing; a value that cannot be an amount is an error.
+pub(crate) fn offering_usage(name: &str, offering: &OfferingConfig, period: Period, report: &wit::Report) -> Result<OfferingUsage> {
+    let round = |amount: &wit::Amount| -> Result<(String, String)> {
+        let cents = Cents::round(amount.value)
+            .ok_or_else(|| anyhow::anyhow!("component {}: value {} is not an amount", amount.component, amount.value))?;
+        Ok((amount.component.clone(), cents.to_string()))
+    };
+    let resources = report
+        .resources
+        .iter()
+        .map(|r| {
+            Ok(ResourceLine {
+                backend_id: r.backend_id.clone(),
+                found: r.found,
+                totals: r.totals.iter().map(round).collect::<Result<_>>()?,
+                users: r
+                    .users
+                    .iter()
+                    .map(|u| Ok((u.username.clone(), u.amounts.iter().map(round).collect::<Result<_>>()?)))
+                    .collect::<Result<_>>()?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(OfferingUsage {
+        offering: name.to_owned(),
+        backend_type: offering.usage_backend().unwrap_or_default().to_owned(),
+        period: period.to_string(),
+        upstream_requests: report.upstream_requests,
+        resources,
+    })
+}
+
+/// A plain aligned table: one line per resource and component.
+pub(crate) fn write_table(out: &mut (dyn Write + Send), usages: &[OfferingUsage]) -> Result<()> {
+    let mut rows = vec![["OFFERING", "PERIOD", "RESOURCE", "COMPONENT", "AMOUNT", "USERS"].map(String::from)];
+    for usage in usages {
+        for resource in &usage.resources {
+            for (component, amount) in &resource.totals {
+                let users = resource.users.iter().filter(|(_, amounts)| amounts.iter().any(|(c, _)| c == component)).count();
+                let shown = if resource.found { amount.clone() } else { format!("{amount} (no data)") };
+                rows.push([
+                    usage.offering.clone(),
+                    usage.period.clone(),
+                    resource.backend_id.clone(),
+                    component.clone(),
+                    shown,
+                    users.to_string(),
+                ]);
+            }
+        }
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i == 4 {
+                line.push_str(&format!("{cell:>width$}  "));
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! The agent configuration: waldur-site-agent's YAML, read unchanged.
+//!
+//! Sites already have this file for the Python agent, so every key it may carry is
+//! accepted (unknown keys are ignored, as the Python agent does) and the keys this
+//! host adds are optional. Loading checks shapes and host-owned settings (credentials,
+//! proxy, time zone); backend-specific settings are checked by the component's own
+//! `setup`, whose errors the runtime prefixes with the offering's path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// Settings keys the host keeps to itself: they never reach a component.
+pub const HOST_ONLY_SETTINGS: &[&str] = &[
+    "cscs_dwdi_client_id",
+    "cscs_dwdi_client_secret",
+    "cscs_dwdi_oidc_token_url",
+    "cscs_dwdi_oidc_scope",
+    "cscs_dwdi_oidc_auth_method",
+    "socks_proxy",
+    "ca_bundle",
+];
+
+/// A string that must never be shown: its `Debug` and `Display` print `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AgentConfig {
+    /// IANA time zone for billing periods (waldur-site-agent's `timezone`); UTC when absent.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Months to report each cycle: 1 = current, 2 = current and previous.
+    #[serde(default = "default_reporting_periods")]
+    pub reporting_periods: u32,
+    /// Folder with `<backend_type>.wasm` files that replace the built-in components.
+    #[serde(default)]
+    pub plugins_dir: Option<PathBuf>,
+    pub offerings: Vec<OfferingConfig>,
+}
+
+fn default_reporting_periods() -> u32 {
+    2
+}
+
+/// One entry of `offerings`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OfferingConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub waldur_api_url: Option<String>,
+    #[serde(default)]
+    pub waldur_api_token: Option<Secret>,
+    #[serde(default = "default_true")]
+    pub verify_ssl: bool,
+    #[serde(default)]
+    pub waldur_offering_uuid: Option<String>,
+    #[serde(default)]
+    pub backend_type: Option<String>,
+    #[serde(default)]
+    pub reporting_backend: Option<String>,
+    #[serde(default)]
+    pub backend_settings: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    pub backend_components: IndexMap<String, ComponentConfig>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One entry of `backend_components`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ComponentConfig {
+    #[serde(default)]
+    pub measured_unit: String,
+    #[serde(default = "default_factor")]
+    pub unit_factor: f64,
+    #[serde(default)]
+    pub unit_factor_reporting: Option<f64>,
+    #[serde(default = "default_accounting_type")]
+    pub accounting_type: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub dwdi_metric: Option<String>,
+}
+
+fn default_factor() -> f64 {
+    1.0
+}
+
+fn default_accounting_type() -> String {
+    "usage".to_owned()
+}
+
+/// How the host authenticates to the OIDC token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (the default).
+    Form,
+    /// HTTP Basic with `client_id:client_secret`.
+    Basic,
+}
+
+/// The host-owned part of an offering's `backend_settings`.
+#[derive(Debug, Clone)]
+pub struct DwdiAccess {
+    pub api_url: url::Url,
+    pub token_url: url::Url,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scope: String,
+    pub client_auth: ClientAuth,
+    pub proxy: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and checks YAML text.
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: AgentConfig = serde_yaml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.offerings.is_empty() {
+            bail!("offerings: the list is empty");
+        }
+        if self.reporting_periods == 0 {
+            bail!("reporting_periods: must be at least 1");
+        }
+        if let Some(tz) = &self.timezone {
+            jiff::tz::TimeZone::get(tz)
+                .map_err(|e| anyhow::anyhow!("timezone: unknown time zone {tz:?}: {e}"))?;
+        }
+        for (index, offering) in self.offerings.iter().enumerate() {
+            offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The offerings, with their index in the file.
+    pub fn offerings(&self) -> impl Iterator<Item = (usize, &OfferingConfig)> {
+        self.offerings.iter().enumerate()
+    }
+
+    /// Finds an offering by name, or by UUID.
+    pub fn find_offering(&self, key: &str) -> Result<(usize, &OfferingConfig)> {
+        self.offerings()
+            .find(|(_, o)| {
+                o.name.as_deref() == Some(key) || o.waldur_offering_uuid.as_deref() == Some(key)
+            })
+            .ok_or_else(|| {
+                let known: Vec<String> = self.offerings().map(|(i, o)| o.display_name(i)).collect();
+                anyhow::anyhow!("no offering named {key:?} in the config (offerings: {})", known.join(", "))
+            })
+    }
+}
+
+impl OfferingConfig {
+    /// The backend type that serves usage reports: `reporting_backend`, else `backend_type`.
+    pub fn usage_backend(&self) -> Option<&str> {
+        self.reporting_backend.as_deref().or(self.backend_type.as_deref())
+    }
+
+    /// A name for messages: the `name`, else its position.
+    pub fn display_name(&self, index: usize) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => format!("offerings[{index}]"),
+        }
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.usage_backend().is_none() {
+            return Err("backend_type: missing (or set reporting_backend)".to_owned());
+        }
+        if self.backend_components.is_empty() {
+            return Err("backend_components: no component configured".to_owned());
+        }
+        for (name, component) in &self.backend_components {
+            let finite = |v: f64| v.is_finite();
+            if !finite(component.unit_factor) {
+                return Err(format!("backend_components.{name}.unit_factor: must be a finite number"));
+            }
+            if component.unit_factor_reporting.is_some_and(|v| !finite(v)) {
+                return Err(format!(
+                    "backend_components.{name}.unit_factor_reporting: must be a finite number"
+                ));
+            }
+        }
+        if let Some(url) = &self.waldur_api_url {
+            parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
+        }
+        self.dwdi_access().map(|_| ())
+    }
+
+    /// The DWDI endpoint, credentials and network settings; errors name the key.
+    pub fn dwdi_access(&self) -> std::result::Result<DwdiAccess, String> {
+        let settings = &self.backend_settings;
+        let text = |key: &str| -> std::result::Result<Option<String>, String> {
+            match settings.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) if s.trim().is_empty() => {
+                    Err(format!("backend_settings.{key}: empty"))
+                }
+                Some(serde_json::Value::String(s)) => Ok(Some(s.trim().to_owned())),
+                Some(_) => Err(format!("backend_settings.{key}: must be a string")),
+            }
+        };
+        let required = |key: &str| -> std::result::Result<String, String> {
+            text(key)?.ok_or_else(|| format!("backend_settings.{key}: missing"))
+        };
+        let api_url = parse_http_url(&required("cscs_dwdi_api_url")?)
+            .map_err(|e| format!("backend_settings.cscs_dwdi_api_url: {e}"))?;
+        let client_id = required("cscs_dwdi_client_id")?;
+        let client_secret = Secret::new(required("cscs_dwdi_client_secret")?);
+        let token_url = parse_http_url(&required("cscs_dwdi_oidc_token_url")?)
+            .map_err(|e| format!("backend_settings.cscs_dwdi_oidc_token_url: {e}"))?;
+        let scope = text("cscs_dwdi_oidc_scope")?.unwrap_or_else(|| "openid".to_owned());
+        let client_auth = match text("cscs_dwdi_oidc_auth_method")?.as_deref() {
+            None | Some("client_secret_post") | Some("form") => ClientAuth::Form,
+            Some("client_secret_basic") | Some("basic") => ClientAuth::Basic,
+            Some(other) => {
+                return Err(format!(
+                    "backend_settings.cscs_dwdi_oidc_auth_method: {other:?} is not one of \
+                     client_secret_post, client_secret_basic"
+                ));
+            }
+        };
+        let proxy = text("socks_proxy")?;
+        let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
+        Ok(DwdiAccess { api_url, token_url, client_id, client_secret, scope, client_auth, proxy, ca_bundle })
+    }
+
+    /// `backend_settings` without the host-only keys, as JSON for the component.
+    pub fn component_settings_json(&self) -> String {
+        let visible: BTreeMap<&String, &serde_json::Value> = self
+            .backend_settings
+            .iter()
+            .filter(|(key, _)| !HOST_ONLY_SETTINGS.contains(&key.as_str()) && !looks_secret(key))
+            .collect();
+        serde_json::to_string(&visible).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// Keys a site may add that are secret by their name.
+fn looks_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token"].iter().any(|word| key.contains(word))
+}
+
+fn parse_http_url(text: &str) -> std::result::Result<url::Url, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host_str().is_some() => Ok(url),
+        "http" | "https" => Err(format!("{text:?} has no host")),
+        other => Err(format!("{text:?}: scheme {other:?} is not http or https")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+offerings:
+  - name: compute
+    backend_type: cscs-dwdi-compute
+    backend_settings:
+      cscs_dwdi_api_url: "https://dwdi.example/api/v1"
+      cscs_dwdi_client_id: id
+      cscs_dwdi_client_secret: s3cret
+      cscs_dwdi_oidc_token_url: "https://auth.example/token"
+      socks_proxy: "socks5://localhost:12345"
+      storage_tenant: cscs
+    backend_components:
+      nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}
+"#;
+
+    #[test]
+    fn defaults_and_host_only_keys() -> Result<()> {
+        let config = AgentConfig::parse(MINIMAL)?;
+        assert_eq!(config.reporting_periods, 2);
+        let offering = &config.offerings[0];
+        assert!(offering.verify_ssl);
+        let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
+        assert_eq!(access.scope, "openid");
+        assert_eq!(access.client_auth, ClientAuth::Form);
+        assert_eq!(access.proxy.as_deref(), Some("socks5://localhost:12345"));
+        let json = offering.component_settings_json();
+        assert!(json.contains("cscs_dwdi_api_url"));
+        assert!(json.contains("storage_tenant"));
+        assert!(!json.contains("s3cret"), "{json}");
+        assert!(!json.contains("socks5"), "{json}");
+        assert!(!json.contains("cscs_dwdi_client_id"), "{json}");
+        Ok(())
+    }
+
+    #[test]
+    fn missing_secret_names_offering_and_key() {
+        let text = MINIMAL.replace("      cscs_dwdi_client_secret: s3cret\n", "");
+        let err = AgentConfig::parse(&text).map(|_| ()).unwrap_err();
+        assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
+    }
+
+    #[test]
+    fn wrong_types_are_located() {
+        let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
+        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        assert!(err.contains("offerings[0].backend_components.nodeHours.unit_factor"), "{err}");
+    }
+
+    #[test]
+    fn bad_timezone_and_scheme() {
+        let text = format!("timezone: Mars/Olympus\n{MINIMAL}");
+        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        assert!(err.starts_with("timezone: unknown time zone \"Mars/Olympus\""), "{err}");
+        let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
+        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
+    }
+
+    #[test]
+    fn secret_is_hidden_in_debug() -> Result<()> {
+        let config = AgentConfig::parse(MINIMAL)?;
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"));
+        let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+        assert!(!format!("{access:?}").contains("s3cret"));
+        Ok(())
+    }
+}

@@ -1,0 +1,527 @@
+//! Outbound HTTP for components: the only door out of the sandbox.
+//!
+//! Every `wasi:http` request a component makes arrives at [`ComponentHooks::send_request`].
+//! In order, the host: checks the destination against the allow-list (the scheme, host
+//! and port of `cscs_dwdi_api_url`), attaches the bearer token, sends it through the
+//! proxy with TLS and timeouts, retries what is safe to retry, and caps the answer.
+//! The component sees none of the credentials, the proxy or the token.
+
+pub mod connect;
+pub mod oidc;
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, COOKIE, HeaderName, PROXY_AUTHORIZATION};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks};
+
+use crate::config::{DwdiAccess, OfferingConfig};
+use connect::{Connector, Proxy};
+use oidc::TokenSource;
+
+/// The pooled HTTP/1.1 client every outbound request of an offering goes through.
+pub type HttpClient = Client<Connector, WasiBody>;
+
+/// A body made of one buffer.
+pub fn full_body(bytes: Bytes) -> WasiBody {
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Timeouts, retries and size caps of outbound requests; each has a setting.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `connect_timeout_seconds`: TCP, proxy handshake and TLS, each.
+    pub connect: Duration,
+    /// `first_byte_timeout_seconds`: from sending to the answer's head.
+    pub first_byte: Duration,
+    /// `request_timeout_seconds`: from sending to the last byte of the answer.
+    pub request: Duration,
+    /// `max_response_bytes`: a larger answer is cut off with an error.
+    pub max_response_bytes: u64,
+    /// `max_retries`: retries of a GET after a connection error or a 502/503/504.
+    pub max_retries: u32,
+    /// First back-off; doubles each retry, with jitter.
+    pub backoff: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(120),
+            request: Duration::from_secs(300),
+            max_response_bytes: 256 * 1024 * 1024,
+            max_retries: 3,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Limits {
+    /// Reads the optional limit settings of an offering; errors name the key.
+    pub fn from_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let mut limits = Self::default();
+        let seconds = |key: &str, slot: &mut Duration| -> Result<(), String> {
+            if let Some(value) = settings.get(key) {
+                let secs = value
+                    .as_f64()
+                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
+                    .ok_or_else(|| format!("backend_settings.{key}: must be a number of seconds between 0 and 86400"))?;
+                *slot = Duration::from_secs_f64(secs);
+            }
+            Ok(())
+        };
+        seconds("connect_timeout_seconds", &mut limits.connect)?;
+        seconds("first_byte_timeout_seconds", &mut limits.first_byte)?;
+        seconds("request_timeout_seconds", &mut limits.request)?;
+        if let Some(value) = settings.get("max_response_bytes") {
+            limits.max_response_bytes = value
+                .as_u64()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "backend_settings.max_response_bytes: must be a positive integer".to_owned())?;
+        }
+        if let Some(value) = settings.get("max_retries") {
+            limits.max_retries = value
+                .as_u64()
+                .filter(|n| *n <= 10)
+                .map(|n| n as u32)
+                .ok_or_else(|| "backend_settings.max_retries: must be an integer from 0 to 10".to_owned())?;
+        }
+        Ok(limits)
+    }
+}
+
+/// Counters of one offering's egress, for summaries and metrics.
+#[derive(Debug, Default)]
+pub struct EgressStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub denied: AtomicU64,
+    pub unauthorized_retries: AtomicU64,
+}
+
+/// The allowed destination: scheme, host and port of the API URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Destination {
+    fn of_url(url: &url::Url) -> Option<Self> {
+        Some(Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    fn of_uri(uri: &http::Uri) -> Option<Self> {
+        let scheme = uri.scheme_str()?.to_owned();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        Some(Self {
+            host: uri.host()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(default_port),
+            scheme,
+        })
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Outbound access of one offering: allow-list, token, client, limits.
+pub struct Egress {
+    offering: String,
+    allowed: Destination,
+    client: HttpClient,
+    connector: Connector,
+    tokens: Arc<TokenSource>,
+    limits: Limits,
+    stats: EgressStats,
+    denied_logged: Mutex<HashSet<(String, String)>>,
+}
+
+impl Egress {
+    /// Builds the egress of one offering from its host-owned settings.
+    pub fn new(offering_name: &str, offering: &OfferingConfig) -> Result<Arc<Self>> {
+        let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
+        let limits = Limits::from_settings(&offering.backend_settings).map_err(anyhow::Error::msg)?;
+        Self::with_access(offering_name, &access, limits)
+    }
+
+    /// Builds an egress from already-parsed settings.
+    pub fn with_access(offering_name: &str, access: &DwdiAccess, limits: Limits) -> Result<Arc<Self>> {
+        let proxy = access
+            .proxy
+            .as_deref()
+            .map(Proxy::parse)
+            .transpose()
+            .context("backend_settings.socks_proxy")?;
+        let tls = connect::tls_config(access.ca_bundle.as_deref()).context("backend_settings.ca_bundle")?;
+        let connector = Connector::new(proxy, tls, limits.connect);
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(16)
+            .build(connector.clone());
+        let allowed = Destination::of_url(&access.api_url)
+            .context("backend_settings.cscs_dwdi_api_url: no host or port")?;
+        let tokens = TokenSource::new(access, client.clone(), limits.first_byte);
+        Ok(Arc::new(Self {
+            offering: offering_name.to_owned(),
+            allowed,
+            client,
+            connector,
+            tokens,
+            limits,
+            stats: EgressStats::default(),
+            denied_logged: Mutex::new(HashSet::new()),
+        }))
+    }
+
+    pub fn stats(&self) -> &EgressStats {
+        &self.stats
+    }
+
+    pub fn tokens(&self) -> &TokenSource {
+        &self.tokens
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Sends a GET to `url` with the bearer token (used by `ping`, not by components).
+    pub async fn get(&self, url: &str) -> Result<http::Response<WasiBody>, SendError> {
+        let uri: http::Uri = url.parse().map_err(|e| SendError::Refused(format!("bad URL {url}: {e}")))?;
+        let parts = RequestHead {
+            method: http::Method::GET,
+            uri,
+            headers: http::HeaderMap::new(),
+        };
+        self.send_with_token(parts, Bytes::new()).await
+    }
+
+    /// The component's request, checked, authorised and sent.
+    async fn send_for(&self, component: &str, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, SendError> {
+        let (parts, body) = request.into_parts();
+        let destination = Destination::of_uri(&parts.uri);
+        if destination.as_ref() != Some(&self.allowed) {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            let shown = destination.map(|d| d.to_string()).unwrap_or_else(|| parts.uri.to_string());
+            let first = self
+                .denied_logged
+                .lock()
+                .map(|mut seen| seen.insert((component.to_owned(), shown.clone())))
+                .unwrap_or(true);
+            if first {
+                tracing::warn!(
+                    offering = %self.offering, component, destination = %shown, allowed = %self.allowed,
+                    "egress denied: the component may reach only its cscs_dwdi_api_url"
+                );
+            }
+            return Err(SendError::Denied(shown));
+        }
+        if let Some(name) = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].iter().find(|h| parts.headers.contains_key(*h)) {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(offering = %self.offering, component, header = %name, "egress denied: components may not set credentials");
+            return Err(SendError::Denied(format!("header {name}")));
+        }
+        // Components send GETs; a body is buffered (bounded) so a retry can resend it.
+        let body = http_body_util::Limited::new(body, 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| SendError::Refused(format!("request body: {e}")))?
+            .to_bytes();
+        let head = RequestHead { method: parts.method, uri: parts.uri, headers: parts.headers };
+        self.send_with_token(head, body).await
+    }
+
+    /// Sends with the bearer token; a 401 gets one retry with a fresh token, and
+    /// idempotent requests are retried on connection errors and 502/503/504.
+    async fn send_with_token(&self, head: RequestHead, body: Bytes) -> Result<http::Response<WasiBody>, SendError> {
+        let idempotent = matches!(head.method, http::Method::GET | http::Method::HEAD);
+        let mut attempt = 0u32;
+        let mut refreshed = false;
+        loop {
+            let token = self.tokens.bearer().await.map_err(SendError::Token)?;
+            let mut request = http::Request::builder().method(head.method.clone()).uri(head.uri.clone());
+            for (name, value) in &head.headers {
+                request = request.header(name, value);
+            }
+            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
+            if let Some(value) = self.connector.http_proxy_authorization()
+                && head.uri.scheme_str() == Some("http")
+            {
+                request = request.header(PROXY_AUTHORIZATION, value);
+            }
+            let request = request
+                .body(full_body(body.clone()))
+                .map_err(|e| SendError::Refused(e.to_string()))?;
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(self.limits.first_byte, self.client.request(request)).await;
+            let retry_reason = match outcome {
+                Err(_) => {
+                    if !idempotent || attempt >= self.limits.max_retries {
+                        return Err(SendError::Timeout(format!(
+                            "no answer from {} within {:?}", strip_query(&head.uri), self.limits.first_byte
+                        )));
+                    }
+                    "first-byte timeout".to_owned()
+                }
+                Ok(Err(error)) => {
+                    let message = error_chain(&error);
+                    if !idempotent || attempt >= self.limits.max_retries || !error.is_connect() {
+                        return Err(SendError::Connect { message, tls: message_is_tls(&error_chain(&error)) });
+                    }
+                    message
+                }
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    if status == 401 && !refreshed {
+                        // The token may have been revoked or expired early: one fresh try.
+                        refreshed = true;
+                        self.stats.unauthorized_retries.fetch_add(1, Ordering::Relaxed);
+                        self.tokens.invalidate(&token).await;
+                        continue;
+                    }
+                    if idempotent && matches!(status, 502..=504) && attempt < self.limits.max_retries {
+                        format!("HTTP {status}")
+                    } else {
+                        let deadline = started + self.limits.request;
+                        return Ok(response.map(|body| {
+                            GuardedBody::new(body, self.limits.max_response_bytes, deadline).boxed_unsync()
+                        }));
+                    }
+                }
+            };
+            attempt += 1;
+            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+            let pause = backoff(self.limits.backoff, attempt);
+            tracing::info!(offering = %self.offering, url = %strip_query(&head.uri), attempt, reason = %retry_reason, ?pause, "retrying request");
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+fn message_is_tls(message: &str) -> bool {
+    message.contains("TLS") || message.contains("certificate")
+}
+
+/// The parts of a request needed to send it again.
+struct RequestHead {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+/// `uri` without its query string, for logs (queries hold account lists).
+pub fn strip_query(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or(""),
+        uri.path()
+    )
+}
+
+/// Exponential back-off with up to 50 % jitter.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(10).saturating_sub(1));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = exp.mul_f64(f64::from(nanos % 1000) / 2000.0);
+    exp + jitter
+}
+
+/// Why a request got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("request to {0} denied by the egress allow-list")]
+    Denied(String),
+    #[error("no DWDI token: {0}")]
+    Token(#[from] oidc::TokenError),
+    #[error("{message}")]
+    Connect { message: String, tls: bool },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl SendError {
+    /// The `wasi:http` error code the component receives.
+    fn to_wasi(&self) -> HttpError {
+        match self {
+            SendError::Denied(_) => HttpError::HttpRequestDenied,
+            SendError::Token(_) => HttpError::InternalError(Some(self.to_string())),
+            SendError::Connect { tls: true, message } => HttpError::TlsAlertReceived { alert_id: None, alert_message: Some(message.clone()) },
+            SendError::Connect { message, .. } => HttpError::InternalError(Some(message.clone())),
+            SendError::Timeout(_) => HttpError::HttpResponseTimeout,
+            SendError::Refused(message) => HttpError::InternalError(Some(message.clone())),
+        }
+    }
+}
+
+/// A response body with a size cap and a deadline for the last byte.
+struct GuardedBody {
+    inner: hyper::body::Incoming,
+    remaining: u64,
+    limit: u64,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl GuardedBody {
+    fn new(inner: hyper::body::Incoming, limit: u64, deadline: Instant) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.limit)))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(HttpError::Hyper(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+
+
+/// The `wasi:http` hooks of one component call: it may reach only its offering's API.
+pub struct ComponentHooks {
+    component: String,
+    egress: Option<Arc<Egress>>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl ComponentHooks {
+    /// Hooks for a call of `component` with the egress of an offering.
+    pub fn new(component: &str, egress: Option<Arc<Egress>>) -> Self {
+        Self { component: component.to_owned(), egress, failures: Arc::default() }
+    }
+
+    /// What went wrong with requests during the call, in the host's words.
+    pub fn failures(&self) -> Arc<Mutex<Vec<String>>> {
+        self.failures.clone()
+    }
+}
+
+fn forbidden(name: &HeaderName) -> bool {
+    *name == AUTHORIZATION || *name == PROXY_AUTHORIZATION || *name == COOKIE || DEFAULT_FORBIDDEN_HEADERS.contains(name)
+}
+
+type SendFuture = Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>)>> + Send>;
+
+use std::future::Future;
+
+impl WasiHttpHooks for ComponentHooks {
+    fn is_forbidden_header(&mut self, name: &HeaderName) -> bool {
+        forbidden(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
+        Arc::new(forbidden)
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        let egress = self.egress.clone();
+        let component = self.component.clone();
+        let failures = self.failures.clone();
+        Box::new(async move {
+            let Some(egress) = egress else {
+                return Err(HttpError::HttpRequestDenied);
+            };
+            let url = strip_query(request.uri());
+            match egress.send_for(&component, request).await {
+                Ok(response) => {
+                    let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(async { Ok(()) });
+                    Ok((response, done))
+                }
+                Err(error) => {
+                    let message = format!("{url}: {error}");
+                    if let Ok(mut list) = failures.lock() {
+                        list.push(message);
+                    }
+                    Err(error.to_wasi())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,188 @@
+//! OIDC client-credentials tokens for the DWDI API.
+//!
+//! The host, never a component, holds the client secret and the token. One token is
+//! cached per offering and refreshed shortly before it expires; callers that arrive
+//! while a refresh is under way wait for that one refresh instead of starting their own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use tokio::sync::Mutex;
+
+use super::HttpClient;
+use crate::config::{ClientAuth, DwdiAccess, Secret};
+
+/// How long before expiry a token is refreshed.
+const REFRESH_MARGIN: Duration = Duration::from_secs(30);
+/// `expires_in` when the token endpoint does not say.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// Token answers are small; anything larger is not a token endpoint.
+const MAX_TOKEN_ANSWER: usize = 64 * 1024;
+
+/// Why no token could be had. Messages name the endpoint and never the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token endpoint {url} rejected the client credentials ({error}{description})")]
+    InvalidClient { url: String, error: String, description: String },
+    #[error("token endpoint {url} is unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("token endpoint {url} answered HTTP {status}: {body}")]
+    Status { url: String, status: u16, body: String },
+    #[error("token endpoint {url} answered without an access_token")]
+    MissingAccessToken { url: String },
+    #[error("token endpoint {url} did not answer JSON: {reason}")]
+    NotJson { url: String, reason: String },
+    #[error("token endpoint {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+}
+
+struct Cached {
+    token: Secret,
+    refresh_at: Instant,
+}
+
+/// Fetches and caches bearer tokens for one offering.
+pub struct TokenSource {
+    url: url::Url,
+    client_id: String,
+    client_secret: Secret,
+    scope: String,
+    auth: ClientAuth,
+    client: HttpClient,
+    timeout: Duration,
+    cached: Mutex<Option<Cached>>,
+    fetched: AtomicU64,
+    served: AtomicU64,
+}
+
+impl TokenSource {
+    pub fn new(access: &DwdiAccess, client: HttpClient, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            url: access.token_url.clone(),
+            client_id: access.client_id.clone(),
+            client_secret: access.client_secret.clone(),
+            scope: access.scope.clone(),
+            auth: access.client_auth,
+            client,
+            timeout,
+            cached: Mutex::new(None),
+            fetched: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+        })
+    }
+
+    /// A valid token, from the cache when it has one.
+    pub async fn bearer(&self) -> Result<Secret, TokenError> {
+        // Holding the lock across the fetch is the point: concurrent callers share it.
+        let mut cached = self.cached.lock().await;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        if let Some(entry) = cached.as_ref()
+            && Instant::now() < entry.refresh_at
+        {
+            return Ok(entry.token.clone());
+        }
+        let (token, lifetime) = self.fetch().await?;
+        self.fetched.fetch_add(1, Ordering::Relaxed);
+        // A lifetime shorter than twice the margin would never be reused; halve it instead.
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - margin });
+        Ok(token)
+    }
+
+    /// Forgets `token` if it is still the cached one (the API refused it).
+    pub async fn invalidate(&self, token: &Secret) {
+        let mut cached = self.cached.lock().await;
+        if cached.as_ref().is_some_and(|entry| &entry.token == token) {
+            *cached = None;
+        }
+    }
+
+    /// Tokens fetched from the endpoint and tokens handed out, for metrics.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.fetched.load(Ordering::Relaxed), self.served.load(Ordering::Relaxed))
+    }
+
+    async fn fetch(&self) -> Result<(Secret, Duration), TokenError> {
+        let url = self.url.to_string();
+        // The serializer is not `Send`: build the form in a block that ends before any await.
+        let form = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("grant_type", "client_credentials");
+            if !self.scope.is_empty() {
+                form.append_pair("scope", &self.scope);
+            }
+            if self.auth == ClientAuth::Form {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", self.client_secret.expose());
+            }
+            form.finish()
+        };
+        let mut request = http::Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(http::header::ACCEPT, "application/json");
+        if self.auth == ClientAuth::Basic {
+            // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let value = super::connect::basic_auth(&enc(&self.client_id), &enc(self.client_secret.expose()));
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let unreachable = |reason: String| TokenError::Unreachable { url: url.clone(), reason };
+        let request = request
+            .body(super::full_body(Bytes::from(form)))
+            .map_err(|e| unreachable(e.to_string()))?;
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|e| unreachable(super::error_chain(&e)))?;
+            let status = response.status();
+            let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| unreachable(format!("reading the answer failed: {e}")))?
+                .to_bytes();
+            Ok::<_, TokenError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| TokenError::Timeout { url: url.clone(), timeout: self.timeout })??;
+        let json: Result<serde_json::Value, _> = serde_json::from_slice(&body);
+        if !status.is_success() {
+            if let Ok(json) = &json {
+                let error = json.get("error").and_then(|v| v.as_str()).unwrap_or("");
+                if error == "invalid_client" || error == "unauthorized_client" || status == 401 {
+                    let description = json
+                        .get("error_description")
+                        .and_then(|v| v.as_str())
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default();
+                    let error = if error.is_empty() { format!("HTTP {}", status.as_u16()) } else { error.to_owned() };
+                    return Err(TokenError::InvalidClient { url, error, description });
+                }
+            }
+            return Err(TokenError::Status { url, status: status.as_u16(), body: snippet(&body) });
+        }
+        let json = json.map_err(|e| TokenError::NotJson { url: url.clone(), reason: e.to_string() })?;
+        let token = match json.get("access_token").and_then(|v| v.as_str()) {
+            Some(token) if !token.is_empty() => Secret::new(token),
+            _ => return Err(TokenError::MissingAccessToken { url }),
+        };
+        let lifetime = json
+            .get("expires_in")
+            .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())))
+            .filter(|secs| secs.is_finite() && *secs > 0.0)
+            .map(|secs| Duration::from_secs_f64(secs.min(86_400.0)))
+            .unwrap_or(DEFAULT_LIFETIME);
+        Ok((token, lifetime))
+    }
+}
+
+/// The start of a body, printable, for error messages.
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
