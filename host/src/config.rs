@@ -59,6 +59,9 @@ pub struct AgentConfig {
     /// Folder with `<backend_type>.wasm` files that replace the built-in components.
     #[serde(default)]
     pub plugins_dir: Option<PathBuf>,
+    /// Concurrent Waldur writes per offering (default 8).
+    #[serde(default)]
+    pub waldur_max_concurrency: Option<usize>,
     pub offerings: Vec<OfferingConfig>,
 }
 
@@ -158,6 +161,9 @@ impl AgentConfig {
     fn check(&self) -> Result<()> {
         if self.offerings.is_empty() {
             bail!("offerings: the list is empty");
+        }
+        if self.waldur_max_concurrency == Some(0) {
+            bail!("waldur_max_concurrency: must be at least 1");
         }
         if self.reporting_periods == 0 {
             bail!("reporting_periods: must be at least 1");

@@ -5,6 +5,7 @@
 //! - [`runtime`]: wasmtime, one fresh instance per component call.
 //! - [`egress`]: the only way out of the sandbox: allow-list, OIDC, proxies, TLS.
 //! - [`backends`]: which component serves which offering.
+//! - [`waldur`], [`report`]: the Waldur client and the report cycle.
 //! - [`period`], [`amount`]: billing months and two-decimal amounts.
 //! - [`cli`]: the `usage-agent` commands.
 
@@ -15,4 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod period;
+pub mod report;
 pub mod runtime;
+pub mod waldur;

@@ -1,50 +1,63 @@
 //! `usage-agent demo`: the main job against bundled simulators on loopback.
 //!
-//! Nothing leaves the machine: the DWDI and OIDC simulators listen on 127.0.0.1 with
-//! generated data, and the config below points the real components at them.
+//! Nothing leaves the machine: the DWDI, OIDC and Waldur simulators listen on 127.0.0.1
+//! with generated data, and the config below points the real components and the real
+//! report cycle at them. It runs two cycles — the second shows that unchanged data
+//! writes nothing — and prints what landed in Waldur.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
+use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
 
-use super::usage::{Period, collect, explicit_resources, write_table};
+use super::report::{prepare_targets, run_cycle};
+use crate::backends::Backends;
 use crate::config::AgentConfig;
 use crate::period::Month;
+use crate::report::{CycleOptions, StopFlag};
+use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Accounts in the generated DWDI data.
+    /// Compute accounts (and storage projects) in the generated data.
     #[arg(long, default_value_t = 6)]
     pub accounts: usize,
-    /// Users per account in the generated DWDI data.
+    /// Users per account in the generated data.
     #[arg(long, default_value_t = 4)]
     pub users: usize,
 }
 
+const WALDUR_TOKEN: &str = "demo-staff-token";
+
 /// The demo config: the seed's two backends, pointed at the simulators.
-pub(crate) fn demo_config(sim: &DwdiSim, options: &DwdiOptions, storage_mapping: &[(String, String)]) -> String {
-    let mapping: String = storage_mapping
-        .iter()
-        .map(|(id, path)| format!("        {id:?}: {path:?}\n"))
-        .collect();
+fn demo_config(dwdi: &DwdiSim, options: &DwdiOptions, waldur: &WaldurSim, mapping: &[(String, String)]) -> String {
+    let mapping: String = mapping.iter().map(|(id, path)| format!("        {id:?}: {path:?}\n")).collect();
     let access = format!(
         "      cscs_dwdi_api_url: {api:?}\n      cscs_dwdi_client_id: {id:?}\n      cscs_dwdi_client_secret: {secret:?}\n      cscs_dwdi_oidc_token_url: {token:?}\n",
-        api = sim.api_url(),
+        api = dwdi.api_url(),
         id = options.client_id,
         secret = options.client_secret,
-        token = sim.token_url(),
+        token = dwdi.token_url(),
+    );
+    let waldur = format!(
+        "    waldur_api_url: {url:?}\n    waldur_api_token: {WALDUR_TOKEN:?}\n",
+        url = waldur.url()
     );
     format!(
-        r#"timezone: "Europe/Zurich"
+        r#"timezone: "UTC"
+reporting_periods: 2
 offerings:
   - name: "DWDI compute (demo)"
+{waldur}    waldur_offering_uuid: "{compute}"
     backend_type: "cscs-dwdi-compute"
     backend_settings:
 {access}    backend_components:
       nodeHours: {{measured_unit: "node-hours", unit_factor: 1, accounting_type: "usage", label: "Node Hours"}}
       cpuHours: {{measured_unit: "cpu-hours", unit_factor: 1, accounting_type: "usage", label: "CPU Hours"}}
   - name: "DWDI storage (demo)"
+{waldur}    waldur_offering_uuid: "{storage}"
     backend_type: "cscs-dwdi-storage"
     backend_settings:
 {access}      storage_filesystem: "{fs}"
@@ -54,43 +67,108 @@ offerings:
       storage_space: {{measured_unit: "GB", unit_factor: 0.000000001, accounting_type: "usage", label: "Storage Space (GB)"}}
       storage_inodes: {{measured_unit: "count", unit_factor: 1, accounting_type: "usage", label: "File Count"}}
 "#,
+        compute = uuid_from("demo compute offering"),
+        storage = uuid_from("demo storage offering"),
         fs = dwdi_sim::GENERATED_FILESYSTEM,
         dt = dwdi_sim::GENERATED_DATA_TYPE,
     )
 }
 
 pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let now = jiff::Timestamp::now();
-    let month = Month::containing(now, &crate::period::time_zone(Some("Europe/Zurich"))?);
-    let months: Vec<(i32, u32)> =
-        month.back(2).iter().map(|m| (i32::from(m.year), m.month as u32)).collect();
+    let month = Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
+    let months: Vec<(i32, u32)> = month.back(2).iter().map(|m| (i32::from(m.year), m.month as u32)).collect();
     let data = DwdiData::generated(args.accounts, args.users, &months);
     let accounts = data.accounts();
     let paths = data.storage_paths();
+    let users: Vec<String> = (0..args.accounts * args.users).map(|i| format!("user_{i:04}")).collect();
     let options = DwdiOptions::default();
-    let sim = DwdiSim::start(data, options.clone()).await?;
+    let dwdi = DwdiSim::start(data, options.clone()).await?;
+    let waldur = WaldurSim::start(WaldurOptions::default()).await?;
+    waldur.add_token(WALDUR_TOKEN, "demo-staff", true);
+
+    let compute = uuid_from("demo compute offering");
+    waldur.add_offering(&compute, "DWDI compute (demo)", &["nodeHours", "cpuHours"]);
+    for account in &accounts {
+        waldur.add_resource(&compute, &uuid_from(account), account, "Alps", "OK");
+    }
+    // Offering users let Waldur link per-user usage to accounts; link every other one.
+    for user in users.iter().step_by(2) {
+        waldur.add_offering_user(&compute, user);
+    }
+    let storage = uuid_from("demo storage offering");
+    waldur.add_offering(&storage, "DWDI storage (demo)", &["storage_space", "storage_inodes"]);
     // Waldur knows storage resources by project id; the mapping turns them into paths.
     let mapping: Vec<(String, String)> =
         paths.iter().enumerate().map(|(i, path)| (format!("project_{i:03}"), path.clone())).collect();
-    let config = AgentConfig::parse(&demo_config(&sim, &options, &mapping))?;
-    writeln!(out, "DWDI and OIDC simulators on {}; billing month {month}.\n", sim.addr())?;
-    let selected: Vec<_> = config.offerings().collect();
-    let storage_ids: Vec<String> = mapping.iter().map(|(id, _)| id.clone()).collect();
-    let usage = collect(&config, &selected, Period::Month(month), |_, offering| {
-        if offering.usage_backend() == Some("cscs-dwdi-storage") {
-            explicit_resources(&storage_ids)
-        } else {
-            explicit_resources(&accounts)
+    for (id, _) in &mapping {
+        waldur.add_resource(&storage, &uuid_from(id), id, "", "OK");
+    }
+
+    let config = AgentConfig::parse(&demo_config(&dwdi, &options, &waldur, &mapping))?;
+    writeln!(out, "Simulators on loopback: DWDI+OIDC {}, Waldur {}.", dwdi.addr(), waldur.addr())?;
+    writeln!(out, "Reporting {} and the month before for {} compute and {} storage resources.\n", month, accounts.len(), mapping.len())?;
+    let backends = Backends::new(Runtime::new()?);
+    let targets = prepare_targets(&config, &backends).await?;
+    let cycle_options = CycleOptions::from_config(&config)?;
+    let stop = StopFlag::default();
+    for cycle in 1..=2 {
+        writeln!(out, "Cycle {cycle}:")?;
+        for summary in run_cycle(&targets, &cycle_options, &stop).await {
+            writeln!(out, "  {summary}")?;
+            for error in &summary.errors {
+                writeln!(out, "    error: {error}")?;
+            }
         }
-    })
-    .await?;
-    write_table(out, &usage)?;
-    let stats = sim.stats();
-    writeln!(
-        out,
-        "\n{} DWDI requests, {} token(s) issued, {} refused.",
-        stats.api_requests, stats.tokens_issued, stats.api_unauthorized
-    )?;
-    sim.shutdown().await;
+    }
+    let counts = waldur.requests();
+    writeln!(out, "\nWaldur received {} requests: {} set_usage, {} set_user_usages.\n", counts.total, counts.set_usage, counts.set_user_usages)?;
+
+    // What landed in Waldur.
+    let backend_ids: BTreeMap<String, String> = accounts
+        .iter()
+        .chain(mapping.iter().map(|(id, _)| id))
+        .map(|id| (uuid_from(id), id.clone()))
+        .collect();
+    let user_counts = waldur.user_usages().into_iter().fold(BTreeMap::<String, usize>::new(), |mut map, u| {
+        *map.entry(u.component_usage_uuid).or_default() += 1;
+        map
+    });
+    let mut rows = vec![["RESOURCE", "PERIOD", "COMPONENT", "AMOUNT", "USERS"].map(String::from)];
+    let mut usages = waldur.usages();
+    usages.sort_by(|a, b| (&a.resource_uuid, &a.billing_period, &a.component_type).cmp(&(&b.resource_uuid, &b.billing_period, &b.component_type)));
+    for usage in usages {
+        rows.push([
+            backend_ids.get(&usage.resource_uuid).cloned().unwrap_or(usage.resource_uuid.clone()),
+            usage.billing_period[..7].to_owned(),
+            usage.component_type.clone(),
+            usage.amount.clone(),
+            user_counts.get(&usage.uuid).copied().unwrap_or(0).to_string(),
+        ]);
+    }
+    write_rows(out, &rows, 3)?;
+    dwdi.shutdown().await;
+    waldur.shutdown().await;
+    Ok(())
+}
+
+/// An aligned table; column `right` is right-aligned.
+pub(crate) fn write_rows<const N: usize>(out: &mut (dyn Write + Send), rows: &[[String; N]], right: usize) -> Result<()> {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i == right {
+                line.push_str(&format!("{cell:>width$}  "));
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
     Ok(())
 }

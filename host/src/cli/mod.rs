@@ -5,6 +5,7 @@
 //! run them in-process and read what an operator would see.
 
 mod demo;
+mod report;
 mod usage;
 
 use std::io::Write;
@@ -14,6 +15,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use demo::DemoArgs;
+pub use report::{PERIOD_VARIABLE, ReportArgs};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
@@ -37,6 +39,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Print the usage a backend reports, without submitting anything (a dry run).
     Usage(UsageArgs),
+    /// Report usage to Waldur: a cycle now, then every WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES.
+    Report(ReportArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
 }
@@ -53,6 +57,7 @@ pub struct ConfigArg {
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     match cli.command {
         Command::Usage(args) => usage::run(args, out).await,
+        Command::Report(args) => report::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
     }
 }

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::{Result, bail};
+use indexmap::IndexMap;
 use serde::Serialize;
 
 use super::ConfigArg;
@@ -52,8 +53,8 @@ pub(crate) struct OfferingUsage {
 pub(crate) struct ResourceLine {
     pub backend_id: String,
     pub found: bool,
-    pub totals: Vec<(String, String)>,
-    pub users: Vec<(String, Vec<(String, String)>)>,
+    pub totals: IndexMap<String, String>,
+    pub users: IndexMap<String, IndexMap<String, String>>,
 }
 
 /// The period a usage command asks for.
@@ -198,7 +199,7 @@ pub(crate) fn write_table(out: &mut (dyn Write + Send), usages: &[OfferingUsage]
     for usage in usages {
         for resource in &usage.resources {
             for (component, amount) in &resource.totals {
-                let users = resource.users.iter().filter(|(_, amounts)| amounts.iter().any(|(c, _)| c == component)).count();
+                let users = resource.users.values().filter(|amounts| amounts.contains_key(component)).count();
                 let shown = if resource.found { amount.clone() } else { format!("{amount} (no data)") };
                 rows.push([
                     usage.offering.clone(),
@@ -211,22 +212,5 @@ pub(crate) fn write_table(out: &mut (dyn Write + Send), usages: &[OfferingUsage]
             }
         }
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in &rows {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-            if i == 4 {
-                line.push_str(&format!("{cell:>width$}  "));
-            } else {
-                line.push_str(&format!("{cell:<width$}  "));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(())
+    super::demo::write_rows(out, &rows, 4)
 }

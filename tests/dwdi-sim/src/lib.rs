@@ -1,1 +1,245 @@
-//! placeholder
+//! A simulator of the CSCS DWDI accounting API and of the OIDC token endpoint in front of
+//! it, for the end-to-end tests and for `usage-agent demo`.
+//!
+//! # Why it exists
+//!
+//! The DWDI API is not public and cannot run here, yet the real host and the real
+//! WebAssembly components must be tested against something that behaves like it. This
+//! crate follows the API facts of the project spec (§4) and is deliberately strict, so a
+//! client that passes against it does what the real service needs:
+//!
+//! - **Tokens**: `POST` to [`DwdiSim::token_url`] with a form body
+//!   (`grant_type=client_credentials`, `client_id`, `client_secret`, optional `scope`) or
+//!   with HTTP Basic client authentication. Tokens are opaque, expire after
+//!   [`DwdiOptions::token_lifetime`], and can all be expired at once
+//!   ([`DwdiSim::expire_all_tokens`]) to test refresh mid-run.
+//! - **API**: every call needs `Authorization: Bearer <valid token>` (401 otherwise), only
+//!   `GET` is allowed (405), unknown paths are 404, request targets longer than
+//!   [`DwdiOptions::max_uri_len`] are 414.
+//! - **Lists are repeated keys**: `account=A&account=B`. A value with a comma is one
+//!   literal name: the simulator never splits on commas, so a client joining names with
+//!   commas gets nothing back for them.
+//! - **The client must sum**: a compute answer has one entry per (account, cluster) and,
+//!   within it, one user row per (user, day), so a user repeats; totals are the plain sums
+//!   of the rows, nothing is rounded.
+//! - **Storage** answers the latest snapshot of each path within the month
+//!   (`/storage/usage-month?exact-month=…`) or the snapshot of the day
+//!   (`/storage/usage-day?exact-date=…`).
+//! - Parameters are validated: missing, malformed, repeated single-valued or empty
+//!   parameters and `from` after `to` are 400 with a `{"detail": …}` naming the parameter.
+//!   The bare `/compute/usage-day` and `/storage/usage-day` (the clients' reachability
+//!   check) therefore answer 400 when authorised and 401 when not.
+//!
+//! Endpoints (below [`DwdiSim::api_url`], which already ends in `/api/v1`):
+//!
+//! | path | parameters |
+//! |---|---|
+//! | `/compute/usage-month/account` | `from`, `to` (`YYYY-MM`), `account`+, `cluster`* |
+//! | `/compute/usage-day/account` (and `/compute/usage-day`) | `from`, `to` (`YYYY-MM-DD`), `account`+, `cluster`* |
+//! | `/storage/usage-month` | `exact-month` (`YYYY-MM`), `filesystem`, `data_type`, `paths`+, `tenant`? |
+//! | `/storage/usage-day` | `exact-date` (`YYYY-MM-DD`), `filesystem`, `data_type`, `paths`+, `tenant`? |
+//!
+//! Tests observe and steer it through [`Stats`] (token and API counts, rejections, peer
+//! addresses, recent request targets), fault injection ([`DwdiSim::fail_next`],
+//! [`DwdiSim::respond_next`], [`DwdiSim::fail_next_token`]), a latency
+//! ([`DwdiOptions::latency`]) and data replacement ([`DwdiSim::set_data`]).
+//!
+//! # What it deliberately does not do
+//!
+//! - It is not a copy of the real service: answers carry only the fields the spec names
+//!   (`account`, `cluster`, `totalNodeHours`, `totalCpuHours`, `totalGpuHours`, `users`;
+//!   `path`, `filesystem`, `dataType`, `spaceUsed`, `inodesUsed`). The order of entries is
+//!   deterministic (by account, cluster, day, user) but clients must not rely on it.
+//! - It is stricter than the real service in one respect: unknown query parameters are
+//!   400, because a misspelt optional filter (`clusters=`) would otherwise be silently
+//!   ignored and return unfiltered data.
+//! - No TLS, no proxy, no HTTP/2 of its own: [`DwdiSim::router`] lets a test serve the
+//!   same state over TLS; proxies are real programs started by the test scripts.
+//! - No JWTs, refresh tokens, other grant types, token introspection or rate limiting;
+//!   no pagination (the real API has none in the reference client either).
+//! - It does not check what a token is allowed to see: any valid token reads all data.
+//! - `DwdiData` builders panic on malformed dates: they are test fixtures, not input.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
+//! let sim = DwdiSim::start(DwdiData::generated(10, 5, &[(2024, 1)]), DwdiOptions::default()).await?;
+//! println!("api {} token {}", sim.api_url(), sim.token_url());
+//! // … run the client with client id/secret from DwdiOptions::default() …
+//! assert!(sim.stats().tokens_issued <= 1);
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+mod b64;
+mod data;
+mod server;
+
+pub use data::{
+    ComputeUsage, DwdiData, GENERATED_CLUSTERS, GENERATED_DATA_TYPE, GENERATED_FILESYSTEM,
+    GENERATED_TENANT,
+};
+pub use server::{
+    API_PREFIX, DwdiOptions, RECENT_CAPACITY, RequestRecord, SimState, Stats, TOKEN_PATH,
+};
+
+/// How long [`DwdiSim::shutdown`] waits for open connections before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A running simulator on a local port. Dropping it stops the server (abruptly);
+/// [`DwdiSim::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct DwdiSim {
+    state: SimState,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl DwdiSim {
+    /// Serves `data` on `127.0.0.1` at a free port.
+    pub async fn start(data: DwdiData, options: DwdiOptions) -> anyhow::Result<DwdiSim> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), data, options).await
+    }
+
+    /// Serves `data` on `addr` (port 0: any free port).
+    pub async fn start_on(
+        addr: SocketAddr,
+        data: DwdiData,
+        options: DwdiOptions,
+    ) -> anyhow::Result<DwdiSim> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let state = SimState::new(data, options);
+        let service =
+            Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, service).with_graceful_shutdown(async {
+                let _ = stopped.await;
+            });
+            if let Err(error) = server.await {
+                tracing::error!(%error, "dwdi-sim server failed");
+            }
+        });
+        Ok(DwdiSim {
+            state,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The router serving `state`, to serve it yourself (for example over TLS). Peers are
+    /// recorded only if the service inserts `axum::extract::ConnectInfo<SocketAddr>` (use
+    /// `into_make_service_with_connect_info::<SocketAddr>()`).
+    pub fn router(state: SimState) -> Router {
+        server::router(state)
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT/api/v1`: the `cscs_dwdi_api_url` to configure.
+    pub fn api_url(&self) -> String {
+        format!("http://{}{API_PREFIX}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT/realms/test/protocol/openid-connect/token`: the
+    /// `cscs_dwdi_oidc_token_url` to configure.
+    pub fn token_url(&self) -> String {
+        format!("http://{}{TOKEN_PATH}", self.addr)
+    }
+
+    /// The shared state (also usable after handing a clone to another server).
+    pub fn state(&self) -> &SimState {
+        &self.state
+    }
+
+    /// A snapshot of the counters. See [`Stats`].
+    pub fn stats(&self) -> Stats {
+        self.state.stats()
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&self) {
+        self.state.reset_stats();
+    }
+
+    /// Makes every token issued so far invalid now.
+    pub fn expire_all_tokens(&self) {
+        self.state.expire_all_tokens();
+    }
+
+    /// The next `n` API requests answer `status` (`{"detail":"injected failure"}`).
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn fail_next(&self, n: usize, status: u16) {
+        self.state.fail_next(n, status);
+    }
+
+    /// The next `n` API requests answer `status` with exactly `body` of `content_type`.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn respond_next(&self, n: usize, status: u16, content_type: &'static str, body: &str) {
+        self.state.respond_next(n, status, content_type, body);
+    }
+
+    /// The next `n` token requests answer `status` with an OIDC error.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn fail_next_token(&self, n: usize, status: u16) {
+        self.state.fail_next_token(n, status);
+    }
+
+    /// Replaces the data served.
+    pub fn set_data(&self, data: DwdiData) {
+        self.state.set_data(data);
+    }
+
+    /// Changes the latency slept before every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.set_latency(latency);
+    }
+
+    /// Stops accepting connections, lets requests in flight finish (at most 5 s), and
+    /// releases the port.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for DwdiSim {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

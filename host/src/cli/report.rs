@@ -1,0 +1,128 @@
+//! `usage-agent report`: the main job. A cycle now, then one every
+//! `WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES` (default 30) until a signal stops it.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::ConfigArg;
+use crate::backends::{Backends, prepare_offering};
+use crate::config::AgentConfig;
+use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, report_offering};
+use crate::runtime::Runtime;
+
+/// The environment variable the Python agent reads for the cycle period.
+pub const PERIOD_VARIABLE: &str = "WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Run one cycle and exit (non-zero if anything failed).
+    #[arg(long)]
+    pub once: bool,
+    /// Waldur writes in flight per offering (overrides `waldur_max_concurrency`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
+}
+
+/// Reads the cycle period from the environment.
+pub(crate) fn cycle_period() -> Result<Duration> {
+    match std::env::var(PERIOD_VARIABLE) {
+        Err(_) => Ok(Duration::from_secs(30 * 60)),
+        Ok(text) => {
+            let minutes: f64 = text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
+                .ok_or_else(|| anyhow!("{PERIOD_VARIABLE}={text:?}: expected a number of minutes between 0 and 10080"))?;
+            Ok(Duration::from_secs_f64(minutes * 60.0))
+        }
+    }
+}
+
+/// Builds the report targets of every offering in the config.
+pub(crate) async fn prepare_targets(config: &AgentConfig, backends: &Backends) -> Result<Vec<ReportTarget>> {
+    backends.load_builtins_for(config).await?;
+    let mut targets = Vec::new();
+    for (index, offering) in config.offerings() {
+        let backend = prepare_offering(backends, index, offering).await?;
+        targets.push(ReportTarget::new(index, offering, backend)?);
+    }
+    Ok(targets)
+}
+
+/// Runs one cycle over all targets, offerings side by side.
+pub(crate) async fn run_cycle(targets: &[ReportTarget], options: &CycleOptions, stop: &StopFlag) -> Vec<OfferingSummary> {
+    let clock = SystemClock;
+    futures::future::join_all(targets.iter().map(|target| report_offering(target, options, &clock, stop))).await
+}
+
+pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let config = AgentConfig::load(&args.config.config)?;
+    let period = cycle_period()?;
+    let mut options = CycleOptions::from_config(&config)?;
+    if let Some(n) = args.concurrency {
+        options.concurrency = usize::from(n);
+    }
+    let backends = Backends::new(Runtime::new()?);
+    let targets = prepare_targets(&config, &backends).await?;
+    let stop = StopFlag::default();
+    let woken = std::sync::Arc::new(tokio::sync::Notify::new());
+    spawn_signal_watch(stop.clone(), woken.clone());
+    tracing::info!(offerings = targets.len(), ?period, "report loop started");
+    loop {
+        let summaries = run_cycle(&targets, &options, &stop).await;
+        let mut failed = 0;
+        for summary in &summaries {
+            tracing::info!(offering = %summary.offering, "{summary}");
+            writeln!(out, "{summary}")?;
+            failed += summary.failed;
+        }
+        if args.once {
+            if failed > 0 {
+                bail!("the cycle finished with {failed} failure(s); see the log");
+            }
+            return Ok(());
+        }
+        if stop.is_stopped() {
+            tracing::info!("stopped by signal");
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = woken.notified() => {
+                tracing::info!("stopped by signal");
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// On Ctrl-C or SIGTERM: raise the stop flag (the cycle finishes what is in flight).
+fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>) {
+    tokio::spawn(async move {
+        let terminate = async {
+            #[cfg(unix)]
+            {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            }
+            #[cfg(not(unix))]
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("signal received: finishing the work in flight");
+        stop.stop();
+        woken.notify_one();
+    });
+}
