@@ -1,0 +1,379 @@
+//! Which DWDI field each configured component reads, and with which factor.
+//!
+//! A component that maps to no field, or to a field its backend does not serve, is a
+//! configuration error found at setup — a wrong name must never turn into a silent
+//! zero on an invoice (SPEC §6).
+
+use crate::model::{BackendError, Component, invalid};
+
+/// The two backends this crate implements; each is its own component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `cscs-dwdi-compute`: node, CPU and GPU hours per account and user.
+    Compute,
+    /// `cscs-dwdi-storage`: bytes and inodes per path, no per-user usage.
+    Storage,
+}
+
+impl Backend {
+    /// The component name, which is also the `backend_type` it serves.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Compute => "cscs-dwdi-compute",
+            Backend::Storage => "cscs-dwdi-storage",
+        }
+    }
+
+    /// The metrics this backend can report, in the order used in messages.
+    pub const fn metrics(self) -> &'static [Metric] {
+        match self {
+            Backend::Compute => &[Metric::NodeHours, Metric::CpuHours, Metric::GpuHours],
+            Backend::Storage => &[Metric::SpaceUsed, Metric::InodesUsed],
+        }
+    }
+
+    /// "nodeHours, cpuHours, gpuHours": the accepted `dwdi_metric` values, for messages.
+    fn metric_list(self) -> String {
+        let names: Vec<&str> = self.metrics().iter().map(|m| m.name()).collect();
+        names.join(", ")
+    }
+}
+
+/// A DWDI usage figure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    NodeHours,
+    CpuHours,
+    GpuHours,
+    /// Bytes stored.
+    SpaceUsed,
+    /// Files stored.
+    InodesUsed,
+}
+
+impl Metric {
+    /// Every metric, in `index` order.
+    pub const ALL: [Metric; 5] = [
+        Metric::NodeHours,
+        Metric::CpuHours,
+        Metric::GpuHours,
+        Metric::SpaceUsed,
+        Metric::InodesUsed,
+    ];
+
+    /// The `dwdi_metric` spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Metric::NodeHours => "nodeHours",
+            Metric::CpuHours => "cpuHours",
+            Metric::GpuHours => "gpuHours",
+            Metric::SpaceUsed => "spaceUsed",
+            Metric::InodesUsed => "inodesUsed",
+        }
+    }
+
+    /// Parses an explicit `dwdi_metric` (exact spelling).
+    pub fn from_name(name: &str) -> Option<Metric> {
+        Metric::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Derives the metric from a component name, case-insensitively, in the order of
+    /// SPEC §6 (node, cpu, gpu, inode, space/storage: `gpu_node_hours` is node hours)
+    /// with one exception: `inode` is tested before `node`. Every name containing
+    /// "inode" contains "node", so the literal order would make the seed's
+    /// `storage_inodes` node hours and reject the seed's own storage example.
+    pub fn from_component_name(name: &str) -> Option<Metric> {
+        let name = name.to_ascii_lowercase();
+        if name.contains("inode") {
+            Some(Metric::InodesUsed)
+        } else if name.contains("node") {
+            Some(Metric::NodeHours)
+        } else if name.contains("cpu") {
+            Some(Metric::CpuHours)
+        } else if name.contains("gpu") {
+            Some(Metric::GpuHours)
+        } else if name.contains("space") || name == "storage" {
+            Some(Metric::SpaceUsed)
+        } else {
+            None
+        }
+    }
+
+    /// Position in per-metric arrays.
+    pub(crate) const fn index(self) -> usize {
+        match self {
+            Metric::NodeHours => 0,
+            Metric::CpuHours => 1,
+            Metric::GpuHours => 2,
+            Metric::SpaceUsed => 3,
+            Metric::InodesUsed => 4,
+        }
+    }
+
+    /// The field of an account (compute) or path (storage) row.
+    pub(crate) const fn total_field(self) -> &'static str {
+        match self {
+            Metric::NodeHours => "totalNodeHours",
+            Metric::CpuHours => "totalCpuHours",
+            Metric::GpuHours => "totalGpuHours",
+            Metric::SpaceUsed => "spaceUsed",
+            Metric::InodesUsed => "inodesUsed",
+        }
+    }
+
+    /// The field of a user row; storage has no per-user usage.
+    pub(crate) const fn user_field(self) -> Option<&'static str> {
+        match self {
+            Metric::NodeHours => Some("nodeHours"),
+            Metric::CpuHours => Some("cpuHours"),
+            Metric::GpuHours => Some("gpuHours"),
+            Metric::SpaceUsed | Metric::InodesUsed => None,
+        }
+    }
+
+    /// The largest value believed to be real. Anything above is a unit or encoding
+    /// mistake upstream, and billing it would be worse than failing. Bytes get more
+    /// room than counts: a large project can hold petabytes (1e15 bytes).
+    pub(crate) const fn plausible_max(self) -> f64 {
+        match self {
+            Metric::SpaceUsed => 1e18,
+            _ => 1e15,
+        }
+    }
+}
+
+/// A configured component with its metric and factor resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MappedComponent {
+    /// The component name, as configured.
+    pub name: String,
+    pub metric: Metric,
+    /// `reporting_factor` if set, else `unit_factor`: reported = DWDI value × factor.
+    pub factor: f64,
+}
+
+/// Resolves every component of an offering for `backend`, in config order.
+pub fn map_components(
+    backend: Backend,
+    components: &[Component],
+) -> Result<Vec<MappedComponent>, BackendError> {
+    if components.is_empty() {
+        return Err(invalid(format!(
+            "backend_components: empty; {} needs at least one component ({})",
+            backend.name(),
+            backend.metric_list()
+        )));
+    }
+    let mut mapped: Vec<MappedComponent> = Vec::with_capacity(components.len());
+    for component in components {
+        let name = &component.name;
+        if mapped.iter().any(|m| &m.name == name) {
+            return Err(invalid(format!("backend_components.{name}: listed twice")));
+        }
+        let metric = component_metric(backend, component)?;
+        let (factor, key) = match component.reporting_factor {
+            Some(f) => (f, "unit_factor_reporting"),
+            None => (component.unit_factor, "unit_factor"),
+        };
+        // A negative factor would report negative usage; NaN would poison every sum.
+        if !factor.is_finite() || factor < 0.0 {
+            return Err(invalid(format!(
+                "backend_components.{name}.{key}: must be a finite number >= 0, found {factor}"
+            )));
+        }
+        mapped.push(MappedComponent {
+            name: name.clone(),
+            metric,
+            factor,
+        });
+    }
+    Ok(mapped)
+}
+
+fn component_metric(backend: Backend, component: &Component) -> Result<Metric, BackendError> {
+    let name = &component.name;
+    let served = |metric: Metric| backend.metrics().contains(&metric);
+    if let Some(explicit) = &component.dwdi_metric {
+        let Some(metric) = Metric::from_name(explicit) else {
+            return Err(invalid(format!(
+                "backend_components.{name}.dwdi_metric: unknown metric \"{explicit}\"; \
+                 use one of {}",
+                backend.metric_list()
+            )));
+        };
+        if !served(metric) {
+            return Err(invalid(format!(
+                "backend_components.{name}.dwdi_metric: {explicit} is not served by {}; \
+                 use one of {}",
+                backend.name(),
+                backend.metric_list()
+            )));
+        }
+        return Ok(metric);
+    }
+    match Metric::from_component_name(name) {
+        Some(metric) if served(metric) => Ok(metric),
+        Some(metric) => Err(invalid(format!(
+            "backend_components.{name}: the name maps to the DWDI metric {}, which {} does \
+             not serve; set dwdi_metric to one of {}",
+            metric.name(),
+            backend.name(),
+            backend.metric_list()
+        ))),
+        None => Err(invalid(format!(
+            "backend_components.{name}: no DWDI metric matches this name; set dwdi_metric to \
+             one of {}",
+            backend.metric_list()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(backend: Backend, components: &[Component]) -> String {
+        match map_components(backend, components) {
+            Err(BackendError::InvalidConfig(m)) => m,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn derivation_table() {
+        let cases = [
+            ("nodeHours", Some(Metric::NodeHours)),
+            ("NODE_HOURS", Some(Metric::NodeHours)),
+            ("node", Some(Metric::NodeHours)),
+            ("cpuHours", Some(Metric::CpuHours)),
+            ("CPU", Some(Metric::CpuHours)),
+            ("gpuHours", Some(Metric::GpuHours)),
+            ("Gpu-hours", Some(Metric::GpuHours)),
+            // The order of the checks decides mixed names.
+            ("gpu_node_hours", Some(Metric::NodeHours)),
+            ("cpu_gpu", Some(Metric::CpuHours)),
+            ("inode_cpu", Some(Metric::InodesUsed)),
+            ("storage_inodes", Some(Metric::InodesUsed)),
+            ("INODES", Some(Metric::InodesUsed)),
+            ("storage_space", Some(Metric::SpaceUsed)),
+            ("SpaceGB", Some(Metric::SpaceUsed)),
+            ("storage", Some(Metric::SpaceUsed)),
+            ("Storage", Some(Metric::SpaceUsed)),
+            ("storage_gb", None),
+            ("hours", None),
+            ("", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(Metric::from_component_name(name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn explicit_names_round_trip() {
+        for metric in Metric::ALL {
+            assert_eq!(Metric::from_name(metric.name()), Some(metric));
+            assert_eq!(Metric::ALL[metric.index()], metric);
+        }
+        assert_eq!(Metric::from_name("NodeHours"), None);
+    }
+
+    #[test]
+    fn seed_components_map() {
+        let compute = [
+            Component::named("nodeHours", 1.0),
+            Component::named("cpuHours", 1.0),
+        ];
+        let mapped = map_components(Backend::Compute, &compute).expect("compute maps");
+        assert_eq!(mapped[0].metric, Metric::NodeHours);
+        assert_eq!(mapped[1].metric, Metric::CpuHours);
+        let storage = [
+            Component::named("storage_space", 0.000000001),
+            Component::named("storage_inodes", 1.0),
+        ];
+        let mapped = map_components(Backend::Storage, &storage).expect("storage maps");
+        assert_eq!(mapped[0].metric, Metric::SpaceUsed);
+        assert_eq!(mapped[0].factor, 1e-9);
+        assert_eq!(mapped[1].metric, Metric::InodesUsed);
+    }
+
+    #[test]
+    fn explicit_metric_wins_over_name() {
+        let mut c = Component::named("billing_units", 2.0);
+        c.dwdi_metric = Some("gpuHours".into());
+        let mapped = map_components(Backend::Compute, &[c]).expect("maps");
+        assert_eq!(mapped[0].metric, Metric::GpuHours);
+    }
+
+    #[test]
+    fn reporting_factor_wins_over_unit_factor() {
+        let mut c = Component::named("nodeHours", 2.0);
+        c.reporting_factor = Some(0.5);
+        let mapped = map_components(Backend::Compute, &[c]).expect("maps");
+        assert_eq!(mapped[0].factor, 0.5);
+    }
+
+    #[test]
+    fn unmapped_name_is_named() {
+        let m = err(Backend::Compute, &[Component::named("foo", 1.0)]);
+        assert_eq!(
+            m,
+            "backend_components.foo: no DWDI metric matches this name; set dwdi_metric to one \
+             of nodeHours, cpuHours, gpuHours"
+        );
+        let m = err(Backend::Storage, &[Component::named("foo", 1.0)]);
+        assert!(m.ends_with("one of spaceUsed, inodesUsed"), "{m}");
+    }
+
+    #[test]
+    fn metric_of_the_other_backend_is_refused() {
+        let m = err(Backend::Compute, &[Component::named("storage_space", 1.0)]);
+        assert!(m.starts_with("backend_components.storage_space: "), "{m}");
+        assert!(m.contains("spaceUsed"), "{m}");
+        let m = err(Backend::Storage, &[Component::named("nodeHours", 1.0)]);
+        assert!(m.starts_with("backend_components.nodeHours: "), "{m}");
+        let mut c = Component::named("x", 1.0);
+        c.dwdi_metric = Some("inodesUsed".into());
+        let m = err(Backend::Compute, &[c]);
+        assert!(
+            m.starts_with("backend_components.x.dwdi_metric: inodesUsed is not served"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn unknown_explicit_metric_is_named() {
+        let mut c = Component::named("nodeHours", 1.0);
+        c.dwdi_metric = Some("wallHours".into());
+        let m = err(Backend::Compute, &[c]);
+        assert!(
+            m.starts_with("backend_components.nodeHours.dwdi_metric: unknown metric"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn bad_factors_are_named() {
+        for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0] {
+            let m = err(Backend::Compute, &[Component::named("nodeHours", f)]);
+            assert!(
+                m.starts_with("backend_components.nodeHours.unit_factor: "),
+                "{m}"
+            );
+        }
+        let mut c = Component::named("nodeHours", 1.0);
+        c.reporting_factor = Some(f64::NAN);
+        let m = err(Backend::Compute, &[c]);
+        assert!(
+            m.starts_with("backend_components.nodeHours.unit_factor_reporting: "),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn empty_and_duplicate_components_are_refused() {
+        assert!(err(Backend::Compute, &[]).starts_with("backend_components: empty"));
+        let c = Component::named("nodeHours", 1.0);
+        let m = err(Backend::Compute, &[c.clone(), c]);
+        assert_eq!(m, "backend_components.nodeHours: listed twice");
+    }
+}
