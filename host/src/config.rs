@@ -70,7 +70,7 @@ fn default_reporting_periods() -> u32 {
 }
 
 /// One entry of `offerings`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct OfferingConfig {
     #[serde(default)]
     pub name: Option<String>,
@@ -90,6 +90,23 @@ pub struct OfferingConfig {
     pub backend_settings: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
     pub backend_components: IndexMap<String, ComponentConfig>,
+}
+
+impl fmt::Debug for OfferingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Settings may hold credentials under any name: show only what a component sees.
+        f.debug_struct("OfferingConfig")
+            .field("name", &self.name)
+            .field("waldur_api_url", &self.waldur_api_url)
+            .field("waldur_api_token", &self.waldur_api_token)
+            .field("verify_ssl", &self.verify_ssl)
+            .field("waldur_offering_uuid", &self.waldur_offering_uuid)
+            .field("backend_type", &self.backend_type)
+            .field("reporting_backend", &self.reporting_backend)
+            .field("backend_settings", &self.component_settings_json())
+            .field("backend_components", &self.backend_components)
+            .finish()
+    }
 }
 
 fn default_true() -> bool {

@@ -148,6 +148,18 @@ impl ReportTarget {
     }
 }
 
+/// Builds the report targets of every offering in the config: components loaded,
+/// configs validated, Waldur settings present.
+pub async fn prepare_targets(config: &AgentConfig, backends: &crate::backends::Backends) -> Result<Vec<ReportTarget>> {
+    backends.load_builtins_for(config).await?;
+    let mut targets = Vec::new();
+    for (index, offering) in config.offerings() {
+        let backend = crate::backends::prepare_offering(backends, index, offering).await?;
+        targets.push(ReportTarget::new(index, offering, backend)?);
+    }
+    Ok(targets)
+}
+
 /// Set when the process is asked to stop: the cycle finishes the resource in flight
 /// and submits nothing new.
 #[derive(Debug, Default, Clone)]

@@ -12,11 +12,11 @@ use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
 
-use super::report::{prepare_targets, run_cycle};
+use super::report::run_cycle;
 use crate::backends::Backends;
 use crate::config::AgentConfig;
 use crate::period::Month;
-use crate::report::{CycleOptions, StopFlag};
+use crate::report::{CycleOptions, StopFlag, prepare_targets};
 use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -89,7 +89,7 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
     let compute = uuid_from("demo compute offering");
     waldur.add_offering(&compute, "DWDI compute (demo)", &["nodeHours", "cpuHours"]);
     for account in &accounts {
-        waldur.add_resource(&compute, &uuid_from(account), account, "Alps", "OK");
+        waldur.add_resource(&compute, &uuid_from(&format!("compute {account}")), account, "Alps", "OK");
     }
     // Offering users let Waldur link per-user usage to accounts; link every other one.
     for user in users.iter().step_by(2) {
@@ -101,7 +101,7 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
     let mapping: Vec<(String, String)> =
         paths.iter().enumerate().map(|(i, path)| (format!("project_{i:03}"), path.clone())).collect();
     for (id, _) in &mapping {
-        waldur.add_resource(&storage, &uuid_from(id), id, "", "OK");
+        waldur.add_resource(&storage, &uuid_from(&format!("storage {id}")), id, "", "OK");
     }
 
     let config = AgentConfig::parse(&demo_config(&dwdi, &options, &waldur, &mapping))?;
@@ -126,17 +126,15 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
     // What landed in Waldur.
     let backend_ids: BTreeMap<String, String> = accounts
         .iter()
-        .chain(mapping.iter().map(|(id, _)| id))
-        .map(|id| (uuid_from(id), id.clone()))
+        .map(|id| (uuid_from(&format!("compute {id}")), format!("{id} (compute)")))
+        .chain(mapping.iter().map(|(id, _)| (uuid_from(&format!("storage {id}")), format!("{id} (storage)"))))
         .collect();
     let user_counts = waldur.user_usages().into_iter().fold(BTreeMap::<String, usize>::new(), |mut map, u| {
         *map.entry(u.component_usage_uuid).or_default() += 1;
         map
     });
-    let mut rows = vec![["RESOURCE", "PERIOD", "COMPONENT", "AMOUNT", "USERS"].map(String::from)];
-    let mut usages = waldur.usages();
-    usages.sort_by(|a, b| (&a.resource_uuid, &a.billing_period, &a.component_type).cmp(&(&b.resource_uuid, &b.billing_period, &b.component_type)));
-    for usage in usages {
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    for usage in waldur.usages() {
         rows.push([
             backend_ids.get(&usage.resource_uuid).cloned().unwrap_or(usage.resource_uuid.clone()),
             usage.billing_period[..7].to_owned(),
@@ -145,6 +143,8 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
             user_counts.get(&usage.uuid).copied().unwrap_or(0).to_string(),
         ]);
     }
+    rows.sort();
+    rows.insert(0, ["RESOURCE", "PERIOD", "COMPONENT", "AMOUNT", "USERS"].map(String::from));
     write_rows(out, &rows, 3)?;
     dwdi.shutdown().await;
     waldur.shutdown().await;

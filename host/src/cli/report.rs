@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 
 use super::ConfigArg;
-use crate::backends::{Backends, prepare_offering};
+use crate::backends::Backends;
 use crate::config::AgentConfig;
-use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, report_offering};
+use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering};
 use crate::runtime::Runtime;
 
 /// The environment variable the Python agent reads for the cycle period.
@@ -41,17 +41,6 @@ pub(crate) fn cycle_period() -> Result<Duration> {
             Ok(Duration::from_secs_f64(minutes * 60.0))
         }
     }
-}
-
-/// Builds the report targets of every offering in the config.
-pub(crate) async fn prepare_targets(config: &AgentConfig, backends: &Backends) -> Result<Vec<ReportTarget>> {
-    backends.load_builtins_for(config).await?;
-    let mut targets = Vec::new();
-    for (index, offering) in config.offerings() {
-        let backend = prepare_offering(backends, index, offering).await?;
-        targets.push(ReportTarget::new(index, offering, backend)?);
-    }
-    Ok(targets)
 }
 
 /// Runs one cycle over all targets, offerings side by side.

@@ -199,7 +199,8 @@ async fn an_expired_token_is_refreshed_mid_run() -> Result<()> {
     // The token is still cached by the host, but the server has forgotten it.
     sim.expire_all_tokens();
     let second = backend.usage_report(resources, period).await?;
-    assert_eq!(first.resources[0].totals, second.resources[0].totals);
+    let values = |r: &wit::Report| r.resources[0].totals.iter().map(|a| a.value).collect::<Vec<_>>();
+    assert_eq!(values(&first), values(&second));
     let stats = sim.stats();
     assert_eq!(stats.tokens_issued, 2, "one token, then one refresh");
     assert_eq!(stats.api_unauthorized, 1, "exactly one request was refused");

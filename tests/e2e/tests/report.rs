@@ -1,0 +1,281 @@
+//! The report cycle end to end: real components, real host, DWDI and Waldur simulators.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
+use e2e::{NODE_AND_CPU, cents, dwdi_access};
+use usage_agent::backends::Backends;
+use usage_agent::config::AgentConfig;
+use usage_agent::report::{CycleOptions, FixedClock, OfferingSummary, ReportTarget, StopFlag, prepare_targets, report_offering};
+use usage_agent::runtime::Runtime;
+use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+
+const TOKEN: &str = "provider-token";
+const STAFF: &str = "staff-token";
+
+/// A DWDI simulator, a Waldur simulator and a compute offering wired together.
+struct World {
+    dwdi: DwdiSim,
+    options: DwdiOptions,
+    waldur: WaldurSim,
+    data: DwdiData,
+    offering: String,
+}
+
+impl World {
+    async fn new(accounts: usize, users: usize, waldur_options: WaldurOptions) -> Result<Self> {
+        let data = DwdiData::generated(accounts, users, &[(2024, 2), (2024, 3)]);
+        let options = DwdiOptions::default();
+        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
+        let waldur = WaldurSim::start(waldur_options).await?;
+        waldur.add_token(TOKEN, "provider", false);
+        waldur.add_token(STAFF, "admin", true);
+        waldur.set_today(2024, 3, 15);
+        let offering = uuid_from("compute");
+        waldur.add_offering(&offering, "compute", &["nodeHours", "cpuHours"]);
+        for account in data.accounts() {
+            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
+        }
+        Ok(Self { dwdi, options, waldur, data, offering })
+    }
+
+    fn config(&self, token: &str, periods: u32, extra_top: &str) -> String {
+        format!(
+            "timezone: UTC\nreporting_periods: {periods}\n{extra_top}offerings:\n  - name: compute\n    waldur_api_url: {:?}\n    waldur_api_token: {token}\n    waldur_offering_uuid: {}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
+            self.waldur.url(),
+            self.offering,
+            dwdi_access(&self.dwdi, &self.options)
+        )
+    }
+
+    /// The stored totals: (backend id, period, type) → amount.
+    fn stored(&self) -> BTreeMap<(String, String, String), String> {
+        let ids: BTreeMap<String, String> = self.data.accounts().into_iter().map(|a| (uuid_from(&a), a)).collect();
+        self.waldur
+            .usages()
+            .into_iter()
+            .map(|u| {
+                let id = ids.get(&u.resource_uuid).cloned().unwrap_or(u.resource_uuid);
+                ((id, u.billing_period, u.component_type), u.amount)
+            })
+            .collect()
+    }
+}
+
+async fn targets(text: &str) -> Result<Vec<ReportTarget>> {
+    let config = AgentConfig::parse(text)?;
+    prepare_targets(&config, &Backends::new(Runtime::new()?)).await
+}
+
+async fn cycle_at(target: &ReportTarget, text: &str, now: &str) -> Result<OfferingSummary> {
+    let config = AgentConfig::parse(text)?;
+    let options = CycleOptions::from_config(&config)?;
+    Ok(report_offering(target, &options, &FixedClock(now.parse()?), &StopFlag::default()).await)
+}
+
+const MID_MARCH: &str = "2024-03-15T12:00:00Z";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_submits_totals_and_users_and_a_second_writes_nothing() -> Result<()> {
+    let world = World::new(6, 3, WaldurOptions::default()).await?;
+    let text = world.config(TOKEN, 1, "");
+    let targets = targets(&text).await?;
+    let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((summary.resources, summary.submitted, summary.failed), (6, 6, 0), "{summary:?}");
+    let stored = world.stored();
+    for account in world.data.accounts() {
+        let expected = world.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+        let key = |t: &str| (account.clone(), "2024-03-01".to_owned(), t.to_owned());
+        assert_eq!(stored.get(&key("nodeHours")), Some(&cents(expected.node_hours)), "{account}");
+        assert_eq!(stored.get(&key("cpuHours")), Some(&cents(expected.cpu_hours)), "{account}");
+    }
+    // Per-user usage: one record per (component usage, user), summed over days and clusters.
+    let user_usages = world.waldur.user_usages();
+    let account = world.data.accounts()[0].clone();
+    let expected = world.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+    for (user, (node, _, _)) in &expected.users {
+        let found: Vec<_> = user_usages
+            .iter()
+            .filter(|u| u.resource_uuid == uuid_from(&account) && &u.username == user && u.component_type == "nodeHours")
+            .collect();
+        assert_eq!(found.len(), 1, "{user}");
+        assert_eq!(found[0].usage, cents(*node));
+    }
+    // One component call for all six resources: one DWDI request.
+    assert_eq!(world.dwdi.stats().api_count("/compute/usage-month/account"), 1);
+    let first = world.waldur.requests();
+    // One set_user_usages per component usage (6 resources × 2 components), no per-user calls.
+    assert_eq!((first.set_usage, first.set_user_usages, first.set_user_usage), (6, 12, 0));
+
+    world.waldur.reset_counters();
+    let again = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((again.submitted, again.unchanged, again.failed), (0, 6, 0), "{again:?}");
+    let second = world.waldur.requests();
+    assert_eq!(second.writes, 0, "unchanged data must write nothing: {second:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changed_data_updates_and_absence_never_lowers() -> Result<()> {
+    let world = World::new(3, 2, WaldurOptions::default()).await?;
+    let text = world.config(TOKEN, 1, "");
+    let targets = targets(&text).await?;
+    cycle_at(&targets[0], &text, MID_MARCH).await?;
+    let accounts = world.data.accounts();
+
+    // New usage for account 0; account 1 vanishes from DWDI; account 2 unchanged.
+    let mut data = DwdiData::new();
+    for account in [&accounts[0], &accounts[2]] {
+        let usage = world.data.compute_usage(account, None, "2024-03-01", "2024-03-31");
+        for (user, (node, cpu, gpu)) in usage.users {
+            let extra = if account == &accounts[0] { 10.0 } else { 0.0 };
+            data.add_compute("alps", account, &user, "2024-03-10", node + extra, cpu, gpu);
+        }
+    }
+    world.dwdi.set_data(data);
+    world.waldur.reset_counters();
+    let before = world.stored();
+    let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    let after = world.stored();
+    let key = |a: &str, t: &str| (a.to_owned(), "2024-03-01".to_owned(), t.to_owned());
+    assert_ne!(before.get(&key(&accounts[0], "nodeHours")), after.get(&key(&accounts[0], "nodeHours")));
+    // Absent from a successful answer: the stored non-zero value stays.
+    assert_eq!(before.get(&key(&accounts[1], "nodeHours")), after.get(&key(&accounts[1], "nodeHours")));
+    assert!(after.get(&key(&accounts[1], "nodeHours")).is_some_and(|v| v != "0.00"));
+    assert_eq!(world.waldur.requests().set_usage, 1, "{summary:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absent_resource_reports_zero_in_the_current_month() -> Result<()> {
+    let world = World::new(2, 2, WaldurOptions::default()).await?;
+    world.waldur.add_resource(&world.offering, &uuid_from("ghost"), "ghost", "", "OK");
+    let text = world.config(TOKEN, 1, "");
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    let ghost: Vec<(String, String)> = world
+        .waldur
+        .usages()
+        .into_iter()
+        .filter(|u| u.resource_uuid == uuid_from("ghost"))
+        .map(|u| (u.component_type, u.amount))
+        .collect();
+    assert_eq!(ghost.len(), 2, "{ghost:?}");
+    assert!(ghost.iter().all(|(_, amount)| amount == "0.00"), "{ghost:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dwdi_failing_for_one_offering_leaves_the_other_reporting() -> Result<()> {
+    let world = World::new(2, 2, WaldurOptions::default()).await?;
+    // A second offering whose DWDI refuses our client: its token request fails.
+    let broken = uuid_from("broken");
+    world.waldur.add_offering(&broken, "broken", &["nodeHours"]);
+    world.waldur.add_resource(&broken, &uuid_from("b1"), "b1", "", "OK");
+    let text = format!(
+        "{}  - name: broken\n    waldur_api_url: {:?}\n    waldur_api_token: {TOKEN}\n    waldur_offering_uuid: {broken}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
+        world.config(TOKEN, 1, ""),
+        world.waldur.url(),
+        dwdi_access(&world.dwdi, &world.options).replace(&world.options.client_secret, "wrong-secret"),
+    );
+    let targets = targets(&text).await?;
+    let good = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    let bad = cycle_at(&targets[1], &text, MID_MARCH).await?;
+    assert_eq!((good.submitted, good.failed), (2, 0));
+    assert_eq!((bad.submitted, bad.failed), (0, 1), "{bad:?}");
+    assert!(bad.errors[0].contains("invalid_client"), "{:?}", bad.errors);
+    assert!(!world.waldur.usages().iter().any(|u| u.resource_uuid == uuid_from("b1")), "nothing from a failed answer");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waldur_rejecting_one_resource_does_not_stop_the_others() -> Result<()> {
+    let world = World::new(4, 2, WaldurOptions::default()).await?;
+    let accounts = world.data.accounts();
+    world.waldur.reject_resource(&uuid_from(&accounts[1]), 400, serde_json::json!({"detail": "locked for audit"}));
+    let text = world.config(TOKEN, 1, "");
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!((summary.submitted, summary.failed), (3, 1), "{summary:?}");
+    assert!(summary.errors.iter().any(|e| e.contains(&accounts[1]) && e.contains("locked for audit")), "{:?}", summary.errors);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> Result<()> {
+    let world = World::new(2, 2, WaldurOptions::default()).await?;
+    let text = world.config(STAFF, 2, "");
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!((summary.submitted, summary.failed), (4, 0), "{summary:?}");
+    let stored = world.stored();
+    let account = &world.data.accounts()[0];
+    let feb = world.data.compute_usage(account, None, "2024-02-01", "2024-02-29");
+    assert_eq!(stored.get(&(account.clone(), "2024-02-01".into(), "nodeHours".into())), Some(&cents(feb.node_hours)));
+    assert_eq!(world.dwdi.stats().api_count("/compute/usage-month/account"), 2, "one call per month");
+
+    // A provider token cannot back-fill February: skipped with a warning, not failed.
+    let text = world.config(TOKEN, 2, "");
+    world.dwdi.set_data(DwdiData::generated(2, 3, &[(2024, 2), (2024, 3)]));
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    assert!(summary.skipped >= 1, "{summary:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zone_east_of_utc_on_the_first_reports_the_new_month() -> Result<()> {
+    // Waldur runs in UTC+1 too; it is already March 1st there.
+    let world = World::new(2, 2, WaldurOptions { utc_offset_minutes: 60, ..WaldurOptions::default() }).await?;
+    world.waldur.set_today(2024, 3, 1);
+    let text = world.config(TOKEN, 1, "").replace("timezone: UTC", "timezone: Europe/Zurich");
+    let summary = cycle_at(&targets(&text).await?[0], &text, "2024-02-29T23:30:00Z").await?;
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    let periods: Vec<String> = world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
+    assert!(!periods.is_empty() && periods.iter().all(|p| p == "2024-03-01"), "{periods:?}");
+    assert!(world.dwdi.stats().recent_urls().iter().any(|u| u.contains("from=2024-03&to=2024-03")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn components_the_offering_lacks_are_not_submitted() -> Result<()> {
+    let world = World::new(2, 2, WaldurOptions::default()).await?;
+    let offering = uuid_from("node only");
+    world.waldur.add_offering(&offering, "node only", &["nodeHours"]);
+    world.waldur.add_resource(&offering, &uuid_from("n1"), &world.data.accounts()[0], "", "OK");
+    let text = world.config(TOKEN, 1, "").replace(&world.offering, &offering);
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!((summary.submitted, summary.failed), (1, 0), "{summary:?}");
+    let types: Vec<String> = world.waldur.usages().into_iter().map(|u| u.component_type).collect();
+    assert_eq!(types, vec!["nodeHours".to_owned()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_follow_pagination_and_users_link_to_offering_users() -> Result<()> {
+    let world = World::new(330, 1, WaldurOptions::default()).await?;
+    let linked = world.waldur.add_offering_user(&world.offering, "user_0000");
+    let text = world.config(TOKEN, 1, "");
+    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    assert_eq!((summary.resources, summary.submitted, summary.failed), (330, 330, 0), "{summary:?}");
+    let counts = world.waldur.requests();
+    assert_eq!(counts.route("GET /api/marketplace-provider-resources/"), 4, "330 resources in pages of 100: {counts:?}");
+    let users = world.waldur.user_usages();
+    assert!(users.iter().filter(|u| u.username == "user_0000").all(|u| u.user.as_deref() == Some(linked.as_str())));
+    assert!(users.iter().filter(|u| u.username != "user_0000").all(|u| u.user.is_none()));
+    // 330 accounts do not fit in one URL: the component split them.
+    assert!(world.dwdi.stats().api_count("/compute/usage-month/account") >= 2);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_once_from_the_command_line() -> Result<()> {
+    let world = World::new(2, 2, WaldurOptions::default()).await?;
+    world.waldur.use_wall_clock();
+    let now = jiff::Timestamp::now();
+    let month = usage_agent::period::Month::containing(now, &jiff::tz::TimeZone::UTC);
+    world.dwdi.set_data(DwdiData::generated(2, 2, &[(i32::from(month.year), month.month as u32)]));
+    let config = e2e::ConfigFile::new(&world.config(TOKEN, 1, ""))?;
+    let out = e2e::run_cli(&["report", "--config-file", config.arg(), "--once"]).await?;
+    assert!(out.contains("compute: 2 resources, 2 submitted"), "{out}");
+    Ok(())
+}
