@@ -1,6 +1,11 @@
 //! Helpers for the end-to-end suite: run `usage-agent` commands in-process against the
 //! simulators and read what they print.
 
+/// Paths of the test components built from `tests/components/` by build.rs.
+pub mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
