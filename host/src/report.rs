@@ -37,6 +37,9 @@ pub struct CycleOptions {
     pub user_usage: bool,
     /// The configured time zone for billing months and submission dates.
     pub time_zone: TimeZone,
+    /// Baseline mode for benchmarks: one resource at a time, each with its own component
+    /// call and its own listings, as the Python agent works. Never faster.
+    pub sequential: bool,
 }
 
 impl CycleOptions {
@@ -46,6 +49,7 @@ impl CycleOptions {
             concurrency: config.waldur_max_concurrency.unwrap_or(DEFAULT_CONCURRENCY).max(1),
             user_usage: true,
             time_zone: crate::period::time_zone(config.timezone.as_deref())?,
+            sequential: false,
         })
     }
 }
@@ -287,7 +291,17 @@ async fn run_offering(target: &ReportTarget, options: &CycleOptions, clock: &dyn
         if stop.is_stopped() {
             break;
         }
-        report_month(target, options, clock, stop, tally, &resources, &offered, month, current, &mut offering_users).await;
+        if options.sequential {
+            for resource in &resources {
+                if stop.is_stopped() {
+                    break;
+                }
+                let one = std::slice::from_ref(resource);
+                report_month(target, options, clock, stop, tally, one, &offered, month, current, &mut offering_users).await;
+            }
+        } else {
+            report_month(target, options, clock, stop, tally, &resources, &offered, month, current, &mut offering_users).await;
+        }
     }
     Ok(resources.len())
 }
@@ -335,7 +349,7 @@ async fn report_month(
     };
     let by_id: HashMap<&str, &wit::ResourceUsage> = report.resources.iter().map(|r| (r.backend_id.as_str(), r)).collect();
     let billing_period = month.first_day().to_string();
-    let existing = match target.waldur.component_usages(&target.offering_uuid, &billing_period).await {
+    let existing = match list_usages(target, options, resources, &billing_period).await {
         Ok(list) => index_usages(list),
         Err(error) => {
             for _ in resources {
@@ -399,7 +413,33 @@ async fn report_month(
     if !wants_users {
         return;
     }
-    submit_user_usages(target, tally, &accepted, offered, month, &billing_period, &date, created_any, existing, offering_users, &semaphore).await;
+    submit_user_usages(target, options, tally, &accepted, offered, month, &billing_period, &date, created_any, existing, offering_users, &semaphore).await;
+}
+
+/// What Waldur holds for the month: one offering-wide listing, or in the sequential
+/// baseline one listing for the single resource.
+async fn list_usages(target: &ReportTarget, options: &CycleOptions, resources: &[Resource], billing_period: &str) -> Result<Vec<ComponentUsage>, WaldurError> {
+    match resources {
+        [one] if options.sequential => target.waldur.resource_component_usages(&one.uuid, billing_period).await,
+        _ => target.waldur.component_usages(&target.offering_uuid, billing_period).await,
+    }
+}
+
+/// Per-user usages held for the month, scoped like [`list_usages`].
+async fn list_user_usages(
+    target: &ReportTarget,
+    options: &CycleOptions,
+    resources: &[Resource],
+    billing_period: &str,
+) -> Result<Vec<crate::waldur::ComponentUserUsage>, WaldurError> {
+    match resources {
+        [one] if options.sequential => target.waldur.resource_user_usages(&one.uuid, billing_period).await,
+        _ => target.waldur.component_user_usages(&target.offering_uuid, billing_period).await,
+    }
+}
+
+fn accepted_resources(accepted: &[(&Resource, &wit::ResourceUsage)]) -> Vec<Resource> {
+    accepted.iter().map(|(r, _)| (*r).clone()).collect()
 }
 
 /// `(resource uuid, component type)` → stored usage.
@@ -482,6 +522,7 @@ fn classify_write_error(target: &ReportTarget, tally: &Tally, resource: &Resourc
 #[allow(clippy::too_many_arguments)]
 async fn submit_user_usages(
     target: &ReportTarget,
+    options: &CycleOptions,
     tally: &Tally,
     accepted: &[(&Resource, &wit::ResourceUsage)],
     offered: &HashSet<String>,
@@ -495,7 +536,7 @@ async fn submit_user_usages(
 ) {
     // New component usages have UUIDs only Waldur knows: one more listing finds them.
     let usages = if created_any {
-        match target.waldur.component_usages(&target.offering_uuid, billing_period).await {
+        match list_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
             Ok(list) => index_usages(list),
             Err(error) => {
                 tally.count(Outcome::Failed);
@@ -520,7 +561,7 @@ async fn submit_user_usages(
     }
     let users_by_name = offering_users.as_ref().cloned().unwrap_or_default();
     let stored_users: HashMap<(String, String), crate::waldur::ComponentUserUsage> =
-        match target.waldur.component_user_usages(&target.offering_uuid, billing_period).await {
+        match list_user_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
             Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),
             Err(error) => {
                 tally.count(Outcome::Failed);
