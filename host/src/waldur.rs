@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use futures::StreamExt as _;
 
 use crate::amount::Cents;
 use crate::config::Secret;
@@ -26,6 +27,8 @@ use crate::egress::oidc::snippet;
 
 /// Waldur's page size limit.
 const PAGE_SIZE: u32 = 100;
+/// Pages of one listing fetched at the same time.
+const LISTING_CONCURRENCY: usize = 8;
 /// Waldur answers are JSON lists of at most a page; a larger answer is an error.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
@@ -285,28 +288,62 @@ impl WaldurClient {
         decode(&Method::GET, path, &body)
     }
 
-    /// All pages of a listing.
+    /// All pages of a listing. When Waldur says how many items there are
+    /// (`X-Result-Count`), the remaining pages are fetched concurrently; otherwise the
+    /// `Link: rel="next"` chain is followed one page at a time.
     async fn list<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<T>, WaldurError> {
         let page_size = PAGE_SIZE.to_string();
         let mut with_page: Vec<(&str, &str)> = query.to_vec();
         with_page.push(("page_size", &page_size));
-        let mut next = Some(self.url(path, &with_page).to_string());
-        let mut items = Vec::new();
+        let first_url = self.url(path, &with_page);
+        let (headers, body) = self.send(Method::GET, first_url.as_str(), None).await?;
+        let mut items: Vec<T> = decode(&Method::GET, path, &body)?;
+        let Some(next) = next_link(&headers) else {
+            return Ok(items);
+        };
+        let total = headers
+            .get("x-result-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        // The page size Waldur actually used (it may clamp ours).
+        let served = items.len();
+        if let Some(total) = total
+            && served > 0
+        {
+            let pages = total.div_ceil(served);
+            let fetches = (2..=pages).map(|page| {
+                let mut url = first_url.clone();
+                let pairs: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k != "page")
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                url.query_pairs_mut().clear().extend_pairs(pairs).append_pair("page", &page.to_string());
+                async move {
+                    let (_, body) = self.send(Method::GET, url.as_str(), None).await?;
+                    decode::<Vec<T>>(&Method::GET, path, &body)
+                }
+            });
+            let mut stream = futures::stream::iter(fetches).buffered(LISTING_CONCURRENCY);
+            while let Some(page) = futures::StreamExt::next(&mut stream).await {
+                items.extend(page?);
+            }
+            return Ok(items);
+        }
+        let mut next = Some(next);
         while let Some(url) = next.take() {
-            let (headers, body) = self.send(Method::GET, &url, None).await?;
-            let page: Vec<T> = decode(&Method::GET, path, &body)?;
-            items.extend(page);
-            next = next_link(&headers);
-            if let Some(link) = &next
-                && !self.same_origin(link)
-            {
+            if !self.same_origin(&url) {
                 // Never send the token anywhere but the configured API.
                 return Err(WaldurError::Decode {
                     method: Method::GET,
                     endpoint: path.to_owned(),
-                    reason: format!("pagination points outside the API: {link}"),
+                    reason: format!("pagination points outside the API: {url}"),
                 });
             }
+            let (headers, body) = self.send(Method::GET, &url, None).await?;
+            let page: Vec<T> = decode(&Method::GET, path, &body)?;
+            items.extend(page);
+            next = next_link(&headers);
         }
         Ok(items)
     }
