@@ -15,6 +15,8 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod egress;
+pub mod heartbeat;
+pub mod metrics;
 pub mod period;
 pub mod report;
 pub mod runtime;

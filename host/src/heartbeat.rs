@@ -1,0 +1,62 @@
+//! The heartbeat file: the report loop rewrites it after every cycle, and
+//! `usage-agent healthz` calls the agent alive while it is fresh — the same contract as
+//! the Python agent's health check (stale after 300 seconds by default).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Where the report loop writes its heartbeat unless `heartbeat_file` says otherwise.
+pub const DEFAULT_PATH: &str = "/tmp/usage-agent-report.heartbeat";
+/// How old a heartbeat may be before the agent counts as dead.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The configured heartbeat file.
+pub fn path(configured: Option<&Path>) -> PathBuf {
+    configured.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Records "alive now": the Unix time, written to a temporary file and renamed over
+/// the heartbeat so a reader never sees half a file.
+pub fn touch(path: &Path) -> Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, format!("{now}\n"))
+        .with_context(|| format!("cannot write heartbeat {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("cannot write heartbeat {}", path.display()))
+}
+
+/// The age of the heartbeat, from the time written in it.
+pub fn age(path: &Path) -> Result<Duration> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("no heartbeat at {}", path.display()))?;
+    let written: u64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("heartbeat {} does not hold a time", path.display()))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if written > now + 60 {
+        bail!("heartbeat {} is in the future", path.display());
+    }
+    Ok(Duration::from_secs(now.saturating_sub(written)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_after_touch_and_errors_name_the_file() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("hb-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("heartbeat");
+        let missing = age(&file).map(|_| ()).unwrap_err();
+        assert!(format!("{missing:#}").contains("no heartbeat at"), "{missing:#}");
+        touch(&file)?;
+        assert!(age(&file)? < Duration::from_secs(5));
+        std::fs::write(&file, "garbage")?;
+        assert!(format!("{:#}", age(&file).map(|_| ()).unwrap_err()).contains("does not hold a time"));
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}
