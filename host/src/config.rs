@@ -59,6 +59,18 @@ pub struct AgentConfig {
     /// Folder with `<backend_type>.wasm` files that replace the built-in components.
     #[serde(default)]
     pub plugins_dir: Option<PathBuf>,
+    /// The report loop's heartbeat file (default `/tmp/usage-agent-report.heartbeat`).
+    #[serde(default)]
+    pub heartbeat_file: Option<PathBuf>,
+    /// Seconds after which `healthz` calls a heartbeat stale (default 300).
+    #[serde(default)]
+    pub heartbeat_max_age_seconds: Option<u64>,
+    /// Address for Prometheus metrics, e.g. `127.0.0.1:9105` (off when absent).
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `log_level` of the Python agent's config: the default log filter.
+    #[serde(default)]
+    pub log_level: Option<String>,
     /// Concurrent Waldur writes per offering (default 8).
     #[serde(default)]
     pub waldur_max_concurrency: Option<usize>,
@@ -179,6 +191,9 @@ impl AgentConfig {
         if self.offerings.is_empty() {
             bail!("offerings: the list is empty");
         }
+        if self.heartbeat_max_age_seconds == Some(0) {
+            bail!("heartbeat_max_age_seconds: must be at least 1");
+        }
         if self.waldur_max_concurrency == Some(0) {
             bail!("waldur_max_concurrency: must be at least 1");
         }
@@ -193,6 +208,13 @@ impl AgentConfig {
             offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
         }
         Ok(())
+    }
+
+    /// How old the heartbeat may be.
+    pub fn heartbeat_max_age(&self) -> std::time::Duration {
+        self.heartbeat_max_age_seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(crate::heartbeat::DEFAULT_MAX_AGE)
     }
 
     /// The offerings, with their index in the file.

@@ -4,7 +4,9 @@
 //! logging. Commands write their results to the writer they are given, so the tests
 //! run them in-process and read what an operator would see.
 
+mod check_config;
 mod demo;
+mod healthz;
 mod report;
 mod usage;
 
@@ -14,7 +16,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub use check_config::CheckConfigArgs;
 pub use demo::DemoArgs;
+pub use healthz::HealthzArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs};
 pub use usage::UsageArgs;
 
@@ -43,6 +47,10 @@ pub enum Command {
     Report(ReportArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
+    /// Validate a config as `report` would, without any request; non-zero on the first error.
+    CheckConfig(CheckConfigArgs),
+    /// Exit 0 if the agent is alive (and, unless --liveness-only, its services ready).
+    Healthz(HealthzArgs),
 }
 
 /// The config file option every command that reads one shares.
@@ -59,6 +67,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
+        Command::CheckConfig(args) => check_config::run(args, out).await,
+        Command::Healthz(args) => healthz::run(args, out).await,
     }
 }
 

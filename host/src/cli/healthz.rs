@@ -1,0 +1,68 @@
+//! `usage-agent healthz`: exit 0 when healthy, 1 when not, like `waldur_site_healthz`.
+//! Liveness: the report loop's heartbeat is fresher than `heartbeat_max_age_seconds`.
+//! Readiness (unless `--liveness-only`): every offering's Waldur API answers to its
+//! token and its DWDI token endpoint issues a token.
+
+use std::io::Write;
+
+use anyhow::{Result, bail};
+
+use super::ConfigArg;
+use crate::config::AgentConfig;
+use crate::egress::Egress;
+use crate::heartbeat;
+use crate::waldur::WaldurClient;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthzArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Check the heartbeat only, not the remote services.
+    #[arg(long)]
+    pub liveness_only: bool,
+}
+
+pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let config = AgentConfig::load(&args.config.config)?;
+    let mut failures = Vec::new();
+    let path = heartbeat::path(config.heartbeat_file.as_deref());
+    let max_age = config.heartbeat_max_age();
+    match heartbeat::age(&path) {
+        Ok(age) if age <= max_age => writeln!(out, "ok    liveness: heartbeat {} is {}s old", path.display(), age.as_secs())?,
+        Ok(age) => failures.push(format!("liveness: heartbeat {} is {}s old (limit {}s)", path.display(), age.as_secs(), max_age.as_secs())),
+        Err(error) => failures.push(format!("liveness: {error:#}")),
+    }
+    if !args.liveness_only {
+        for (index, offering) in config.offerings() {
+            let name = offering.display_name(index);
+            match (&offering.waldur_api_url, &offering.waldur_api_token) {
+                (Some(url), Some(token)) => {
+                    let outcome = match WaldurClient::new(url, token.clone(), offering.verify_ssl) {
+                        Ok(client) => client.me().await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(error) => Err(format!("{error:#}")),
+                    };
+                    match outcome {
+                        Ok(()) => writeln!(out, "ok    {name}: Waldur {url}")?,
+                        Err(error) => failures.push(format!("{name}: Waldur: {error}")),
+                    }
+                }
+                _ => failures.push(format!("{name}: waldur_api_url or waldur_api_token missing")),
+            }
+            let token = match Egress::new(&name, offering) {
+                Ok(egress) => egress.tokens().bearer().await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(error) => Err(format!("{error:#}")),
+            };
+            match token {
+                Ok(()) => writeln!(out, "ok    {name}: DWDI token endpoint")?,
+                Err(error) => failures.push(format!("{name}: DWDI token: {error}")),
+            }
+        }
+    }
+    for failure in &failures {
+        writeln!(out, "FAIL  {failure}")?;
+    }
+    if !failures.is_empty() {
+        bail!("unhealthy: {} check(s) failed", failures.len());
+    }
+    Ok(())
+}
