@@ -5,6 +5,7 @@
 //! run them in-process and read what an operator would see.
 
 mod demo;
+mod plugins;
 mod report;
 mod usage;
 
@@ -15,7 +16,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use demo::DemoArgs;
-pub use report::{PERIOD_VARIABLE, ReportArgs};
+pub use plugins::PluginsArgs;
+pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
@@ -43,6 +45,8 @@ pub enum Command {
     Report(ReportArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
+    /// List the component serving each backend type: built in or from the plugins folder.
+    Plugins(PluginsArgs),
 }
 
 /// The config file option every command that reads one shares.
@@ -59,6 +63,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
+        Command::Plugins(args) => plugins::run(args, out).await,
     }
 }
 
