@@ -32,22 +32,20 @@ pub struct ReportArgs {
     /// /var/lib/usage-agent/plugins).
     #[arg(long, value_name = "DIR")]
     pub plugins_dir: Option<PathBuf>,
+    /// Minutes between cycles (fractions allowed); the Python agent's variable sets it too.
+    #[arg(long, value_name = "MINUTES", env = PERIOD_VARIABLE, default_value = "30")]
+    pub period_minutes: String,
 }
 
-/// Reads the cycle period from the environment.
-pub(crate) fn cycle_period() -> Result<Duration> {
-    match std::env::var(PERIOD_VARIABLE) {
-        Err(_) => Ok(Duration::from_secs(30 * 60)),
-        Ok(text) => {
-            let minutes: f64 = text
-                .trim()
-                .parse()
-                .ok()
-                .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
-                .ok_or_else(|| anyhow!("{PERIOD_VARIABLE}={text:?}: expected a number of minutes between 0 and 10080"))?;
-            Ok(Duration::from_secs_f64(minutes * 60.0))
-        }
-    }
+/// The cycle period from `--period-minutes` or the environment.
+pub(crate) fn cycle_period(text: &str) -> Result<Duration> {
+    let minutes: f64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
+        .ok_or_else(|| anyhow!("--period-minutes ({PERIOD_VARIABLE}) {text:?}: expected a number of minutes between 0 and 10080"))?;
+    Ok(Duration::from_secs_f64(minutes * 60.0))
 }
 
 /// Runs one cycle over all targets, offerings side by side.
@@ -66,7 +64,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
 /// command; by the caller in tests). The plugins folder is watched while it runs.
 pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: StopFlag) -> Result<()> {
     let config = AgentConfig::load(&args.config.config)?;
-    let period = cycle_period()?;
+    let period = cycle_period(&args.period_minutes)?;
     let mut options = CycleOptions::from_config(&config)?;
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);

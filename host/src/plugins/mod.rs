@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Result, anyhow};
+#[cfg(test)]
+use anyhow::Context as _;
 use tokio::sync::{Mutex, broadcast};
 use wasmtime::component::Component;
 
@@ -272,9 +274,12 @@ impl Plugins {
                     .prepare(backend_type, bytes.to_vec(), Source::Builtin)
                     .await
                     .map_err(|reason| anyhow!("the built-in component for {backend_type} cannot serve: {reason}"))?;
-                let mut state = self.inner.state.lock().await;
-                let entry = state.entry(backend_type.clone()).or_default();
-                entry.default = Some(plugin);
+                let mut states = self.inner.state.lock().await;
+                let state = states.entry(backend_type.clone()).or_default();
+                state.default = Some(plugin.clone());
+                // The default serves until a file is accepted, so a refused file at
+                // start-up still leaves a working backend.
+                self.serve(backend_type, state, plugin);
             }
             self.sync(backend_type).await;
             let state = self.inner.state.lock().await;
@@ -285,7 +290,7 @@ impl Plugins {
                     None => format!("{} has no {backend_type}.wasm", self.inner.options.dir.display()),
                 };
                 return Err(anyhow!(
-                    "no component serves backend type {backend_type:?}: none is built in (built in: {}) and {why}",
+                    "no component serves backend type {backend_type:?}: it is not built in (built in: {}) and {why}",
                     known.join(", ")
                 ));
             }
@@ -481,11 +486,11 @@ impl Plugins {
         let size = bytes.len();
         let (component, compiled) = compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone()).await?;
         let wit_version = check_export(runtime.engine(), &component)?;
-        runtime.check_imports(&component).map_err(|e| Refusal::Imports(format!("{e:#}")))?;
+        runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
         let info = runtime
             .describe_component(&component)
             .await
-            .map_err(|e| Refusal::Describe(format!("{e:#}")))?;
+            .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
             return Err(Refusal::WrongBackendType {
                 name: info.name,
@@ -502,14 +507,19 @@ impl Plugins {
             for (index, offering, config) in offerings {
                 let reason = match runtime.check_setup(&loaded, config).await {
                     Ok(()) => continue,
-                    Err(CallError::Backend(wit::BackendError::InvalidConfig(message))) => message,
-                    Err(other) => other.to_string(),
+                    Err(CallError::Backend(wit::BackendError::InvalidConfig(message))) => one_line(&message),
+                    Err(other) => one_line(&other.to_string()),
                 };
                 return Err(Refusal::Setup { index: *index, offering: offering.clone(), reason });
             }
         }
         Ok(Plugin { loaded: Arc::new(loaded), wit_version, compiled })
     }
+}
+
+/// `text` on one line: a refusal is one log line, whatever wasmtime or a guest wrote.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The major version of a semver string.
@@ -542,7 +552,13 @@ async fn compile(runtime: &Runtime, cache: Option<Arc<Cache>>, bytes: Vec<u8>, s
         if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &sha256)) {
             return Ok((component, Compiled::Cached(started.elapsed())));
         }
-        let component = Component::new(&engine, &bytes).map_err(|e| Refusal::NotComponent(format!("{e:#}")))?;
+        let component = Component::new(&engine, &bytes).map_err(|e| {
+            if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                Refusal::NotComponent("a core WebAssembly module, not a component (build for wasm32-wasip2)".to_owned())
+            } else {
+                Refusal::NotComponent(one_line(&format!("{e:#}")))
+            }
+        })?;
         let took = started.elapsed();
         if let Some(cache) = &cache {
             cache.store(&sha256, &component);
@@ -578,4 +594,58 @@ async fn read_when_stable(path: &Path, mut last: Fingerprint, settle: Duration) 
         last = fingerprint(path).unwrap_or(now);
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component: no imports, no exports.
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    /// A component that imports the instance `x:y/z@1.0.0` (with one function),
+    /// which the sandbox does not provide.
+    fn importing_unknown() -> Vec<u8> {
+        let name = b"x:y/z@1.0.0";
+        let mut bytes = EMPTY.to_vec();
+        // Type section: one instance type exporting `f: func()`.
+        bytes.extend_from_slice(&[0x07, 0x0e, 0x01, 0x42, 0x02, 0x01, 0x40, 0x00, 0x01, 0x00, 0x04, 0x00, 0x01, b'f', 0x01, 0x00]);
+        // Import section: one import, a plain name, of an instance of type 0.
+        let mut import = vec![0x01, 0x00, name.len() as u8];
+        import.extend_from_slice(name);
+        import.extend_from_slice(&[0x05, 0x00]);
+        bytes.push(0x0a);
+        bytes.push(import.len() as u8);
+        bytes.extend_from_slice(&import);
+        bytes
+    }
+
+    #[test]
+    fn an_import_the_sandbox_lacks_is_named() -> Result<()> {
+        let runtime = Runtime::new()?;
+        let empty = Component::new(runtime.engine(), EMPTY)?;
+        runtime.check_imports(&empty)?;
+        let component = Component::new(runtime.engine(), importing_unknown())?;
+        let error = format!("{:#}", runtime.check_imports(&component).err().context("accepted an unknown import")?);
+        assert!(error.contains("x:y/z@1.0.0"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_component_without_the_export_is_refused() -> Result<()> {
+        let runtime = Runtime::new()?;
+        let empty = Component::new(runtime.engine(), EMPTY)?;
+        let refusal = check_export(runtime.engine(), &empty).err();
+        assert_eq!(refusal, Some(Refusal::NoExport { exports: "nothing".to_owned() }));
+        assert_eq!(
+            Refusal::WitVersion { found: "2.1.0".to_owned() }.to_string(),
+            "built against waldur:usage@2.1.0, but this host supports waldur:usage 1.x (it implements waldur:usage@1.0.0)"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("expected=[0,\n  97]\n"), "expected=[0, 97]");
+    }
 }
