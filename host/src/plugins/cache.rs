@@ -97,10 +97,10 @@ impl Cache {
     /// temporary file and renamed, so a reader never sees half an entry; failures are
     /// logged (once) and otherwise ignored.
     pub fn store(&self, sha256: &str, component: &Component) {
-        if let Err(e) = self.try_store(sha256, component) {
-            if !self.write_warned.swap(true, Ordering::Relaxed) {
-                tracing::warn!("plugins cache: cannot write to {}: {e:#}; components are compiled at every start", self.dir.display());
-            }
+        if let Err(e) = self.try_store(sha256, component)
+            && !self.write_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!("plugins cache: cannot write to {}: {e:#}; components are compiled at every start", self.dir.display());
         }
     }
 
