@@ -64,12 +64,12 @@ impl Backends {
     }
 
     /// Puts `loaded` in service for `backend_type`; returns the one it replaced.
-    pub fn install(&self, backend_type: &str, loaded: LoadedBackend) -> Option<Arc<LoadedBackend>> {
+    pub fn install(&self, backend_type: &str, loaded: impl Into<Arc<LoadedBackend>>) -> Option<Arc<LoadedBackend>> {
         let mut map = match self.serving.write() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.insert(backend_type.to_owned(), Arc::new(loaded))
+        map.insert(backend_type.to_owned(), loaded.into())
     }
 }
 

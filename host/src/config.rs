@@ -71,10 +71,26 @@ pub struct AgentConfig {
     /// `log_level` of the Python agent's config: the default log filter.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Where compiled components are cached between runs.
+    #[serde(default)]
+    pub plugins_cache_dir: Option<PathBuf>,
+    /// Per backend type, rules for its file in the plugins folder (a pinned digest).
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginConfig>,
     /// Concurrent Waldur writes per offering (default 8).
     #[serde(default)]
     pub waldur_max_concurrency: Option<usize>,
     pub offerings: Vec<OfferingConfig>,
+}
+
+/// One entry of `plugins`. Unknown keys are refused here: a misspelt pin must not
+/// silently allow any file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The only sha256 (hex) a file for this backend type may have.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 fn default_reporting_periods() -> u32 {
@@ -207,6 +223,13 @@ impl AgentConfig {
         for (index, offering) in self.offerings.iter().enumerate() {
             offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
         }
+        for (backend_type, plugin) in &self.plugins {
+            if let Some(pin) = &plugin.sha256
+                && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                bail!("plugins.{backend_type}.sha256: {pin:?} is not a sha256 digest (64 hexadecimal digits)");
+            }
+        }
         Ok(())
     }
 
@@ -215,6 +238,24 @@ impl AgentConfig {
         self.heartbeat_max_age_seconds
             .map(std::time::Duration::from_secs)
             .unwrap_or(crate::heartbeat::DEFAULT_MAX_AGE)
+    }
+
+    /// The pinned digest of `backend_type`'s plugin file, lower-case.
+    pub fn pinned_sha256(&self, backend_type: &str) -> Option<String> {
+        self.plugins.get(backend_type)?.sha256.as_deref().map(str::to_ascii_lowercase)
+    }
+
+    /// The backend types the offerings use, each once, in order of first use.
+    pub fn backend_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = Vec::new();
+        for offering in &self.offerings {
+            if let Some(t) = offering.usage_backend()
+                && !types.iter().any(|known| known == t)
+            {
+                types.push(t.to_owned());
+            }
+        }
+        types
     }
 
     /// The offerings, with their index in the file.
@@ -397,6 +438,22 @@ offerings:
         let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
         let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
+    }
+
+    #[test]
+    fn plugin_pins_are_checked_and_normalised() -> Result<()> {
+        let digest = "AB".repeat(32);
+        let text = format!("plugins:\n  cscs-dwdi-compute:\n    sha256: {digest}\n{MINIMAL}");
+        let config = AgentConfig::parse(&text)?;
+        assert_eq!(config.pinned_sha256("cscs-dwdi-compute"), Some("ab".repeat(32)));
+        assert_eq!(config.pinned_sha256("cscs-dwdi-storage"), None);
+        let text = format!("plugins:\n  cscs-dwdi-compute:\n    sha256: abc\n{MINIMAL}");
+        let err = AgentConfig::parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(err.starts_with("plugins.cscs-dwdi-compute.sha256: \"abc\" is not a sha256 digest"), "{err}");
+        let text = format!("plugins:\n  cscs-dwdi-compute:\n    sha265: {digest}\n{MINIMAL}");
+        let err = AgentConfig::parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(err.contains("unknown field `sha265`"), "{err}");
+        Ok(())
     }
 
     #[test]

@@ -27,6 +27,29 @@ pub fn touch(path: &Path) -> Result<()> {
     std::fs::rename(&temporary, path).with_context(|| format!("cannot write heartbeat {}", path.display()))
 }
 
+/// How often the loop's heartbeat is rewritten between and during cycles.
+const BEAT_EVERY: Duration = Duration::from_secs(60);
+
+/// Rewrites the heartbeat every minute while the process runs (cycles can take longer
+/// than the staleness limit; the process being alive is what liveness means). Dropping
+/// the handle stops it.
+pub fn spawn_beat(path: PathBuf) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failed_before = false;
+        loop {
+            match touch(&path) {
+                Ok(()) => failed_before = false,
+                Err(error) if !failed_before => {
+                    tracing::warn!("{error:#}");
+                    failed_before = true;
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(BEAT_EVERY).await;
+        }
+    })
+}
+
 /// The age of the heartbeat, from the time written in it.
 pub fn age(path: &Path) -> Result<Duration> {
     let text = std::fs::read_to_string(path).with_context(|| format!("no heartbeat at {}", path.display()))?;

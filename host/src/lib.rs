@@ -5,6 +5,7 @@
 //! - [`runtime`]: wasmtime, one fresh instance per component call.
 //! - [`egress`]: the only way out of the sandbox: allow-list, OIDC, proxies, TLS.
 //! - [`backends`]: which component serves which offering.
+//! - [`plugins`]: the plugins folder: validated hot swaps and the compiled-component cache.
 //! - [`waldur`], [`report`]: the Waldur client and the report cycle.
 //! - [`period`], [`amount`]: billing months and two-decimal amounts.
 //! - [`cli`]: the `usage-agent` commands.
@@ -18,6 +19,7 @@ pub mod egress;
 pub mod heartbeat;
 pub mod metrics;
 pub mod period;
+pub mod plugins;
 pub mod report;
 pub mod runtime;
 pub mod waldur;

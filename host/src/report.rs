@@ -18,6 +18,7 @@ use jiff::tz::TimeZone;
 use tokio::sync::Semaphore;
 
 use crate::amount::Cents;
+use crate::backends::Backends;
 use crate::config::{AgentConfig, OfferingConfig};
 use crate::period::Month;
 use crate::runtime::{OfferingBackend, wit};
@@ -90,6 +91,8 @@ pub struct OfferingSummary {
     pub dwdi_calls: u64,
     pub waldur_calls: u64,
     pub duration: Duration,
+    /// The component that served this cycle: `name version`.
+    pub backend: String,
     /// One line per failure, for the operator.
     pub errors: Vec<String>,
 }
@@ -98,7 +101,7 @@ impl std::fmt::Display for OfferingSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} resources, {} submitted, {} unchanged, {} skipped, {} failed; {} DWDI calls, {} Waldur calls, {:.2?}",
+            "{}: {} resources, {} submitted, {} unchanged, {} skipped, {} failed; {} DWDI calls, {} Waldur calls, {:.2?}; {}",
             self.offering,
             self.resources,
             self.submitted,
@@ -107,8 +110,35 @@ impl std::fmt::Display for OfferingSummary {
             self.failed,
             self.dwdi_calls,
             self.waldur_calls,
-            self.duration
+            self.duration,
+            self.backend
         )
+    }
+}
+
+/// Counts one offering's cycle in the process metrics.
+pub fn record_metrics(summary: &OfferingSummary) {
+    let metrics = crate::metrics::global();
+    let offering = summary.offering.as_str();
+    metrics.inc("usage_agent_cycles_total", "Report cycles run, per offering.", &[("offering", offering)]);
+    if summary.failed > 0 {
+        metrics.inc("usage_agent_cycles_failed_total", "Report cycles with at least one failure.", &[("offering", offering)]);
+    } else {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        metrics.set("usage_agent_last_success_timestamp_seconds", "End of the last cycle without failures.", &[("offering", offering)], now);
+    }
+    for (outcome, count) in [
+        ("submitted", summary.submitted),
+        ("unchanged", summary.unchanged),
+        ("skipped", summary.skipped),
+        ("failed", summary.failed),
+    ] {
+        metrics.add(
+            "usage_agent_resources_total",
+            "Resource-months handled, by outcome.",
+            &[("offering", offering), ("outcome", outcome)],
+            count as f64,
+        );
     }
 }
 
@@ -120,6 +150,9 @@ pub struct ReportTarget {
     pub config: OfferingConfig,
     pub backend: OfferingBackend,
     pub waldur: WaldurClient,
+    /// Where the component in service for the offering's backend type is looked up at
+    /// the start of each cycle; `None`: always `backend`.
+    serving: Option<Backends>,
     /// Warnings already given, so each is logged once per process.
     warned: Mutex<HashSet<String>>,
 }
@@ -139,8 +172,31 @@ impl ReportTarget {
             config: config.clone(),
             backend,
             waldur,
+            serving: None,
             warned: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// Makes each cycle use the component `backends` has in service for the offering's
+    /// backend type at that moment, so a hot swap takes effect at the next cycle.
+    pub fn follow(mut self, backends: &Backends) -> Self {
+        self.serving = Some(backends.clone());
+        self
+    }
+
+    /// The binding for a cycle starting now: the component in service, with the
+    /// offering's egress (token cache, counters) and config. A swap while the cycle
+    /// runs does not affect it.
+    pub fn backend_now(&self) -> OfferingBackend {
+        let current = self
+            .serving
+            .as_ref()
+            .zip(self.config.usage_backend())
+            .and_then(|(backends, backend_type)| backends.get(backend_type));
+        match current {
+            Some(current) if !Arc::ptr_eq(&current, self.backend.loaded()) => self.backend.with_backend(current),
+            _ => self.backend.clone(),
+        }
     }
 
     /// Logs `message` the first time `key` is seen.
@@ -154,12 +210,12 @@ impl ReportTarget {
 
 /// Builds the report targets of every offering in the config: components loaded,
 /// configs validated, Waldur settings present.
-pub async fn prepare_targets(config: &AgentConfig, backends: &crate::backends::Backends) -> Result<Vec<ReportTarget>> {
+pub async fn prepare_targets(config: &AgentConfig, backends: &Backends) -> Result<Vec<ReportTarget>> {
     backends.load_builtins_for(config).await?;
     let mut targets = Vec::new();
     for (index, offering) in config.offerings() {
         let backend = crate::backends::prepare_offering(backends, index, offering).await?;
-        targets.push(ReportTarget::new(index, offering, backend)?);
+        targets.push(ReportTarget::new(index, offering, backend)?.follow(backends));
     }
     Ok(targets)
 }
@@ -167,14 +223,31 @@ pub async fn prepare_targets(config: &AgentConfig, backends: &crate::backends::B
 /// Set when the process is asked to stop: the cycle finishes the resource in flight
 /// and submits nothing new.
 #[derive(Debug, Default, Clone)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub struct StopFlag(Arc<StopInner>);
+
+#[derive(Debug, Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    woken: tokio::sync::Notify,
+}
 
 impl StopFlag {
     pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.stopped.store(true, Ordering::SeqCst);
+        self.0.woken.notify_waiters();
     }
     pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.stopped.load(Ordering::SeqCst)
+    }
+    /// Returns once [`StopFlag::stop`] has been called.
+    pub async fn stopped(&self) {
+        loop {
+            let woken = self.0.woken.notified();
+            if self.is_stopped() {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 
@@ -239,8 +312,12 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     let waldur_before = target.waldur.request_count();
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
     let tally = Tally::default();
-    let mut summary = OfferingSummary { offering: target.name.clone(), ..Default::default() };
-    match run_offering(target, options, clock, stop, &tally).await {
+    // One component version for the whole cycle, even if another is swapped in meanwhile.
+    let backend = target.backend_now();
+    let info = &backend.loaded().info;
+    let mut summary =
+        OfferingSummary { offering: target.name.clone(), backend: format!("{} {}", info.name, info.version), ..Default::default() };
+    match run_offering(target, &backend, options, clock, stop, &tally).await {
         Ok(resources) => summary.resources = resources,
         Err(error) => {
             tally.count(Outcome::Failed);
@@ -259,7 +336,14 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     summary
 }
 
-async fn run_offering(target: &ReportTarget, options: &CycleOptions, clock: &dyn Clock, stop: &StopFlag, tally: &Tally) -> Result<usize> {
+async fn run_offering(
+    target: &ReportTarget,
+    backend: &OfferingBackend,
+    options: &CycleOptions,
+    clock: &dyn Clock,
+    stop: &StopFlag,
+    tally: &Tally,
+) -> Result<usize> {
     let current = Month::containing(clock.now(), &options.time_zone);
     let offering = target.waldur.offering(&target.offering_uuid).await?;
     let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
@@ -297,10 +381,10 @@ async fn run_offering(target: &ReportTarget, options: &CycleOptions, clock: &dyn
                     break;
                 }
                 let one = std::slice::from_ref(resource);
-                report_month(target, options, clock, stop, tally, one, &offered, month, current, &mut offering_users).await;
+                report_month(target, backend, options, clock, stop, tally, one, &offered, month, current, &mut offering_users).await;
             }
         } else {
-            report_month(target, options, clock, stop, tally, &resources, &offered, month, current, &mut offering_users).await;
+            report_month(target, backend, options, clock, stop, tally, &resources, &offered, month, current, &mut offering_users).await;
         }
     }
     Ok(resources.len())
@@ -325,6 +409,7 @@ fn wit_resources(resources: &[Resource]) -> Vec<wit::WaldurResource> {
 #[allow(clippy::too_many_arguments)]
 async fn report_month(
     target: &ReportTarget,
+    backend: &OfferingBackend,
     options: &CycleOptions,
     clock: &dyn Clock,
     stop: &StopFlag,
@@ -336,7 +421,7 @@ async fn report_month(
     offering_users: &mut Option<HashMap<String, String>>,
 ) {
     let period = wit::BillingPeriod { year: month.year as u16, month: month.month as u8 };
-    let report = match target.backend.usage_report(wit_resources(resources), period).await {
+    let report = match backend.usage_report(wit_resources(resources), period).await {
         Ok(report) => report,
         Err(error) => {
             // Nothing is submitted from a failed answer.

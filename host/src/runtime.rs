@@ -331,3 +331,46 @@ pub fn wit_config(offering: &crate::config::OfferingConfig) -> wit::Config {
             .collect(),
     }
 }
+
+// What the plugins folder needs to validate a component before it may serve
+// (see `crate::plugins`): each step on a component that is compiled but not in service.
+impl Runtime {
+    /// Fails, naming the import, when `component` imports anything the sandbox does
+    /// not provide (or provides with another type).
+    pub fn check_imports(&self, component: &Component) -> Result<()> {
+        self.linker.instantiate_pre(component).map(drop).map_err(|e| anyhow!("{e:#}"))
+    }
+
+    /// Asks a compiled component to describe itself, on a fresh instance with no egress.
+    pub async fn describe_component(&self, component: &Component) -> Result<wit::BackendInfo> {
+        self.instantiate(component, ComponentHooks::new("(describe)", None)).await?.describe().await
+    }
+
+    /// Calls `setup` with `config` on a fresh instance with no egress: setup makes no
+    /// request, so any attempt is refused.
+    pub async fn check_setup(&self, backend: &LoadedBackend, config: &wit::Config) -> Result<(), CallError> {
+        let mut instance = self
+            .instantiate(&backend.component, ComponentHooks::new(&backend.info.name, None))
+            .await
+            .map_err(CallError::Sandbox)?;
+        let guest = instance.bindings.waldur_usage_usage_backend();
+        guest
+            .call_setup(&mut instance.store, config)
+            .await
+            .map_err(|e| CallError::Sandbox(anyhow!("component {} trapped: {e:#}", backend.info.name)))?
+            .map_err(CallError::Backend)
+    }
+}
+
+impl OfferingBackend {
+    /// The same offering served by `backend` from now on. The egress (and with it the
+    /// token cache and counters) is shared with `self`.
+    pub fn with_backend(&self, backend: Arc<LoadedBackend>) -> Self {
+        Self { backend, ..self.clone() }
+    }
+
+    /// The component this binding calls.
+    pub fn loaded(&self) -> &Arc<LoadedBackend> {
+        &self.backend
+    }
+}

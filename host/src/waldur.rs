@@ -393,7 +393,17 @@ impl WaldurClient {
                     .to_bytes();
                 Ok::<_, (String, bool)>((parts.status, parts.headers, bytes))
             };
+            let started = std::time::Instant::now();
             let outcome = tokio::time::timeout(self.timeout, exchange).await;
+            let status = match &outcome {
+                Ok(Ok((status, _, _))) => status.as_str().to_owned(),
+                Ok(Err(_)) => "error".to_owned(),
+                Err(_) => "timeout".to_owned(),
+            };
+            let metrics = crate::metrics::global();
+            let labels = [("method", method.as_str()), ("endpoint", metric_endpoint(&endpoint)), ("status", status.as_str())];
+            metrics.inc("usage_agent_waldur_requests_total", "Waldur API requests, by endpoint and status.", &labels);
+            metrics.observe("usage_agent_waldur_request_duration_seconds", "Waldur API request latency.", &labels[..2], started.elapsed());
             let retry = match outcome {
                 Ok(Ok((status, headers, bytes))) if status.is_success() => return Ok((headers, bytes)),
                 Ok(Ok((status, _, bytes))) => {
@@ -450,6 +460,24 @@ fn decode<T: DeserializeOwned>(method: &Method, path: &str, body: &[u8]) -> Resu
         method: method.clone(),
         endpoint: path.to_owned(),
         reason: format!("{e} (answer starts with {:?})", snippet(body)),
+    })
+}
+
+/// The endpoint as a metric label: UUIDs in the path become `{uuid}` so labels stay few.
+fn metric_endpoint(path: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "set_user_usages/",
+        "set_user_usage/",
+        "set_usage/",
+        "marketplace-component-user-usages/",
+        "marketplace-component-usages/",
+        "marketplace-provider-resources/",
+        "marketplace-provider-offerings/",
+        "marketplace-offering-users/",
+        "users/me/",
+    ];
+    KNOWN.iter().find(|k| path.ends_with(*k)).copied().unwrap_or_else(|| {
+        if path.contains("marketplace-provider-offerings/") { "marketplace-provider-offerings/{uuid}/" } else { "other" }
     })
 }
 

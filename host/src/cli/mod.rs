@@ -7,6 +7,7 @@
 mod check_config;
 mod demo;
 mod healthz;
+mod plugins;
 mod report;
 mod usage;
 
@@ -19,7 +20,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use check_config::CheckConfigArgs;
 pub use demo::DemoArgs;
 pub use healthz::HealthzArgs;
-pub use report::{PERIOD_VARIABLE, ReportArgs};
+pub use plugins::PluginsArgs;
+pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
@@ -51,6 +53,8 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Exit 0 if the agent is alive (and, unless --liveness-only, its services ready).
     Healthz(HealthzArgs),
+    /// List the component serving each backend type: built in or from the plugins folder.
+    Plugins(PluginsArgs),
 }
 
 /// The config file option every command that reads one shares.
@@ -69,6 +73,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Demo(args) => demo::run(args, out).await,
         Command::CheckConfig(args) => check_config::run(args, out).await,
         Command::Healthz(args) => healthz::run(args, out).await,
+        Command::Plugins(args) => plugins::run(args, out).await,
     }
 }
 

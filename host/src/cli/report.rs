@@ -2,6 +2,7 @@
 //! `WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES` (default 30) until a signal stops it.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -9,6 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use super::ConfigArg;
 use crate::backends::Backends;
 use crate::config::AgentConfig;
+use crate::plugins::{PluginOptions, Plugins};
 use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering};
 use crate::runtime::Runtime;
 
@@ -25,22 +27,25 @@ pub struct ReportArgs {
     /// Waldur writes in flight per offering (overrides `waldur_max_concurrency`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
+    /// The plugins folder: `<backend_type>.wasm` files replace the built-in components,
+    /// picked up while the loop runs (overrides `plugins_dir`; default
+    /// /var/lib/usage-agent/plugins).
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Minutes between cycles (fractions allowed); the Python agent's variable sets it too.
+    #[arg(long, value_name = "MINUTES", env = PERIOD_VARIABLE, default_value = "30")]
+    pub period_minutes: String,
 }
 
-/// Reads the cycle period from the environment.
-pub(crate) fn cycle_period() -> Result<Duration> {
-    match std::env::var(PERIOD_VARIABLE) {
-        Err(_) => Ok(Duration::from_secs(30 * 60)),
-        Ok(text) => {
-            let minutes: f64 = text
-                .trim()
-                .parse()
-                .ok()
-                .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
-                .ok_or_else(|| anyhow!("{PERIOD_VARIABLE}={text:?}: expected a number of minutes between 0 and 10080"))?;
-            Ok(Duration::from_secs_f64(minutes * 60.0))
-        }
-    }
+/// The cycle period from `--period-minutes` or the environment.
+pub(crate) fn cycle_period(text: &str) -> Result<Duration> {
+    let minutes: f64 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
+        .ok_or_else(|| anyhow!("--period-minutes ({PERIOD_VARIABLE}) {text:?}: expected a number of minutes between 0 and 10080"))?;
+    Ok(Duration::from_secs_f64(minutes * 60.0))
 }
 
 /// Runs one cycle over all targets, offerings side by side.
@@ -50,26 +55,49 @@ pub(crate) async fn run_cycle(targets: &[ReportTarget], options: &CycleOptions, 
 }
 
 pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let stop = StopFlag::default();
+    spawn_signal_watch(stop.clone());
+    run_until(args, out, stop).await
+}
+
+/// The report loop of `usage-agent report`, until `stop` is raised (by a signal in the
+/// command; by the caller in tests). The plugins folder is watched while it runs.
+pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: StopFlag) -> Result<()> {
     let config = AgentConfig::load(&args.config.config)?;
-    let period = cycle_period()?;
+    let period = cycle_period(&args.period_minutes)?;
     let mut options = CycleOptions::from_config(&config)?;
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);
     }
     let backends = Backends::new(Runtime::new()?);
+    let plugin_options = PluginOptions::resolve(Some(&config), Some(&args.config.config), args.plugins_dir.clone());
+    let plugins = Plugins::new(backends.clone(), Some(&config), plugin_options);
+    plugins.start().await?;
     let targets = prepare_targets(&config, &backends).await?;
-    let stop = StopFlag::default();
-    let woken = std::sync::Arc::new(tokio::sync::Notify::new());
-    spawn_signal_watch(stop.clone(), woken.clone());
-    tracing::info!(offerings = targets.len(), ?period, "report loop started");
+    // One cycle needs no watching; a loop picks up new files between cycles.
+    let _watch = (!args.once).then(|| plugins.watch());
+    if let Some(addr) = config.metrics_listen {
+        let bound = crate::metrics::serve(addr).await?;
+        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+    }
+    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref());
+    let _beat = (!args.once).then(|| crate::heartbeat::spawn_beat(heartbeat.clone()));
+    tracing::info!(offerings = targets.len(), ?period, plugins_dir = %plugins.options().dir.display(), "report loop started");
     loop {
         let summaries = run_cycle(&targets, &options, &stop).await;
         let mut failed = 0;
         for summary in &summaries {
             tracing::info!(offering = %summary.offering, "{summary}");
             writeln!(out, "{summary}")?;
+            crate::report::record_metrics(summary);
             failed += summary.failed;
         }
+        if !args.once
+            && let Err(error) = crate::heartbeat::touch(&heartbeat)
+        {
+            tracing::warn!("{error:#}");
+        }
+        out.flush()?;
         if args.once {
             if failed > 0 {
                 bail!("the cycle finished with {failed} failure(s); see the log");
@@ -82,7 +110,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
         }
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = woken.notified() => {
+            _ = stop.stopped() => {
                 tracing::info!("stopped by signal");
                 return Ok(());
             }
@@ -91,7 +119,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
 }
 
 /// On Ctrl-C or SIGTERM: raise the stop flag (the cycle finishes what is in flight).
-fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>) {
+fn spawn_signal_watch(stop: StopFlag) {
     tokio::spawn(async move {
         let terminate = async {
             #[cfg(unix)]
@@ -112,6 +140,5 @@ fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>
         }
         tracing::info!("signal received: finishing the work in flight");
         stop.stop();
-        woken.notify_one();
     });
 }

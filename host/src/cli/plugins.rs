@@ -1,0 +1,64 @@
+//! `usage-agent plugins`: which component serves each backend type, and why a file in
+//! the plugins folder does not. It loads and validates exactly as `report` does at
+//! start-up (with the same cache), so an operator can check a file before the running
+//! agent picks it up, and copy the digest into a pin.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::backends::Backends;
+use crate::config::AgentConfig;
+use crate::plugins::{PluginOptions, Plugins};
+use crate::runtime::{Runtime, Source, WIT_PACKAGE};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginsArgs {
+    /// The agent config: its backend types, pins and folders (default: every built-in
+    /// backend type, the default folders, no setup check).
+    #[arg(short = 'c', long = "config", visible_alias = "config-file", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The plugins folder (overrides `plugins_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let config = args.config.as_deref().map(AgentConfig::load).transpose()?;
+    let options = PluginOptions::resolve(config.as_ref(), args.config.as_deref(), args.plugins_dir.clone());
+    let plugins = Plugins::new(Backends::new(Runtime::new()?), config.as_ref(), options.clone());
+    plugins.start().await?;
+    let missing = if options.dir.is_dir() { "" } else { " (missing: the built-in components serve)" };
+    writeln!(out, "plugins folder: {}{missing}", options.dir.display())?;
+    match &options.cache_dir {
+        Some(dir) => writeln!(out, "compiled cache: {}", dir.display())?,
+        None => writeln!(out, "compiled cache: none (no cache folder is configured or known)")?,
+    }
+    for status in plugins.status().await {
+        writeln!(out, "\n{}", status.backend_type)?;
+        if let Some(plugin) = &status.serving {
+            let loaded = &plugin.loaded;
+            let source = match &loaded.source {
+                Source::Builtin => "default (built in)".to_owned(),
+                Source::File(path) => format!("file {}", path.display()),
+            };
+            let at = jiff::Timestamp::try_from(loaded.loaded_at)
+                .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                .unwrap_or_default();
+            writeln!(out, "  source:     {source}")?;
+            writeln!(out, "  component:  {} {}", loaded.info.name, loaded.info.version)?;
+            writeln!(out, "  wit:        {WIT_PACKAGE}@{}", plugin.wit_version)?;
+            writeln!(out, "  sha256:     {}", loaded.sha256)?;
+            writeln!(out, "  size:       {} bytes", loaded.size)?;
+            writeln!(out, "  loaded:     {at} ({})", plugin.compiled)?;
+        }
+        if let Some(pin) = &status.pin {
+            writeln!(out, "  pinned:     sha256 {pin}")?;
+        }
+        if let Some((file, reason)) = &status.refused {
+            writeln!(out, "  refused:    {}: {reason}", file.display())?;
+        }
+    }
+    Ok(())
+}

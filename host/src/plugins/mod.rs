@@ -1,0 +1,651 @@
+//! The plugins folder: `<backend_type>.wasm` files that replace the built-in components
+//! while the agent runs.
+//!
+//! Sites upgrade backend logic by dropping a file, without a restart, and a bad file
+//! must never take down a working backend. So a file is only ever a candidate: it is
+//! read once it has stopped changing, compiled off the async threads (or taken from
+//! the [`cache`]), and validated — it imports only what the sandbox provides, exports
+//! `usage-backend` in a WIT version of this host's major, describes itself as serving
+//! the backend type of its file name, passes the pinned digest if there is one, and
+//! accepts the config of every offering of that type. Only then does it replace the
+//! serving component, by swapping one `Arc` in [`Backends`]: calls already running
+//! finish on the old version, the next cycle uses the new one. Any failure leaves the
+//! old version serving and is logged once, naming the file and the reason. Deleting
+//! the file brings the built-in default back.
+//!
+//! What it deliberately does not do: load files for backend types no offering uses,
+//! or look into sub-folders.
+
+pub mod cache;
+mod watch;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Result, anyhow};
+#[cfg(test)]
+use anyhow::Context as _;
+use tokio::sync::{Mutex, broadcast};
+use wasmtime::component::Component;
+
+use crate::backends::Backends;
+use crate::config::AgentConfig;
+use crate::runtime::{CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, sha256_hex, wit, wit_config};
+pub use cache::Cache;
+pub use watch::WatchHandle;
+
+/// Where the plugins folder is when neither the config nor the command line says.
+pub const DEFAULT_PLUGINS_DIR: &str = "/var/lib/usage-agent/plugins";
+
+/// The interface a component must export.
+const EXPORT: &str = "usage-backend";
+
+/// Where compiled components are cached by default: systemd's `CACHE_DIRECTORY`
+/// (`CacheDirectory=` in the unit), else `$XDG_CACHE_HOME/usage-agent`, else
+/// `~/.cache/usage-agent`; `None` when none of these is known.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(systemd) = std::env::var("CACHE_DIRECTORY").ok().filter(|v| !v.is_empty()) {
+        // systemd lists several folders separated by `:` when the unit names several.
+        return systemd.split(':').next().map(PathBuf::from);
+    }
+    var("XDG_CACHE_HOME")
+        .map(|dir| dir.join("usage-agent"))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/usage-agent")))
+}
+
+/// How the plugins folder is watched.
+#[derive(Debug, Clone)]
+pub struct PluginOptions {
+    /// The folder with `<backend_type>.wasm` files.
+    pub dir: PathBuf,
+    /// Compiled components are kept here; `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// A file is read once its size and modification time stayed the same this long.
+    pub settle: Duration,
+    /// The folder is re-read this often even without file-system events (a fallback
+    /// for file systems that send none, such as some network mounts).
+    pub rescan: Duration,
+}
+
+impl PluginOptions {
+    /// The folder and cache from the config, the command line overriding the folder;
+    /// relative paths in the config are relative to the config file's folder.
+    pub fn resolve(config: Option<&AgentConfig>, config_path: Option<&Path>, dir_flag: Option<PathBuf>) -> Self {
+        let base = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+        let from_config = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+        let dir = dir_flag
+            .or_else(|| config.and_then(|c| from_config(&c.plugins_dir)))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_DIR));
+        let cache_dir = config.and_then(|c| from_config(&c.plugins_cache_dir)).or_else(default_cache_dir);
+        Self { dir, cache_dir, settle: Duration::from_millis(250), rescan: Duration::from_secs(10) }
+    }
+}
+
+/// How a component came to be compiled, and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    /// Compiled from the `.wasm` now.
+    Compiled(Duration),
+    /// Loaded from the cache of compiled components.
+    Cached(Duration),
+}
+
+impl std::fmt::Display for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compiled::Compiled(d) => write!(f, "compiled in {}", millis(*d)),
+            Compiled::Cached(d) => write!(f, "from the cache in {}", millis(*d)),
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+/// A component ready to serve, and what the plugins folder knows about it.
+#[derive(Debug, Clone)]
+pub struct Plugin {
+    pub loaded: Arc<LoadedBackend>,
+    /// The version of `waldur:usage` it was built against, from its export's name.
+    pub wit_version: String,
+    pub compiled: Compiled,
+}
+
+impl Plugin {
+    /// `name version (sha256 …, source)`, for the log.
+    pub fn label(&self) -> String {
+        let info = &self.loaded.info;
+        format!("{} {} (sha256 {}, {})", info.name, info.version, self.loaded.sha256, self.loaded.source)
+    }
+}
+
+/// Why a file was not put in service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the config pins sha256 {pinned}, the file has sha256 {actual}")]
+    Pinned { pinned: String, actual: String },
+    #[error("cannot read the file: {0}")]
+    Unreadable(String),
+    #[error("not a usable WebAssembly component: {0}")]
+    NotComponent(String),
+    #[error("does not export {package}/{EXPORT} (it exports: {exports})", package = WIT_PACKAGE)]
+    NoExport { exports: String },
+    #[error(
+        "built against {package}@{found}, but this host supports {package} {major}.x (it implements {package}@{WIT_VERSION})",
+        package = WIT_PACKAGE,
+        major = wit_major(WIT_VERSION)
+    )]
+    WitVersion { found: String },
+    #[error("imports what the sandbox does not provide: {0}")]
+    Imports(String),
+    #[error("describe failed: {0}")]
+    Describe(String),
+    #[error("it describes itself as {name} {version} serving {served}, not {expected} as its file name says")]
+    WrongBackendType { name: String, version: String, served: String, expected: String },
+    #[error("setup of offerings[{index}] ({offering}) failed: {reason}")]
+    Setup { index: usize, offering: String, reason: String },
+}
+
+/// What happened to a backend type; each is also logged.
+#[derive(Debug, Clone)]
+pub enum PluginEvent {
+    /// `new` serves `backend_type` from now on, replacing `old`.
+    Swapped { backend_type: String, old: Option<Box<Plugin>>, new: Box<Plugin> },
+    /// `file` was refused; whatever served before still does.
+    Refused { backend_type: String, file: PathBuf, sha256: Option<String>, reason: Refusal },
+}
+
+/// What a backend type needs: its pin and the offerings that use it.
+#[derive(Debug, Clone, Default)]
+struct TypeRules {
+    pin: Option<String>,
+    /// (index in the config, display name, component config).
+    offerings: Vec<(usize, String, wit::Config)>,
+}
+
+/// Size and modification time: a file whose fingerprint has not changed is not read again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Default)]
+struct TypeState {
+    /// The built-in component, kept ready for when the file is deleted.
+    default: Option<Plugin>,
+    /// The one serving now.
+    serving: Option<Plugin>,
+    /// The file last looked at, and its digest.
+    seen: Option<(Fingerprint, String)>,
+    /// The file's last refusal, while the refused file is still there.
+    refused: Option<(PathBuf, Refusal)>,
+}
+
+/// The state of one backend type, for `usage-agent plugins`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub backend_type: String,
+    pub serving: Option<Plugin>,
+    pub pin: Option<String>,
+    /// A file in the folder that was refused, and why.
+    pub refused: Option<(PathBuf, Refusal)>,
+}
+
+/// The plugins folder of one agent.
+#[derive(Clone)]
+pub struct Plugins {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backends: Backends,
+    options: PluginOptions,
+    cache: Option<Arc<Cache>>,
+    types: BTreeMap<String, TypeRules>,
+    state: Mutex<BTreeMap<String, TypeState>>,
+    events: broadcast::Sender<PluginEvent>,
+    /// `.wasm` files for backend types no offering uses: noted once each.
+    ignored: StdMutex<HashSet<PathBuf>>,
+}
+
+impl Plugins {
+    /// The plugins folder for the backend types `config` uses (every built-in type when
+    /// there is no config). Nothing is loaded until [`Plugins::start`].
+    pub fn new(backends: Backends, config: Option<&AgentConfig>, options: PluginOptions) -> Self {
+        let mut types: BTreeMap<String, TypeRules> = BTreeMap::new();
+        match config {
+            Some(config) => {
+                for backend_type in config.backend_types() {
+                    let pin = config.pinned_sha256(&backend_type);
+                    types.insert(backend_type, TypeRules { pin, offerings: Vec::new() });
+                }
+                for (index, offering) in config.offerings() {
+                    if let Some(rules) = offering.usage_backend().and_then(|t| types.get_mut(t)) {
+                        rules.offerings.push((index, offering.display_name(index), wit_config(offering)));
+                    }
+                }
+            }
+            None => {
+                for (backend_type, _) in crate::builtin::BUILTIN {
+                    types.insert((*backend_type).to_owned(), TypeRules::default());
+                }
+            }
+        }
+        let cache = options.cache_dir.clone().map(|dir| Arc::new(Cache::new(dir, backends.runtime().engine())));
+        let (events, _) = broadcast::channel(64);
+        Self {
+            inner: Arc::new(Inner {
+                backends,
+                options,
+                cache,
+                types,
+                state: Mutex::default(),
+                events,
+                ignored: StdMutex::default(),
+            }),
+        }
+    }
+
+    pub fn options(&self) -> &PluginOptions {
+        &self.inner.options
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.inner.backends
+    }
+
+    /// Events from now on: swaps and refusals.
+    pub fn subscribe(&self) -> broadcast::Receiver<PluginEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Loads the built-in default of every backend type, then the folder's files over
+    /// them. A refused file leaves the default serving; a backend type with neither a
+    /// default nor a usable file is an error.
+    pub async fn start(&self) -> Result<()> {
+        for (backend_type, _) in self.inner.types.iter() {
+            if let Some(bytes) = crate::builtin::component(backend_type) {
+                let plugin = self
+                    .prepare(backend_type, bytes.to_vec(), Source::Builtin)
+                    .await
+                    .map_err(|reason| anyhow!("the built-in component for {backend_type} cannot serve: {reason}"))?;
+                let mut states = self.inner.state.lock().await;
+                let state = states.entry(backend_type.clone()).or_default();
+                state.default = Some(plugin.clone());
+                // The default serves until a file is accepted, so a refused file at
+                // start-up still leaves a working backend.
+                self.serve(backend_type, state, plugin);
+            }
+            self.sync(backend_type).await;
+            let state = self.inner.state.lock().await;
+            if state.get(backend_type).and_then(|s| s.serving.as_ref()).is_none() {
+                let known: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
+                let why = match state.get(backend_type).and_then(|s| s.refused.as_ref()) {
+                    Some((file, reason)) => format!("{} was refused: {reason}", file.display()),
+                    None => format!("{} has no {backend_type}.wasm", self.inner.options.dir.display()),
+                };
+                return Err(anyhow!(
+                    "no component serves backend type {backend_type:?}: it is not built in (built in: {}) and {why}",
+                    known.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts watching the folder; the watch ends when the handle is dropped.
+    pub fn watch(&self) -> WatchHandle {
+        watch::spawn(self.clone())
+    }
+
+    /// Looks at every backend type's file now.
+    pub async fn rescan(&self) {
+        for backend_type in self.inner.types.keys() {
+            self.sync(backend_type).await;
+        }
+    }
+
+    /// Every backend type, what serves it and what was refused.
+    pub async fn status(&self) -> Vec<Status> {
+        let state = self.inner.state.lock().await;
+        self.inner
+            .types
+            .iter()
+            .map(|(backend_type, rules)| {
+                let entry = state.get(backend_type);
+                Status {
+                    backend_type: backend_type.clone(),
+                    serving: entry.and_then(|s| s.serving.clone()),
+                    pin: rules.pin.clone(),
+                    refused: entry.and_then(|s| s.refused.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// The file of `backend_type` in the folder.
+    pub fn file_of(&self, backend_type: &str) -> PathBuf {
+        self.inner.options.dir.join(format!("{backend_type}.wasm"))
+    }
+
+    /// The backend type a path in the folder serves, if an offering uses it. A `.wasm`
+    /// file of another type is noted once.
+    fn backend_type_of(&self, path: &Path) -> Option<&str> {
+        let name = path.file_name()?.to_str()?;
+        let stem = name.strip_suffix(".wasm").filter(|s| !s.is_empty() && !s.starts_with('.'))?;
+        if let Some((known, _)) = self.inner.types.get_key_value(stem) {
+            return Some(known.as_str());
+        }
+        let first = self.inner.ignored.lock().map(|mut seen| seen.insert(path.to_owned())).unwrap_or(false);
+        if first {
+            let used: Vec<&str> = self.inner.types.keys().map(String::as_str).collect();
+            tracing::info!(
+                "plugins: {} ignored: no offering uses backend type {stem:?} (in use: {})",
+                path.display(),
+                used.join(", ")
+            );
+        }
+        None
+    }
+
+    /// Brings `backend_type` in line with its file: loads a new or changed file, goes
+    /// back to the default when it is gone, and leaves everything as it is otherwise.
+    async fn sync(&self, backend_type: &str) {
+        let mut states = self.inner.state.lock().await;
+        let state = states.entry(backend_type.to_owned()).or_default();
+        let path = self.file_of(backend_type);
+        let Some(fingerprint) = fingerprint(&path) else {
+            self.file_gone(backend_type, state);
+            return;
+        };
+        if state.seen.as_ref().is_some_and(|(seen, _)| *seen == fingerprint) {
+            return;
+        }
+        let (bytes, fingerprint) = match read_when_stable(&path, fingerprint, self.inner.options.settle).await {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                // Still being written, or gone again: the next event or rescan looks again.
+                tracing::debug!("plugins: {} is still changing; looking again later", path.display());
+                return;
+            }
+            Err(error) => {
+                self.refuse(backend_type, state, &path, None, Refusal::Unreadable(error.to_string()));
+                return;
+            }
+        };
+        let sha256 = sha256_hex(&bytes);
+        let known = state.seen.as_ref().is_some_and(|(_, digest)| *digest == sha256);
+        state.seen = Some((fingerprint, sha256.clone()));
+        if known {
+            return;
+        }
+        if state.serving.as_ref().is_some_and(|p| p.loaded.sha256 == sha256 && p.loaded.source == Source::File(path.clone())) {
+            state.refused = None;
+            return;
+        }
+        if let Some(pin) = self.inner.types.get(backend_type).and_then(|r| r.pin.clone())
+            && pin != sha256
+        {
+            self.refuse(backend_type, state, &path, Some(sha256.clone()), Refusal::Pinned { pinned: pin, actual: sha256 });
+            return;
+        }
+        match self.prepare(backend_type, bytes, Source::File(path.clone())).await {
+            Ok(plugin) => {
+                state.refused = None;
+                self.serve(backend_type, state, plugin);
+            }
+            Err(reason) => self.refuse(backend_type, state, &path, Some(sha256), reason),
+        }
+    }
+
+    /// The file is gone: the default serves again.
+    fn file_gone(&self, backend_type: &str, state: &mut TypeState) {
+        state.seen = None;
+        state.refused = None;
+        let from_file = state.serving.as_ref().is_some_and(|p| matches!(p.loaded.source, Source::File(_)));
+        if !from_file && state.serving.is_some() {
+            return;
+        }
+        match state.default.clone() {
+            Some(default) => self.serve(backend_type, state, default),
+            None if from_file => {
+                if let Some(serving) = &state.serving {
+                    tracing::warn!(
+                        "plugins: {} was removed, but {backend_type} has no built-in default; {} keeps serving",
+                        self.file_of(backend_type).display(),
+                        serving.label()
+                    );
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn serve(&self, backend_type: &str, state: &mut TypeState, plugin: Plugin) {
+        self.inner.backends.install(backend_type, plugin.loaded.clone());
+        let old = state.serving.replace(plugin.clone());
+        match &old {
+            Some(old) => tracing::info!(
+                backend_type,
+                old_version = %old.loaded.info.version,
+                old_sha256 = %old.loaded.sha256,
+                new_version = %plugin.loaded.info.version,
+                new_sha256 = %plugin.loaded.sha256,
+                "plugins: {backend_type} is now served by {}, replacing {}; {}",
+                plugin.label(),
+                old.label(),
+                plugin.compiled
+            ),
+            None => tracing::info!(
+                backend_type,
+                new_version = %plugin.loaded.info.version,
+                new_sha256 = %plugin.loaded.sha256,
+                "plugins: {backend_type} is served by {}; {}",
+                plugin.label(),
+                plugin.compiled
+            ),
+        }
+        let _ = self.inner.events.send(PluginEvent::Swapped {
+            backend_type: backend_type.to_owned(),
+            old: old.map(Box::new),
+            new: Box::new(plugin),
+        });
+    }
+
+    fn refuse(&self, backend_type: &str, state: &mut TypeState, path: &Path, sha256: Option<String>, reason: Refusal) {
+        if state.refused.as_ref().is_some_and(|(p, r)| p == path && *r == reason) {
+            // Said already (an unreadable file is looked at again at every re-scan).
+            tracing::debug!("plugins: {} still refused: {reason}", path.display());
+            return;
+        }
+        let keeps = match &state.serving {
+            Some(serving) => format!("{} keeps serving", serving.label()),
+            None => "nothing serves it".to_owned(),
+        };
+        let digest = sha256.as_deref().map(|d| format!(" (sha256 {d})")).unwrap_or_default();
+        tracing::error!(backend_type, file = %path.display(), "plugins: {}{digest} refused: {reason}; {keeps}", path.display());
+        state.refused = Some((path.to_owned(), reason.clone()));
+        let _ = self.inner.events.send(PluginEvent::Refused {
+            backend_type: backend_type.to_owned(),
+            file: path.to_owned(),
+            sha256,
+            reason,
+        });
+    }
+
+    /// Compiles (or loads from the cache) and validates a component for `backend_type`.
+    /// The checks run from the cheapest to the one that runs the most guest code.
+    async fn prepare(&self, backend_type: &str, bytes: Vec<u8>, source: Source) -> Result<Plugin, Refusal> {
+        let runtime = self.inner.backends.runtime().clone();
+        let sha256 = sha256_hex(&bytes);
+        let size = bytes.len();
+        let (component, compiled) = compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone()).await?;
+        let wit_version = check_export(runtime.engine(), &component)?;
+        runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
+        let info = runtime
+            .describe_component(&component)
+            .await
+            .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
+        if !info.backend_types.iter().any(|t| t == backend_type) {
+            return Err(Refusal::WrongBackendType {
+                name: info.name,
+                version: info.version,
+                served: format!("{:?}", info.backend_types),
+                expected: backend_type.to_owned(),
+            });
+        }
+        let loaded = LoadedBackend { component, info, source, sha256, size, loaded_at: SystemTime::now() };
+        // The built-in default's setup is checked by `prepare_offering` at start-up, with
+        // the errors an operator fixing a config needs; a file must pass it here.
+        if matches!(loaded.source, Source::File(_)) {
+            let offerings = self.inner.types.get(backend_type).map(|r| r.offerings.as_slice()).unwrap_or_default();
+            for (index, offering, config) in offerings {
+                let reason = match runtime.check_setup(&loaded, config).await {
+                    Ok(()) => continue,
+                    Err(CallError::Backend(wit::BackendError::InvalidConfig(message))) => one_line(&message),
+                    Err(other) => one_line(&other.to_string()),
+                };
+                return Err(Refusal::Setup { index: *index, offering: offering.clone(), reason });
+            }
+        }
+        Ok(Plugin { loaded: Arc::new(loaded), wit_version, compiled })
+    }
+}
+
+/// `text` on one line: a refusal is one log line, whatever wasmtime or a guest wrote.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The major version of a semver string.
+fn wit_major(version: &str) -> &str {
+    version.split('.').next().unwrap_or(version)
+}
+
+/// The WIT version of the component's `usage-backend` export, if it is one this host
+/// supports (same package, same major version).
+fn check_export(engine: &wasmtime::Engine, component: &Component) -> Result<String, Refusal> {
+    let prefix = format!("{WIT_PACKAGE}/{EXPORT}@");
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    let Some(version) = names.iter().find_map(|name| name.strip_prefix(&prefix)) else {
+        let exports = if names.is_empty() { "nothing".to_owned() } else { names.join(", ") };
+        return Err(Refusal::NoExport { exports });
+    };
+    if wit_major(version) != wit_major(WIT_VERSION) {
+        return Err(Refusal::WitVersion { found: version.to_owned() });
+    }
+    Ok(version.to_owned())
+}
+
+/// Compiles `bytes` on a blocking thread, or loads the compiled form from the cache;
+/// stores what it compiled.
+async fn compile(runtime: &Runtime, cache: Option<Arc<Cache>>, bytes: Vec<u8>, sha256: String) -> Result<(Component, Compiled), Refusal> {
+    let engine = runtime.engine().clone();
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &sha256)) {
+            return Ok((component, Compiled::Cached(started.elapsed())));
+        }
+        let component = Component::new(&engine, &bytes).map_err(|e| {
+            if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                Refusal::NotComponent("a core WebAssembly module, not a component (build for wasm32-wasip2)".to_owned())
+            } else {
+                Refusal::NotComponent(one_line(&format!("{e:#}")))
+            }
+        })?;
+        let took = started.elapsed();
+        if let Some(cache) = &cache {
+            cache.store(&sha256, &component);
+        }
+        Ok((component, Compiled::Compiled(took)))
+    })
+    .await
+    .map_err(|e| Refusal::NotComponent(format!("the compile task failed: {e}")))?
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    Some(Fingerprint { len: meta.len(), modified: meta.modified().ok() })
+}
+
+/// How many settle intervals a file may keep changing before this round gives up.
+const MAX_SETTLE_ROUNDS: u32 = 240;
+
+/// Reads `path` once its size and modification time hold still for `settle`, and the
+/// bytes read match them. `None` when it keeps changing or disappears.
+async fn read_when_stable(path: &Path, mut last: Fingerprint, settle: Duration) -> std::io::Result<Option<(Vec<u8>, Fingerprint)>> {
+    for _ in 0..MAX_SETTLE_ROUNDS {
+        tokio::time::sleep(settle).await;
+        let Some(now) = fingerprint(path) else { return Ok(None) };
+        if now != last {
+            last = now;
+            continue;
+        }
+        let bytes = tokio::fs::read(path).await?;
+        if fingerprint(path) == Some(now) && bytes.len() as u64 == now.len {
+            return Ok(Some((bytes, now)));
+        }
+        last = fingerprint(path).unwrap_or(now);
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest component: no imports, no exports.
+    const EMPTY: &[u8] = b"\0asm\x0d\0\x01\0";
+
+    /// A component that imports the instance `x:y/z@1.0.0` (with one function),
+    /// which the sandbox does not provide.
+    fn importing_unknown() -> Vec<u8> {
+        let name = b"x:y/z@1.0.0";
+        let mut bytes = EMPTY.to_vec();
+        // Type section: one instance type exporting `f: func()`.
+        bytes.extend_from_slice(&[0x07, 0x0e, 0x01, 0x42, 0x02, 0x01, 0x40, 0x00, 0x01, 0x00, 0x04, 0x00, 0x01, b'f', 0x01, 0x00]);
+        // Import section: one import, a plain name, of an instance of type 0.
+        let mut import = vec![0x01, 0x00, name.len() as u8];
+        import.extend_from_slice(name);
+        import.extend_from_slice(&[0x05, 0x00]);
+        bytes.push(0x0a);
+        bytes.push(import.len() as u8);
+        bytes.extend_from_slice(&import);
+        bytes
+    }
+
+    #[test]
+    fn an_import_the_sandbox_lacks_is_named() -> Result<()> {
+        let runtime = Runtime::new()?;
+        let empty = Component::new(runtime.engine(), EMPTY)?;
+        runtime.check_imports(&empty)?;
+        let component = Component::new(runtime.engine(), importing_unknown())?;
+        let error = format!("{:#}", runtime.check_imports(&component).err().context("accepted an unknown import")?);
+        assert!(error.contains("x:y/z@1.0.0"), "{error}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_component_without_the_export_is_refused() -> Result<()> {
+        let runtime = Runtime::new()?;
+        let empty = Component::new(runtime.engine(), EMPTY)?;
+        let refusal = check_export(runtime.engine(), &empty).err();
+        assert_eq!(refusal, Some(Refusal::NoExport { exports: "nothing".to_owned() }));
+        assert_eq!(
+            Refusal::WitVersion { found: "2.1.0".to_owned() }.to_string(),
+            "built against waldur:usage@2.1.0, but this host supports waldur:usage 1.x (it implements waldur:usage@1.0.0)"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        assert_eq!(one_line("expected=[0,\n  97]\n"), "expected=[0, 97]");
+    }
+}
