@@ -7,7 +7,8 @@ use usage_agent::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(cli.log_format);
+    let level = cli.config_path().and_then(cli::config_log_level);
+    cli::init_logging(cli.log_format, level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -317,7 +317,13 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     let info = &backend.loaded().info;
     let mut summary =
         OfferingSummary { offering: target.name.clone(), backend: format!("{} {}", info.name, info.version), ..Default::default() };
-    match run_offering(target, &backend, options, clock, stop, &tally).await {
+    // Every log line of the cycle carries the offering and its backend type.
+    let span = tracing::info_span!(
+        "cycle",
+        offering = %target.name,
+        backend_type = %target.config.usage_backend().unwrap_or_default()
+    );
+    match tracing::Instrument::instrument(run_offering(target, &backend, options, clock, stop, &tally), span).await {
         Ok(resources) => summary.resources = resources,
         Err(error) => {
             tally.count(Outcome::Failed);
