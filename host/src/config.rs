@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::egress::connect::Proxy;
+
 /// Settings keys the host keeps to itself: they never reach a component.
 pub const HOST_ONLY_SETTINGS: &[&str] = &[
     "cscs_dwdi_client_id",
@@ -156,7 +158,7 @@ pub struct DwdiAccess {
     pub client_secret: Secret,
     pub scope: String,
     pub client_auth: ClientAuth,
-    pub proxy: Option<String>,
+    pub proxy: Option<Proxy>,
     pub ca_bundle: Option<PathBuf>,
 }
 
@@ -248,7 +250,9 @@ impl OfferingConfig {
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
         }
-        self.dwdi_access().map(|_| ())
+        self.dwdi_access()?;
+        crate::egress::Limits::from_settings(&self.backend_settings)?;
+        Ok(())
     }
 
     /// The DWDI endpoint, credentials and network settings; errors name the key.
@@ -284,7 +288,11 @@ impl OfferingConfig {
                 ));
             }
         };
-        let proxy = text("socks_proxy")?;
+        // Parsed here so a bad proxy URL is a start-up error naming the key.
+        let proxy = text("socks_proxy")?
+            .map(|url| Proxy::parse(&url))
+            .transpose()
+            .map_err(|e| format!("backend_settings.socks_proxy: {e:#}"))?;
         let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
         Ok(DwdiAccess { api_url, token_url, client_id, client_secret, scope, client_auth, proxy, ca_bundle })
     }
@@ -343,7 +351,7 @@ offerings:
         let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
         assert_eq!(access.scope, "openid");
         assert_eq!(access.client_auth, ClientAuth::Form);
-        assert_eq!(access.proxy.as_deref(), Some("socks5://localhost:12345"));
+        assert_eq!(access.proxy.map(|p| p.to_string()).as_deref(), Some("socks5://localhost:12345"));
         let json = offering.component_settings_json();
         assert!(json.contains("cscs_dwdi_api_url"));
         assert!(json.contains("storage_tenant"));
@@ -375,6 +383,34 @@ offerings:
         let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
         let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
+    }
+
+    #[test]
+    fn bad_proxy_and_limits_fail_at_start_up_naming_the_key() {
+        for (proxy, expected) in [
+            ("ftp://p:1", "unsupported proxy scheme \"ftp\""),
+            ("socks5://", "no host"),
+            ("localhost:1080", "unsupported proxy scheme"),
+            ("socks5://u:pw@host:99999", "not a proxy URL"),
+        ] {
+            let text = MINIMAL.replace("socks5://localhost:12345", proxy);
+            let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+            assert!(err.starts_with("offerings[0].backend_settings.socks_proxy: "), "{proxy}: {err}");
+            assert!(err.contains(expected), "{proxy}: {err}");
+            assert!(!err.contains("pw"), "{proxy}: the password leaked: {err}");
+        }
+        let text = MINIMAL.replace("storage_tenant: cscs", "connect_timeout_seconds: -1");
+        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        assert!(err.starts_with("offerings[0].backend_settings.connect_timeout_seconds: "), "{err}");
+    }
+
+    #[test]
+    fn proxy_password_is_hidden_in_debug() -> Result<()> {
+        let config = AgentConfig::parse(&MINIMAL.replace("socks5://localhost", "socks5://alice:pw0rd@localhost"))?;
+        let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+        let shown = format!("{config:?} {access:?}");
+        assert!(!shown.contains("pw0rd"), "{shown}");
+        Ok(())
     }
 
     #[test]

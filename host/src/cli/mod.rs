@@ -5,6 +5,7 @@
 //! run them in-process and read what an operator would see.
 
 mod demo;
+mod ping;
 mod report;
 mod usage;
 
@@ -15,6 +16,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use demo::DemoArgs;
+pub use ping::{PingArgs, Step as PingStep};
 pub use report::{PERIOD_VARIABLE, ReportArgs};
 pub use usage::UsageArgs;
 
@@ -41,6 +43,9 @@ pub enum Command {
     Usage(UsageArgs),
     /// Report usage to Waldur: a cycle now, then every WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES.
     Report(ReportArgs),
+    /// Check the way to DWDI step by step (proxy, connection, TLS, token, API) and say
+    /// which step fails.
+    Ping(PingArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
 }
@@ -59,6 +64,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
+        Command::Ping(args) => ping::run(args, out).await,
     }
 }
 
