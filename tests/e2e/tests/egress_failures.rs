@@ -210,6 +210,36 @@ async fn token_answers_that_are_not_tokens() -> Result<()> {
         .replace(&format!("127.0.0.1:{}{TOKEN_PATH}", sim.addr().port()), &format!("127.0.0.1:{port}{TOKEN_PATH}"));
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     ensure!(!ok && out.contains("  connect  FAILED") && out.contains(&format!("token endpoint 127.0.0.1:{port}")), "{out}");
+    // The same during a report: the token error names the endpoint.
+    let backend = backend_for(&text).await?;
+    let data = DwdiData::generated(1, 1, &[(2024, 3)]);
+    let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(error.contains(&format!("token endpoint http://127.0.0.1:{port}{TOKEN_PATH} is unreachable")), "{error}");
+    ensure!(!error.contains(&options.client_secret), "{error}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_that_never_answers_times_out() -> Result<()> {
+    let (sim, options, data) = sim().await?;
+    // Accepts connections and reads nothing back: only the first-byte timeout ends it.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_port = silent.local_addr()?.port();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let text = config_text(&sim, &options, "127.0.0.1", "      first_byte_timeout_seconds: 0.5\n      max_retries: 0\n")
+        .replace(
+            &format!("127.0.0.1:{}{API_PREFIX}", sim.addr().port()),
+            &format!("127.0.0.1:{silent_port}{API_PREFIX}"),
+        );
+    let backend = backend_for(&text).await?;
+    let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(error.contains("no answer from") && error.contains("within 500ms"), "{error}");
+    hold.abort();
     Ok(())
 }
 
@@ -269,6 +299,6 @@ async fn a_runaway_answer_is_cut_off() -> Result<()> {
     let text = config_text(&sim, &options, "127.0.0.1", "      max_response_bytes: 64\n");
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
-    ensure!(error.to_lowercase().contains("size") || error.contains("64"), "{error}");
+    ensure!(error.contains("body size exceeds limit: 64 bytes"), "{error}");
     Ok(())
 }
