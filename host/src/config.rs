@@ -342,6 +342,14 @@ offerings:
       nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}
 "#;
 
+    /// The error text of a config that must not load.
+    fn error_of(text: &str) -> String {
+        match AgentConfig::parse(text) {
+            Ok(_) => panic!("the config loaded:\n{text}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
     #[test]
     fn defaults_and_host_only_keys() -> Result<()> {
         let config = AgentConfig::parse(MINIMAL)?;
@@ -364,24 +372,24 @@ offerings:
     #[test]
     fn missing_secret_names_offering_and_key() {
         let text = MINIMAL.replace("      cscs_dwdi_client_secret: s3cret\n", "");
-        let err = AgentConfig::parse(&text).map(|_| ()).unwrap_err();
-        assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
+        let err = error_of(&text);
+        assert_eq!(err, "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
     }
 
     #[test]
     fn wrong_types_are_located() {
         let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_components.nodeHours.unit_factor"), "{err}");
     }
 
     #[test]
     fn bad_timezone_and_scheme() {
         let text = format!("timezone: Mars/Olympus\n{MINIMAL}");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.starts_with("timezone: unknown time zone \"Mars/Olympus\""), "{err}");
         let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
     }
 
@@ -394,13 +402,13 @@ offerings:
             ("socks5://u:pw@host:99999", "not a proxy URL"),
         ] {
             let text = MINIMAL.replace("socks5://localhost:12345", proxy);
-            let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+            let err = error_of(&text);
             assert!(err.starts_with("offerings[0].backend_settings.socks_proxy: "), "{proxy}: {err}");
             assert!(err.contains(expected), "{proxy}: {err}");
             assert!(!err.contains("pw"), "{proxy}: the password leaked: {err}");
         }
         let text = MINIMAL.replace("storage_tenant: cscs", "connect_timeout_seconds: -1");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.starts_with("offerings[0].backend_settings.connect_timeout_seconds: "), "{err}");
     }
 

@@ -151,7 +151,15 @@ impl ProxyProcess {
         let sshd_log = dir.join("sshd.log");
         proxy.spawn(sshd, &sshd_log)?;
         proxy.wait_until_accepting(sshd_port)?;
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".to_owned());
+        // The account this process runs as (root on CI): its key is the authorized one.
+        let user = Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "root".to_owned());
         let mut ssh = Command::new("ssh");
         ssh.args(["-F", "/dev/null", "-N", "-D"])
             .arg(format!("127.0.0.1:{}", proxy.port))
