@@ -4,7 +4,8 @@
 //! This is a `tower` service from a URI to a stream, which is what hyper-util's
 //! pooled client wants; the pool then gives us keep-alive for free. It deliberately
 //! knows nothing about tokens or allow-lists: those are decided before a request
-//! reaches the pool.
+//! reaches the pool. The steps (TCP to the proxy, the proxy handshake, TLS) are also
+//! public on their own, so `usage-agent ping` can walk them one at a time.
 
 use std::fmt;
 use std::future::Future;

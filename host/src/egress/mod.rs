@@ -200,7 +200,8 @@ impl Egress {
             .context("backend_settings.cscs_dwdi_api_url: no host or port")?;
         let proxy_authorization = connector.http_proxy_authorization().map(crate::config::Secret::new);
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
-        let tokens = TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.first_byte);
+        // A token exchange is one small request: it gets the whole-request timeout.
+        let tokens = TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
             allowed,

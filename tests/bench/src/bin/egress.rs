@@ -30,30 +30,41 @@ fn config_text(sim: &DwdiSim, options: &DwdiOptions, extra: &str) -> String {
     )
 }
 
-/// One GET of a month of one account, read to the end.
-async fn one_request(egress: &Egress, url: &str) -> Result<()> {
+/// One GET, read to the end; the answer's size.
+async fn one_request(egress: &Egress, url: &str, status: u16) -> Result<usize> {
     let response = egress.get(url).await?;
-    anyhow::ensure!(response.status() == 200, "HTTP {}", response.status());
-    response.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    Ok(())
+    anyhow::ensure!(response.status() == status, "HTTP {}", response.status());
+    let body = response.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(body.to_bytes().len())
 }
 
-/// Median microseconds per request over keep-alive (5 rounds of `n`), and median
-/// microseconds to open a new connection (proxy handshake and TLS included).
-async fn measure(sim: &DwdiSim, options: &DwdiOptions, extra: &str, n: usize) -> Result<(f64, f64)> {
-    let config = AgentConfig::parse(&config_text(sim, options, extra))?;
-    let egress = Egress::new("bench", &config.offerings[0])?;
-    let url = format!("{}/compute/usage-month/account?from=2024-03&to=2024-03&account=project_000", sim.api_url());
-    one_request(&egress, &url).await.context("warm-up")?;
+/// Median microseconds per request over one keep-alive connection (`ROUNDS` of `n`).
+async fn per_request(egress: &Egress, url: &str, status: u16, n: usize) -> Result<f64> {
+    one_request(egress, url, status).await.context("warm-up")?;
     let mut rounds = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..ROUNDS {
         let start = Instant::now();
         for _ in 0..n {
-            one_request(&egress, &url).await?;
+            one_request(egress, url, status).await?;
         }
         rounds.push(start.elapsed().as_secs_f64() * 1e6 / n as f64);
     }
-    let uri: http::Uri = url.parse()?;
+    Ok(median(&mut rounds))
+}
+
+const ROUNDS: usize = 3;
+
+/// Per request over keep-alive for a small and a large answer, and a new connection
+/// (proxy handshake and TLS included), all in median microseconds.
+async fn measure(sim: &DwdiSim, options: &DwdiOptions, extra: &str, n: usize) -> Result<[f64; 3]> {
+    let config = AgentConfig::parse(&config_text(sim, options, extra))?;
+    let egress = Egress::new("bench", &config.offerings[0])?;
+    // The reachability check: a 400 with a one-line JSON detail.
+    let small = format!("{}/compute/usage-day", sim.api_url());
+    let large = format!("{}/compute/usage-month/account?from=2024-03&to=2024-03&account=project_000", sim.api_url());
+    let small_us = per_request(&egress, &small, 400, n).await?;
+    let large_us = per_request(&egress, &large, 200, n).await?;
+    let uri: http::Uri = large.parse()?;
     let mut opens = Vec::new();
     for _ in 0..50 {
         let start = Instant::now();
@@ -61,12 +72,12 @@ async fn measure(sim: &DwdiSim, options: &DwdiOptions, extra: &str, n: usize) ->
         opens.push(start.elapsed().as_secs_f64() * 1e6);
         drop(stream);
     }
-    Ok((median(&mut rounds), median(&mut opens)))
+    Ok([small_us, large_us, median(&mut opens)])
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100);
     let data = DwdiData::generated(20, 5, &[(2024, 3)]);
     let options = DwdiOptions::default();
     let ca = TestCa::new()?;
@@ -88,15 +99,26 @@ async fn main() -> Result<()> {
         ("socks5 ssh -D", Some(ssh.url("socks5", None))),
     ];
 
-    println!("Per request: GET of one account-month from the DWDI simulator, answer read to the end, {n} sequential requests x 5 rounds (median) over one keep-alive connection. New connection: TCP + proxy handshake + TLS, median of 50.\n");
-    println!("| route | plain: per request (µs) | plain: new connection (µs) | TLS: per request (µs) | TLS: new connection (µs) |");
-    println!("|---|---:|---:|---:|---:|");
+    let config = AgentConfig::parse(&config_text(&plain, &options, ""))?;
+    let probe = Egress::new("bench", &config.offerings[0])?;
+    let small_size = one_request(&probe, &format!("{}/compute/usage-day", plain.api_url()), 400).await?;
+    let large_size = one_request(
+        &probe,
+        &format!("{}/compute/usage-month/account?from=2024-03&to=2024-03&account=project_000", plain.api_url()),
+        200,
+    )
+    .await?;
+    println!(
+        "Per request: sequential GETs over one keep-alive connection, answer read to the end, median of {ROUNDS} rounds of {n}; small = the reachability check ({small_size} B answer), large = one account-month ({large_size} B). New connection: TCP + proxy handshake (+ TLS), median of 50.\n"
+    );
+    println!("| route | plain small (µs) | plain large (µs) | plain new conn. (µs) | TLS small (µs) | TLS large (µs) | TLS new conn. (µs) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, proxy) in &routes {
         let proxy_line = proxy.as_ref().map(|p| format!("      socks_proxy: {p:?}\n")).unwrap_or_default();
-        let (plain_req, plain_open) = measure(&plain, &options, &proxy_line, n).await.with_context(|| format!("{name} plain"))?;
+        let [ps, pl, po] = measure(&plain, &options, &proxy_line, n).await.with_context(|| format!("{name} plain"))?;
         let tls_extra = format!("{proxy_line}{}", ca.setting());
-        let (tls_req, tls_open) = measure(&tls, &options, &tls_extra, n).await.with_context(|| format!("{name} TLS"))?;
-        println!("| {name} | {plain_req:.0} | {plain_open:.0} | {tls_req:.0} | {tls_open:.0} |");
+        let [ts, tl, to] = measure(&tls, &options, &tls_extra, n).await.with_context(|| format!("{name} TLS"))?;
+        println!("| {name} | {ps:.0} | {pl:.0} | {po:.0} | {ts:.0} | {tl:.0} | {to:.0} |");
     }
 
     // Token cache during a large report: 5000 accounts, many DWDI requests in flight.
