@@ -14,6 +14,8 @@ use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
 use serde::Deserialize;
 
+use crate::egress::connect::Proxy;
+
 /// Settings keys the host keeps to itself: they never reach a component.
 pub const HOST_ONLY_SETTINGS: &[&str] = &[
     "cscs_dwdi_client_id",
@@ -184,7 +186,7 @@ pub struct DwdiAccess {
     pub client_secret: Secret,
     pub scope: String,
     pub client_auth: ClientAuth,
-    pub proxy: Option<String>,
+    pub proxy: Option<Proxy>,
     pub ca_bundle: Option<PathBuf>,
 }
 
@@ -311,7 +313,9 @@ impl OfferingConfig {
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
         }
-        self.dwdi_access().map(|_| ())
+        self.dwdi_access()?;
+        crate::egress::Limits::from_settings(&self.backend_settings)?;
+        Ok(())
     }
 
     /// The DWDI endpoint, credentials and network settings; errors name the key.
@@ -347,7 +351,11 @@ impl OfferingConfig {
                 ));
             }
         };
-        let proxy = text("socks_proxy")?;
+        // Parsed here so a bad proxy URL is a start-up error naming the key.
+        let proxy = text("socks_proxy")?
+            .map(|url| Proxy::parse(&url))
+            .transpose()
+            .map_err(|e| format!("backend_settings.socks_proxy: {e:#}"))?;
         let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
         Ok(DwdiAccess { api_url, token_url, client_id, client_secret, scope, client_auth, proxy, ca_bundle })
     }
@@ -397,6 +405,14 @@ offerings:
       nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}
 "#;
 
+    /// The error text of a config that must not load.
+    fn error_of(text: &str) -> String {
+        match AgentConfig::parse(text) {
+            Ok(_) => panic!("the config loaded:\n{text}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
     #[test]
     fn defaults_and_host_only_keys() -> Result<()> {
         let config = AgentConfig::parse(MINIMAL)?;
@@ -406,7 +422,7 @@ offerings:
         let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
         assert_eq!(access.scope, "openid");
         assert_eq!(access.client_auth, ClientAuth::Form);
-        assert_eq!(access.proxy.as_deref(), Some("socks5://localhost:12345"));
+        assert_eq!(access.proxy.map(|p| p.to_string()).as_deref(), Some("socks5://localhost:12345"));
         let json = offering.component_settings_json();
         assert!(json.contains("cscs_dwdi_api_url"));
         assert!(json.contains("storage_tenant"));
@@ -419,24 +435,24 @@ offerings:
     #[test]
     fn missing_secret_names_offering_and_key() {
         let text = MINIMAL.replace("      cscs_dwdi_client_secret: s3cret\n", "");
-        let err = AgentConfig::parse(&text).map(|_| ()).unwrap_err();
-        assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
+        let err = error_of(&text);
+        assert_eq!(err, "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
     }
 
     #[test]
     fn wrong_types_are_located() {
         let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_components.nodeHours.unit_factor"), "{err}");
     }
 
     #[test]
     fn bad_timezone_and_scheme() {
         let text = format!("timezone: Mars/Olympus\n{MINIMAL}");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.starts_with("timezone: unknown time zone \"Mars/Olympus\""), "{err}");
         let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
     }
 
@@ -453,6 +469,34 @@ offerings:
         let text = format!("plugins:\n  cscs-dwdi-compute:\n    sha265: {digest}\n{MINIMAL}");
         let err = AgentConfig::parse(&text).err().map(|e| format!("{e:#}")).unwrap_or_default();
         assert!(err.contains("unknown field `sha265`"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn bad_proxy_and_limits_fail_at_start_up_naming_the_key() {
+        for (proxy, expected) in [
+            ("ftp://p:1", "unsupported proxy scheme \"ftp\""),
+            ("socks5://", "no host"),
+            ("localhost:1080", "unsupported proxy scheme"),
+            ("socks5://u:pw@host:99999", "not a proxy URL"),
+        ] {
+            let text = MINIMAL.replace("socks5://localhost:12345", proxy);
+            let err = error_of(&text);
+            assert!(err.starts_with("offerings[0].backend_settings.socks_proxy: "), "{proxy}: {err}");
+            assert!(err.contains(expected), "{proxy}: {err}");
+            assert!(!err.contains("pw"), "{proxy}: the password leaked: {err}");
+        }
+        let text = MINIMAL.replace("storage_tenant: cscs", "connect_timeout_seconds: -1");
+        let err = error_of(&text);
+        assert!(err.starts_with("offerings[0].backend_settings.connect_timeout_seconds: "), "{err}");
+    }
+
+    #[test]
+    fn proxy_password_is_hidden_in_debug() -> Result<()> {
+        let config = AgentConfig::parse(&MINIMAL.replace("socks5://localhost", "socks5://alice:pw0rd@localhost"))?;
+        let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+        let shown = format!("{config:?} {access:?}");
+        assert!(!shown.contains("pw0rd"), "{shown}");
         Ok(())
     }
 

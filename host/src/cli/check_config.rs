@@ -45,19 +45,8 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
         )?;
         writeln!(out, "  components {}", components.join(", "))?;
         writeln!(out, "  dwdi       {} (token {})", access.api_url, access.token_url)?;
-        writeln!(out, "  proxy      {}", access.proxy.as_deref().map(redact_proxy).unwrap_or_else(|| "none".to_owned()))?;
+        writeln!(out, "  proxy      {}", access.proxy.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".to_owned()))?;
         writeln!(out, "  waldur     {} offering {}", target.config.waldur_api_url.as_deref().unwrap_or(""), target.offering_uuid)?;
     }
     Ok(())
-}
-
-/// A proxy URL without its password.
-fn redact_proxy(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        _ => text.to_owned(),
-    }
 }

@@ -8,6 +8,7 @@ mod check_config;
 mod demo;
 mod healthz;
 mod plugins;
+mod ping;
 mod report;
 mod usage;
 
@@ -22,6 +23,7 @@ pub use demo::DemoArgs;
 pub use healthz::HealthzArgs;
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
+pub use ping::{PingArgs, Step as PingStep};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
@@ -47,6 +49,9 @@ pub enum Command {
     Usage(UsageArgs),
     /// Report usage to Waldur: a cycle now, then every WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES.
     Report(ReportArgs),
+    /// Check the way to DWDI step by step (proxy, connection, TLS, token, API) and say
+    /// which step fails.
+    Ping(PingArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
     /// Validate a config as `report` would, without any request; non-zero on the first error.
@@ -74,6 +79,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::CheckConfig(args) => check_config::run(args, out).await,
         Command::Healthz(args) => healthz::run(args, out).await,
         Command::Plugins(args) => plugins::run(args, out).await,
+        Command::Ping(args) => ping::run(args, out).await,
     }
 }
 
@@ -86,6 +92,7 @@ impl Cli {
             Command::CheckConfig(a) => Some(&a.config.config),
             Command::Healthz(a) => Some(&a.config.config),
             Command::Plugins(a) => a.config.as_deref(),
+            Command::Ping(a) => Some(&a.config.config),
             Command::Demo(_) => None,
         }
     }

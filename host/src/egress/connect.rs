@@ -4,7 +4,8 @@
 //! This is a `tower` service from a URI to a stream, which is what hyper-util's
 //! pooled client wants; the pool then gives us keep-alive for free. It deliberately
 //! knows nothing about tokens or allow-lists: those are decided before a request
-//! reaches the pool.
+//! reaches the pool. The steps (TCP to the proxy, the proxy handshake, TLS) are also
+//! public on their own, so `usage-agent ping` can walk them one at a time.
 
 use std::fmt;
 use std::future::Future;
@@ -163,8 +164,85 @@ impl Connector {
         Self { proxy: proxy.map(Arc::new), tls, connect_timeout }
     }
 
+    /// The proxy in use, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        self.proxy.as_deref()
+    }
+
+    /// The connect timeout each step (TCP, proxy handshake, TLS) gets.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
     /// Opens a stream to `uri`'s authority, through the proxy, with TLS for https.
     pub async fn open(&self, uri: &Uri) -> io::Result<Stream> {
+        let target = Target::of(uri)?;
+        let step = tokio::time::timeout(self.connect_timeout, self.tunnel(&target));
+        let (tcp, via_http_proxy) = step.await.map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {target}{} timed out after {:?}", self.via(), self.connect_timeout),
+            )
+        })??;
+        if !target.https {
+            return Ok(Stream { inner: StreamInner::Plain(tcp), proxied_plain: via_http_proxy });
+        }
+        let tls = self.tls_handshake(tcp, &target.host).await?;
+        Ok(Stream { inner: StreamInner::Tls(Box::new(tls)), proxied_plain: false })
+    }
+
+    /// The TLS handshake with `host` over `tcp`; errors name the host and the reason.
+    pub async fn tls_handshake(&self, tcp: TcpStream, host: &str) -> io::Result<TlsStream<TcpStream>> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|_| invalid(format!("{host:?} is not a valid TLS server name")))?;
+        let tls = TlsConnector::from(self.tls.clone());
+        let handshake = tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp));
+        handshake
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {host} timed out")))?
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {host} failed: {e}")))
+    }
+
+    fn via(&self) -> String {
+        match &self.proxy {
+            Some(proxy) => format!(" through proxy {proxy}"),
+            None => String::new(),
+        }
+    }
+
+    /// A TCP stream whose far end is the target (or, for plain http through an HTTP
+    /// proxy, the proxy itself, flagged so the client sends absolute-form requests).
+    async fn tunnel(&self, target: &Target) -> io::Result<(TcpStream, bool)> {
+        match self.proxy.as_deref() {
+            None => Ok((direct(target).await?, false)),
+            Some(proxy) => {
+                let socket = connect_proxy(proxy).await?;
+                handshake(proxy, socket, target).await
+            }
+        }
+    }
+
+    /// The `Proxy-Authorization` header value for plain requests through an HTTP proxy.
+    pub fn http_proxy_authorization(&self) -> Option<String> {
+        let proxy = self.proxy.as_deref()?;
+        if proxy.kind != ProxyKind::Http {
+            return None;
+        }
+        proxy.credentials.as_ref().map(|(user, pass)| basic_auth(user, pass))
+    }
+}
+
+/// Where a request goes: host, port and whether TLS is wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub https: bool,
+}
+
+impl Target {
+    /// The target of an `http`/`https` URI.
+    pub fn of(uri: &Uri) -> io::Result<Self> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -177,113 +255,99 @@ impl Connector {
             .trim_end_matches(']')
             .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let step = tokio::time::timeout(self.connect_timeout, self.tunnel(&host, port, https));
-        let (tcp, via_http_proxy) = step.await.map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {host}:{port}{} timed out after {:?}", self.via(), self.connect_timeout),
-            )
-        })??;
-        if !https {
-            return Ok(Stream { inner: StreamInner::Plain(tcp), proxied_plain: via_http_proxy });
-        }
-        let name = ServerName::try_from(host.clone())
-            .map_err(|_| invalid(format!("{host:?} is not a valid TLS server name")))?;
-        let tls = TlsConnector::from(self.tls.clone());
-        let handshake = tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp));
-        let stream = handshake
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {host} timed out")))?
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {host} failed: {e}")))?;
-        Ok(Stream { inner: StreamInner::Tls(Box::new(stream)), proxied_plain: false })
+        Ok(Self { host, port, https })
     }
+}
 
-    fn via(&self) -> String {
-        match &self.proxy {
-            Some(proxy) => format!(" through proxy {proxy}"),
-            None => String::new(),
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
         }
     }
+}
 
-    /// A TCP stream whose far end is the target (or, for plain http through an HTTP
-    /// proxy, the proxy itself, flagged so the client sends absolute-form requests).
-    async fn tunnel(&self, host: &str, port: u16, https: bool) -> io::Result<(TcpStream, bool)> {
-        let Some(proxy) = self.proxy.as_deref() else {
-            let tcp = TcpStream::connect((host, port))
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {host}:{port}: {e}")))?;
-            tcp.set_nodelay(true)?;
-            return Ok((tcp, false));
+/// A direct TCP connection to the target.
+pub async fn direct(target: &Target) -> io::Result<TcpStream> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {target}: {e}")))?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// A TCP connection to the proxy itself.
+pub async fn connect_proxy(proxy: &Proxy) -> io::Result<TcpStream> {
+    let socket = TcpStream::connect((proxy.host.as_str(), proxy.port))
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to proxy {proxy}: {e}")))?;
+    socket.set_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Asks the proxy on `socket` for a connection to `target`. The boolean is true when
+/// the socket is handed back unchanged: plain http through an HTTP proxy, where the
+/// client sends absolute-form requests to the proxy instead of opening a tunnel.
+pub async fn handshake(proxy: &Proxy, socket: TcpStream, target: &Target) -> io::Result<(TcpStream, bool)> {
+    let (host, port) = (target.host.as_str(), target.port);
+    let socks_err = |e: tokio_socks::Error| {
+        let kind = match &e {
+            tokio_socks::Error::Io(io) => io.kind(),
+            tokio_socks::Error::PasswordAuthFailure(_) => io::ErrorKind::PermissionDenied,
+            _ => io::ErrorKind::ConnectionRefused,
         };
-        let socket = TcpStream::connect((proxy.host.as_str(), proxy.port)).await.map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot connect to proxy {proxy}: {e}"))
-        })?;
-        socket.set_nodelay(true)?;
-        let socks_err = |e: tokio_socks::Error| {
-            let kind = match &e {
-                tokio_socks::Error::Io(io) => io.kind(),
-                _ => io::ErrorKind::ConnectionRefused,
+        io::Error::new(kind, format!("proxy {proxy} refused the connection to {target}: {e}"))
+    };
+    let creds = proxy.credentials.as_ref();
+    let tcp = match proxy.kind {
+        ProxyKind::Socks5 | ProxyKind::Socks5h => {
+            // socks5h hands the name to the proxy; socks5 resolves it here first.
+            let resolved;
+            let addr: tokio_socks::TargetAddr<'_> = if proxy.kind == ProxyKind::Socks5 {
+                resolved = resolve(host, port, false).await?;
+                tokio_socks::TargetAddr::Ip(resolved)
+            } else {
+                tokio_socks::IntoTargetAddr::into_target_addr((host, port)).map_err(socks_err)?
             };
-            io::Error::new(kind, format!("proxy {proxy} refused the connection to {host}:{port}: {e}"))
-        };
-        let creds = proxy.credentials.as_ref();
-        let tcp = match proxy.kind {
-            ProxyKind::Socks5h => match creds {
-                Some((user, pass)) => tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
-                    socket, (host, port), user, pass,
-                )
-                .await
-                .map_err(socks_err)?
-                .into_inner(),
-                None => tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, (host, port))
-                    .await
-                    .map_err(socks_err)?
-                    .into_inner(),
-            },
-            ProxyKind::Socks5 => {
-                let target = resolve(host, port, false).await?;
-                match creds {
-                    Some((user, pass)) => tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(
-                        socket, target, user, pass,
-                    )
-                    .await
-                    .map_err(socks_err)?
-                    .into_inner(),
-                    None => tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, target)
-                        .await
-                        .map_err(socks_err)?
-                        .into_inner(),
-                }
-            }
-            ProxyKind::Socks4 | ProxyKind::Socks4a => {
-                let user = creds.map(|(user, _)| user.as_str()).unwrap_or("");
-                if proxy.kind == ProxyKind::Socks4 {
-                    let target = resolve(host, port, true).await?;
-                    tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(socket, target, user)
-                        .await
-                        .map_err(socks_err)?
-                        .into_inner()
-                } else {
-                    tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(socket, (host, port), user)
+            match creds {
+                Some((user, pass)) => {
+                    tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(socket, addr, user, pass)
                         .await
                         .map_err(socks_err)?
                         .into_inner()
                 }
+                None => tokio_socks::tcp::Socks5Stream::connect_with_socket(socket, addr)
+                    .await
+                    .map_err(socks_err)?
+                    .into_inner(),
             }
-            ProxyKind::Http if !https => return Ok((socket, true)),
-            ProxyKind::Http => http_connect(socket, proxy, host, port).await?,
-        };
-        Ok((tcp, false))
-    }
-
-    /// The `Proxy-Authorization` header value for plain requests through an HTTP proxy.
-    pub fn http_proxy_authorization(&self) -> Option<String> {
-        let proxy = self.proxy.as_deref()?;
-        if proxy.kind != ProxyKind::Http {
-            return None;
         }
-        proxy.credentials.as_ref().map(|(user, pass)| basic_auth(user, pass))
-    }
+        ProxyKind::Socks4 | ProxyKind::Socks4a => {
+            let resolved;
+            let addr: tokio_socks::TargetAddr<'_> = if proxy.kind == ProxyKind::Socks4 {
+                resolved = resolve(host, port, true).await?;
+                tokio_socks::TargetAddr::Ip(resolved)
+            } else {
+                tokio_socks::IntoTargetAddr::into_target_addr((host, port)).map_err(socks_err)?
+            };
+            // SOCKS4 has a user id but no password; an empty id is sent as none at all.
+            match creds.map(|(user, _)| user.as_str()).filter(|user| !user.is_empty()) {
+                Some(user) => tokio_socks::tcp::Socks4Stream::connect_with_userid_and_socket(socket, addr, user)
+                    .await
+                    .map_err(socks_err)?
+                    .into_inner(),
+                None => tokio_socks::tcp::Socks4Stream::connect_with_socket(socket, addr)
+                    .await
+                    .map_err(socks_err)?
+                    .into_inner(),
+            }
+        }
+        ProxyKind::Http if !target.https => return Ok((socket, true)),
+        ProxyKind::Http => http_connect(socket, proxy, host, port).await?,
+    };
+    Ok((tcp, false))
 }
 
 /// `Basic base64(user:pass)`.

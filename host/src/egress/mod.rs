@@ -26,7 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks};
 
 use crate::config::{DwdiAccess, OfferingConfig};
-use connect::{Connector, Proxy};
+use connect::Connector;
 use oidc::TokenSource;
 
 /// The pooled HTTP/1.1 client every outbound request of an offering goes through.
@@ -170,6 +170,10 @@ pub struct Egress {
     client: HttpClient,
     connector: Connector,
     tokens: Arc<TokenSource>,
+    /// `Proxy-Authorization` for plain-http requests through an HTTP proxy.
+    proxy_authorization: Option<crate::config::Secret>,
+    /// True when plain-http requests go to an HTTP proxy in absolute form.
+    via_http_proxy: bool,
     limits: Limits,
     stats: EgressStats,
     denied_logged: Mutex<HashSet<(String, String)>>,
@@ -185,12 +189,7 @@ impl Egress {
 
     /// Builds an egress from already-parsed settings.
     pub fn with_access(offering_name: &str, access: &DwdiAccess, limits: Limits) -> Result<Arc<Self>> {
-        let proxy = access
-            .proxy
-            .as_deref()
-            .map(Proxy::parse)
-            .transpose()
-            .context("backend_settings.socks_proxy")?;
+        let proxy = access.proxy.clone();
         let tls = connect::tls_config(access.ca_bundle.as_deref()).context("backend_settings.ca_bundle")?;
         let connector = Connector::new(proxy, tls, limits.connect);
         let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -199,13 +198,18 @@ impl Egress {
             .build(connector.clone());
         let allowed = Destination::of_url(&access.api_url)
             .context("backend_settings.cscs_dwdi_api_url: no host or port")?;
-        let tokens = TokenSource::new(access, client.clone(), limits.first_byte);
+        let proxy_authorization = connector.http_proxy_authorization().map(crate::config::Secret::new);
+        let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
+        // A token exchange is one small request: it gets the whole-request timeout.
+        let tokens = TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
             allowed,
             client,
             connector,
             tokens,
+            proxy_authorization,
+            via_http_proxy,
             limits,
             stats: EgressStats::default(),
             denied_logged: Mutex::new(HashSet::new()),
@@ -286,11 +290,9 @@ impl Egress {
             for (name, value) in &head.headers {
                 request = request.header(name, value);
             }
-            request = request.header(AUTHORIZATION, format!("Bearer {}", token.expose()));
-            if let Some(value) = self.connector.http_proxy_authorization()
-                && head.uri.scheme_str() == Some("http")
-            {
-                request = request.header(PROXY_AUTHORIZATION, value);
+            request = request.header(AUTHORIZATION, sensitive(&format!("Bearer {}", token.expose())));
+            if head.uri.scheme_str() == Some("http") {
+                request = plain_proxy_headers(request, self.proxy_authorization.as_ref(), self.via_http_proxy);
             }
             let request = request
                 .body(full_body(body.clone()))
@@ -309,7 +311,8 @@ impl Egress {
                 }
                 Ok(Err(error)) => {
                     let message = error_chain(&error);
-                    if !idempotent || attempt >= self.limits.max_retries || !error.is_connect() {
+                    let retryable = error.is_connect() || is_stale_connection(&error);
+                    if !idempotent || attempt >= self.limits.max_retries || !retryable {
                         return Err(SendError::Connect { message, tls: message_is_tls(&error_chain(&error)) });
                     }
                     message
@@ -340,6 +343,51 @@ impl Egress {
             tokio::time::sleep(pause).await;
         }
     }
+}
+
+/// A header value that hyper and `http` keep out of `Debug` output.
+pub(crate) fn sensitive(value: &str) -> http::HeaderValue {
+    let mut value = http::HeaderValue::from_str(value).unwrap_or_else(|_| http::HeaderValue::from_static(""));
+    value.set_sensitive(true);
+    value
+}
+
+/// Headers of a plain-http request sent to an HTTP proxy in absolute form: its
+/// credentials, and `Connection: close`, because such proxies (tinyproxy among them)
+/// close the client connection after each answer, and a pooled connection they have
+/// just closed would fail the next request.
+pub(crate) fn plain_proxy_headers(
+    mut request: http::request::Builder,
+    authorization: Option<&crate::config::Secret>,
+    via_http_proxy: bool,
+) -> http::request::Builder {
+    if !via_http_proxy {
+        return request;
+    }
+    if let Some(value) = authorization {
+        request = request.header(PROXY_AUTHORIZATION, sensitive(value.expose()));
+    }
+    request.header(http::header::CONNECTION, "close")
+}
+
+/// True when a request failed because the connection closed under it before an answer
+/// came (typically a kept-alive connection the server or proxy closed just then).
+pub(crate) fn is_stale_connection(error: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(hyper_error) = cause.downcast_ref::<hyper::Error>()
+            && (hyper_error.is_incomplete_message() || hyper_error.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn message_is_tls(message: &str) -> bool {

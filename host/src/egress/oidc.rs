@@ -33,6 +33,8 @@ pub enum TokenError {
     Status { url: String, status: u16, body: String },
     #[error("token endpoint {url} answered without an access_token")]
     MissingAccessToken { url: String },
+    #[error("token endpoint {url} answered an access_token with characters no HTTP header may carry")]
+    UnusableAccessToken { url: String },
     #[error("token endpoint {url} did not answer JSON: {reason}")]
     NotJson { url: String, reason: String },
     #[error("token endpoint {url} did not answer within {timeout:?}")]
@@ -52,6 +54,10 @@ pub struct TokenSource {
     scope: String,
     auth: ClientAuth,
     client: HttpClient,
+    /// `Proxy-Authorization` for a plain-http token URL through an HTTP proxy.
+    proxy_authorization: Option<Secret>,
+    /// True when plain-http requests go to an HTTP proxy in absolute form.
+    via_http_proxy: bool,
     timeout: Duration,
     cached: Mutex<Option<Cached>>,
     fetched: AtomicU64,
@@ -59,7 +65,13 @@ pub struct TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(access: &DwdiAccess, client: HttpClient, timeout: Duration) -> Arc<Self> {
+    pub fn new(
+        access: &DwdiAccess,
+        client: HttpClient,
+        proxy_authorization: Option<Secret>,
+        via_http_proxy: bool,
+        timeout: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             url: access.token_url.clone(),
             client_id: access.client_id.clone(),
@@ -67,6 +79,8 @@ impl TokenSource {
             scope: access.scope.clone(),
             auth: access.client_auth,
             client,
+            proxy_authorization,
+            via_http_proxy,
             timeout,
             cached: Mutex::new(None),
             fetched: AtomicU64::new(0),
@@ -120,21 +134,30 @@ impl TokenSource {
             }
             form.finish()
         };
-        let mut request = http::Request::post(url.as_str())
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(http::header::ACCEPT, "application/json");
-        if self.auth == ClientAuth::Basic {
-            // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let value = super::connect::basic_auth(&enc(&self.client_id), &enc(self.client_secret.expose()));
-            request = request.header(http::header::AUTHORIZATION, value);
-        }
         let unreachable = |reason: String| TokenError::Unreachable { url: url.clone(), reason };
-        let request = request
-            .body(super::full_body(Bytes::from(form)))
-            .map_err(|e| unreachable(e.to_string()))?;
+        let build = || {
+            let mut request = http::Request::post(url.as_str())
+                .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(http::header::ACCEPT, "application/json");
+            if self.auth == ClientAuth::Basic {
+                // RFC 6749 §2.3.1: both parts are form-encoded before Basic encoding.
+                let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let value = super::connect::basic_auth(&enc(&self.client_id), &enc(self.client_secret.expose()));
+                request = request.header(http::header::AUTHORIZATION, super::sensitive(&value));
+            }
+            if self.url.scheme() == "http" {
+                request = super::plain_proxy_headers(request, self.proxy_authorization.as_ref(), self.via_http_proxy);
+            }
+            request.body(super::full_body(Bytes::from(form.clone()))).map_err(|e| unreachable(e.to_string()))
+        };
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| unreachable(super::error_chain(&e)))?;
+            // A pooled connection the far end has just closed fails the request without
+            // an answer; asking for a token has no side effect, so one more try is safe.
+            let response = match self.client.request(build()?).await {
+                Err(error) if super::is_stale_connection(&error) => self.client.request(build()?).await,
+                other => other,
+            }
+            .map_err(|e| unreachable(super::error_chain(&e)))?;
             let status = response.status();
             let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_ANSWER)
                 .collect()
@@ -164,7 +187,9 @@ impl TokenSource {
         }
         let json = json.map_err(|e| TokenError::NotJson { url: url.clone(), reason: e.to_string() })?;
         let token = match json.get("access_token").and_then(|v| v.as_str()) {
-            Some(token) if !token.is_empty() => Secret::new(token),
+            // It goes into a header: a value no header can carry is no usable token.
+            Some(token) if !token.is_empty() && http::HeaderValue::from_str(token).is_ok() => Secret::new(token),
+            Some(token) if !token.is_empty() => return Err(TokenError::UnusableAccessToken { url }),
             _ => return Err(TokenError::MissingAccessToken { url }),
         };
         let lifetime = json

@@ -53,8 +53,9 @@
 //! - It is stricter than the real service in one respect: unknown query parameters are
 //!   400, because a misspelt optional filter (`clusters=`) would otherwise be silently
 //!   ignored and return unfiltered data.
-//! - No TLS, no proxy, no HTTP/2 of its own: [`DwdiSim::router`] lets a test serve the
-//!   same state over TLS; proxies are real programs started by the test scripts.
+//! - No proxy and no HTTP/2 of its own: proxies are real programs started by the tests.
+//!   [`DwdiSim::start_tls`] serves the same API over TLS with a certificate the test
+//!   makes; [`DwdiSim::router`] lets a test serve the state any other way.
 //! - No JWTs, refresh tokens, other grant types, token introspection or rate limiting;
 //!   no pagination (the real API has none in the reference client either).
 //! - It does not check what a token is allowed to see: any valid token reads all data.
@@ -84,6 +85,7 @@ use tokio::task::JoinHandle;
 mod b64;
 mod data;
 mod server;
+mod tls;
 
 pub use data::{
     ComputeUsage, DwdiData, GENERATED_CLUSTERS, GENERATED_DATA_TYPE, GENERATED_FILESYSTEM,
@@ -102,6 +104,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct DwdiSim {
     state: SimState,
     addr: SocketAddr,
+    tls: bool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -137,6 +140,39 @@ impl DwdiSim {
         Ok(DwdiSim {
             state,
             addr,
+            tls: false,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Serves `data` over TLS on `127.0.0.1` at a free port, with the PEM certificate
+    /// chain `cert_pem` and its PEM private key `key_pem`. [`DwdiSim::api_url`] and
+    /// [`DwdiSim::token_url`] then start with `https://`; peers are recorded.
+    pub async fn start_tls(
+        data: DwdiData,
+        options: DwdiOptions,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> anyhow::Result<DwdiSim> {
+        let acceptor = tls::acceptor(cert_pem, key_pem)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
+        let addr = listener.local_addr()?;
+        let state = SimState::new(data, options);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(tls::serve(
+            listener,
+            acceptor,
+            Self::router(state.clone()),
+            stopped,
+        ));
+        Ok(DwdiSim {
+            state,
+            addr,
+            tls: true,
             stop: Some(stop),
             task: Some(task),
         })
@@ -154,15 +190,21 @@ impl DwdiSim {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/api/v1`: the `cscs_dwdi_api_url` to configure.
+    /// `http://127.0.0.1:PORT/api/v1` (`https://` when serving TLS): the
+    /// `cscs_dwdi_api_url` to configure.
     pub fn api_url(&self) -> String {
-        format!("http://{}{API_PREFIX}", self.addr)
+        format!("{}://{}{API_PREFIX}", self.scheme(), self.addr)
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     /// `http://127.0.0.1:PORT/realms/test/protocol/openid-connect/token`: the
     /// `cscs_dwdi_oidc_token_url` to configure.
     pub fn token_url(&self) -> String {
-        format!("http://{}{TOKEN_PATH}", self.addr)
+        format!("{}://{}{TOKEN_PATH}", self.scheme(), self.addr)
     }
 
     /// The shared state (also usable after handing a clone to another server).
@@ -207,6 +249,15 @@ impl DwdiSim {
     /// If `status` is not a valid HTTP status code.
     pub fn fail_next_token(&self, n: usize, status: u16) {
         self.state.fail_next_token(n, status);
+    }
+
+    /// The next `n` token requests answer `status` with exactly `body` of `content_type`
+    /// (a token endpoint that answers HTML, or JSON without `access_token`).
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn respond_next_token(&self, n: usize, status: u16, content_type: &'static str, body: &str) {
+        self.state.respond_next_token(n, status, content_type, body);
     }
 
     /// Replaces the data served.

@@ -77,6 +77,8 @@ pub struct RequestRecord {
     pub peer: Option<SocketAddr>,
     /// The status answered.
     pub status: u16,
+    /// The `Via` header: an HTTP proxy forwarding a plain request names itself there.
+    pub via: Option<String>,
 }
 
 /// Counters since start (or the last [`SimState::reset_stats`]).
@@ -202,6 +204,11 @@ impl SimState {
         control.recent.clear();
     }
 
+    /// Every token issued so far, so a test can check none of them leaks into logs.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.inner.tokens).keys().cloned().collect()
+    }
+
     /// Makes every token issued so far invalid now (API calls with them get 401 "Token
     /// expired"); tokens issued afterwards work.
     pub fn expire_all_tokens(&self) {
@@ -246,6 +253,12 @@ impl SimState {
             json!({"error": "temporarily_unavailable", "error_description": "injected failure"})
                 .to_string();
         let fault = make_fault(n, status, "application/json", &body);
+        lock(&self.inner.control).token_faults.push_back(fault);
+    }
+
+    /// The next `n` token requests answer `status` with exactly `body` of `content_type`.
+    pub fn respond_next_token(&self, n: usize, status: u16, content_type: &'static str, body: &str) {
+        let fault = make_fault(n, status, content_type, body);
         lock(&self.inner.control).token_faults.push_back(fault);
     }
 
@@ -391,6 +404,11 @@ async fn handle(State(state): State<SimState>, request: Request) -> Response {
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
     let method = request.method().clone();
+    let via = request
+        .headers()
+        .get(http::header::VIA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let target = request.uri().to_string();
     let path = request.uri().path().to_owned();
 
@@ -429,6 +447,7 @@ async fn handle(State(state): State<SimState>, request: Request) -> Response {
             uri: target,
             peer,
             status,
+            via,
         },
     );
     response

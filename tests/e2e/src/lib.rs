@@ -6,6 +6,9 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+pub mod proxies;
+pub mod tls;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};

@@ -1,0 +1,159 @@
+//! What the host writes about egress: secrets never (client secret, tokens, proxy
+//! password — in logs at every level, in errors, in `Debug`), and a refused destination
+//! once per component and destination.
+
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Result, ensure};
+use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
+use e2e::proxies::ProxyProcess;
+use e2e::{NODE_AND_CPU, components, dwdi_access};
+use usage_agent::backends::{Backends, prepare_offering};
+use usage_agent::config::AgentConfig;
+use usage_agent::runtime::{Runtime, Source, wit};
+
+/// Everything logged by this test binary, at trace level.
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "info,usage_agent=trace,hyper=trace,hyper_util=trace,rustls=trace,tokio_rustls=trace,tokio_socks=trace,wasmtime_wasi_http=trace",
+            ))
+            .with_ansi(false)
+            .with_writer(|| Capture)
+            .try_init();
+    });
+    logs
+}
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = logs().lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged() -> String {
+    logs().lock().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default()
+}
+
+const PERIOD: wit::BillingPeriod = wit::BillingPeriod { year: 2024, month: 3 };
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_in_logs_errors_or_debug() -> Result<()> {
+    logs();
+    let data = DwdiData::generated(2, 2, &[(2024, 3)]);
+    let options = DwdiOptions { client_secret: "client-s3cret-xyz".into(), ..DwdiOptions::default() };
+    let sim = DwdiSim::start(data.clone(), options.clone()).await?;
+    let (user, password) = ("bob", "proxy-pa55-xyz");
+    let proxy = ProxyProcess::tinyproxy(&[sim.addr().port()], Some((user, password)))?;
+    let base = format!("http://127.0.0.1:{}", sim.addr().port());
+    let text = format!(
+        "offerings:\n  - name: compute\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n\
+         \x20     cscs_dwdi_api_url: \"{base}{API_PREFIX}\"\n      cscs_dwdi_oidc_token_url: \"{base}{TOKEN_PATH}\"\n\
+         \x20     cscs_dwdi_client_id: {:?}\n      cscs_dwdi_client_secret: {:?}\n\
+         \x20     cscs_dwdi_oidc_auth_method: client_secret_basic\n      socks_proxy: {:?}\n    backend_components:\n{NODE_AND_CPU}",
+        options.client_id,
+        options.client_secret,
+        proxy.url("http", Some((user, password)))
+    );
+    let config = AgentConfig::parse(&text)?;
+    let backends = Backends::new(Runtime::new()?);
+    backends.load_builtins_for(&config).await?;
+    let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
+    let resources: Vec<wit::WaldurResource> =
+        data.accounts().into_iter().map(|backend_id| wit::WaldurResource { backend_id, cluster: None }).collect();
+    // A report, a refresh after the token expired, and failures of every kind.
+    backend.usage_report(resources.clone(), PERIOD).await?;
+    sim.expire_all_tokens();
+    backend.usage_report(resources.clone(), PERIOD).await?;
+    sim.fail_next_token(1, 401);
+    sim.expire_all_tokens();
+    let mut shown = Vec::new();
+    if let Err(error) = backend.usage_report(resources.clone(), PERIOD).await {
+        shown.push(format!("{error} {error:?}"));
+    }
+    if let Err(error) = backend.egress().tokens().bearer().await {
+        shown.push(format!("{error} {error:?}"));
+    }
+    shown.push(format!("{config:?}"));
+    shown.push(format!("{:?}", config.offerings[0].dwdi_access()));
+    ensure!(sim.stats().tokens_issued >= 2, "{:?}", sim.stats());
+
+    let tokens = sim.state().issued_tokens();
+    ensure!(tokens.len() >= 2);
+    // base64 of user:password, as a Proxy-Authorization header carries it.
+    let basic = b64(&format!("{user}:{password}"));
+    let log = logged();
+    ensure!(log.contains("unauthorized") || log.contains("401") || log.lines().count() > 10, "the capture caught nothing:\n{log}");
+    let everything = format!("{log}\n{}", shown.join("\n"));
+    for secret in [options.client_secret.as_str(), password, basic.as_str(), &b64(&format!("{}:{}", options.client_id, options.client_secret))]
+        .into_iter()
+        .chain(tokens.iter().map(String::as_str))
+    {
+        ensure!(!everything.contains(secret), "{secret:?} appears in:\n{everything}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> {
+    logs();
+    let options = DwdiOptions::default();
+    let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+    let other = format!("http://127.0.0.1:{}/elsewhere", e2e::proxies::free_port()?);
+    let text = format!(
+        "offerings:\n  - name: probe-offering\n    backend_type: probe\n    backend_settings:\n{}      probe: fetch\n      url: \"{other}\"\n    backend_components:\n      status: {{unit_factor: 1}}\n",
+        dwdi_access(&sim, &options)
+    );
+    let config = AgentConfig::parse(&text)?;
+    let runtime = Runtime::new()?;
+    let loaded = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
+    let backends = Backends::new(runtime);
+    backends.install("probe", loaded);
+    let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    for _ in 0..3 {
+        let error = backend.usage_report(resources.clone(), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
+        ensure!(error.contains("HttpRequestDenied"), "{error}");
+    }
+    let destination = other.trim_end_matches("/elsewhere");
+    let lines: Vec<String> =
+        logged().lines().filter(|l| l.contains("egress denied") && l.contains(destination)).map(str::to_owned).collect();
+    ensure!(lines.len() == 1, "{lines:#?}");
+    ensure!(lines[0].contains("component=\"probe\"") || lines[0].contains("component=probe"), "{}", lines[0]);
+    ensure!(lines[0].contains("probe-offering"), "{}", lines[0]);
+    ensure!(backend.egress().stats().denied.load(std::sync::atomic::Ordering::Relaxed) == 3);
+    ensure!(sim.stats().api_requests == 0);
+    Ok(())
+}
+
+/// Standard base64, enough for the check above.
+fn b64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
