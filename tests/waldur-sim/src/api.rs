@@ -7,7 +7,7 @@
 //! body parsing (400/415) → field validation (400 with every field error) → object
 //! validation (400, first failure) → write.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Shared;
 use crate::decimal::{format_cents, parse_amount};
-use crate::pagination::{last_value, paginate};
+use crate::pagination::{last_value, paginate, window};
 use crate::state::{
     OFFERING_USER_STATES, Offering, OfferingUser, RESOURCE_STATES, Resource, State,
     USAGE_WRITABLE_STATES, UsageRecord, UserUsageRecord, fnv1a, normalize_uuid, uuid_from_bits,
@@ -299,12 +299,10 @@ pub(crate) async fn handle(
             None => Reply::not_found(),
         },
         Route::OfferingUsers => list_offering_users(state, &ctx),
-        Route::OfferingUser(uuid) => {
-            match lookup(&uuid, |u| state.offering_users.iter().find(|o| o.uuid == u)) {
-                Some(user) => detail(&ctx, offering_user_json(&ctx, state, user)),
-                None => Reply::not_found(),
-            }
-        }
+        Route::OfferingUser(uuid) => match lookup(&uuid, |u| state.offering_user(u)) {
+            Some(user) => detail(&ctx, offering_user_json(&ctx, state, user)),
+            None => Reply::not_found(),
+        },
         Route::UserUsages => list_user_usages(state, &ctx),
         Route::SetUsage => set_usage(state, &ctx, &caller, &data),
         Route::SetUserUsage(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, false),
@@ -501,7 +499,7 @@ fn offering_user_link(state: &State, value: &Value) -> Result<String, String> {
     let path = path.split(['?', '#']).next().unwrap_or("");
     match Route::recognise(path) {
         Some(Route::OfferingUser(raw)) => normalize_uuid(&raw)
-            .filter(|uuid| state.offering_users.iter().any(|o| &o.uuid == uuid))
+            .filter(|uuid| state.offering_user(uuid).is_some())
             .ok_or_else(|| "Invalid hyperlink - Object does not exist.".to_owned()),
         Some(_) => Err("Invalid hyperlink - Incorrect URL match.".into()),
         None => Err("Invalid hyperlink - No URL match.".into()),
@@ -612,7 +610,7 @@ fn usage_json(ctx: &Ctx, state: &State, usage: &UsageRecord) -> Value {
         "uuid": usage.uuid,
         "created": usage.created.format(ctx.offset),
         "description": usage.description,
-        "type": usage.component_type,
+        "type": &*usage.component_type,
         "name": component.map(|c| c.name.clone()),
         "measured_unit": component.map(|c| c.measured_unit.clone()),
         "usage": format_cents(usage.cents),
@@ -628,26 +626,26 @@ fn usage_json(ctx: &Ctx, state: &State, usage: &UsageRecord) -> Value {
 }
 
 fn user_usage_json(ctx: &Ctx, state: &State, user_usage: &UserUsageRecord) -> Value {
-    let parent = state.usage(&user_usage.component_usage_uuid);
-    let component = parent.and_then(|p| component_of(state, &p.offering_uuid, &p.component_type));
+    let parent = &state.usages()[user_usage.parent];
+    let component = component_of(state, &parent.offering_uuid, &parent.component_type);
     json!({
         "uuid": user_usage.uuid,
         "user": user_usage.user.as_ref().map(|u| ctx.link("marketplace-offering-users", u)),
         "username": user_usage.username,
-        "component_usage": ctx.link("marketplace-component-usages", &user_usage.component_usage_uuid),
+        "component_usage": ctx.link("marketplace-component-usages", &parent.uuid),
         "usage": format_cents(user_usage.cents),
         "measured_unit": component.map(|c| c.measured_unit.clone()),
         "description": "",
         "created": user_usage.created.format(ctx.offset),
         "modified": user_usage.modified.format(ctx.offset),
         "backend_id": "",
-        "resource_name": parent.and_then(|p| state.resource(&p.resource_uuid)).map(|r| r.name.clone()),
-        "resource_uuid": parent.map(|p| p.resource_uuid.clone()),
-        "offering_name": parent.and_then(|p| state.offering(&p.offering_uuid)).map(|o| o.name.clone()),
-        "offering_uuid": parent.map(|p| p.offering_uuid.clone()),
-        "component_type": parent.map(|p| p.component_type.clone()),
-        "date": parent.map(|p| p.date.format(ctx.offset)),
-        "billing_period": parent.map(|p| p.billing_period.to_string()),
+        "resource_name": state.resource(&parent.resource_uuid).map(|r| r.name.clone()),
+        "resource_uuid": parent.resource_uuid,
+        "offering_name": state.offering(&parent.offering_uuid).map(|o| o.name.clone()),
+        "offering_uuid": parent.offering_uuid,
+        "component_type": &*parent.component_type,
+        "date": parent.date.format(ctx.offset),
+        "billing_period": parent.billing_period.to_string(),
     })
 }
 
@@ -778,20 +776,66 @@ fn matches_any(filter: &Option<Vec<String>>, value: &str) -> bool {
 /// Paginates `rows` and renders only the requested page.
 fn list_reply<T>(ctx: &Ctx, rows: Vec<T>, render: impl Fn(T) -> Value) -> Reply {
     match paginate(rows, &ctx.origin, &ctx.path, &ctx.query, ctx.max_page_size) {
-        Err(()) => Reply::detail(StatusCode::NOT_FOUND, "Invalid page."),
-        Ok(page) => {
-            let fields = ctx.fields();
-            let items = page
-                .items
-                .into_iter()
-                .map(|row| select_fields(render(row), &fields))
+        Err(()) => invalid_page(),
+        Ok(page) => page_reply(ctx, page.link, page.total, page.items, render),
+    }
+}
+
+fn invalid_page() -> Reply {
+    Reply::detail(StatusCode::NOT_FOUND, "Invalid page.")
+}
+
+/// One rendered page with its `Link` and `X-Result-Count` headers.
+fn page_reply<T>(
+    ctx: &Ctx,
+    link: String,
+    total: usize,
+    items: Vec<T>,
+    render: impl Fn(T) -> Value,
+) -> Reply {
+    let fields = ctx.fields();
+    let items = items
+        .into_iter()
+        .map(|row| select_fields(render(row), &fields))
+        .collect();
+    Reply::json(StatusCode::OK, Value::Array(items))
+        .with_header(header::LINK, link)
+        .with_header(HeaderName::from_static("x-result-count"), total.to_string())
+}
+
+/// Paginates an indexed listing and renders only the requested page. `rows` are the
+/// candidates in Waldur's order; `keep` applies every filter; `exact` says the candidates
+/// are exactly the matching rows, so the page is a slice of them.
+fn list_indexed(
+    ctx: &Ctx,
+    rows: &[usize],
+    exact: bool,
+    keep: impl Fn(usize) -> bool,
+    render: impl Fn(usize) -> Value,
+) -> Reply {
+    let filtered: Vec<usize>;
+    let rows = if exact {
+        rows
+    } else {
+        filtered = rows.iter().copied().filter(|&r| keep(r)).collect();
+        &filtered
+    };
+    match window(
+        rows.len(),
+        &ctx.origin,
+        &ctx.path,
+        &ctx.query,
+        ctx.max_page_size,
+    ) {
+        Err(()) => invalid_page(),
+        Ok(w) => {
+            let page = rows
+                .iter()
+                .copied()
+                .skip(w.start)
+                .take(w.page_size)
                 .collect();
-            Reply::json(StatusCode::OK, Value::Array(items))
-                .with_header(header::LINK, page.link)
-                .with_header(
-                    HeaderName::from_static("x-result-count"),
-                    page.total.to_string(),
-                )
+            page_reply(ctx, w.link, w.total, page, render)
         }
     }
 }
@@ -806,9 +850,8 @@ fn list_resources(state: &State, ctx: &Ctx) -> Reply {
         return reply;
     }
     let rows: Vec<&Resource> = state
-        .resources
-        .iter()
-        .filter(|r| matches_any(&offering, &r.offering_uuid))
+        .resources_of(offering.as_deref())
+        .into_iter()
         .filter(|r| matches_any(&states, &r.state))
         .filter(|r| matches(&backend_id, &r.backend_id))
         .filter(|r| {
@@ -819,7 +862,9 @@ fn list_resources(state: &State, ctx: &Ctx) -> Reply {
     list_reply(ctx, rows, |r| resource_json(ctx, state, r))
 }
 
-fn list_usages(state: &State, ctx: &Ctx) -> Reply {
+/// Waldur orders component usages by `("-date", "component__type")`; the index keeps
+/// that order (ties in creation order, as the stable sort of the table did).
+fn list_usages(state: &mut State, ctx: &Ctx) -> Reply {
     let mut f = Filters::new(&ctx.query);
     let resource = f.uuid("resource_uuid");
     let offering = f.uuid("offering_uuid");
@@ -830,26 +875,37 @@ fn list_usages(state: &State, ctx: &Ctx) -> Reply {
     if let Err(reply) = f.finish() {
         return reply;
     }
-    let mut records: Vec<&UsageRecord> = state
-        .usages
-        .iter()
-        .filter(|u| matches(&resource, &u.resource_uuid))
-        .filter(|u| matches(&offering, &u.offering_uuid))
-        .filter(|u| matches(&period, &u.billing_period))
-        .filter(|u| matches(&year, &i64::from(u.billing_period.year)))
-        .filter(|u| matches(&month, &i64::from(u.billing_period.month)))
-        .filter(|u| matches(&ctype, &u.component_type))
-        .collect();
-    // Waldur orders by ("-date", "component__type").
-    records.sort_by(|a, b| {
-        b.date
-            .cmp(&a.date)
-            .then_with(|| a.component_type.cmp(&b.component_type))
-    });
-    list_reply(ctx, records, |u| usage_json(ctx, state, u))
+    let rows: Arc<[usize]> = match &resource {
+        // A resource has a few usages: sort just those.
+        Some(r) => {
+            let usages = state.usages();
+            let mut rows = state.usage_rows_of_resource(r).to_vec();
+            rows.sort_by_cached_key(|&row| usages[row].order_key(row));
+            rows.into()
+        }
+        None => state.usages_in_order(offering.as_deref(), period),
+    };
+    let state = &*state;
+    let usages = state.usages();
+    let exact = resource.is_none() && year.is_none() && month.is_none() && ctype.is_none();
+    let keep = |row: usize| {
+        let u = &usages[row];
+        matches(&resource, &u.resource_uuid)
+            && matches(&offering, &u.offering_uuid)
+            && matches(&period, &u.billing_period)
+            && matches(&year, &i64::from(u.billing_period.year))
+            && matches(&month, &i64::from(u.billing_period.month))
+            && ctype.as_deref().is_none_or(|t| t == &*u.component_type)
+    };
+    list_indexed(ctx, &rows, exact, keep, |row| {
+        usage_json(ctx, state, &usages[row])
+    })
 }
 
-fn list_user_usages(state: &State, ctx: &Ctx) -> Reply {
+/// Waldur orders per-user usages by `("-component_usage__date",
+/// "component_usage__component__type")`; the index keeps that order (ties in creation
+/// order).
+fn list_user_usages(state: &mut State, ctx: &Ctx) -> Reply {
     let mut f = Filters::new(&ctx.query);
     let resource = f.uuid("resource_uuid");
     let offering = f.uuid("offering_uuid");
@@ -862,31 +918,41 @@ fn list_user_usages(state: &State, ctx: &Ctx) -> Reply {
     if let Err(reply) = f.finish() {
         return reply;
     }
-    let parents: HashMap<&str, &UsageRecord> =
-        state.usages.iter().map(|u| (u.uuid.as_str(), u)).collect();
-    let mut records: Vec<(&UserUsageRecord, &UsageRecord)> = state
-        .user_usages
-        .iter()
-        .filter_map(|uu| {
-            parents
-                .get(uu.component_usage_uuid.as_str())
-                .map(|p| (uu, *p))
-        })
-        .filter(|(_, p)| matches(&resource, &p.resource_uuid))
-        .filter(|(_, p)| matches(&offering, &p.offering_uuid))
-        .filter(|(_, p)| matches(&period, &p.billing_period))
-        .filter(|(_, p)| matches(&year, &i64::from(p.billing_period.year)))
-        .filter(|(_, p)| matches(&month, &i64::from(p.billing_period.month)))
-        .filter(|(_, p)| matches(&ctype, &p.component_type))
-        .filter(|(uu, _)| matches(&username, &uu.username))
-        .collect();
-    // Waldur orders by ("-component_usage__date", "component_usage__component__type").
-    records.sort_by(|(_, a), (_, b)| {
-        b.date
-            .cmp(&a.date)
-            .then_with(|| a.component_type.cmp(&b.component_type))
-    });
-    list_reply(ctx, records, |(uu, _)| user_usage_json(ctx, state, uu))
+    let rows: Arc<[usize]> = match &resource {
+        // A resource has a few usages with a few users each: sort just those.
+        Some(r) => {
+            let (usages, user_usages) = (state.usages(), state.user_usages());
+            let mut rows: Vec<usize> = state
+                .usage_rows_of_resource(r)
+                .iter()
+                .flat_map(|&parent| usages[parent].user_usages.iter().copied())
+                .collect();
+            rows.sort_by_cached_key(|&row| usages[user_usages[row].parent].order_key(row));
+            rows.into()
+        }
+        None => state.user_usages_in_order(offering.as_deref(), period),
+    };
+    let state = &*state;
+    let (usages, user_usages) = (state.usages(), state.user_usages());
+    let exact = resource.is_none()
+        && year.is_none()
+        && month.is_none()
+        && ctype.is_none()
+        && username.is_none();
+    let keep = |row: usize| {
+        let uu = &user_usages[row];
+        let p = &usages[uu.parent];
+        matches(&resource, &p.resource_uuid)
+            && matches(&offering, &p.offering_uuid)
+            && matches(&period, &p.billing_period)
+            && matches(&year, &i64::from(p.billing_period.year))
+            && matches(&month, &i64::from(p.billing_period.month))
+            && ctype.as_deref().is_none_or(|t| t == &*p.component_type)
+            && matches(&username, &uu.username)
+    };
+    list_indexed(ctx, &rows, exact, keep, |row| {
+        user_usage_json(ctx, state, &user_usages[row])
+    })
 }
 
 fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
@@ -897,9 +963,8 @@ fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
         return reply;
     }
     let rows: Vec<&OfferingUser> = state
-        .offering_users
-        .iter()
-        .filter(|u| matches_any(&offering, &u.offering_uuid))
+        .offering_users_of(offering.as_deref())
+        .into_iter()
         .filter(|u| matches_any(&states, &u.state))
         .collect();
     list_reply(ctx, rows, |u| offering_user_json(ctx, state, u))
@@ -1146,10 +1211,11 @@ fn set_user_usages(
     data: &Value,
     bulk: bool,
 ) -> Reply {
-    let Some(parent) = lookup(raw_uuid, |u| state.usage(u)) else {
+    let Some(parent_row) = normalize_uuid(raw_uuid).and_then(|u| state.usage_row(&u)) else {
         return Reply::not_found();
     };
-    let (parent_uuid, resource_uuid) = (parent.uuid.clone(), parent.resource_uuid.clone());
+    let parent = &state.usages()[parent_row];
+    let resource_uuid = parent.resource_uuid.clone();
     let billing_type = component_of(state, &parent.offering_uuid, &parent.component_type)
         .map_or_else(|| "usage".to_owned(), |c| c.billing_type.clone());
     if let Some(reply) = rejection(state, &resource_uuid) {
@@ -1224,15 +1290,13 @@ fn set_user_usages(
     let now = state.now(ctx.offset);
     for item in items {
         let target = match item.date {
-            None => Some(parent_uuid.clone()),
+            None => parent_row,
             Some(date) => {
                 let period = date.local_date(ctx.offset).month_start();
-                state.usage_for_period(&parent_uuid, period, date, now)
+                state.usage_for_period(parent_row, period, date, now)
             }
         };
-        if let Some(target) = target {
-            state.upsert_user_usage(&target, &item.username, item.cents, item.user, now);
-        }
+        state.upsert_user_usage(target, &item.username, item.cents, item.user, now);
     }
     Reply::created()
 }

@@ -26,6 +26,10 @@
 //!   "…when backfilling past billing periods." message);
 //! - writes answer `201` with an empty body, as Waldur does.
 //!
+//! It also has to stay cheap at the benchmark's scale (tens of thousands of usages, a
+//! thousand listing pages), or the benchmark measures the simulator: records are indexed
+//! for writes and kept in listing order for reads (see `index.rs`).
+//!
 //! Field names are Waldur's, not convenient ones: a component usage carries its amount in
 //! `usage` (the request item field is `amount`), a per-user usage points at its component
 //! usage through the `component_usage` URL, and the per-user listing's period filter is
@@ -62,6 +66,7 @@
 
 mod api;
 mod decimal;
+mod index;
 mod pagination;
 mod state;
 mod time;
@@ -219,7 +224,7 @@ impl WaldurSim {
             state.offering(&uuid).is_none(),
             "add_offering: offering {uuid} already exists"
         );
-        state.offerings.push(Offering {
+        state.add_offering(Offering {
             uuid,
             name: name.to_owned(),
             components: component_types
@@ -235,9 +240,7 @@ impl WaldurSim {
         let uuid = checked_uuid("add_offering_component", offering_uuid);
         let mut state = self.shared.lock();
         let offering = state
-            .offerings
-            .iter_mut()
-            .find(|o| o.uuid == uuid)
+            .offering_mut(&uuid)
             .unwrap_or_else(|| panic!("add_offering_component: unknown offering {uuid}"));
         offering
             .components
@@ -271,7 +274,7 @@ impl WaldurSim {
             guard.resource(&uuid).is_none(),
             "add_resource: resource {uuid} already exists"
         );
-        guard.resources.push(Resource {
+        guard.add_resource(Resource {
             uuid,
             name: backend_id.to_owned(),
             backend_id: backend_id.to_owned(),
@@ -290,9 +293,7 @@ impl WaldurSim {
         );
         let mut guard = self.shared.lock();
         let resource = guard
-            .resources
-            .iter_mut()
-            .find(|r| r.uuid == uuid)
+            .resource_mut(&uuid)
             .unwrap_or_else(|| panic!("set_resource_state: unknown resource {uuid}"));
         resource.state = state.to_owned();
     }
@@ -322,7 +323,7 @@ impl WaldurSim {
             "add_offering_user: unknown offering {offering_uuid}"
         );
         let uuid = guard.new_uuid();
-        guard.offering_users.push(OfferingUser {
+        guard.add_offering_user(OfferingUser {
             uuid: uuid.clone(),
             username: username.to_owned(),
             offering_uuid,
@@ -377,7 +378,7 @@ impl WaldurSim {
             .clone();
         let date = Timestamp::from_local(period, 0, offset);
         let now = state.now(offset);
-        state.upsert_usage(
+        let row = state.upsert_usage(
             &resource_uuid,
             &offering_uuid,
             component_type,
@@ -386,7 +387,8 @@ impl WaldurSim {
             date,
             "",
             now,
-        )
+        );
+        state.usages()[row].uuid.clone()
     }
 
     /// Stores a per-user usage directly under a component usage (no request is counted).
@@ -396,12 +398,11 @@ impl WaldurSim {
             .unwrap_or_else(|e| panic!("seed_user_usage: usage {usage:?}: {e}"));
         let offset = self.shared.offset_secs();
         let mut state = self.shared.lock();
-        assert!(
-            state.usage(&parent).is_some(),
-            "seed_user_usage: unknown component usage {parent}"
-        );
+        let row = state
+            .usage_row(&parent)
+            .unwrap_or_else(|| panic!("seed_user_usage: unknown component usage {parent}"));
         let now = state.now(offset);
-        state.upsert_user_usage(&parent, username, cents, None, now);
+        state.upsert_user_usage(row, username, cents, None, now);
     }
 
     /// Every stored component usage, in creation order.
@@ -409,7 +410,7 @@ impl WaldurSim {
         let offset = self.shared.offset_secs();
         let state = self.shared.lock();
         state
-            .usages
+            .usages()
             .iter()
             .map(|u| state.stored_usage(u, offset))
             .collect()
@@ -419,7 +420,7 @@ impl WaldurSim {
     pub fn user_usages(&self) -> Vec<StoredUserUsage> {
         let state = self.shared.lock();
         state
-            .user_usages
+            .user_usages()
             .iter()
             .map(|u| state.stored_user_usage(u, &self.shared.origin))
             .collect()

@@ -17,6 +17,16 @@ pub(crate) struct Page<T> {
     pub(crate) total: usize,
 }
 
+/// Where one page lies in a listing of `total` rows, with the headers that describe it.
+pub(crate) struct Window {
+    /// Index of the page's first row.
+    pub(crate) start: usize,
+    /// Most rows on the page (the last page may have fewer).
+    pub(crate) page_size: usize,
+    pub(crate) link: String,
+    pub(crate) total: usize,
+}
+
 /// Cuts `items` into the page the query asks for. `Err(())` means "Invalid page.".
 ///
 /// `origin` is `http://host:port`, `path` the request path and `query` the decoded query
@@ -28,12 +38,33 @@ pub(crate) fn paginate<T>(
     query: &[(String, String)],
     max_page_size: usize,
 ) -> Result<Page<T>, ()> {
+    let window = window(items.len(), origin, path, query, max_page_size)?;
+    let items: Vec<T> = items
+        .into_iter()
+        .skip(window.start)
+        .take(window.page_size)
+        .collect();
+    Ok(Page {
+        items,
+        link: window.link,
+        total: window.total,
+    })
+}
+
+/// The page the query asks for in a listing of `total` rows, for listings that fetch only
+/// that page's rows. `Err(())` means "Invalid page.".
+pub(crate) fn window(
+    total: usize,
+    origin: &str,
+    path: &str,
+    query: &[(String, String)],
+    max_page_size: usize,
+) -> Result<Window, ()> {
     let page_size = last_value(query, "page_size")
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|&n| n > 0)
         .map(|n| (n as usize).min(max_page_size.max(1)))
         .unwrap_or(DEFAULT_PAGE_SIZE);
-    let total = items.len();
     let pages = total.div_ceil(page_size).max(1);
     let page = match last_value(query, "page") {
         None => 1,
@@ -43,11 +74,6 @@ pub(crate) fn paginate<T>(
             _ => return Err(()),
         },
     };
-    let items: Vec<T> = items
-        .into_iter()
-        .skip((page - 1) * page_size)
-        .take(page_size)
-        .collect();
 
     let with_page = |n: usize| -> String {
         if n == 1 {
@@ -70,8 +96,9 @@ pub(crate) fn paginate<T>(
         ));
     }
     links.push(format!("<{}>; rel=\"last\"", with_page(pages)));
-    Ok(Page {
-        items,
+    Ok(Window {
+        start: (page - 1) * page_size,
+        page_size,
         link: links.join(", "),
         total,
     })

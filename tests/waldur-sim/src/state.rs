@@ -5,11 +5,13 @@
 //! atomic the way a Django transaction would make it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use http::StatusCode;
 use serde_json::Value;
 
 use crate::decimal::format_cents;
+use crate::index::{OrderKey, Ordered};
 use crate::time::{Date, Timestamp};
 
 /// Resource states as Waldur's API spells them (`Resource.States` representations).
@@ -200,7 +202,8 @@ pub(crate) struct UsageRecord {
     pub(crate) uuid: String,
     pub(crate) resource_uuid: String,
     pub(crate) offering_uuid: String,
-    pub(crate) component_type: String,
+    /// Shared with the record's order keys.
+    pub(crate) component_type: Arc<str>,
     pub(crate) cents: i128,
     pub(crate) billing_period: Date,
     pub(crate) date: Timestamp,
@@ -209,11 +212,22 @@ pub(crate) struct UsageRecord {
     pub(crate) created_seq: u64,
     pub(crate) modified_seq: u64,
     pub(crate) writes: u32,
+    /// Rows of its per-user usages, in creation order.
+    pub(crate) user_usages: Vec<usize>,
+}
+
+impl UsageRecord {
+    /// Its place in the listing order; `row` is its own row, or that of a per-user usage
+    /// under it, which lists by its parent's date and type.
+    pub(crate) fn order_key(&self, row: usize) -> OrderKey {
+        OrderKey::new(self.date, &self.component_type, row)
+    }
 }
 
 pub(crate) struct UserUsageRecord {
     pub(crate) uuid: String,
-    pub(crate) component_usage_uuid: String,
+    /// The row of its component usage.
+    pub(crate) parent: usize,
     pub(crate) username: String,
     pub(crate) cents: i128,
     /// The linked offering user's UUID.
@@ -231,14 +245,31 @@ pub(crate) struct Rejection {
     pub(crate) body: Value,
 }
 
+/// The tables, in creation order (what [`crate::WaldurSim::usages`] and friends show and
+/// what ties in listings fall back to), with the indexes that keep writes and listings
+/// from scanning them. Rows are never removed, so a row number stays valid; the tables
+/// are private so that every insert goes through the methods that index it.
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) tokens: HashMap<String, Account>,
-    pub(crate) offerings: Vec<Offering>,
-    pub(crate) resources: Vec<Resource>,
-    pub(crate) offering_users: Vec<OfferingUser>,
-    pub(crate) usages: Vec<UsageRecord>,
-    pub(crate) user_usages: Vec<UserUsageRecord>,
+    offerings: Vec<Offering>,
+    offering_rows: HashMap<String, usize>,
+    resources: Vec<Resource>,
+    resource_rows: HashMap<String, usize>,
+    resources_by_offering: HashMap<String, Vec<usize>>,
+    offering_users: Vec<OfferingUser>,
+    offering_user_rows: HashMap<String, usize>,
+    offering_users_by_offering: HashMap<String, Vec<usize>>,
+    usages: Vec<UsageRecord>,
+    usage_rows: HashMap<String, usize>,
+    /// The unique key of a component usage: (resource, component type, billing period).
+    usage_keys: HashMap<(String, String, Date), usize>,
+    usages_by_resource: HashMap<String, Vec<usize>>,
+    usage_order: Ordered,
+    user_usages: Vec<UserUsageRecord>,
+    /// The unique key of a per-user usage: (component usage row, username).
+    user_usage_keys: HashMap<(usize, String), usize>,
+    user_usage_order: Ordered,
     /// The simulated local date; `None` follows the wall clock.
     pub(crate) today: Option<Date>,
     /// Source of generated UUIDs.
@@ -283,19 +314,135 @@ impl State {
         Some(status)
     }
 
+    // -----------------------------------------------------------------------------------
+    // Offerings, resources, offering users
+
+    /// Adds an offering; the caller has checked that its UUID is new.
+    pub(crate) fn add_offering(&mut self, offering: Offering) {
+        self.offering_rows
+            .insert(offering.uuid.clone(), self.offerings.len());
+        self.offerings.push(offering);
+    }
+
     pub(crate) fn offering(&self, uuid: &str) -> Option<&Offering> {
-        self.offerings.iter().find(|o| o.uuid == uuid)
+        self.offering_rows
+            .get(uuid)
+            .map(|&row| &self.offerings[row])
+    }
+
+    pub(crate) fn offering_mut(&mut self, uuid: &str) -> Option<&mut Offering> {
+        let row = *self.offering_rows.get(uuid)?;
+        self.offerings.get_mut(row)
+    }
+
+    /// Adds a resource; the caller has checked that its UUID is new.
+    pub(crate) fn add_resource(&mut self, resource: Resource) {
+        let row = self.resources.len();
+        self.resource_rows.insert(resource.uuid.clone(), row);
+        self.resources_by_offering
+            .entry(resource.offering_uuid.clone())
+            .or_default()
+            .push(row);
+        self.resources.push(resource);
     }
 
     pub(crate) fn resource(&self, uuid: &str) -> Option<&Resource> {
-        self.resources.iter().find(|r| r.uuid == uuid)
+        self.resource_rows
+            .get(uuid)
+            .map(|&row| &self.resources[row])
+    }
+
+    /// For changes of fields no index covers (its state).
+    pub(crate) fn resource_mut(&mut self, uuid: &str) -> Option<&mut Resource> {
+        let row = *self.resource_rows.get(uuid)?;
+        self.resources.get_mut(row)
+    }
+
+    /// Resources in creation order, of any of `offerings` when given.
+    pub(crate) fn resources_of(&self, offerings: Option<&[String]>) -> Vec<&Resource> {
+        match offerings {
+            None => self.resources.iter().collect(),
+            Some(list) => rows_of(&self.resources_by_offering, list)
+                .into_iter()
+                .map(|row| &self.resources[row])
+                .collect(),
+        }
+    }
+
+    pub(crate) fn add_offering_user(&mut self, user: OfferingUser) {
+        let row = self.offering_users.len();
+        self.offering_user_rows.insert(user.uuid.clone(), row);
+        self.offering_users_by_offering
+            .entry(user.offering_uuid.clone())
+            .or_default()
+            .push(row);
+        self.offering_users.push(user);
+    }
+
+    pub(crate) fn offering_user(&self, uuid: &str) -> Option<&OfferingUser> {
+        self.offering_user_rows
+            .get(uuid)
+            .map(|&row| &self.offering_users[row])
+    }
+
+    /// Offering users in creation order, of any of `offerings` when given.
+    pub(crate) fn offering_users_of(&self, offerings: Option<&[String]>) -> Vec<&OfferingUser> {
+        match offerings {
+            None => self.offering_users.iter().collect(),
+            Some(list) => rows_of(&self.offering_users_by_offering, list)
+                .into_iter()
+                .map(|row| &self.offering_users[row])
+                .collect(),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Usages
+
+    /// Every component usage, in creation order (row order).
+    pub(crate) fn usages(&self) -> &[UsageRecord] {
+        &self.usages
+    }
+
+    /// Every per-user usage, in creation order (row order).
+    pub(crate) fn user_usages(&self) -> &[UserUsageRecord] {
+        &self.user_usages
+    }
+
+    pub(crate) fn usage_row(&self, uuid: &str) -> Option<usize> {
+        self.usage_rows.get(uuid).copied()
     }
 
     pub(crate) fn usage(&self, uuid: &str) -> Option<&UsageRecord> {
-        self.usages.iter().find(|u| u.uuid == uuid)
+        self.usage_row(uuid).map(|row| &self.usages[row])
     }
 
-    /// Creates or updates the usage of (resource, type, period); returns its UUID.
+    /// The rows of a resource's component usages, in creation order.
+    pub(crate) fn usage_rows_of_resource(&self, resource_uuid: &str) -> &[usize] {
+        self.usages_by_resource
+            .get(resource_uuid)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Rows of component usages in listing order, of an offering and/or billing period.
+    pub(crate) fn usages_in_order(
+        &mut self,
+        offering: Option<&str>,
+        period: Option<Date>,
+    ) -> Arc<[usize]> {
+        self.usage_order.snapshot(offering, period)
+    }
+
+    /// Rows of per-user usages in listing order, of an offering and/or billing period.
+    pub(crate) fn user_usages_in_order(
+        &mut self,
+        offering: Option<&str>,
+        period: Option<Date>,
+    ) -> Arc<[usize]> {
+        self.user_usage_order.snapshot(offering, period)
+    }
+
+    /// Creates or updates the usage of (resource, type, period); returns its row.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn upsert_usage(
         &mut self,
@@ -307,26 +454,29 @@ impl State {
         date: Timestamp,
         description: &str,
         now: Timestamp,
-    ) -> String {
+    ) -> usize {
         let seq = self.next_write_seq();
-        if let Some(existing) = self.usages.iter_mut().find(|u| {
-            u.resource_uuid == resource_uuid
-                && u.component_type == component_type
-                && u.billing_period == billing_period
-        }) {
+        let key = (
+            resource_uuid.to_owned(),
+            component_type.to_owned(),
+            billing_period,
+        );
+        if let Some(&row) = self.usage_keys.get(&key) {
+            self.move_usage(row, date);
+            let existing = &mut self.usages[row];
             existing.cents = cents;
-            existing.date = date;
             existing.description = description.to_owned();
             existing.modified_seq = seq;
             existing.writes += 1;
-            return existing.uuid.clone();
+            return row;
         }
+        let row = self.usages.len();
         let uuid = self.new_uuid();
-        self.usages.push(UsageRecord {
+        let record = UsageRecord {
             uuid: uuid.clone(),
             resource_uuid: resource_uuid.to_owned(),
             offering_uuid: offering_uuid.to_owned(),
-            component_type: component_type.to_owned(),
+            component_type: Arc::from(component_type),
             cents,
             billing_period,
             date,
@@ -335,36 +485,69 @@ impl State {
             created_seq: seq,
             modified_seq: seq,
             writes: 1,
-        });
-        uuid
+            user_usages: Vec::new(),
+        };
+        self.usage_order
+            .insert(offering_uuid, billing_period, record.order_key(row));
+        self.usage_rows.insert(uuid, row);
+        self.usage_keys.insert(key, row);
+        self.usages_by_resource
+            .entry(resource_uuid.to_owned())
+            .or_default()
+            .push(row);
+        self.usages.push(record);
+        row
     }
 
-    /// The usage of (resource, type, period), created with amount zero if missing, as
-    /// Waldur does when a per-user usage is dated into another billing period.
+    /// Sets a component usage's `date`, moving it and its per-user usages in the order.
+    fn move_usage(&mut self, row: usize, date: Timestamp) {
+        let usage = &self.usages[row];
+        if usage.date == date {
+            return;
+        }
+        let (offering, period) = (usage.offering_uuid.clone(), usage.billing_period);
+        self.usage_order
+            .remove(&offering, period, &usage.order_key(row));
+        for &child in &usage.user_usages {
+            self.user_usage_order
+                .remove(&offering, period, &usage.order_key(child));
+        }
+        let usage = &mut self.usages[row];
+        usage.date = date;
+        self.usage_order
+            .insert(&offering, period, usage.order_key(row));
+        for &child in &usage.user_usages {
+            self.user_usage_order
+                .insert(&offering, period, usage.order_key(child));
+        }
+    }
+
+    /// The row of the usage of the template's (resource, type) in `billing_period`,
+    /// created with amount zero if missing, as Waldur does when a per-user usage is dated
+    /// into another billing period.
     pub(crate) fn usage_for_period(
         &mut self,
-        template_uuid: &str,
+        template: usize,
         billing_period: Date,
         date: Timestamp,
         now: Timestamp,
-    ) -> Option<String> {
-        let template = self.usage(template_uuid)?;
-        if template.billing_period == billing_period {
-            return Some(template.uuid.clone());
+    ) -> usize {
+        let template_usage = &self.usages[template];
+        if template_usage.billing_period == billing_period {
+            return template;
         }
         let (resource, offering, ctype) = (
-            template.resource_uuid.clone(),
-            template.offering_uuid.clone(),
-            template.component_type.clone(),
+            template_usage.resource_uuid.clone(),
+            template_usage.offering_uuid.clone(),
+            template_usage.component_type.to_string(),
         );
-        if let Some(found) = self.usages.iter().find(|u| {
-            u.resource_uuid == resource
-                && u.component_type == ctype
-                && u.billing_period == billing_period
-        }) {
-            return Some(found.uuid.clone());
+        if let Some(&row) = self
+            .usage_keys
+            .get(&(resource.clone(), ctype.clone(), billing_period))
+        {
+            return row;
         }
-        Some(self.upsert_usage(
+        self.upsert_usage(
             &resource,
             &offering,
             &ctype,
@@ -373,25 +556,23 @@ impl State {
             date,
             "",
             now,
-        ))
+        )
     }
 
-    /// Creates or updates the per-user usage of (component usage, username). The offering
-    /// user link is replaced only when one is sent.
+    /// Creates or updates the per-user usage of (component usage row, username). The
+    /// offering user link is replaced only when one is sent.
     pub(crate) fn upsert_user_usage(
         &mut self,
-        component_usage_uuid: &str,
+        parent: usize,
         username: &str,
         cents: i128,
         user: Option<String>,
         now: Timestamp,
     ) {
         let seq = self.next_write_seq();
-        if let Some(existing) = self
-            .user_usages
-            .iter_mut()
-            .find(|u| u.component_usage_uuid == component_usage_uuid && u.username == username)
-        {
+        let key = (parent, username.to_owned());
+        if let Some(&row) = self.user_usage_keys.get(&key) {
+            let existing = &mut self.user_usages[row];
             existing.cents = cents;
             if user.is_some() {
                 existing.user = user;
@@ -401,10 +582,19 @@ impl State {
             existing.writes += 1;
             return;
         }
+        let row = self.user_usages.len();
         let uuid = self.new_uuid();
+        let usage = &mut self.usages[parent];
+        usage.user_usages.push(row);
+        self.user_usage_order.insert(
+            &usage.offering_uuid,
+            usage.billing_period,
+            usage.order_key(row),
+        );
+        self.user_usage_keys.insert(key, row);
         self.user_usages.push(UserUsageRecord {
             uuid,
-            component_usage_uuid: component_usage_uuid.to_owned(),
+            parent,
             username: username.to_owned(),
             cents,
             user,
@@ -421,7 +611,7 @@ impl State {
             uuid: rec.uuid.clone(),
             resource_uuid: rec.resource_uuid.clone(),
             offering_uuid: rec.offering_uuid.clone(),
-            component_type: rec.component_type.clone(),
+            component_type: rec.component_type.to_string(),
             amount: format_cents(rec.cents),
             billing_period: rec.billing_period.to_string(),
             date: rec.date.format(offset_secs),
@@ -434,26 +624,39 @@ impl State {
 
     /// `origin` is `http://host:port`, for the offering user URL.
     pub(crate) fn stored_user_usage(&self, rec: &UserUsageRecord, origin: &str) -> StoredUserUsage {
-        let parent = self.usage(&rec.component_usage_uuid);
+        let parent = &self.usages[rec.parent];
         StoredUserUsage {
             uuid: rec.uuid.clone(),
-            component_usage_uuid: rec.component_usage_uuid.clone(),
-            resource_uuid: parent.map(|p| p.resource_uuid.clone()).unwrap_or_default(),
-            component_type: parent.map(|p| p.component_type.clone()).unwrap_or_default(),
+            component_usage_uuid: parent.uuid.clone(),
+            resource_uuid: parent.resource_uuid.clone(),
+            component_type: parent.component_type.to_string(),
             username: rec.username.clone(),
             usage: format_cents(rec.cents),
             user: rec
                 .user
                 .as_ref()
                 .map(|u| format!("{origin}/api/marketplace-offering-users/{u}/")),
-            billing_period: parent
-                .map(|p| p.billing_period.to_string())
-                .unwrap_or_default(),
+            billing_period: parent.billing_period.to_string(),
             created_seq: rec.created_seq,
             modified_seq: rec.modified_seq,
             writes: rec.writes,
         }
     }
+}
+
+/// The rows filed under any of `keys`, in row (creation) order, each once.
+fn rows_of(index: &HashMap<String, Vec<usize>>, keys: &[String]) -> Vec<usize> {
+    let mut rows: Vec<usize> = keys
+        .iter()
+        .enumerate()
+        // A key given twice selects its rows once.
+        .filter(|(i, k)| !keys[..*i].contains(k))
+        .filter_map(|(_, k)| index.get(k))
+        .flatten()
+        .copied()
+        .collect();
+    rows.sort_unstable();
+    rows
 }
 
 /// Normalises a UUID the way Django's `UUIDField` reads one (`uuid.UUID(hex=...)`): an
