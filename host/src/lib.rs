@@ -6,6 +6,7 @@
 //! - [`egress`]: the only way out of the sandbox: allow-list, OIDC, proxies, TLS.
 //! - [`backends`]: which component serves which offering.
 //! - [`waldur`], [`report`]: the Waldur client and the report cycle.
+//! - [`historical`]: back-filling past months (`load-historical-usage`).
 //! - [`period`], [`amount`]: billing months and two-decimal amounts.
 //! - [`cli`]: the `usage-agent` commands.
 
@@ -15,6 +16,7 @@ pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod egress;
+pub mod historical;
 pub mod period;
 pub mod report;
 pub mod runtime;

@@ -5,6 +5,8 @@
 //! run them in-process and read what an operator would see.
 
 mod demo;
+mod historical;
+mod progress;
 mod report;
 mod usage;
 
@@ -15,6 +17,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use demo::DemoArgs;
+pub use historical::HistoricalArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs};
 pub use usage::UsageArgs;
 
@@ -41,6 +44,8 @@ pub enum Command {
     Usage(UsageArgs),
     /// Report usage to Waldur: a cycle now, then every WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES.
     Report(ReportArgs),
+    /// Load past months of one offering into Waldur (bulk back-fill, resumable).
+    LoadHistoricalUsage(HistoricalArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
 }
@@ -58,6 +63,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     match cli.command {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
+        Command::LoadHistoricalUsage(args) => historical::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
     }
 }
@@ -66,7 +72,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -91,7 +91,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
 }
 
 /// On Ctrl-C or SIGTERM: raise the stop flag (the cycle finishes what is in flight).
-fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>) {
+pub(crate) fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let terminate = async {
             #[cfg(unix)]
@@ -113,5 +113,5 @@ fn spawn_signal_watch(stop: StopFlag, woken: std::sync::Arc<tokio::sync::Notify>
         tracing::info!("signal received: finishing the work in flight");
         stop.stop();
         woken.notify_one();
-    });
+    })
 }
