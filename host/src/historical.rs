@@ -340,7 +340,6 @@ impl Tally {
     }
 }
 
-
 /// What the run learns from Waldur before the first month.
 struct Setup {
     /// Component types the Waldur offering has.
@@ -432,10 +431,13 @@ pub async fn load(target: &HistoricalTarget, options: &HistoricalOptions, stop: 
         dry_run: options.dry_run,
         ..HistoricalSummary::default()
     };
+    observer.started(options.months.len(), resources.len());
     if resources.is_empty() {
         tracing::warn!(offering = %target.name, "the offering has no resource with a backend_id in state OK or Erred; nothing to load");
+        summary.months = options.months.len();
+        run.fill(&mut summary, started, waldur_before, dwdi_before);
+        return Ok(summary);
     }
-    observer.started(options.months.len(), resources.len());
     for &month in &options.months {
         if stop.is_stopped() {
             break;
@@ -625,8 +627,13 @@ impl Run<'_> {
             })
             .collect();
         self.write_totals(month, &mut slots, &date).await;
-        if self.options.user_usage && !self.stop.is_stopped() {
-            self.user_usages(month, scope, &mut slots, &stored, &billing_period, &date).await;
+        if self.options.user_usage {
+            if self.stop.is_stopped() {
+                // Totals without their per-user usage: the month is not done.
+                self.cut_short.store(true, Ordering::SeqCst);
+            } else {
+                self.user_usages(month, scope, &mut slots, &stored, &billing_period, &date).await;
+            }
         }
         for slot in &slots {
             if slot.outcome == Outcome::Absent {

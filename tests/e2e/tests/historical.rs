@@ -426,3 +426,13 @@ async fn one_by_one_stores_the_same_with_a_request_per_resource_and_user() -> Re
     assert_eq!(counts.route("GET /api/marketplace-component-usages/"), 18, "two listings per resource and month: {counts:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offering_without_resources_loads_nothing() -> Result<()> {
+    let world = World::new(0, 0).await?;
+    let out = world.load(&Q1).await?;
+    assert!(out.contains("compute 2024-01..2024-03: 3 months, 0 resources; 0 totals submitted"), "{out}");
+    assert_eq!(world.dwdi.stats().api_requests, 0);
+    assert_eq!(world.waldur.requests().writes, 0);
+    Ok(())
+}
