@@ -239,6 +239,12 @@ pub(crate) struct State {
     pub(crate) offering_users: Vec<OfferingUser>,
     pub(crate) usages: Vec<UsageRecord>,
     pub(crate) user_usages: Vec<UserUsageRecord>,
+    /// Positions in `usages` by UUID and by (resource, type, period), and in
+    /// `user_usages` by (component usage, username): the unique keys a database would
+    /// index, so that large benchmarks measure the client, not linear scans here.
+    pub(crate) usage_by_uuid: HashMap<String, usize>,
+    pub(crate) usage_by_key: HashMap<(String, String, Date), usize>,
+    pub(crate) user_usage_by_key: HashMap<(String, String), usize>,
     /// The simulated local date; `None` follows the wall clock.
     pub(crate) today: Option<Date>,
     /// Source of generated UUIDs.
@@ -292,7 +298,7 @@ impl State {
     }
 
     pub(crate) fn usage(&self, uuid: &str) -> Option<&UsageRecord> {
-        self.usages.iter().find(|u| u.uuid == uuid)
+        self.usage_by_uuid.get(uuid).and_then(|&i| self.usages.get(i))
     }
 
     /// Creates or updates the usage of (resource, type, period); returns its UUID.
@@ -309,11 +315,17 @@ impl State {
         now: Timestamp,
     ) -> String {
         let seq = self.next_write_seq();
-        if let Some(existing) = self.usages.iter_mut().find(|u| {
-            u.resource_uuid == resource_uuid
-                && u.component_type == component_type
-                && u.billing_period == billing_period
-        }) {
+        let key = (
+            resource_uuid.to_owned(),
+            component_type.to_owned(),
+            billing_period,
+        );
+        if let Some(existing) = self
+            .usage_by_key
+            .get(&key)
+            .copied()
+            .and_then(|i| self.usages.get_mut(i))
+        {
             existing.cents = cents;
             existing.date = date;
             existing.description = description.to_owned();
@@ -322,6 +334,8 @@ impl State {
             return existing.uuid.clone();
         }
         let uuid = self.new_uuid();
+        self.usage_by_uuid.insert(uuid.clone(), self.usages.len());
+        self.usage_by_key.insert(key, self.usages.len());
         self.usages.push(UsageRecord {
             uuid: uuid.clone(),
             resource_uuid: resource_uuid.to_owned(),
@@ -357,11 +371,12 @@ impl State {
             template.offering_uuid.clone(),
             template.component_type.clone(),
         );
-        if let Some(found) = self.usages.iter().find(|u| {
-            u.resource_uuid == resource
-                && u.component_type == ctype
-                && u.billing_period == billing_period
-        }) {
+        let key = (resource.clone(), ctype.clone(), billing_period);
+        if let Some(found) = self
+            .usage_by_key
+            .get(&key)
+            .and_then(|&i| self.usages.get(i))
+        {
             return Some(found.uuid.clone());
         }
         Some(self.upsert_usage(
@@ -387,10 +402,12 @@ impl State {
         now: Timestamp,
     ) {
         let seq = self.next_write_seq();
+        let key = (component_usage_uuid.to_owned(), username.to_owned());
         if let Some(existing) = self
-            .user_usages
-            .iter_mut()
-            .find(|u| u.component_usage_uuid == component_usage_uuid && u.username == username)
+            .user_usage_by_key
+            .get(&key)
+            .copied()
+            .and_then(|i| self.user_usages.get_mut(i))
         {
             existing.cents = cents;
             if user.is_some() {
@@ -402,6 +419,7 @@ impl State {
             return;
         }
         let uuid = self.new_uuid();
+        self.user_usage_by_key.insert(key, self.user_usages.len());
         self.user_usages.push(UserUsageRecord {
             uuid,
             component_usage_uuid: component_usage_uuid.to_owned(),
