@@ -33,20 +33,27 @@ impl Backends {
     /// Loads the built-in component of every backend type `config` uses.
     pub async fn load_builtins_for(&self, config: &AgentConfig) -> Result<()> {
         for (index, offering) in config.offerings() {
-            let Some(backend_type) = offering.usage_backend() else { continue };
-            if self.get(backend_type).is_some() {
-                continue;
-            }
-            let Some(bytes) = crate::builtin::component(backend_type) else {
-                let known: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
-                bail!(
-                    "offerings[{index}].backend_type: no component serves {backend_type:?} (built in: {})",
-                    known.join(", ")
-                );
-            };
-            let loaded = self.runtime.load(bytes, Source::Builtin).await?;
-            self.install(backend_type, loaded);
+            self.load_builtin(index, offering).await?;
         }
+        Ok(())
+    }
+
+    /// Loads the built-in component of one offering's backend type, unless one serves
+    /// it already (commands that work on one offering compile only its component).
+    pub async fn load_builtin(&self, index: usize, offering: &OfferingConfig) -> Result<()> {
+        let Some(backend_type) = offering.usage_backend() else { return Ok(()) };
+        if self.get(backend_type).is_some() {
+            return Ok(());
+        }
+        let Some(bytes) = crate::builtin::component(backend_type) else {
+            let known: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
+            bail!(
+                "offerings[{index}].backend_type: no component serves {backend_type:?} (built in: {})",
+                known.join(", ")
+            );
+        };
+        let loaded = self.runtime.load(bytes, Source::Builtin).await?;
+        self.install(backend_type, loaded);
         Ok(())
     }
 

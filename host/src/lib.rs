@@ -7,6 +7,7 @@
 //! - [`backends`]: which component serves which offering.
 //! - [`plugins`]: the plugins folder: validated hot swaps and the compiled-component cache.
 //! - [`waldur`], [`report`]: the Waldur client and the report cycle.
+//! - [`historical`]: back-filling past months (`load-historical-usage`).
 //! - [`period`], [`amount`]: billing months and two-decimal amounts.
 //! - [`cli`]: the `usage-agent` commands.
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod egress;
 pub mod heartbeat;
 pub mod metrics;
+pub mod historical;
 pub mod period;
 pub mod plugins;
 pub mod report;

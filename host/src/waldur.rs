@@ -282,6 +282,16 @@ impl WaldurClient {
         self.post(&format!("marketplace-component-usages/{component_usage_uuid}/set_user_usages/"), &body).await
     }
 
+    /// Creates or updates one per-user usage: the one-request-per-user form, kept for
+    /// the historical loader's one-by-one baseline.
+    pub async fn set_user_usage(&self, component_usage_uuid: &str, usage: &UserUsageInput, date: &str) -> Result<(), WaldurError> {
+        let mut body = serde_json::json!({"username": usage.username, "usage": usage.usage.to_string(), "date": date});
+        if let Some(url) = &usage.user {
+            body["user"] = serde_json::Value::String(url.clone());
+        }
+        self.post(&format!("marketplace-component-usages/{component_usage_uuid}/set_user_usage/"), &body).await
+    }
+
     async fn get_json<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, WaldurError> {
         let url = self.url(path, query);
         let (_, body) = self.send(Method::GET, url.as_str(), None).await?;

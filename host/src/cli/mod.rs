@@ -9,6 +9,8 @@ mod demo;
 mod healthz;
 mod plugins;
 mod ping;
+mod historical;
+mod progress;
 mod report;
 mod usage;
 
@@ -24,6 +26,7 @@ pub use healthz::HealthzArgs;
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use ping::{PingArgs, Step as PingStep};
+pub use historical::HistoricalArgs;
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
@@ -52,6 +55,8 @@ pub enum Command {
     /// Check the way to DWDI step by step (proxy, connection, TLS, token, API) and say
     /// which step fails.
     Ping(PingArgs),
+    /// Load past months of one offering into Waldur (bulk back-fill, resumable).
+    LoadHistoricalUsage(HistoricalArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
     Demo(DemoArgs),
     /// Validate a config as `report` would, without any request; non-zero on the first error.
@@ -75,6 +80,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
     match cli.command {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
+        Command::LoadHistoricalUsage(args) => historical::run(args, out).await,
         Command::Demo(args) => demo::run(args, out).await,
         Command::CheckConfig(args) => check_config::run(args, out).await,
         Command::Healthz(args) => healthz::run(args, out).await,
@@ -93,6 +99,7 @@ impl Cli {
             Command::Healthz(a) => Some(&a.config.config),
             Command::Plugins(a) => a.config.as_deref(),
             Command::Ping(a) => Some(&a.config.config),
+            Command::LoadHistoricalUsage(a) => Some(&a.config.config),
             Command::Demo(_) => None,
         }
     }
@@ -113,7 +120,7 @@ pub fn config_log_level(path: &std::path::Path) -> Option<String> {
 pub fn init_logging(format: LogFormat, config_level: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config_level.unwrap_or("info")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),

@@ -119,7 +119,7 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
 }
 
 /// On Ctrl-C or SIGTERM: raise the stop flag (the cycle finishes what is in flight).
-fn spawn_signal_watch(stop: StopFlag) {
+pub(crate) fn spawn_signal_watch(stop: StopFlag) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let terminate = async {
             #[cfg(unix)]
@@ -140,5 +140,5 @@ fn spawn_signal_watch(stop: StopFlag) {
         }
         tracing::info!("signal received: finishing the work in flight");
         stop.stop();
-    });
+    })
 }
