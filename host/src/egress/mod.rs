@@ -300,6 +300,7 @@ impl Egress {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.limits.first_byte, self.client.request(request)).await;
+            record_dwdi_request(&self.offering, &head.uri, &outcome, started.elapsed());
             let retry_reason = match outcome {
                 Err(_) => {
                     if !idempotent || attempt >= self.limits.max_retries {
@@ -399,6 +400,25 @@ struct RequestHead {
     method: http::Method,
     uri: http::Uri,
     headers: http::HeaderMap,
+}
+
+/// Counts a DWDI request in the metrics: offering, endpoint path (no query: it holds
+/// account lists) and status, with the time to the answer's head.
+fn record_dwdi_request<B, E>(
+    offering: &str,
+    uri: &http::Uri,
+    outcome: &Result<Result<http::Response<B>, E>, tokio::time::error::Elapsed>,
+    elapsed: std::time::Duration,
+) {
+    let status = match outcome {
+        Ok(Ok(response)) => response.status().as_str().to_owned(),
+        Ok(Err(_)) => "error".to_owned(),
+        Err(_) => "timeout".to_owned(),
+    };
+    let metrics = crate::metrics::global();
+    let labels = [("offering", offering), ("endpoint", uri.path()), ("status", status.as_str())];
+    metrics.inc("usage_agent_dwdi_requests_total", "DWDI API requests, by endpoint and status.", &labels);
+    metrics.observe("usage_agent_dwdi_request_duration_seconds", "DWDI time to the answer's head.", &labels[..2], elapsed);
 }
 
 /// `uri` without its query string, for logs (queries hold account lists).

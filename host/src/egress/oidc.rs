@@ -100,6 +100,7 @@ impl TokenSource {
         }
         let (token, lifetime) = self.fetch().await?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().inc("usage_agent_dwdi_token_fetches_total", "OIDC tokens fetched (first and refreshes).", &[("token_url", self.url.as_str())]);
         // A lifetime shorter than twice the margin would never be reused; halve it instead.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - margin });

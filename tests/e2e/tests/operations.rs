@@ -143,6 +143,12 @@ async fn the_report_loop_beats_and_serves_metrics() -> Result<()> {
     assert!(sample(&text, "usage_agent_resources_total{offering=\"ops\",outcome=\"unchanged\"}").is_some_and(|v| v >= 3.0), "{text}");
     assert!(text.contains("usage_agent_waldur_requests_total{method=\"POST\",endpoint=\"set_usage/\",status=\"201\"} 3"), "{text}");
     assert!(text.contains("# TYPE usage_agent_waldur_request_duration_seconds histogram"), "{text}");
+    assert!(
+        sample(&text, "usage_agent_dwdi_requests_total{offering=\"ops\",endpoint=\"/api/v1/compute/usage-month/account\",status=\"200\"}")
+            .is_some_and(|v| v >= 2.0),
+        "{text}"
+    );
+    assert!(text.contains("usage_agent_dwdi_token_fetches_total{"), "{text}");
     assert!(!text.contains("ops-token") && !text.contains(&s.options.client_secret), "a secret in the metrics");
     // The loop wrote its heartbeat.
     assert!(usage_agent::heartbeat::age(&dir.path().join("heartbeat"))? < Duration::from_secs(300));
