@@ -56,7 +56,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);
     }
-    let backends = Backends::new(Runtime::new()?);
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
     let targets = prepare_targets(&config, &backends).await?;
     let stop = StopFlag::default();
     let woken = std::sync::Arc::new(tokio::sync::Notify::new());

@@ -209,6 +209,14 @@ impl DwdiSim {
         self.state.fail_next_token(n, status);
     }
 
+    /// The next `n` token requests answer `status` with exactly `body` of `content_type`.
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn respond_next_token(&self, n: usize, status: u16, content_type: &'static str, body: &str) {
+        self.state.respond_next_token(n, status, content_type, body);
+    }
+
     /// Replaces the data served.
     pub fn set_data(&self, data: DwdiData) {
         self.state.set_data(data);

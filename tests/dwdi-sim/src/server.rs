@@ -249,6 +249,16 @@ impl SimState {
         lock(&self.inner.control).token_faults.push_back(fault);
     }
 
+    /// The next `n` token requests answer `status` with exactly `body` of
+    /// `content_type` (e.g. a token answer that is not JSON).
+    ///
+    /// # Panics
+    /// If `status` is not a valid HTTP status code.
+    pub fn respond_next_token(&self, n: usize, status: u16, content_type: &'static str, body: &str) {
+        let fault = make_fault(n, status, content_type, body);
+        lock(&self.inner.control).token_faults.push_back(fault);
+    }
+
     /// Replaces the data served; requests already being answered finish with the old data.
     pub fn set_data(&self, data: DwdiData) {
         *self
