@@ -93,8 +93,9 @@ pub struct ComponentLimits {
 impl Default for ComponentLimits {
     fn default() -> Self {
         Self {
-            // The compute component needs well under 100 MiB for 5,000 accounts × 20
-            // users; the head room is for DWDI answers near `max_response_bytes`.
+            // A compute call needs about 11 MiB for 300 accounts × 10 users and 64 MiB
+            // for 1,000 × 20 (per-day rows; the `limits` benchmark); it grows with the
+            // answers, so this leaves room for several thousand accounts.
             memory_mib: 512,
             table_elements: 100_000,
             instances: 32,

@@ -132,6 +132,8 @@ async fn contained(settings: &str, want: &[&str]) -> Result<OfferingSummary> {
     world.assert_compute_reported(&good);
     assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
     let error = bad.errors.join("\n");
+    // Shown with --nocapture: what an operator reads.
+    eprintln!("{error}");
     for part in want {
         assert!(error.contains(part), "missing {part:?} in: {error}");
     }
