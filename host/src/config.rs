@@ -420,6 +420,14 @@ offerings:
       nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}
 "#;
 
+    /// The error of text that must not load, with its chain.
+    fn parse_error(text: &str) -> String {
+        match AgentConfig::parse(text) {
+            Ok(_) => panic!("loaded, but must not: {text}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
     #[test]
     fn defaults_and_host_only_keys() -> Result<()> {
         let config = AgentConfig::parse(MINIMAL)?;
@@ -442,24 +450,24 @@ offerings:
     #[test]
     fn missing_secret_names_offering_and_key() {
         let text = MINIMAL.replace("      cscs_dwdi_client_secret: s3cret\n", "");
-        let err = AgentConfig::parse(&text).map(|_| ()).unwrap_err();
-        assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
+        let err = parse_error(&text);
+        assert_eq!(err, "offerings[0].backend_settings.cscs_dwdi_client_secret: missing");
     }
 
     #[test]
     fn wrong_types_are_located() {
         let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = parse_error(&text);
         assert!(err.contains("offerings[0].backend_components.nodeHours.unit_factor"), "{err}");
     }
 
     #[test]
     fn bad_timezone_and_scheme() {
         let text = format!("timezone: Mars/Olympus\n{MINIMAL}");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = parse_error(&text);
         assert!(err.starts_with("timezone: unknown time zone \"Mars/Olympus\""), "{err}");
         let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = parse_error(&text);
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
     }
 
@@ -483,11 +491,11 @@ offerings:
         ];
         for (line, want) in cases {
             let text = format!("component_limits:\n  {line}\n{MINIMAL}");
-            let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+            let err = parse_error(&text);
             assert!(err.contains(want), "{line}: {err}");
         }
         let text = format!("waldur_timeout_seconds: -1\n{MINIMAL}");
-        let err = format!("{:#}", AgentConfig::parse(&text).map(|_| ()).unwrap_err());
+        let err = parse_error(&text);
         assert!(err.starts_with("waldur_timeout_seconds: must be"), "{err}");
         Ok(())
     }

@@ -331,7 +331,7 @@ async fn report_month(
             for _ in resources {
                 tally.count(Outcome::Failed);
             }
-            tally.error(format!("offering {} {month}: DWDI usage failed, nothing submitted: {error}", target.name));
+            tally.error(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
             return;
         }
     };

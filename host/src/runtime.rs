@@ -318,7 +318,13 @@ fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Er
         return CallError::Limit(exceeded.clone());
     }
     let said = store.data().stderr.last_lines().map(|lines| format!(" (its last words on stderr: {lines})")).unwrap_or_default();
-    CallError::Sandbox(anyhow!("component {component} trapped: {error:#}{said}"))
+    // The wasm backtrace is for developers; the operator's line names the trap.
+    tracing::debug!(component, "trap details: {error:?}");
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    CallError::Sandbox(anyhow!("component {component} trapped: {cause}{said}"))
 }
 
 /// A failed instantiation: a broken limit keeps its type.

@@ -120,6 +120,9 @@ struct SinkState {
 
 impl SinkState {
     fn log(&mut self, line: String) {
+        if line.trim().is_empty() {
+            return;
+        }
         match self.stream {
             Stream::Stdout => tracing::info!(component = %self.component, stream = "stdout", "[{}] {line}", self.component),
             Stream::Stderr => tracing::warn!(component = %self.component, stream = "stderr", "[{}] {line}", self.component),

@@ -394,7 +394,8 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     let set_usage = "POST /api/marketplace-component-usages/set_usage/";
     let set_user_usages = "POST /api/marketplace-component-usages/{uuid}/set_user_usages/";
     let listing = "GET /api/marketplace-component-usages/";
-    let cases: Vec<(&str, Box<dyn Fn(&WaldurSim)>, &str, bool)> = vec![
+    type Inject = Box<dyn Fn(&WaldurSim)>;
+    let cases: Vec<(&str, Inject, &str, bool)> = vec![
         ("offering 500", Box::new(|w: &WaldurSim| w.fail_next(1, 500)), "answered HTTP 500", true),
         ("offering 403", Box::new(|w: &WaldurSim| w.fail_next(1, 403)), "answered HTTP 403", true),
         ("usage listing 404", Box::new(move |w: &WaldurSim| w.fail_route(listing, 1, 404)), "cannot read Waldur's usages", true),
