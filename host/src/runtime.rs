@@ -309,7 +309,7 @@ fn start_epoch_ticker(engine: &Engine) -> Result<()> {
 }
 
 /// What a failed call of guest code was: a broken limit, or a trap described with the
-/// last line the component wrote to stderr (a Rust panic's message).
+/// last lines the component wrote to stderr (a Rust panic's message is among them).
 fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Error) -> CallError {
     if let Some(exceeded) = store.data_mut().guard.broken.take() {
         return CallError::Limit(exceeded);
