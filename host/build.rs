@@ -23,6 +23,14 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
     println!("cargo:rerun-if-env-changed=USAGE_AGENT_SKIP_GUEST_BUILD");
 
+    // Builds that never run a component (the fuzz targets, built by a nightly without
+    // the wasm target) skip the guest build; the host then has no built-in components.
+    if env::var_os("USAGE_AGENT_SKIP_GUEST_BUILD").is_some() {
+        let empty = "/// No components: built with USAGE_AGENT_SKIP_GUEST_BUILD.\npub const BUILTIN: &[(&str, &[u8])] = &[];\n";
+        std::fs::write(out_dir.join("builtin_components.rs"), empty).expect("cannot write builtin_components.rs");
+        return;
+    }
+
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use indexmap::IndexMap;
@@ -82,7 +83,81 @@ pub struct AgentConfig {
     /// Concurrent Waldur writes per offering (default 8).
     #[serde(default)]
     pub waldur_max_concurrency: Option<usize>,
+    /// Seconds one Waldur request may take, answer included (default 60).
+    #[serde(default)]
+    pub waldur_timeout_seconds: Option<f64>,
+    /// What one component call may use; every key optional.
+    #[serde(default)]
+    pub component_limits: ComponentLimits,
     pub offerings: Vec<OfferingConfig>,
+}
+
+/// The limits of one component call (`component_limits`). A component that breaks one
+/// is stopped, its instance discarded, and the call fails naming the limit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentLimits {
+    /// Linear memory of all the component's memories together, in MiB.
+    pub memory_mib: u64,
+    /// Elements of all the component's tables together.
+    pub table_elements: u64,
+    /// Core instances one instantiation may create.
+    pub instances: u64,
+    /// Wall-clock seconds of one call: instantiation, guest code and the host calls it
+    /// waits on (HTTP included).
+    pub call_timeout_seconds: f64,
+    /// Bytes of what one call may return (results and error messages).
+    pub max_result_bytes: u64,
+}
+
+impl Default for ComponentLimits {
+    fn default() -> Self {
+        Self {
+            // A compute call needs about 11 MiB for 300 accounts × 10 users and 64 MiB
+            // for 1,000 × 20 (per-day rows; the `limits` benchmark); it grows with the
+            // answers, so this leaves room for several thousand accounts.
+            memory_mib: 512,
+            table_elements: 100_000,
+            instances: 32,
+            // Longer than the slowest legitimate call: several DWDI requests, each
+            // allowed `first_byte_timeout_seconds` with retries.
+            call_timeout_seconds: 600.0,
+            max_result_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl ComponentLimits {
+    /// The memory limit in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib.saturating_mul(1024 * 1024)
+    }
+
+    /// The call timeout.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.call_timeout_seconds)
+    }
+
+    /// Checks the ranges; errors name the key.
+    pub fn check(&self) -> Result<()> {
+        // wasm32 addresses at most 4 GiB per memory.
+        if !(1..=4096).contains(&self.memory_mib) {
+            bail!("component_limits.memory_mib: must be an integer from 1 to 4096");
+        }
+        if self.table_elements == 0 {
+            bail!("component_limits.table_elements: must be at least 1");
+        }
+        if self.instances == 0 {
+            bail!("component_limits.instances: must be at least 1");
+        }
+        if !(self.call_timeout_seconds.is_finite() && self.call_timeout_seconds > 0.0 && self.call_timeout_seconds <= 86_400.0) {
+            bail!("component_limits.call_timeout_seconds: must be a number of seconds above 0 and at most 86400");
+        }
+        if self.max_result_bytes < 1024 {
+            bail!("component_limits.max_result_bytes: must be at least 1024");
+        }
+        Ok(())
+    }
 }
 
 /// One entry of `plugins`. Unknown keys are refused here: a misspelt pin must not
@@ -215,6 +290,12 @@ impl AgentConfig {
         if self.waldur_max_concurrency == Some(0) {
             bail!("waldur_max_concurrency: must be at least 1");
         }
+        if let Some(seconds) = self.waldur_timeout_seconds
+            && !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0)
+        {
+            bail!("waldur_timeout_seconds: must be a number of seconds above 0 and at most 86400");
+        }
+        self.component_limits.check()?;
         if self.reporting_periods == 0 {
             bail!("reporting_periods: must be at least 1");
         }
@@ -258,6 +339,11 @@ impl AgentConfig {
             }
         }
         types
+    }
+
+    /// The Waldur request timeout: `waldur_timeout_seconds`, else 60 s.
+    pub fn waldur_timeout(&self) -> Duration {
+        self.waldur_timeout_seconds.map(Duration::from_secs_f64).unwrap_or(Duration::from_secs(60))
     }
 
     /// The offerings, with their index in the file.
@@ -497,6 +583,35 @@ offerings:
         let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
         let shown = format!("{config:?} {access:?}");
         assert!(!shown.contains("pw0rd"), "{shown}");
+        Ok(())
+    }
+
+    #[test]
+    fn component_limits_default_and_validate() -> Result<()> {
+        let config = AgentConfig::parse(MINIMAL)?;
+        assert_eq!(config.component_limits, ComponentLimits::default());
+        let text = format!("component_limits:\n  memory_mib: 64\n  call_timeout_seconds: 2.5\n{MINIMAL}");
+        let limits = AgentConfig::parse(&text)?.component_limits;
+        assert_eq!(limits.memory_bytes(), 64 << 20);
+        assert_eq!(limits.call_timeout(), Duration::from_millis(2500));
+        assert_eq!(limits.max_result_bytes, ComponentLimits::default().max_result_bytes);
+        let cases = [
+            ("memory_mib: 0", "component_limits.memory_mib: must be an integer from 1 to 4096"),
+            ("memory_mib: 5000", "component_limits.memory_mib: must be an integer from 1 to 4096"),
+            ("call_timeout_seconds: 0", "component_limits.call_timeout_seconds: must be"),
+            ("max_result_bytes: 10", "component_limits.max_result_bytes: must be at least 1024"),
+            ("instances: 0", "component_limits.instances: must be at least 1"),
+            ("memory_mb: 64", "unknown field `memory_mb`"),
+            ("memory_mib: lots", "component_limits.memory_mib"),
+        ];
+        for (line, want) in cases {
+            let text = format!("component_limits:\n  {line}\n{MINIMAL}");
+            let err = error_of(&text);
+            assert!(err.contains(want), "{line}: {err}");
+        }
+        let text = format!("waldur_timeout_seconds: -1\n{MINIMAL}");
+        let err = error_of(&text);
+        assert!(err.starts_with("waldur_timeout_seconds: must be"), "{err}");
         Ok(())
     }
 

@@ -215,7 +215,9 @@ pub async fn prepare_targets(config: &AgentConfig, backends: &Backends) -> Resul
     let mut targets = Vec::new();
     for (index, offering) in config.offerings() {
         let backend = crate::backends::prepare_offering(backends, index, offering).await?;
-        targets.push(ReportTarget::new(index, offering, backend)?.follow(backends));
+        let mut target = ReportTarget::new(index, offering, backend)?.follow(backends);
+        target.waldur.set_timeout(config.waldur_timeout());
+        targets.push(target);
     }
     Ok(targets)
 }
@@ -434,11 +436,15 @@ async fn report_month(
             for _ in resources {
                 tally.count(Outcome::Failed);
             }
-            tally.error(format!("offering {} {month}: DWDI usage failed, nothing submitted: {error}", target.name));
+            tally.error(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
             return;
         }
     };
-    let by_id: HashMap<&str, &wit::ResourceUsage> = report.resources.iter().map(|r| (r.backend_id.as_str(), r)).collect();
+    // A backend id reported twice is ambiguous: neither answer is used.
+    let mut by_id: HashMap<&str, Option<&wit::ResourceUsage>> = HashMap::new();
+    for usage in &report.resources {
+        by_id.entry(usage.backend_id.as_str()).and_modify(|seen| *seen = None).or_insert(Some(usage));
+    }
     let billing_period = month.first_day().to_string();
     let existing = match list_usages(target, options, resources, &billing_period).await {
         Ok(list) => index_usages(list),
@@ -459,11 +465,24 @@ async fn report_month(
     let mut tasks = Vec::new();
     for resource in resources {
         let backend_id = resource.backend_id.as_deref().unwrap_or_default();
-        let Some(usage) = by_id.get(backend_id).copied() else {
-            tally.count(Outcome::Failed);
-            tally.error(format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
-            continue;
+        let usage = match by_id.get(backend_id) {
+            Some(Some(usage)) => *usage,
+            Some(None) => {
+                tally.count(Outcome::Failed);
+                tally.error(format!("offering {} {month}: resource {backend_id}: the backend reported it more than once; nothing submitted for it", target.name));
+                continue;
+            }
+            None => {
+                tally.count(Outcome::Failed);
+                tally.error(format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
+                continue;
+            }
         };
+        if let Err(problem) = check_usage(usage) {
+            tally.count(Outcome::Failed);
+            tally.error(format!("offering {} {month}: resource {backend_id}: unusable answer from the backend, nothing submitted for it: {problem}", target.name));
+            continue;
+        }
         let plan = plan_totals(target, resource, usage, offered, &existing, month == current);
         if plan.creates {
             created_any = true;
@@ -533,6 +552,46 @@ fn accepted_resources(accepted: &[(&Resource, &wit::ResourceUsage)]) -> Vec<Reso
     accepted.iter().map(|(r, _)| (*r).clone()).collect()
 }
 
+/// A component's value as a Waldur amount: finite, not negative, within Waldur's range.
+fn usage_amount(value: f64) -> Option<Cents> {
+    if value >= 0.0 { Cents::round(value) } else { None }
+}
+
+/// A value for a message: `1e300`, not three hundred digits.
+fn show(value: f64) -> String {
+    if value.is_finite() && value.abs() >= 1e15 { format!("{value:e}") } else { format!("{value}") }
+}
+
+/// Checks what a component said about one resource before anything of it is used:
+/// every value an amount, no component or user twice. A component is untrusted code;
+/// one bad value makes the whole resource's answer suspect.
+fn check_usage(usage: &wit::ResourceUsage) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for amount in &usage.totals {
+        if usage_amount(amount.value).is_none() {
+            return Err(format!("{} = {} is not a usage amount", amount.component, show(amount.value)));
+        }
+        if !seen.insert(amount.component.as_str()) {
+            return Err(format!("{} reported twice", amount.component));
+        }
+    }
+    let mut seen = HashSet::new();
+    for user in &usage.users {
+        if user.username.trim().is_empty() {
+            return Err("a user without a name".to_owned());
+        }
+        for amount in &user.amounts {
+            if usage_amount(amount.value).is_none() {
+                return Err(format!("user {}: {} = {} is not a usage amount", user.username, amount.component, show(amount.value)));
+            }
+            if !seen.insert((user.username.as_str(), amount.component.as_str())) {
+                return Err(format!("user {}: {} reported twice", user.username, amount.component));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `(resource uuid, component type)` → stored usage.
 fn index_usages(list: Vec<ComponentUsage>) -> HashMap<(String, String), ComponentUsage> {
     list.into_iter().map(|u| ((u.resource_uuid.clone(), u.component_type.clone()), u)).collect()
@@ -558,12 +617,8 @@ fn plan_totals(
         if !offered.contains(&amount.component) {
             continue;
         }
-        let Some(new) = Cents::round(amount.value) else {
-            target.warn_once(format!("nan:{}:{}", resource.uuid, amount.component), || {
-                format!("resource {}: {} = {} is not an amount; not submitted", resource.uuid, amount.component, amount.value)
-            });
-            continue;
-        };
+        // Checked by `check_usage` before planning.
+        let Some(new) = usage_amount(amount.value) else { continue };
         let stored = existing.get(&(resource.uuid.clone(), amount.component.clone()));
         if !usage.found {
             match stored {
@@ -681,7 +736,7 @@ async fn submit_user_usages(
             let changed: Vec<UserUsageInput> = users
                 .iter()
                 .filter_map(|(username, value)| {
-                    let cents = Cents::round(*value)?;
+                    let cents = usage_amount(*value)?;
                     let stored = stored_users.get(&(component_usage.uuid.clone(), (*username).to_owned()));
                     let url = users_by_name.get(*username).cloned();
                     let same = stored.is_some_and(|s| s.usage == cents && (url.is_none() || s.user == url));

@@ -4,9 +4,14 @@
 //! its own: no state survives between calls, so a call that traps or misbehaves
 //! leaves nothing behind. The WASI context is empty (no directories, environment,
 //! arguments, sockets or stdin, and a wall clock stopped at the epoch); the only way
-//! out is `wasi:http`, which goes through [`crate::egress`].
+//! out is `wasi:http`, which goes through [`crate::egress`]. What a component prints
+//! goes to the host log ([`output`]); what it may use per call is bounded ([`limits`]).
+
+mod limits;
+mod output;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use sha2::{Digest as _, Sha256};
@@ -15,7 +20,18 @@ use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::config::ComponentLimits;
 use crate::egress::{ComponentHooks, Egress};
+pub use limits::{Limit, LimitExceeded, ResultSize};
+use limits::CallGuard;
+use output::{ComponentOutput, Stream};
+
+/// How often the engine's epoch advances: guest code is interrupted at most this long
+/// after its deadline, and yields to other tasks this often.
+const EPOCH_TICK: Duration = Duration::from_millis(100);
+
+/// Longest error message of a component kept; a component must not fill the log.
+const MAX_MESSAGE_BYTES: usize = 4096;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -39,6 +55,8 @@ struct CallState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: ComponentHooks,
+    guard: CallGuard,
+    stderr: ComponentOutput,
 }
 
 impl WasiView for CallState {
@@ -66,11 +84,13 @@ impl wasmtime_wasi::HostWallClock for StoppedClock {
     }
 }
 
-/// The engine and linker shared by every component.
+/// The engine and linker shared by every component, and the limits of every call.
 #[derive(Clone)]
 pub struct Runtime {
     engine: Engine,
     linker: Arc<Linker<CallState>>,
+    /// `None` only for benchmarks measuring what the limits cost.
+    limits: Option<Arc<ComponentLimits>>,
 }
 
 /// Where a component came from.
@@ -118,7 +138,10 @@ pub enum CallError {
     /// The component answered with an error of the contract.
     #[error("{}", describe_backend_error(.0))]
     Backend(wit::BackendError),
-    /// The component could not run or broke the sandbox's rules (trap, limit, link).
+    /// The component broke a limit of its call; it was stopped, its instance discarded.
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    /// The component could not run or broke the sandbox's rules (trap, link).
     #[error("{0:#}")]
     Sandbox(anyhow::Error),
 }
@@ -157,16 +180,44 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Runtime {
+    /// A runtime with the default [`ComponentLimits`].
     pub fn new() -> Result<Self> {
+        Self::with_limits(ComponentLimits::default())
+    }
+
+    /// A runtime whose every component call is held to `limits`.
+    pub fn with_limits(limits: ComponentLimits) -> Result<Self> {
+        limits.check()?;
+        Self::build(Some(limits))
+    }
+
+    /// A runtime without limits: no epoch checks compiled in, no memory accounting, no
+    /// timeout. Only for benchmarks that measure what the limits cost.
+    pub fn without_limits() -> Result<Self> {
+        Self::build(None)
+    }
+
+    fn build(limits: Option<ComponentLimits>) -> Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        // Epoch checks are compiled into loops and function entries: the only way to
+        // stop guest code that never calls the host.
+        config.epoch_interruption(limits.is_some());
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot start wasmtime")?;
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("linking WASI")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(anyhow::Error::from)
             .context("linking wasi:http")?;
-        Ok(Self { engine, linker: Arc::new(linker) })
+        if limits.is_some() {
+            start_epoch_ticker(&engine)?;
+        }
+        Ok(Self { engine, linker: Arc::new(linker), limits: limits.map(Arc::new) })
+    }
+
+    /// The limits of every call, `None` for [`Runtime::without_limits`].
+    pub fn limits(&self) -> Option<&ComponentLimits> {
+        self.limits.as_deref()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -186,7 +237,7 @@ impl Runtime {
             .instantiate(&component, ComponentHooks::new("(describe)", None))
             .await
             .with_context(|| format!("{source}: cannot instantiate"))?
-            .describe()
+            .describe(self.limits())
             .await
             .map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
         Ok(LoadedBackend {
@@ -200,18 +251,115 @@ impl Runtime {
     }
 
     async fn instantiate(&self, component: &Component, hooks: ComponentHooks) -> Result<Instance> {
+        let name = hooks.component().to_owned();
+        let stderr = ComponentOutput::new(&name, Stream::Stderr);
         let wasi = WasiCtx::builder()
             .wall_clock(StoppedClock)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .stdout(ComponentOutput::new(&name, Stream::Stdout))
+            .stderr(stderr.clone())
             .build();
-        let state = CallState { wasi, http: WasiHttpCtx::new(), table: ResourceTable::new(), hooks };
+        let guard = CallGuard::new(&name, self.limits());
+        let state = CallState { wasi, http: WasiHttpCtx::new(), table: ResourceTable::new(), hooks, guard, stderr };
         let mut store = Store::new(&self.engine, state);
-        let bindings = BackendBindings::instantiate_async(&mut store, component, &self.linker)
-            .await
-            .map_err(|e| anyhow!("{e:#}"))?;
-        Ok(Instance { store, bindings })
+        store.limiter(|state| &mut state.guard);
+        if self.limits.is_some() {
+            // Every tick: past the deadline the guest traps; before it, it yields so a
+            // busy component never holds an executor thread for more than one tick.
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut context| match context.data_mut().guard.check_time() {
+                Ok(()) => Ok(wasmtime::UpdateDeadline::Yield(1)),
+                Err(exceeded) => Err(wasmtime::Error::new(exceeded)),
+            });
+        }
+        match BackendBindings::instantiate_async(&mut store, component, &self.linker).await {
+            Ok(bindings) => Ok(Instance { store, bindings }),
+            Err(error) => {
+                let limits = self.limits().cloned().unwrap_or_default();
+                let broken = store.data_mut().guard.broken.take().or_else(|| {
+                    LimitExceeded::from_wasmtime_message(&name, &format!("{error:#}"), &limits)
+                });
+                match broken {
+                    Some(exceeded) => Err(anyhow::Error::new(exceeded)),
+                    None => Err(anyhow!("{error:#}")),
+                }
+            }
+        }
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
+fn start_epoch_ticker(engine: &Engine) -> Result<()> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("wasm-epoch".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .context("cannot start the epoch ticker thread")?;
+    Ok(())
+}
+
+/// What a failed call of guest code was: a broken limit, or a trap described with the
+/// last lines the component wrote to stderr (a Rust panic's message is among them).
+fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Error) -> CallError {
+    if let Some(exceeded) = store.data_mut().guard.broken.take() {
+        return CallError::Limit(exceeded);
+    }
+    if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
+        return CallError::Limit(exceeded.clone());
+    }
+    let said = store.data().stderr.last_lines().map(|lines| format!(" (its last words on stderr: {lines})")).unwrap_or_default();
+    // The wasm backtrace is for developers; the operator's line names the trap.
+    tracing::debug!(component, "trap details: {error:?}");
+    let cause = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    CallError::Sandbox(anyhow!("component {component} trapped: {cause}{said}"))
+}
+
+/// A failed instantiation: a broken limit keeps its type.
+fn instantiate_error(error: anyhow::Error) -> CallError {
+    match error.downcast::<LimitExceeded>() {
+        Ok(exceeded) => CallError::Limit(exceeded),
+        Err(other) => CallError::Sandbox(other),
+    }
+}
+
+/// Cuts a component's error message to [`MAX_MESSAGE_BYTES`].
+fn bound_message(error: wit::BackendError) -> wit::BackendError {
+    fn cut(mut message: String) -> String {
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut end = MAX_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let more = message.len() - end;
+            message.truncate(end);
+            message.push_str(&format!("… ({more} more bytes)"));
+        }
+        message
+    }
+    match error {
+        wit::BackendError::InvalidConfig(m) => wit::BackendError::InvalidConfig(cut(m)),
+        wit::BackendError::Unauthorized(m) => wit::BackendError::Unauthorized(cut(m)),
+        wit::BackendError::BadResponse(m) => wit::BackendError::BadResponse(cut(m)),
+        wit::BackendError::Transport(m) => wit::BackendError::Transport(cut(m)),
+        wit::BackendError::Unsupported(m) => wit::BackendError::Unsupported(cut(m)),
+        wit::BackendError::UpstreamStatus(mut s) => {
+            s.endpoint = cut(s.endpoint);
+            s.message = cut(s.message);
+            wit::BackendError::UpstreamStatus(s)
+        }
     }
 }
 
@@ -222,8 +370,22 @@ struct Instance {
 }
 
 impl Instance {
-    async fn describe(mut self) -> Result<wit::BackendInfo> {
-        self.bindings.waldur_usage_usage_backend().call_describe(&mut self.store).await.map_err(anyhow::Error::from)
+    /// The component's description, within the call limits like any call.
+    async fn describe(mut self, limits: Option<&ComponentLimits>) -> Result<wit::BackendInfo> {
+        let name = self.store.data().hooks.component().to_owned();
+        let call = self.bindings.waldur_usage_usage_backend().call_describe(&mut self.store);
+        let outcome = match limits {
+            Some(limits) => tokio::time::timeout(limits.call_timeout(), call)
+                .await
+                .map_err(|_| anyhow::Error::new(LimitExceeded::time(&name, limits.call_timeout())))?,
+            None => call.await,
+        };
+        let info = match outcome {
+            Ok(info) => info,
+            Err(error) => return Err(anyhow!("{}", trap_error(&name, &mut self.store, error))),
+        };
+        limits::check_result_size(&name, limits, &info)?;
+        Ok(info)
     }
 }
 
@@ -249,24 +411,45 @@ impl OfferingBackend {
         &self.egress
     }
 
-    /// Runs one export on a fresh instance, adding the host's view of any failed request
-    /// to a transport error so the operator sees the real cause.
+    /// Runs one export on a fresh instance within the call limits, adding the host's
+    /// view of any failed request to a transport error so the operator sees the real
+    /// cause. The instance is dropped when the call ends, however it ends: with it go
+    /// its memory and every HTTP request it still had in flight.
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
+        T: ResultSize,
         F: for<'a> FnOnce(&'a wit::Guest, &'a mut Store<CallState>) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>>,
     {
-        let hooks = ComponentHooks::new(&self.backend.info.name, Some(self.egress.clone()));
+        let name = &self.backend.info.name;
+        let hooks = ComponentHooks::new(name, Some(self.egress.clone()));
         let failures = hooks.failures();
-        let mut instance = self
-            .runtime
-            .instantiate(&self.backend.component, hooks)
-            .await
-            .map_err(CallError::Sandbox)?;
-        let guest = instance.bindings.waldur_usage_usage_backend();
-        let outcome = call(guest, &mut instance.store)
-            .await
-            .map_err(|e| CallError::Sandbox(anyhow!("component {} trapped: {e:#}", self.backend.info.name)))?;
-        outcome.map_err(|error| CallError::Backend(enrich(error, &failures)))
+        let run = async {
+            let mut instance = self
+                .runtime
+                .instantiate(&self.backend.component, hooks)
+                .await
+                .map_err(instantiate_error)?;
+            let guest = instance.bindings.waldur_usage_usage_backend();
+            match call(guest, &mut instance.store).await {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => Err(trap_error(name, &mut instance.store, error)),
+            }
+        };
+        let limits = self.runtime.limits();
+        // The epoch stops guest code; this stops everything else, such as a component
+        // waiting forever on an HTTP answer or a clock.
+        let outcome = match limits {
+            Some(limits) => tokio::time::timeout(limits.call_timeout(), run)
+                .await
+                .map_err(|_| {
+                    let exceeded = LimitExceeded::time(name, limits.call_timeout());
+                    tracing::warn!(component = %name, limit = %exceeded.limit, "{exceeded}");
+                    CallError::Limit(exceeded)
+                })??,
+            None => run.await?,
+        };
+        limits::check_result_size(name, limits, &outcome).map_err(CallError::Limit)?;
+        outcome.map_err(|error| CallError::Backend(enrich(bound_message(error), &failures)))
     }
 
     /// Validates the offering's config with the component; makes no request.
@@ -343,7 +526,7 @@ impl Runtime {
 
     /// Asks a compiled component to describe itself, on a fresh instance with no egress.
     pub async fn describe_component(&self, component: &Component) -> Result<wit::BackendInfo> {
-        self.instantiate(component, ComponentHooks::new("(describe)", None)).await?.describe().await
+        self.instantiate(component, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await
     }
 
     /// Calls `setup` with `config` on a fresh instance with no egress: setup makes no

@@ -191,6 +191,11 @@ impl WaldurClient {
         })
     }
 
+    /// Sets how long one request may take, answer included (default 60 s).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
     pub fn stats(&self) -> &WaldurStats {
         &self.stats
     }

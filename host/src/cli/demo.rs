@@ -107,7 +107,7 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
     let config = AgentConfig::parse(&demo_config(&dwdi, &options, &waldur, &mapping))?;
     writeln!(out, "Simulators on loopback: DWDI+OIDC {}, Waldur {}.", dwdi.addr(), waldur.addr())?;
     writeln!(out, "Reporting {} and the month before for {} compute and {} storage resources.\n", month, accounts.len(), mapping.len())?;
-    let backends = Backends::new(Runtime::new()?);
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
     let targets = prepare_targets(&config, &backends).await?;
     let cycle_options = CycleOptions::from_config(&config)?;
     let stop = StopFlag::default();

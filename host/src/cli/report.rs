@@ -69,7 +69,7 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);
     }
-    let backends = Backends::new(Runtime::new()?);
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
     let plugin_options = PluginOptions::resolve(Some(&config), Some(&args.config.config), args.plugins_dir.clone());
     let plugins = Plugins::new(backends.clone(), Some(&config), plugin_options);
     plugins.start().await?;

@@ -110,7 +110,7 @@ pub(crate) async fn collect(
     period: Period,
     pick: impl Fn(usize, &OfferingConfig) -> Vec<wit::WaldurResource>,
 ) -> Result<Vec<OfferingUsage>> {
-    let backends = Backends::new(Runtime::new()?);
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
     backends.load_builtins_for(config).await?;
     let mut printed = Vec::new();
     for &(index, offering) in selected {

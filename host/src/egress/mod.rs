@@ -540,6 +540,11 @@ impl ComponentHooks {
         Self { component: component.to_owned(), egress, failures: Arc::default() }
     }
 
+    /// The component these hooks serve, for messages and its log lines.
+    pub fn component(&self) -> &str {
+        &self.component
+    }
+
     /// What went wrong with requests during the call, in the host's words.
     pub fn failures(&self) -> Arc<Mutex<Vec<String>>> {
         self.failures.clone()

@@ -89,3 +89,47 @@ pub fn total<'a>(json: &'a serde_json::Value, offering: usize, resource: &str, c
     let entry = resources.iter().find(|r| r.get("backend_id").and_then(|v| v.as_str()) == Some(resource))?;
     entry.get("totals")?.get(component)?.as_str()
 }
+
+pub mod fault_proxy;
+
+/// The host's log lines, captured for tests that check what an operator would read.
+pub mod log {
+    use std::io::Write;
+    use std::sync::{Mutex, OnceLock, PoisonError};
+
+    static LINES: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+
+    fn buffer() -> &'static Mutex<Vec<u8>> {
+        LINES.get_or_init(|| Mutex::new(Vec::new()))
+    }
+
+    struct Sink;
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            buffer().lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Sends every log event of this test process (all threads) to a buffer, once.
+    pub fn capture() {
+        static INSTALLED: OnceLock<()> = OnceLock::new();
+        INSTALLED.get_or_init(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| Sink)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .finish();
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+    }
+
+    /// Everything logged so far.
+    pub fn text() -> String {
+        String::from_utf8_lossy(&buffer().lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+    }
+}

@@ -223,8 +223,9 @@ pub(crate) async fn handle(
 
     let admitted = {
         let mut state = shared.lock();
+        let failure = state.take_failure().or_else(|| state.take_route_failure(&key));
         state.counters.record(&parts.method, key);
-        if let Some(status) = state.take_failure() {
+        if let Some(status) = failure {
             Err(Reply::detail(status, "Simulated failure."))
         } else if let Some(route) = route {
             authenticate(&parts.headers, &state).map(|caller| (route, caller))

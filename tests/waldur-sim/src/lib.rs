@@ -456,11 +456,28 @@ impl WaldurSim {
         self.shared.lock().fail_next = (n > 0).then_some((n, status));
     }
 
-    /// Removes every [`WaldurSim::reject_resource`] and pending [`WaldurSim::fail_next`].
+    /// Makes the next `n` requests of one route answer `status` with
+    /// `{"detail":"Simulated failure."}` before anything else; the route is written as
+    /// [`RequestCounts::route`] counts it, e.g.
+    /// `"POST /api/marketplace-component-usages/set_usage/"`.
+    pub fn fail_route(&self, route: &str, n: u32, status: u16) {
+        let status = StatusCode::from_u16(status)
+            .unwrap_or_else(|_| panic!("fail_route: {status} is not an HTTP status"));
+        let mut state = self.shared.lock();
+        if n == 0 {
+            state.route_failures.remove(route);
+        } else {
+            state.route_failures.insert(route.to_owned(), (n, status));
+        }
+    }
+
+    /// Removes every [`WaldurSim::reject_resource`] and pending [`WaldurSim::fail_next`]
+    /// and [`WaldurSim::fail_route`].
     pub fn clear_faults(&self) {
         let mut state = self.shared.lock();
         state.rejections.clear();
         state.fail_next = None;
+        state.route_failures.clear();
     }
 }
 

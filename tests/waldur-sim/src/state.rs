@@ -280,6 +280,8 @@ pub(crate) struct State {
     pub(crate) rejections: HashMap<String, Rejection>,
     /// Requests still to fail, and with which status.
     pub(crate) fail_next: Option<(u32, StatusCode)>,
+    /// Per route (`"POST /api/…/set_usage/"`): requests still to fail, and with which status.
+    pub(crate) route_failures: HashMap<String, (u32, StatusCode)>,
 }
 
 impl State {
@@ -311,6 +313,17 @@ impl State {
     pub(crate) fn take_failure(&mut self) -> Option<StatusCode> {
         let (left, status) = self.fail_next?;
         self.fail_next = (left > 1).then(|| (left - 1, status));
+        Some(status)
+    }
+
+    /// Consumes one simulated failure of `route`, if any are pending.
+    pub(crate) fn take_route_failure(&mut self, route: &str) -> Option<StatusCode> {
+        let (left, status) = self.route_failures.get(route).copied()?;
+        if left > 1 {
+            self.route_failures.insert(route.to_owned(), (left - 1, status));
+        } else {
+            self.route_failures.remove(route);
+        }
         Some(status)
     }
 

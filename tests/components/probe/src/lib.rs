@@ -2,9 +2,25 @@
 //! (`{"probe": "<behaviour>", ...}`) and the component acts it out when asked for a
 //! usage report, so each test can prove what the host does about it.
 //!
-//! Behaviours: `fetch` (GET `url` and report the status as the total of component
-//! `status`), `set-header` (GET `url` with header `header` set by the component),
-//! `setup-fails` (setup answers invalid-config). New misbehaviours go here, one arm each.
+//! Every report carries one total per resource, of the first configured component
+//! (the "value" below). Behaviours:
+//!
+//! - `fetch`: GET `url`; the value is the status.
+//! - `set-header`: GET `url` with header `header` set by the component.
+//! - `setup-fails`: setup answers invalid-config.
+//! - `loop`: spins forever without calling the host.
+//! - `grow`: allocates 1 MiB blocks until something stops it.
+//! - `huge-result`: returns about `mib` MiB of per-user usage.
+//! - `panic`: panics (a trap, with the message on stderr).
+//! - `read-file`: tries to read `path` and list `/` and `.`; the value counts successes.
+//! - `env`: counts environment variables and arguments, and whether `HOME` is set.
+//! - `socket`: opens a TCP connection to `addr` itself; the value is 1 if it got one.
+//! - `hang-http`: sends `requests` GETs to `url` and waits for the first answer forever.
+//! - `sleep`: waits on the monotonic clock for an hour.
+//! - `print`: writes `lines` lines to stdout and stderr, one very long, one with a
+//!   terminal escape; the value is 1.
+//! - `bad-numbers`: one resource per misbehaviour, in request order: a good value 1.5,
+//!   NaN, -5, 1e300, a component reported twice, a resource reported twice.
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
@@ -25,8 +41,63 @@ mod component {
         settings.get(key).and_then(|v| v.as_str()).unwrap_or("")
     }
 
-    /// GETs `url` with extra headers; the status, or the error the host gave.
-    fn get(url: &str, headers: &[(&str, &str)]) -> Result<u16, wit::BackendError> {
+    fn number(settings: &serde_json::Value, key: &str) -> f64 {
+        settings.get(key).and_then(|v| v.as_f64()).unwrap_or(0.0)
+    }
+
+    /// Sends `count` GETs to `url` and waits for the first answer, which a stalled
+    /// server never gives; the others are never looked at.
+    fn hang(url: &str, count: usize) -> Result<f64, wit::BackendError> {
+        let mut futures = Vec::new();
+        for _ in 0..count {
+            futures.push(outgoing_handler::handle(request(url, &[])?, None).map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?);
+        }
+        futures[0].subscribe().block();
+        Ok(0.0)
+    }
+
+    /// About `mib` MiB of per-user usage on the first resource.
+    fn huge_report(component: &str, resources: Vec<wit::WaldurResource>, mib: f64) -> wit::Report {
+        let users = ((mib * 1024.0) as usize).max(1);
+        let mut resources: Vec<wit::ResourceUsage> = resources
+            .into_iter()
+            .map(|r| wit::ResourceUsage { backend_id: r.backend_id, found: true, totals: Vec::new(), users: Vec::new() })
+            .collect();
+        if let Some(first) = resources.first_mut() {
+            first.users = (0..users)
+                .map(|i| wit::UserUsage {
+                    username: format!("{i:01000}"),
+                    amounts: vec![wit::Amount { component: component.to_owned(), value: 1.0 }],
+                })
+                .collect();
+        }
+        wit::Report { resources, upstream_requests: 0 }
+    }
+
+    /// One misbehaviour per resource, in request order.
+    fn bad_numbers(component: &str, resources: Vec<wit::WaldurResource>) -> wit::Report {
+        let amount = |value: f64| wit::Amount { component: component.to_owned(), value };
+        let mut out = Vec::new();
+        for (i, r) in resources.into_iter().enumerate() {
+            let totals = match i {
+                0 => vec![amount(1.5)],
+                1 => vec![amount(f64::NAN)],
+                2 => vec![amount(-5.0)],
+                3 => vec![amount(1e300)],
+                4 => vec![amount(1.0), amount(2.0)],
+                _ => vec![amount(7.0)],
+            };
+            let usage = wit::ResourceUsage { backend_id: r.backend_id, found: true, totals, users: Vec::new() };
+            if i == 5 {
+                out.push(usage.clone());
+            }
+            out.push(usage);
+        }
+        wit::Report { resources: out, upstream_requests: 0 }
+    }
+
+    /// An outgoing GET of `url` with extra headers.
+    fn request(url: &str, headers: &[(&str, &str)]) -> Result<OutgoingRequest, wit::BackendError> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| wit::BackendError::InvalidConfig(format!("bad url {url}")))?;
@@ -45,7 +116,12 @@ mod component {
         let _ = request.set_scheme(Some(&if scheme == "https" { Scheme::Https } else { Scheme::Http }));
         let _ = request.set_authority(Some(authority));
         let _ = request.set_path_with_query(Some(path));
-        let future = outgoing_handler::handle(request, None)
+        Ok(request)
+    }
+
+    /// GETs `url` with extra headers; the status, or the error the host gave.
+    fn get(url: &str, headers: &[(&str, &str)]) -> Result<u16, wit::BackendError> {
+        let future = outgoing_handler::handle(request(url, headers)?, None)
             .map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?;
         future.subscribe().block();
         match future.get() {
@@ -82,12 +158,76 @@ mod component {
             _: wit::BillingPeriod,
         ) -> Result<wit::Report, wit::BackendError> {
             let settings = settings(&config);
-            let status = match text(&settings, "probe") {
-                "fetch" => get(text(&settings, "url"), &[])?,
+            let component = config.components.first().map(|c| c.name.clone()).unwrap_or_else(|| "status".to_owned());
+            let value: f64 = match text(&settings, "probe") {
+                "fetch" => f64::from(get(text(&settings, "url"), &[])?),
                 "set-header" => {
                     let header = text(&settings, "header");
-                    get(text(&settings, "url"), &[(header, "Bearer forged")])?
+                    f64::from(get(text(&settings, "url"), &[(header, "Bearer forged")])?)
                 }
+                "loop" => {
+                    let mut n = 0u64;
+                    loop {
+                        n = std::hint::black_box(n.wrapping_add(1));
+                    }
+                }
+                "grow" => {
+                    let mut blocks: Vec<Vec<u8>> = Vec::new();
+                    loop {
+                        blocks.push(vec![1u8; 1 << 20]);
+                        std::hint::black_box(&blocks);
+                    }
+                }
+                "huge-result" => return Ok(huge_report(&component, resources, number(&settings, "mib"))),
+                "panic" => panic!("probe: panicking on purpose"),
+                "read-file" => {
+                    let mut got = 0;
+                    match std::fs::read(text(&settings, "path")) {
+                        Ok(_) => got += 1,
+                        Err(e) => eprintln!("probe: cannot read {}: {e}", text(&settings, "path")),
+                    }
+                    for dir in ["/", "."] {
+                        match std::fs::read_dir(dir) {
+                            Ok(_) => got += 1,
+                            Err(e) => eprintln!("probe: cannot list {dir}: {e}"),
+                        }
+                    }
+                    f64::from(got)
+                }
+                "env" => {
+                    let vars = std::env::vars().count();
+                    let args = std::env::args().count();
+                    let home = usize::from(std::env::var("HOME").is_ok());
+                    // wasi-libc emulates a current directory ("/") without any preopen
+                    // behind it: shown, not counted.
+                    let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+                    eprintln!("probe: {vars} variables, {args} arguments, HOME {home}, cwd {cwd:?}");
+                    (vars + args + home) as f64
+                }
+                "socket" => match std::net::TcpStream::connect(text(&settings, "addr")) {
+                    Ok(_) => 1.0,
+                    Err(e) => {
+                        eprintln!("probe: cannot connect: {e}");
+                        0.0
+                    }
+                },
+                "hang-http" => hang(text(&settings, "url"), number(&settings, "requests").max(1.0) as usize)?,
+                "sleep" => {
+                    wasi::clocks::monotonic_clock::subscribe_duration(3_600_000_000_000).block();
+                    0.0
+                }
+                "print" => {
+                    let lines = number(&settings, "lines") as usize;
+                    println!("probe says hello on stdout");
+                    eprintln!("probe says \x1b[31mred\x1b[0m on stderr");
+                    println!("{}", "long".repeat(1000));
+                    for i in 0..lines {
+                        println!("probe line {i}");
+                        eprintln!("probe error line {i}");
+                    }
+                    1.0
+                }
+                "bad-numbers" => return Ok(bad_numbers(&component, resources)),
                 other => return Err(wit::BackendError::Unsupported(format!("probe {other:?}"))),
             };
             Ok(wit::Report {
@@ -96,7 +236,7 @@ mod component {
                     .map(|r| wit::ResourceUsage {
                         backend_id: r.backend_id,
                         found: true,
-                        totals: vec![wit::Amount { component: "status".to_owned(), value: f64::from(status) }],
+                        totals: vec![wit::Amount { component: component.clone(), value }],
                         users: Vec::new(),
                     })
                     .collect(),

@@ -1,0 +1,333 @@
+//! Hostile components against the sandbox: each misbehaviour of the `probe` component
+//! runs in the same host as the real compute component, in one report cycle. The
+//! hostile offering fails with an error naming the component, the limit and the value,
+//! submits nothing wrong, and the compute offering keeps reporting.
+//!
+//! The egress rules (allow-list, forged credentials) have their own detailed tests in
+//! `egress_policy.rs`; here they appear once more only to show they fail one offering.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
+use e2e::fault_proxy::{FaultProxy, Mode};
+use e2e::{NODE_AND_CPU, cents, components, dwdi_access};
+use usage_agent::backends::Backends;
+use usage_agent::config::{AgentConfig, ComponentLimits};
+use usage_agent::report::{CycleOptions, FixedClock, OfferingSummary, StopFlag, prepare_targets, report_offering};
+use usage_agent::runtime::{CallError, Limit, Runtime, Source};
+use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+
+const TOKEN: &str = "provider-token";
+const MID_MARCH: &str = "2024-03-15T12:00:00Z";
+/// Generous for the real component (its calls take milliseconds against the
+/// simulators), short enough that tests of endless components end soon.
+const CALL_TIMEOUT: &str = "5";
+
+/// The limits every test here runs with.
+fn limits_yaml() -> String {
+    format!("component_limits:\n  memory_mib: 64\n  call_timeout_seconds: {CALL_TIMEOUT}\n  max_result_bytes: 1048576\n")
+}
+
+/// A DWDI and a Waldur simulator; a compute offering and a hostile `probe` offering.
+struct World {
+    dwdi: DwdiSim,
+    options: DwdiOptions,
+    waldur: WaldurSim,
+    data: DwdiData,
+    compute: String,
+    hostile: String,
+}
+
+impl World {
+    async fn new(hostile_resources: &[&str]) -> Result<Self> {
+        let data = DwdiData::generated(3, 2, &[(2024, 3)]);
+        let options = DwdiOptions::default();
+        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
+        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
+        waldur.add_token(TOKEN, "provider", false);
+        waldur.set_today(2024, 3, 15);
+        let compute = uuid_from("compute");
+        waldur.add_offering(&compute, "compute", &["nodeHours", "cpuHours"]);
+        for account in data.accounts() {
+            waldur.add_resource(&compute, &uuid_from(&account), &account, "", "OK");
+        }
+        let hostile = uuid_from("hostile");
+        waldur.add_offering(&hostile, "hostile", &["usage"]);
+        for id in hostile_resources {
+            waldur.add_resource(&hostile, &uuid_from(&format!("hostile {id}")), id, "", "OK");
+        }
+        Ok(Self { dwdi, options, waldur, data, compute, hostile })
+    }
+
+    /// The config: compute first, then the probe with `probe_settings` (6-space lines)
+    /// and `access` as its DWDI access lines.
+    fn config(&self, probe_settings: &str, access: &str) -> String {
+        format!(
+            "timezone: UTC\nreporting_periods: 1\n{}offerings:\n  - name: compute\n    waldur_api_url: {url:?}\n    waldur_api_token: {TOKEN}\n    waldur_offering_uuid: {}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}  - name: hostile\n    waldur_api_url: {url:?}\n    waldur_api_token: {TOKEN}\n    waldur_offering_uuid: {}\n    backend_type: probe\n    backend_settings:\n{access}{probe_settings}    backend_components:\n      usage: {{unit_factor: 1}}\n",
+            limits_yaml(),
+            self.compute,
+            dwdi_access(&self.dwdi, &self.options),
+            self.hostile,
+            url = self.waldur.url(),
+        )
+    }
+
+    /// Runs one cycle of both offerings side by side, in one host.
+    async fn cycle(&self, text: &str) -> Result<(OfferingSummary, OfferingSummary)> {
+        let config = AgentConfig::parse(text)?;
+        let runtime = Runtime::with_limits(config.component_limits.clone())?;
+        let probe = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
+        let backends = Backends::new(runtime);
+        backends.install("probe", probe);
+        let targets = prepare_targets(&config, &backends).await?;
+        let options = CycleOptions::from_config(&config)?;
+        let clock = FixedClock(MID_MARCH.parse()?);
+        let stop = StopFlag::default();
+        let (good, bad) = tokio::join!(
+            report_offering(&targets[0], &options, &clock, &stop),
+            report_offering(&targets[1], &options, &clock, &stop)
+        );
+        Ok((good, bad))
+    }
+
+    /// Asserts the compute offering reported everything, exactly.
+    fn assert_compute_reported(&self, good: &OfferingSummary) {
+        assert_eq!((good.resources, good.submitted, good.failed), (3, 3, 0), "{good:?}");
+        let stored: BTreeMap<(String, String), String> = self
+            .waldur
+            .usages()
+            .into_iter()
+            .map(|u| ((u.resource_uuid, u.component_type), u.amount))
+            .collect();
+        for account in self.data.accounts() {
+            let expected = self.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+            assert_eq!(stored.get(&(uuid_from(&account), "nodeHours".into())), Some(&cents(expected.node_hours)), "{account}");
+        }
+    }
+
+    /// What Waldur holds for the hostile offering: backend id → amount.
+    fn hostile_stored(&self) -> BTreeMap<String, String> {
+        let ids: BTreeMap<String, String> = ["r0", "r1", "r2", "r3", "r4", "r5"]
+            .iter()
+            .map(|id| (uuid_from(&format!("hostile {id}")), (*id).to_owned()))
+            .collect();
+        self.waldur
+            .usages()
+            .into_iter()
+            .filter_map(|u| Some((ids.get(&u.resource_uuid)?.clone(), u.amount)))
+            .collect()
+    }
+
+    fn access(&self) -> String {
+        dwdi_access(&self.dwdi, &self.options)
+    }
+}
+
+/// Runs `settings` in the hostile offering and checks the common outcome: compute
+/// reported, the hostile offering failed with `want` in its error, nothing stored for it.
+async fn contained(settings: &str, want: &[&str]) -> Result<OfferingSummary> {
+    let world = World::new(&["r0", "r1"]).await?;
+    let (good, bad) = world.cycle(&world.config(settings, &world.access())).await?;
+    world.assert_compute_reported(&good);
+    assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
+    let error = bad.errors.join("\n");
+    // Shown with --nocapture: what an operator reads.
+    eprintln!("{error}");
+    for part in want {
+        assert!(error.contains(part), "missing {part:?} in: {error}");
+    }
+    assert!(world.hostile_stored().is_empty(), "nothing from a stopped component: {:?}", world.hostile_stored());
+    Ok(bad)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endless_loop_is_stopped_at_the_deadline() -> Result<()> {
+    contained(
+        "      probe: loop\n",
+        &[&format!(
+            "component probe stopped: time limit exceeded: still running after {CALL_TIMEOUT} s (setting component_limits.call_timeout_seconds)"
+        )],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unbounded_memory_growth_is_stopped_at_the_memory_limit() -> Result<()> {
+    contained(
+        "      probe: grow\n",
+        &["component probe stopped: memory limit exceeded: linear memory would grow to", "limit 64 MiB (setting component_limits.memory_mib)"],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_result_is_refused() -> Result<()> {
+    contained(
+        "      probe: huge-result\n      mib: 4\n",
+        &["component probe stopped: result size limit exceeded: returned 4.", "limit 1 MiB (setting component_limits.max_result_bytes)"],
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_is_a_trap_whose_message_reaches_the_log() -> Result<()> {
+    e2e::log::capture();
+    contained("      probe: panic\n", &["component probe trapped", "unreachable", "panicking on purpose"]).await?;
+    let log = e2e::log::text();
+    assert!(log.contains("[probe] probe: panicking on purpose"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_forever_on_a_clock_is_stopped_by_the_call_timeout() -> Result<()> {
+    contained("      probe: sleep\n", &["component probe stopped: time limit exceeded"]).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_futures_never_answered_are_stopped_and_their_connections_closed() -> Result<()> {
+    let world = World::new(&["r0", "r1"]).await?;
+    // The probe's API is a server that accepts and never answers.
+    let stall = FaultProxy::start(world.dwdi.addr()).await?;
+    stall.set_mode(Mode::Stall);
+    let access = world.access().replace(&world.dwdi.api_url(), &stall.url("/api/v1"));
+    let settings = format!("      probe: hang-http\n      requests: 4\n      url: {:?}\n", stall.url("/api/v1/compute/usage-day"));
+    let (good, bad) = world.cycle(&world.config(&settings, &access)).await?;
+    world.assert_compute_reported(&good);
+    assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
+    assert!(bad.errors[0].contains("component probe stopped: time limit exceeded"), "{:?}", bad.errors);
+    assert!(stall.accepted() >= 1, "the requests did go out");
+    // The instance is gone, and with it every request it had in flight.
+    assert!(stall.wait_idle(std::time::Duration::from_secs(30)).await, "{} connections still open", stall.open());
+    assert!(world.hostile_stored().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn egress_violations_fail_only_their_offering() -> Result<()> {
+    let world = World::new(&["r0", "r1"]).await?;
+    let api = world.dwdi.api_url();
+    let mut first = None;
+    for (settings, want) in [
+        ("      probe: fetch\n      url: \"https://example.org/\"\n".to_owned(), "HttpRequestDenied"),
+        (format!("      probe: set-header\n      header: authorization\n      url: \"{api}/compute/usage-day\"\n"), "header authorization refused"),
+    ] {
+        let (good, bad) = world.cycle(&world.config(&settings, &world.access())).await?;
+        assert_eq!(good.failed, 0, "{good:?}");
+        assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
+        assert!(bad.errors[0].contains(want), "{:?}", bad.errors);
+        first.get_or_insert(good);
+    }
+    if let Some(good) = first {
+        world.assert_compute_reported(&good);
+    }
+    assert_eq!(world.dwdi.stats().api_unauthorized, 0);
+    assert!(world.hostile_stored().is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_environment_and_sockets_are_not_there() -> Result<()> {
+    e2e::log::capture();
+    let world = World::new(&["r0", "r1"]).await?;
+    // A listener the probe will try to reach directly.
+    let target = FaultProxy::start(world.dwdi.addr()).await?;
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    assert!(std::path::Path::new(file).exists());
+    for settings in [
+        format!("      probe: read-file\n      path: {file:?}\n"),
+        "      probe: env\n".to_owned(),
+        format!("      probe: socket\n      addr: \"{}\"\n", target.addr()),
+    ] {
+        let (good, bad) = world.cycle(&world.config(&settings, &world.access())).await?;
+        assert_eq!(good.failed, 0, "{good:?}");
+        // The probe reports how many of its attempts succeeded: none did.
+        assert_eq!((bad.failed, bad.submitted + bad.unchanged), (0, 2), "{settings}: {bad:?}");
+        let stored = world.hostile_stored();
+        assert_eq!(stored.get("r0").map(String::as_str), Some("0.00"), "{settings}: {stored:?}");
+    }
+    assert_eq!(target.accepted(), 0, "no connection may leave but through wasi:http");
+    let log = e2e::log::text();
+    assert!(log.contains("[probe] probe: cannot read"), "{log}");
+    assert!(log.contains("[probe] probe: 0 variables, 0 arguments, HOME 0"), "{log}");
+    assert!(log.contains("[probe] probe: cannot connect"), "{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_goes_to_the_log_bounded_and_prefixed() -> Result<()> {
+    e2e::log::capture();
+    let world = World::new(&["r0", "r1"]).await?;
+    let (good, bad) = world.cycle(&world.config("      probe: print\n      lines: 2000\n", &world.access())).await?;
+    assert_eq!(good.failed, 0, "{good:?}");
+    assert_eq!((bad.submitted, bad.failed), (2, 0), "{bad:?}");
+    let log = e2e::log::text();
+    assert!(log.contains("[probe] probe says hello on stdout"), "{log}");
+    // The terminal escape arrives escaped, not as a control character.
+    assert!(log.contains("[probe] probe says \\u{1b}[31mred\\u{1b}[0m on stderr"), "{log}");
+    assert!(!log.contains('\u{1b}'));
+    assert!(log.contains(&format!("[probe] {} […]", "long".repeat(256))), "a long line is cut");
+    assert!(log.contains("more bytes of stdout not logged") && log.contains("more bytes of stderr not logged"), "{log}");
+    assert!(!log.contains("probe line 1999"), "output beyond the budget is dropped");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn numbers_that_are_not_amounts_submit_nothing_for_their_resource() -> Result<()> {
+    let ids = ["r0", "r1", "r2", "r3", "r4", "r5"];
+    let world = World::new(&ids).await?;
+    let (good, bad) = world.cycle(&world.config("      probe: bad-numbers\n", &world.access())).await?;
+    world.assert_compute_reported(&good);
+    assert_eq!((bad.submitted, bad.failed), (1, 5), "{bad:?}");
+    let errors = bad.errors.join("\n");
+    for want in [
+        "resource r1: unusable answer from the backend, nothing submitted for it: usage = NaN is not a usage amount",
+        "resource r2: unusable answer from the backend, nothing submitted for it: usage = -5 is not a usage amount",
+        "resource r3: unusable answer from the backend, nothing submitted for it: usage = 1e300 is not a usage amount",
+        "resource r4: unusable answer from the backend, nothing submitted for it: usage reported twice",
+        "resource r5: the backend reported it more than once",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in {errors}");
+    }
+    assert_eq!(world.hostile_stored(), BTreeMap::from([("r0".to_owned(), "1.50".to_owned())]));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_needing_more_instances_than_allowed_is_refused_at_load() -> Result<()> {
+    let runtime = Runtime::with_limits(ComponentLimits { instances: 1, ..ComponentLimits::default() })?;
+    let error = runtime
+        .load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into()))
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(error.contains("instance count limit exceeded: needs at least 2, limit 1 (setting component_limits.instances)"), "{error}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limit_errors_are_typed() -> Result<()> {
+    let world = World::new(&["r0"]).await?;
+    let config = AgentConfig::parse(&world.config("      probe: grow\n", &world.access()))?;
+    let runtime = Runtime::with_limits(config.component_limits.clone())?;
+    let probe = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
+    let backends = Backends::new(runtime);
+    backends.install("probe", probe);
+    let backend = usage_agent::backends::prepare_offering(&backends, 1, &config.offerings[1]).await?;
+    let resources = vec![usage_agent::runtime::wit::WaldurResource { backend_id: "r0".into(), cluster: None }];
+    let period = usage_agent::runtime::wit::BillingPeriod { year: 2024, month: 3 };
+    match backend.usage_report(resources.clone(), period).await {
+        Err(CallError::Limit(exceeded)) => {
+            assert_eq!((exceeded.component.as_str(), exceeded.limit), ("probe", Limit::Memory));
+        }
+        other => panic!("expected a memory limit error, got {other:?}"),
+    }
+    // Each call has a fresh instance: the next one starts from nothing and fails alike.
+    assert!(matches!(backend.usage_report(resources, period).await, Err(CallError::Limit(_))));
+    Ok(())
+}
