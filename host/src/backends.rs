@@ -62,14 +62,6 @@ impl Backends {
         self.serving.read().ok()?.get(backend_type).cloned()
     }
 
-    /// Every backend type and the component serving it.
-    pub fn all(&self) -> Vec<(String, Arc<LoadedBackend>)> {
-        self.serving
-            .read()
-            .map(|map| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
     /// Puts `loaded` in service for `backend_type`; returns the one it replaced.
     pub fn install(&self, backend_type: &str, loaded: impl Into<Arc<LoadedBackend>>) -> Option<Arc<LoadedBackend>> {
         let mut map = match self.serving.write() {

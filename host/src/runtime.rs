@@ -146,21 +146,6 @@ pub enum CallError {
     Sandbox(anyhow::Error),
 }
 
-impl CallError {
-    /// True when the upstream API (not the component) failed.
-    pub fn is_upstream(&self) -> bool {
-        matches!(
-            self,
-            CallError::Backend(
-                wit::BackendError::Unauthorized(_)
-                    | wit::BackendError::UpstreamStatus(_)
-                    | wit::BackendError::BadResponse(_)
-                    | wit::BackendError::Transport(_)
-            )
-        )
-    }
-}
-
 fn describe_backend_error(error: &wit::BackendError) -> String {
     match error {
         wit::BackendError::InvalidConfig(m) => format!("invalid configuration: {m}"),
