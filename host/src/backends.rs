@@ -64,12 +64,38 @@ impl Backends {
 
     /// Puts `loaded` in service for `backend_type`; returns the one it replaced.
     pub fn install(&self, backend_type: &str, loaded: impl Into<Arc<LoadedBackend>>) -> Option<Arc<LoadedBackend>> {
+        let loaded = loaded.into();
+        record_serving(backend_type, &loaded);
         let mut map = match self.serving.write() {
             Ok(map) => map,
             Err(poisoned) => poisoned.into_inner(),
         };
-        map.insert(backend_type.to_owned(), loaded.into())
+        map.insert(backend_type.to_owned(), loaded)
     }
+}
+
+/// The `usage_agent_component_info` series of `backend_type`: one, for the component
+/// serving it now, so a dashboard shows which build runs where.
+fn record_serving(backend_type: &str, loaded: &LoadedBackend) {
+    const NAME: &str = "usage_agent_component_info";
+    let metrics = crate::metrics::global();
+    metrics.clear_gauges(NAME, ("backend_type", backend_type));
+    let source = match loaded.source {
+        Source::Builtin => "builtin",
+        Source::File(_) => "file",
+    };
+    metrics.set(
+        NAME,
+        "The component serving each backend type (always 1; the labels say which).",
+        &[
+            ("backend_type", backend_type),
+            ("name", &loaded.info.name),
+            ("version", &loaded.info.version),
+            ("sha256", &loaded.sha256),
+            ("source", source),
+        ],
+        1.0,
+    );
 }
 
 /// Binds the component of `offering`'s backend type to it and validates the config.

@@ -35,6 +35,7 @@ use crate::backends::{Backends, prepare_offering};
 use crate::config::{AgentConfig, Secret};
 use crate::period::Month;
 use crate::report::StopFlag;
+use crate::run_errors::RunErrors;
 use crate::runtime::{OfferingBackend, wit};
 use crate::waldur::{ComponentUsage, ComponentUserUsage, Resource, UserUsageInput, WaldurClient, WaldurError};
 
@@ -116,6 +117,7 @@ pub struct HistoricalTarget {
     pub index: usize,
     pub name: String,
     pub offering_uuid: String,
+    pub backend_type: String,
     pub backend: OfferingBackend,
     pub waldur: WaldurClient,
     /// Component types configured for the offering, in config order.
@@ -166,6 +168,7 @@ pub async fn prepare(config: &AgentConfig, offering_uuid: &str, token: Option<Se
         index,
         name,
         offering_uuid: offering_uuid.trim().to_owned(),
+        backend_type: offering.usage_backend().unwrap_or_default().to_owned(),
         backend,
         waldur,
         components: offering.backend_components.keys().cloned().collect(),
@@ -317,7 +320,7 @@ struct Tally {
     absent: AtomicU64,
     skipped: AtomicU64,
     failed: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: RunErrors,
 }
 
 impl Tally {
@@ -330,13 +333,6 @@ impl Tally {
             Outcome::Failed => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn error(&self, message: String) {
-        tracing::error!("{message}");
-        if let Ok(mut errors) = self.errors.lock() {
-            errors.push(message);
-        }
     }
 }
 
@@ -404,6 +400,12 @@ async fn setup(target: &HistoricalTarget, options: &HistoricalOptions) -> Result
 /// users cannot be read, or the resource filter names an unknown resource); from then
 /// on every failure is counted and described in the summary, and the run goes on.
 pub async fn load(target: &HistoricalTarget, options: &HistoricalOptions, stop: &StopFlag, observer: &dyn Observer) -> Result<HistoricalSummary> {
+    // Every log line of the run carries the offering and its backend type.
+    let span = tracing::info_span!("load", offering = %target.name, backend_type = %target.backend_type);
+    tracing::Instrument::instrument(load_offering(target, options, stop, observer), span).await
+}
+
+async fn load_offering(target: &HistoricalTarget, options: &HistoricalOptions, stop: &StopFlag, observer: &dyn Observer) -> Result<HistoricalSummary> {
     let started = Instant::now();
     let waldur_before = target.waldur.request_count();
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
@@ -442,7 +444,7 @@ pub async fn load(target: &HistoricalTarget, options: &HistoricalOptions, stop: 
         if stop.is_stopped() {
             break;
         }
-        let complete = run.month(month, &resources).await;
+        let complete = tracing::Instrument::instrument(run.month(month, &resources), tracing::info_span!("month", %month)).await;
         run.fill(&mut summary, started, waldur_before, dwdi_before);
         if !complete {
             break;
@@ -533,7 +535,7 @@ impl Run<'_> {
         summary.absent = get(&self.tally.absent);
         summary.skipped = get(&self.tally.skipped);
         summary.failed = get(&self.tally.failed);
-        summary.errors = self.tally.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        summary.errors = self.tally.errors.lines();
         summary.waldur_calls = self.target.waldur.request_count() - waldur_before;
         summary.dwdi_calls = self.target.backend.egress().stats().requests.load(Ordering::Relaxed) - dwdi_before;
         summary.duration = started.elapsed();
@@ -565,7 +567,7 @@ impl Run<'_> {
 
     /// Counts each resource of a chunk failed, with one error line.
     fn fail_all(&self, chunk: &[&Resource], message: String) {
-        self.tally.error(message);
+        self.tally.errors.push(message);
         for _ in chunk {
             self.tally.count(Outcome::Failed);
             self.observer.resource_done();
@@ -613,7 +615,7 @@ impl Run<'_> {
                 };
                 match usage {
                     None => {
-                        self.tally.error(format!("offering {name} {month}: resource {backend_id}: the backend did not report it"));
+                        self.tally.errors.push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: the backend did not report it"));
                         slot.outcome = Outcome::Failed;
                     }
                     Some(usage) => {
@@ -764,7 +766,7 @@ impl Run<'_> {
         let name = &self.target.name;
         if error.is_backfill_refusal() {
             if self.first_time(format!("backfill:{}", resource.uuid)) {
-                self.tally.error(format!(
+                self.tally.errors.push_resource(backend_id, format!(
                     "offering {name}: resource {backend_id}: Waldur refuses to back-fill past billing periods with this token; use a staff token ({error})"
                 ));
             }
@@ -772,11 +774,11 @@ impl Run<'_> {
         }
         if resource.state == "Erred" {
             if self.first_time(format!("erred:{}", resource.uuid)) {
-                tracing::warn!(offering = %name, "resource {backend_id} is Erred and Waldur refuses its usage; skipped: {error}");
+                tracing::warn!(offering = %name, resource = backend_id, "resource {backend_id} is Erred and Waldur refuses its usage; skipped: {error}");
             }
             return Outcome::Skipped;
         }
-        self.tally.error(format!("offering {name} {month}: resource {backend_id}: {what}: {error}"));
+        self.tally.errors.push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: {what}: {error}"));
         Outcome::Failed
     }
 
@@ -790,7 +792,7 @@ impl Run<'_> {
             return;
         }
         let fail = |slots: &mut [Slot<'_>], message: String| {
-            self.tally.error(message);
+            self.tally.errors.push(message);
             for &i in &eligible {
                 slots[i].worsen(Outcome::Failed);
             }
@@ -856,7 +858,7 @@ impl Run<'_> {
                     Some(cu) => jobs.push(UserJob { slot: index, component_usage: cu.uuid.clone(), usages: changed }),
                     None => {
                         // Only a zero total has no component usage, and its users round to zero too.
-                        self.tally.error(format!(
+                        self.tally.errors.push_resource(slot.backend_id, format!(
                             "offering {name} {month}: resource {}: per-user usage of {component} has no component usage to go under",
                             slot.backend_id
                         ));

@@ -24,4 +24,5 @@ pub mod period;
 pub mod plugins;
 pub mod report;
 pub mod runtime;
+mod run_errors;
 pub mod waldur;

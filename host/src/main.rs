@@ -3,12 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use usage_agent::cli::{self, Cli};
+use usage_agent::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     let level = cli.config_path().and_then(cli::config_log_level);
-    cli::init_logging(cli.log_format, level.as_deref());
+    cli::init_logging(format, level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -26,7 +27,11 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("usage-agent: {error:#}");
+            // A JSON log reader must not meet a line it cannot parse.
+            match format {
+                LogFormat::Json => tracing::error!("{error:#}"),
+                LogFormat::Text => eprintln!("usage-agent: {error:#}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,7 @@ use crate::amount::Cents;
 use crate::backends::Backends;
 use crate::config::{AgentConfig, OfferingConfig};
 use crate::period::Month;
+use crate::run_errors::RunErrors;
 use crate::runtime::{OfferingBackend, wit};
 use crate::waldur::{ComponentUsage, Resource, UserUsageInput, WaldurClient, WaldurError};
 
@@ -121,9 +122,10 @@ pub fn record_metrics(summary: &OfferingSummary) {
     let metrics = crate::metrics::global();
     let offering = summary.offering.as_str();
     metrics.inc("usage_agent_cycles_total", "Report cycles run, per offering.", &[("offering", offering)]);
-    if summary.failed > 0 {
-        metrics.inc("usage_agent_cycles_failed_total", "Report cycles with at least one failure.", &[("offering", offering)]);
-    } else {
+    // Added even when zero, so the series exists from the first cycle on.
+    let failed = if summary.failed > 0 { 1.0 } else { 0.0 };
+    metrics.add("usage_agent_cycles_failed_total", "Report cycles with at least one failure.", &[("offering", offering)], failed);
+    if summary.failed == 0 {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         metrics.set("usage_agent_last_success_timestamp_seconds", "End of the last cycle without failures.", &[("offering", offering)], now);
     }
@@ -199,11 +201,12 @@ impl ReportTarget {
         }
     }
 
-    /// Logs `message` the first time `key` is seen.
-    fn warn_once(&self, key: String, message: impl FnOnce() -> String) {
+    /// Logs `message` the first time `key` is seen; `resource` is the backend id the
+    /// line is about, if any.
+    fn warn_once(&self, key: String, resource: Option<&str>, message: impl FnOnce() -> String) {
         let first = self.warned.lock().map(|mut seen| seen.insert(key)).unwrap_or(true);
         if first {
-            tracing::warn!(offering = %self.name, "{}", message());
+            tracing::warn!(offering = %self.name, resource, "{}", message());
         }
     }
 }
@@ -270,7 +273,7 @@ struct Tally {
     skipped: AtomicU64,
     failed: AtomicU64,
     user_writes: AtomicU64,
-    errors: Mutex<Vec<String>>,
+    errors: RunErrors,
 }
 
 impl Tally {
@@ -282,14 +285,6 @@ impl Tally {
             Outcome::Failed => &self.failed,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Logs and keeps an error line; counting is separate, per resource.
-    fn error(&self, message: String) {
-        tracing::error!("{message}");
-        if let Ok(mut errors) = self.errors.lock() {
-            errors.push(message);
-        }
     }
 }
 
@@ -329,7 +324,7 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
         Ok(resources) => summary.resources = resources,
         Err(error) => {
             tally.count(Outcome::Failed);
-            tally.error(format!("offering {}: {error:#}", target.name));
+            tally.errors.push(format!("offering {}: {error:#}", target.name));
         }
     }
     summary.submitted = tally.submitted.load(Ordering::Relaxed) as usize;
@@ -337,7 +332,7 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     summary.skipped = tally.skipped.load(Ordering::Relaxed) as usize;
     summary.failed = tally.failed.load(Ordering::Relaxed) as usize;
     summary.user_usage_writes = tally.user_writes.load(Ordering::Relaxed) as usize;
-    summary.errors = tally.errors.lock().map(|e| e.clone()).unwrap_or_default();
+    summary.errors = tally.errors.lines();
     summary.waldur_calls = target.waldur.request_count() - waldur_before;
     summary.dwdi_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - dwdi_before;
     summary.duration = started.elapsed();
@@ -357,7 +352,7 @@ async fn run_offering(
     let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
     for name in target.config.backend_components.keys() {
         if !offered.contains(name) {
-            target.warn_once(format!("component:{name}"), || {
+            target.warn_once(format!("component:{name}"), None, || {
                 format!("component {name:?} is configured but the Waldur offering has no such component; it is not submitted")
             });
         }
@@ -370,7 +365,7 @@ async fn run_offering(
         .filter(|r| {
             let has_id = r.backend_id.as_deref().is_some_and(|id| !id.trim().is_empty());
             if !has_id {
-                tracing::debug!(offering = %target.name, resource = %r.uuid, "resource has no backend_id; skipped");
+                tracing::debug!(offering = %target.name, resource_uuid = %r.uuid, "resource has no backend_id; skipped");
             }
             has_id
         })
@@ -383,17 +378,21 @@ async fn run_offering(
         if stop.is_stopped() {
             break;
         }
-        if options.sequential {
-            for resource in &resources {
-                if stop.is_stopped() {
-                    break;
+        let offering_users = &mut offering_users;
+        let one_month = async {
+            if options.sequential {
+                for resource in &resources {
+                    if stop.is_stopped() {
+                        break;
+                    }
+                    let one = std::slice::from_ref(resource);
+                    report_month(target, backend, options, clock, stop, tally, one, &offered, month, current, offering_users).await;
                 }
-                let one = std::slice::from_ref(resource);
-                report_month(target, backend, options, clock, stop, tally, one, &offered, month, current, &mut offering_users).await;
+            } else {
+                report_month(target, backend, options, clock, stop, tally, &resources, &offered, month, current, offering_users).await;
             }
-        } else {
-            report_month(target, backend, options, clock, stop, tally, &resources, &offered, month, current, &mut offering_users).await;
-        }
+        };
+        tracing::Instrument::instrument(one_month, tracing::info_span!("month", %month)).await;
     }
     Ok(resources.len())
 }
@@ -436,7 +435,7 @@ async fn report_month(
             for _ in resources {
                 tally.count(Outcome::Failed);
             }
-            tally.error(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
+            tally.errors.push(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
             return;
         }
     };
@@ -452,7 +451,7 @@ async fn report_month(
             for _ in resources {
                 tally.count(Outcome::Failed);
             }
-            tally.error(format!("offering {} {month}: cannot read Waldur's usages: {error}", target.name));
+            tally.errors.push(format!("offering {} {month}: cannot read Waldur's usages: {error}", target.name));
             return;
         }
     };
@@ -469,18 +468,18 @@ async fn report_month(
             Some(Some(usage)) => *usage,
             Some(None) => {
                 tally.count(Outcome::Failed);
-                tally.error(format!("offering {} {month}: resource {backend_id}: the backend reported it more than once; nothing submitted for it", target.name));
+                tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend reported it more than once; nothing submitted for it", target.name));
                 continue;
             }
             None => {
                 tally.count(Outcome::Failed);
-                tally.error(format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
+                tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
                 continue;
             }
         };
         if let Err(problem) = check_usage(usage) {
             tally.count(Outcome::Failed);
-            tally.error(format!("offering {} {month}: resource {backend_id}: unusable answer from the backend, nothing submitted for it: {problem}", target.name));
+            tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: unusable answer from the backend, nothing submitted for it: {problem}", target.name));
             continue;
         }
         let plan = plan_totals(target, resource, usage, offered, &existing, month == current);
@@ -502,7 +501,10 @@ async fn report_month(
                     Outcome::Skipped
                 } else {
                     match target.waldur.set_usage(&resource.uuid, &plan.send, &date).await {
-                        Ok(()) => Outcome::Submitted,
+                        Ok(()) => {
+                            tracing::debug!(resource = backend_id, usage = %describe_amounts(&plan.send), "usage submitted");
+                            Outcome::Submitted
+                        }
                         Err(error) => classify_write_error(target, tally, resource, month, &error),
                     }
                 }
@@ -555,6 +557,11 @@ fn accepted_resources(accepted: &[(&Resource, &wit::ResourceUsage)]) -> Vec<Reso
 /// A component's value as a Waldur amount: finite, not negative, within Waldur's range.
 fn usage_amount(value: f64) -> Option<Cents> {
     if value >= 0.0 { Cents::round(value) } else { None }
+}
+
+/// `nodeHours=12.5 cpuHours=300` for a log line.
+fn describe_amounts(amounts: &[(String, Cents)]) -> String {
+    amounts.iter().map(|(component, amount)| format!("{component}={amount}")).collect::<Vec<_>>().join(" ")
 }
 
 /// A value for a message: `1e300`, not three hundred digits.
@@ -650,18 +657,18 @@ fn plan_totals(
 fn classify_write_error(target: &ReportTarget, tally: &Tally, resource: &Resource, month: Month, error: &WaldurError) -> Outcome {
     let backend_id = resource.backend_id.as_deref().unwrap_or_default();
     if error.is_backfill_refusal() {
-        target.warn_once(format!("backfill:{}:{month}", resource.uuid), || {
+        target.warn_once(format!("backfill:{}:{month}", resource.uuid), Some(backend_id), || {
             format!("resource {backend_id} {month}: Waldur refuses to back-fill a past billing period with this token; use a staff token or reporting_periods: 1 ({error})")
         });
         return Outcome::Skipped;
     }
     if resource.state == "Erred" {
-        target.warn_once(format!("erred:{}", resource.uuid), || {
+        target.warn_once(format!("erred:{}", resource.uuid), Some(backend_id), || {
             format!("resource {backend_id} is Erred and Waldur refuses its usage: {error}")
         });
         return Outcome::Skipped;
     }
-    tally.error(format!("offering {} {month}: resource {backend_id}: {error}", target.name));
+    tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: {error}", target.name));
     Outcome::Failed
 }
 
@@ -686,7 +693,7 @@ async fn submit_user_usages(
             Ok(list) => index_usages(list),
             Err(error) => {
                 tally.count(Outcome::Failed);
-                tally.error(format!("offering {} {month}: cannot list usages for per-user usage: {error}", target.name));
+                tally.errors.push(format!("offering {} {month}: cannot list usages for per-user usage: {error}", target.name));
                 return;
             }
         }
@@ -700,7 +707,7 @@ async fn submit_user_usages(
             }
             Err(error) => {
                 tally.count(Outcome::Failed);
-                tally.error(format!("offering {}: cannot list offering users: {error}", target.name));
+                tally.errors.push(format!("offering {}: cannot list offering users: {error}", target.name));
                 return;
             }
         }
@@ -711,7 +718,7 @@ async fn submit_user_usages(
             Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),
             Err(error) => {
                 tally.count(Outcome::Failed);
-                tally.error(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
+                tally.errors.push(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
                 return;
             }
         };
@@ -757,7 +764,7 @@ async fn submit_user_usages(
                     }
                     Err(error) => {
                         tally.count(Outcome::Failed);
-                        tally.error(format!(
+                        tally.errors.push_resource(&backend_id, format!(
                             "offering {} {month}: resource {backend_id}: per-user usage of {component}: {error}",
                             target.name
                         ));

@@ -10,6 +10,7 @@ mod healthz;
 mod plugins;
 mod ping;
 mod historical;
+mod logging;
 mod progress;
 mod report;
 mod usage;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub use check_config::CheckConfigArgs;
 pub use demo::DemoArgs;
 pub use healthz::HealthzArgs;
+pub use logging::{config_log_level, init_logging, subscriber as log_subscriber};
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use ping::{PingArgs, Step as PingStep};
@@ -103,26 +105,4 @@ impl Cli {
             Command::Demo(_) => None,
         }
     }
-}
-
-/// The config's `log_level` (as the Python agent spells it: DEBUG, INFO, …), read
-/// before anything else so start-up is logged at that level. A config that cannot be
-/// read is left for the command to report.
-pub fn config_log_level(path: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
-    let level = value.get("log_level")?.as_str()?.trim().to_ascii_lowercase();
-    let level = if level == "warning" { "warn".to_owned() } else { level };
-    ["error", "warn", "info", "debug", "trace"].contains(&level.as_str()).then_some(level)
-}
-
-/// Sets up `tracing` on stderr; `RUST_LOG` filters, else the config's `log_level`, else `info`.
-pub fn init_logging(format: LogFormat, config_level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config_level.unwrap_or("info")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(progress::log_writer);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
-    };
 }

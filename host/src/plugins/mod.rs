@@ -150,6 +150,23 @@ pub enum Refusal {
     Setup { index: usize, offering: String, reason: String },
 }
 
+impl Refusal {
+    /// A short, stable name of the reason, for the metrics label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Pinned { .. } => "pinned",
+            Refusal::Unreadable(_) => "unreadable",
+            Refusal::NotComponent(_) => "not_component",
+            Refusal::NoExport { .. } => "no_export",
+            Refusal::WitVersion { .. } => "wit_version",
+            Refusal::Imports(_) => "imports",
+            Refusal::Describe(_) => "describe",
+            Refusal::WrongBackendType { .. } => "wrong_backend_type",
+            Refusal::Setup { .. } => "setup",
+        }
+    }
+}
+
 /// What happened to a backend type; each is also logged.
 #[derive(Debug, Clone)]
 pub enum PluginEvent {
@@ -450,6 +467,13 @@ impl Plugins {
                 plugin.compiled
             ),
         }
+        if old.is_some() {
+            crate::metrics::global().inc(
+                "usage_agent_plugin_swaps_total",
+                "Components put in service in place of another (a new file, or the built-in back).",
+                &[("backend_type", backend_type)],
+            );
+        }
         let _ = self.inner.events.send(PluginEvent::Swapped {
             backend_type: backend_type.to_owned(),
             old: old.map(Box::new),
@@ -469,6 +493,11 @@ impl Plugins {
         };
         let digest = sha256.as_deref().map(|d| format!(" (sha256 {d})")).unwrap_or_default();
         tracing::error!(backend_type, file = %path.display(), "plugins: {}{digest} refused: {reason}; {keeps}", path.display());
+        crate::metrics::global().inc(
+            "usage_agent_plugin_rejections_total",
+            "Plugin files refused; the component serving before keeps serving.",
+            &[("backend_type", backend_type), ("reason", reason.kind())],
+        );
         state.refused = Some((path.to_owned(), reason.clone()));
         let _ = self.inner.events.send(PluginEvent::Refused {
             backend_type: backend_type.to_owned(),

@@ -73,6 +73,54 @@ pub fn cents(value: f64) -> String {
     format!("{:.2}", (value * 100.0).round() / 100.0)
 }
 
+/// One compute offering "ops" of three resources in the current month, on both
+/// simulators, with the Waldur token `ops-token`: what the operations tests run.
+pub struct OpsWorld {
+    pub dwdi: DwdiSim,
+    pub options: DwdiOptions,
+    pub waldur: waldur_sim::WaldurSim,
+    pub offering: String,
+}
+
+impl OpsWorld {
+    pub async fn start() -> Result<Self> {
+        use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+        let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
+        let data = dwdi_sim::DwdiData::generated(3, 2, &[(i32::from(month.year), month.month as u32)]);
+        let options = DwdiOptions::default();
+        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
+        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
+        waldur.add_token("ops-token", "provider", false);
+        let offering = uuid_from("ops");
+        waldur.add_offering(&offering, "ops", &["nodeHours", "cpuHours"]);
+        for account in data.accounts() {
+            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
+        }
+        Ok(Self { dwdi, options, waldur, offering })
+    }
+
+    /// The config text, with the heartbeat, plugins folder and cache in `dir` and
+    /// `extra` top-level lines.
+    pub fn config(&self, dir: &Path, extra: &str) -> String {
+        format!(
+            "reporting_periods: 1\nheartbeat_file: {:?}\nplugins_dir: {:?}\nplugins_cache_dir: {:?}\n{extra}offerings:\n  - name: ops\n    waldur_api_url: {:?}\n    waldur_api_token: ops-token\n    waldur_offering_uuid: {}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
+            dir.join("heartbeat").display().to_string(),
+            dir.join("plugins").display().to_string(),
+            dir.join("cache").display().to_string(),
+            self.waldur.url(),
+            self.offering,
+            dwdi_access(&self.dwdi, &self.options)
+        )
+    }
+}
+
+/// `user:password` in base64, as a Basic `Authorization` header carries it: a secret
+/// the tests look for in logs.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
 /// The `examples/` folder of the repository.
 pub fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
@@ -97,6 +145,8 @@ pub mod log {
     use std::io::Write;
     use std::sync::{Mutex, OnceLock, PoisonError};
 
+    use usage_agent::cli::LogFormat;
+
     static LINES: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
 
     fn buffer() -> &'static Mutex<Vec<u8>> {
@@ -115,16 +165,21 @@ pub mod log {
         }
     }
 
-    /// Sends every log event of this test process (all threads) to a buffer, once.
+    /// Sends every log event of this test process (all threads) at `info` to a buffer,
+    /// as text lines; the first call of `capture` or `capture_json` decides the format.
     pub fn capture() {
+        install(LogFormat::Text, "info");
+    }
+
+    /// Like [`capture`], with the host's `--log-format json` lines, filtered by `filter`.
+    pub fn capture_json(filter: &str) {
+        install(LogFormat::Json, filter);
+    }
+
+    fn install(format: LogFormat, filter: &str) {
         static INSTALLED: OnceLock<()> = OnceLock::new();
         INSTALLED.get_or_init(|| {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(|| Sink)
-                .with_ansi(false)
-                .with_max_level(tracing::Level::INFO)
-                .finish();
-            let _ = tracing::subscriber::set_global_default(subscriber);
+            let _ = tracing::subscriber::set_global_default(usage_agent::cli::log_subscriber(format, filter, false, || Sink));
         });
     }
 

@@ -94,11 +94,11 @@ async fn no_secret_in_logs_errors_or_debug() -> Result<()> {
     let tokens = sim.state().issued_tokens();
     ensure!(tokens.len() >= 2);
     // base64 of user:password, as a Proxy-Authorization header carries it.
-    let basic = b64(&format!("{user}:{password}"));
+    let basic = e2e::basic_credentials(user, password);
     let log = logged();
     ensure!(log.contains("unauthorized") || log.contains("401") || log.lines().count() > 10, "the capture caught nothing:\n{log}");
     let everything = format!("{log}\n{}", shown.join("\n"));
-    for secret in [options.client_secret.as_str(), password, basic.as_str(), &b64(&format!("{}:{}", options.client_id, options.client_secret))]
+    for secret in [options.client_secret.as_str(), password, basic.as_str(), &e2e::basic_credentials(&options.client_id, &options.client_secret)]
         .into_iter()
         .chain(tokens.iter().map(String::as_str))
     {
@@ -137,23 +137,4 @@ async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> 
     ensure!(backend.egress().stats().denied.load(std::sync::atomic::Ordering::Relaxed) == 3);
     ensure!(sim.stats().api_requests == 0);
     Ok(())
-}
-
-/// Standard base64, enough for the check above.
-fn b64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

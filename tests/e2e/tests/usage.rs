@@ -1,7 +1,7 @@
 //! `usage-agent usage` end to end: the real host runs the real components, built from
 //! `guest/`, against the DWDI and OIDC simulator.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::{ConfigFile, NODE_AND_CPU, cents, compute_config, dwdi_access, parse_json, run_cli, total};
 
@@ -159,7 +159,7 @@ async fn a_component_that_maps_to_nothing_is_a_start_up_error() -> Result<()> {
     let (sim, options) = sim_with(DwdiData::new()).await?;
     let components = format!("{NODE_AND_CPU}      licences: {{measured_unit: seats, unit_factor: 1, accounting_type: usage, label: Licences}}\n");
     let config = ConfigFile::new(&compute_config(&sim, &options, "", &components))?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.map(|_| ()).unwrap_err();
+    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     let message = format!("{err:#}");
     assert!(message.starts_with("offerings[0].backend_components.licences"), "{message}");
     assert_eq!(sim.stats().api_requests, 0, "nothing may be asked before the config is valid");
@@ -170,12 +170,12 @@ async fn a_component_that_maps_to_nothing_is_a_start_up_error() -> Result<()> {
 async fn missing_settings_are_named_like_the_seed() -> Result<()> {
     let (sim, options) = sim_with(DwdiData::new()).await?;
     let config = ConfigFile::new(&storage_config(&sim, &options, &[], "      storage_data_type: projects\n"))?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.map(|_| ()).unwrap_err();
+    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.storage_filesystem: missing");
 
     let text = compute_config(&sim, &options, "", NODE_AND_CPU).replace("      cscs_dwdi_oidc_token_url", "      ignored");
     let config = ConfigFile::new(&text)?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.map(|_| ()).unwrap_err();
+    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     assert!(format!("{err:#}").ends_with("offerings[0].backend_settings.cscs_dwdi_oidc_token_url: missing"), "{err:#}");
     Ok(())
 }
