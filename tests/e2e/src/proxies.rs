@@ -254,21 +254,30 @@ impl ProxyProcess {
         }
     }
 
-    /// True when the TCP connection whose local end is `peer` (as a server saw it)
-    /// belongs to this proxy or a process it forked.
-    pub fn owns_peer(&self, peer: SocketAddr) -> Result<bool> {
-        let Some(inode) = socket_inode(peer)? else { return Ok(false) };
+    /// Who holds the TCP connection whose local end is `peer` (as a server saw it):
+    /// this proxy (or a process it forked), another process, or nobody any more.
+    pub fn peer_owner(&self, peer: SocketAddr) -> Result<PeerOwner> {
+        let Some(inode) = socket_inode(peer)? else { return Ok(PeerOwner::Closed) };
         let wanted = format!("socket:[{inode}]");
         for pid in self.process_tree() {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
             for fd in fds.flatten() {
                 if std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()) {
-                    return Ok(true);
+                    return Ok(PeerOwner::Proxy);
                 }
             }
         }
-        Ok(false)
+        Ok(PeerOwner::Other)
     }
+}
+
+/// See [`ProxyProcess::peer_owner`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerOwner {
+    Proxy,
+    Other,
+    /// The connection is closed (a finished token request, say): it proves nothing.
+    Closed,
 }
 
 impl Drop for ProxyProcess {

@@ -117,6 +117,26 @@ async fn a_cycle_submits_totals_and_users_and_a_second_writes_nothing() -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_a_result_count_listings_follow_the_link_chain() -> Result<()> {
+    let options = WaldurOptions { result_count: false, ..WaldurOptions::default() };
+    let world = World::new(250, 1, options).await?;
+    let text = world.config(TOKEN, 1, "");
+    let targets = targets(&text).await?;
+    let first = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((first.resources, first.submitted, first.failed), (250, 250, 0), "{first:?}");
+    assert_eq!(world.waldur.requests().by_route.get("GET /api/marketplace-provider-resources/"), Some(&3));
+
+    // 500 stored usages on five pages: each must be read, or the cycle would write again.
+    world.waldur.reset_counters();
+    let again = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((again.unchanged, again.failed), (250, 0), "{again:?}");
+    let requests = world.waldur.requests();
+    assert_eq!(requests.writes, 0, "{requests:?}");
+    assert_eq!(requests.by_route.get("GET /api/marketplace-component-usages/"), Some(&5), "{requests:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn changed_data_updates_and_absence_never_lowers() -> Result<()> {
     let world = World::new(3, 2, WaldurOptions::default()).await?;
     let text = world.config(TOKEN, 1, "");

@@ -186,6 +186,7 @@ struct Ctx {
     query: Vec<(String, String)>,
     offset: i64,
     max_page_size: usize,
+    result_count: bool,
 }
 
 impl Ctx {
@@ -260,6 +261,7 @@ pub(crate) async fn handle(
             .collect(),
         offset: shared.offset_secs(),
         max_page_size: shared.options.max_page_size,
+        result_count: shared.options.result_count,
     };
 
     let data = if route.method() == Method::POST {
@@ -799,9 +801,12 @@ fn page_reply<T>(
         .into_iter()
         .map(|row| select_fields(render(row), &fields))
         .collect();
-    Reply::json(StatusCode::OK, Value::Array(items))
-        .with_header(header::LINK, link)
-        .with_header(HeaderName::from_static("x-result-count"), total.to_string())
+    let reply = Reply::json(StatusCode::OK, Value::Array(items)).with_header(header::LINK, link);
+    if ctx.result_count {
+        reply.with_header(HeaderName::from_static("x-result-count"), total.to_string())
+    } else {
+        reply
+    }
 }
 
 /// Paginates an indexed listing and renders only the requested page. `rows` are the

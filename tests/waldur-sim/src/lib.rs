@@ -102,6 +102,9 @@ pub struct WaldurOptions {
     pub utc_offset_minutes: i32,
     /// Where to listen; the default is `127.0.0.1:0`, a free port.
     pub bind: SocketAddr,
+    /// Send `X-Result-Count` with every page, as Waldur does. Off, a client can only
+    /// follow the `Link: rel="next"` chain (what a proxy that strips the header leaves).
+    pub result_count: bool,
 }
 
 impl Default for WaldurOptions {
@@ -111,6 +114,7 @@ impl Default for WaldurOptions {
             max_page_size: 100,
             utc_offset_minutes: 0,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            result_count: true,
         }
     }
 }
