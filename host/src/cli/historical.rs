@@ -22,6 +22,9 @@ use crate::period::{self, Month};
 use crate::report::{DEFAULT_CONCURRENCY, StopFlag};
 use crate::runtime::Runtime;
 
+/// Where `--user-token` is read from when the flag is not given.
+pub const USER_TOKEN_VARIABLE: &str = "USAGE_AGENT_USER_TOKEN";
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct HistoricalArgs {
     #[command(flatten)]
@@ -30,8 +33,9 @@ pub struct HistoricalArgs {
     #[arg(short = 'o', long, value_name = "UUID")]
     pub offering_uuid: String,
     /// Waldur API token for this run (staff, or service provider with --no-staff-check);
-    /// default: the offering's `waldur_api_token`.
-    #[arg(short = 't', long, value_name = "TOKEN", value_parser = parse_token)]
+    /// default: the offering's `waldur_api_token`. The environment variable keeps it
+    /// out of the process list.
+    #[arg(short = 't', long, value_name = "TOKEN", value_parser = parse_token, env = USER_TOKEN_VARIABLE, hide_env_values = true)]
     pub user_token: Option<Secret>,
     /// First day of the range; its whole month is loaded.
     #[arg(short = 's', long, value_name = "YYYY-MM-DD", value_parser = parse_date)]

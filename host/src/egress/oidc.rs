@@ -46,6 +46,12 @@ struct Cached {
     refresh_at: Instant,
 }
 
+/// `url` as it may be shown in messages and metric labels: without a user, password
+/// or query, which may hold credentials.
+fn shown(url: &url::Url) -> String {
+    format!("{}{}", url.origin().ascii_serialization(), url.path())
+}
+
 /// Fetches and caches bearer tokens for one offering.
 pub struct TokenSource {
     url: url::Url,
@@ -100,7 +106,11 @@ impl TokenSource {
         }
         let (token, lifetime) = self.fetch().await?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::global().inc("usage_agent_dwdi_token_fetches_total", "OIDC tokens fetched (first and refreshes).", &[("token_url", self.url.as_str())]);
+        crate::metrics::global().inc(
+            "usage_agent_dwdi_token_fetches_total",
+            "OIDC tokens fetched (first and refreshes).",
+            &[("token_url", &shown(&self.url))],
+        );
         // A lifetime shorter than twice the margin would never be reused; halve it instead.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - margin });
@@ -121,7 +131,7 @@ impl TokenSource {
     }
 
     async fn fetch(&self) -> Result<(Secret, Duration), TokenError> {
-        let url = self.url.to_string();
+        let url = shown(&self.url);
         // The serializer is not `Send`: build the form in a block that ends before any await.
         let form = {
             let mut form = form_urlencoded::Serializer::new(String::new());
@@ -210,5 +220,15 @@ pub fn snippet(body: &[u8]) -> String {
     match text.char_indices().nth(200) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shown_urls_hold_no_credentials() -> Result<(), url::ParseError> {
+        let url = url::Url::parse("https://user:pa55@auth.example:8443/realms/x/token?client_secret=s3cret")?;
+        assert_eq!(super::shown(&url), "https://auth.example:8443/realms/x/token");
+        Ok(())
     }
 }

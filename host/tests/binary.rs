@@ -1,0 +1,65 @@
+//! The `usage-agent` binary itself, as systemd runs it: what reaches stderr and the
+//! exit status. (The commands' behaviour is tested in-process in `tests/e2e`.)
+
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, Result};
+
+/// One compute offering, valid but for what `top` adds at the top level.
+fn config_text(top: &str) -> String {
+    format!(
+        "{top}offerings:\n  - name: compute\n    waldur_offering_uuid: 11111111-2222-4333-8444-555555555555\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: https://dwdi.example/api/v1\n      cscs_dwdi_client_id: id\n      cscs_dwdi_client_secret: s3cret\n      cscs_dwdi_oidc_token_url: https://auth.example/token\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n"
+    )
+}
+
+fn usage_agent(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_usage-agent"));
+    command.args(args).env_remove("RUST_LOG").env_remove("USAGE_AGENT_USER_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().context("cannot run usage-agent")
+}
+
+#[test]
+fn with_json_logs_even_the_fatal_error_is_a_json_line() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_text("reporting_periods: 0\n"))?;
+    let output = usage_agent(&["--log-format", "json", "check-config", "-c", &config.to_string_lossy()], &[])?;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr)?;
+    let lines: Vec<serde_json::Value> = stderr.lines().map(serde_json::from_str).collect::<Result<_, _>>().with_context(|| stderr.clone())?;
+    let last = lines.last().context("nothing on stderr")?;
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(last["message"].as_str().is_some_and(|m| m.contains("reporting_periods")), "{stderr}");
+
+    // As text, the same error is one plain line.
+    let output = usage_agent(&["check-config", "-c", &config.to_string_lossy()], &[])?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(stderr.starts_with("usage-agent: ") && stderr.contains("reporting_periods"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn the_historical_token_can_come_from_the_environment_and_is_never_shown() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_text(""))?;
+    let config = config.to_string_lossy();
+    let args = ["load-historical-usage", "-c", &config, "-o", "2f0c4d1e-0000-4000-8000-000000000001", "-s", "2024-01-01", "-e", "2024-01-31"];
+    // Read from the variable: an empty one is refused as the flag would be.
+    let output = usage_agent(&args, &[("USAGE_AGENT_USER_TOKEN", " ")])?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(!output.status.success() && stderr.contains("--user-token") && stderr.contains("the token is empty"), "{stderr}");
+    // A real one gets as far as the offering lookup, and appears in no output.
+    let output = usage_agent(&args, &[("USAGE_AGENT_USER_TOKEN", "t0ken-from-env")])?;
+    let everything = format!("{}{}", String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
+    assert!(!output.status.success() && everything.contains("no offering with this waldur_offering_uuid"), "{everything}");
+    assert!(!everything.contains("t0ken-from-env"), "{everything}");
+    // `--help` names the variable but not its value.
+    let output = usage_agent(&["load-historical-usage", "--help"], &[("USAGE_AGENT_USER_TOKEN", "t0ken-from-env")])?;
+    let help = String::from_utf8(output.stdout)?;
+    assert!(help.contains("USAGE_AGENT_USER_TOKEN") && !help.contains("t0ken-from-env"), "{help}");
+    Ok(())
+}
