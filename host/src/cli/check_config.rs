@@ -1,15 +1,17 @@
-//! `usage-agent check-config`: validates a config the way `report` would — components
-//! loaded and their `setup` run for every offering, proxies and CA bundles parsed, Waldur
-//! keys present, time zone known — without sending a single request. Operators run it
-//! before restarting the service.
+//! `usage-agent check-config`: validates a config the way `report` would — the plugins
+//! folder read and its files validated, components loaded and their `setup` run for
+//! every offering, proxies and CA bundles parsed, Waldur keys present, time zone known —
+//! without sending a single request. Operators run it before restarting the service.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Result;
 
 use super::ConfigArg;
 use crate::backends::Backends;
 use crate::config::AgentConfig;
+use crate::plugins::{PluginOptions, Plugins};
 use crate::report::prepare_targets;
 use crate::runtime::Runtime;
 
@@ -17,19 +19,37 @@ use crate::runtime::Runtime;
 pub struct CheckConfigArgs {
     #[command(flatten)]
     pub config: ConfigArg,
+    /// The plugins folder `report` would use (overrides `plugins_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
-    let backends = Backends::new(Runtime::new()?);
+    let path = &args.config.config;
+    let config = AgentConfig::load(path)?;
+    // As `report` starts: the plugins folder first (a backend type may exist only
+    // there), then the built-in components for the rest.
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
+    let plugins = Plugins::new(backends.clone(), Some(&config), PluginOptions::resolve(Some(&config), Some(path), args.plugins_dir));
+    plugins.start().await?;
     let targets = prepare_targets(&config, &backends).await?;
     writeln!(
         out,
         "{}: valid; timezone {}, reporting_periods {}",
-        args.config.config.display(),
+        path.display(),
         config.timezone.as_deref().unwrap_or("UTC"),
         config.reporting_periods
     )?;
+    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref());
+    writeln!(out, "heartbeat  {} (stale after {} s)", heartbeat.display(), config.heartbeat_max_age().as_secs())?;
+    let metrics = config.metrics_listen.map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics"));
+    writeln!(out, "metrics    {metrics}")?;
+    writeln!(out, "plugins    {}", plugins.options().dir.display())?;
+    for status in plugins.status().await {
+        if let Some((file, reason)) = &status.refused {
+            writeln!(out, "  refused  {}: {reason}", file.display())?;
+        }
+    }
     for target in &targets {
         let backend = target.backend.backend();
         let access = target.config.dwdi_access().map_err(anyhow::Error::msg)?;

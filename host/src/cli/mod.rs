@@ -22,13 +22,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use check_config::CheckConfigArgs;
-pub use demo::DemoArgs;
+pub use demo::{DemoArgs, serve_until as serve_demo_until};
 pub use healthz::HealthzArgs;
 pub use logging::{config_log_level, init_logging, subscriber as log_subscriber};
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use ping::{PingArgs, Step as PingStep};
-pub use historical::HistoricalArgs;
+pub use historical::{HistoricalArgs, USER_TOKEN_VARIABLE};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.

@@ -57,7 +57,13 @@ pub(crate) async fn run_cycle(targets: &[ReportTarget], options: &CycleOptions, 
 pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let stop = StopFlag::default();
     spawn_signal_watch(stop.clone());
-    run_until(args, out, stop).await
+    if args.once {
+        run_until(args, out, stop).await
+    } else {
+        // A service's stdout and stderr both go to the journal: the summaries are log
+        // lines already (JSON ones with --log-format json), so they are not printed twice.
+        run_until(args, &mut std::io::sink(), stop).await
+    }
 }
 
 /// The report loop of `usage-agent report`, until `stop` is raised (by a signal in the

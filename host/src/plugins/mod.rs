@@ -39,6 +39,10 @@ pub use watch::WatchHandle;
 /// Where the plugins folder is when neither the config nor the command line says.
 pub const DEFAULT_PLUGINS_DIR: &str = "/var/lib/usage-agent/plugins";
 
+/// The metric counting swaps, and its help text.
+const SWAPS: &str = "usage_agent_plugin_swaps_total";
+const SWAPS_HELP: &str = "Components put in service in place of another (a new file, or the built-in back).";
+
 /// The interface a component must export.
 const EXPORT: &str = "usage-backend";
 
@@ -286,6 +290,8 @@ impl Plugins {
     /// default nor a usable file is an error.
     pub async fn start(&self) -> Result<()> {
         for (backend_type, _) in self.inner.types.iter() {
+            // Zero from the start, so a dashboard's rate() has a series to work on.
+            crate::metrics::global().add(SWAPS, SWAPS_HELP, &[("backend_type", backend_type)], 0.0);
             if let Some(bytes) = crate::builtin::component(backend_type) {
                 let plugin = self
                     .prepare(backend_type, bytes.to_vec(), Source::Builtin)
@@ -468,11 +474,7 @@ impl Plugins {
             ),
         }
         if old.is_some() {
-            crate::metrics::global().inc(
-                "usage_agent_plugin_swaps_total",
-                "Components put in service in place of another (a new file, or the built-in back).",
-                &[("backend_type", backend_type)],
-            );
+            crate::metrics::global().inc(SWAPS, SWAPS_HELP, &[("backend_type", backend_type)]);
         }
         let _ = self.inner.events.send(PluginEvent::Swapped {
             backend_type: backend_type.to_owned(),

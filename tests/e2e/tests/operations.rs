@@ -53,3 +53,39 @@ async fn healthz_follows_the_heartbeat_and_the_services() -> Result<()> {
     assert!(!printed.contains(&s.options.client_secret) && !printed.contains("ops-token"), "{printed}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("demo.yaml");
+    let stop = usage_agent::report::StopFlag::default();
+    let args = usage_agent::cli::DemoArgs { accounts: 3, users: 2, serve: Some(path.clone()) };
+    let (serve_path, serve_stop) = (path.clone(), stop.clone());
+    let demo = tokio::spawn(async move {
+        let mut out = Vec::new();
+        usage_agent::cli::serve_demo_until(args, &serve_path, &mut out, serve_stop).await.map(|()| String::from_utf8_lossy(&out).into_owned())
+    });
+    let mut waited = 0;
+    while !dir.path().join("plugins").is_dir() {
+        anyhow::ensure!(waited < 600, "demo --serve wrote no config");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let config = path.to_string_lossy();
+    let checked = run_cli(&["check-config", "-c", &config]).await?;
+    assert!(checked.contains(": valid;") && checked.contains("metrics    http://127.0.0.1:"), "{checked}");
+    assert!(checked.contains(&format!("plugins    {}", dir.path().join("plugins").display())), "{checked}");
+    let reported = run_cli(&["report", "--once", "-c", &config]).await?;
+    assert!(reported.contains("DWDI compute (demo): 3 resources, 6 submitted"), "{reported}");
+    assert!(reported.contains("DWDI storage (demo): 3 resources, 6 submitted"), "{reported}");
+    // The data reaches back a year: a dry historical load of a month before the report's two.
+    let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
+    let start = month.back(3)[0].first_day().to_string();
+    let compute = waldur_sim::uuid_from("demo compute offering");
+    let loaded = run_cli(&["load-historical-usage", "-c", &config, "-o", &compute, "-s", &start, "-e", &start, "--dry-run"]).await?;
+    assert!(loaded.contains("dry run, nothing submitted") && loaded.contains("3 resources; 3 totals to submit, 12 user usages to submit"), "{loaded}");
+    stop.stop();
+    let printed = tokio::time::timeout(std::time::Duration::from_secs(30), demo).await???;
+    assert!(printed.contains(&format!("Config written to {}", path.display())), "{printed}");
+    Ok(())
+}
