@@ -4,35 +4,26 @@
 //! without sending a single request. Operators run it before restarting the service.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::ConfigArg;
-use crate::backends::Backends;
+use super::{ConfigArg, PluginsDirArg};
 use crate::config::AgentConfig;
-use crate::plugins::{PluginOptions, Plugins};
 use crate::report::prepare_targets;
-use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct CheckConfigArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The plugins folder `report` would use (overrides `plugins_dir`).
-    #[arg(long, value_name = "DIR")]
-    pub plugins_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugins: PluginsDirArg,
 }
 
 pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let path = &args.config.config;
     let config = AgentConfig::load(path)?;
-    // As `report` starts: the plugins folder first (a backend type may exist only
-    // there), then the built-in components for the rest.
-    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
-    let plugins = Plugins::new(backends.clone(), Some(&config), PluginOptions::resolve(Some(&config), Some(path), args.plugins_dir));
-    plugins.start().await?;
-    let targets = prepare_targets(&config, &backends).await?;
+    let plugins = super::serving_components(&config, path, &args.plugins).await?;
+    let targets = prepare_targets(&config, plugins.backends()).await?;
     writeln!(
         out,
         "{}: valid; timezone {}, reporting_periods {}",

@@ -13,14 +13,12 @@ use std::sync::Mutex;
 use anyhow::{Result, bail};
 use jiff::civil::Date;
 
-use super::ConfigArg;
+use super::{ConfigArg, PluginsDirArg};
 use super::progress::Progress;
-use crate::backends::Backends;
 use crate::config::{AgentConfig, Secret};
 use crate::historical::{self, HistoricalOptions, HistoricalSummary, Observer, Planned, Strategy};
 use crate::period::{self, Month};
 use crate::report::{DEFAULT_CONCURRENCY, StopFlag};
-use crate::runtime::Runtime;
 
 /// Where `--user-token` is read from when the flag is not given.
 pub const USER_TOKEN_VARIABLE: &str = "USAGE_AGENT_USER_TOKEN";
@@ -66,6 +64,8 @@ pub struct HistoricalArgs {
     /// baseline.
     #[arg(long, hide = true)]
     pub one_by_one: bool,
+    #[command(flatten)]
+    pub plugins: PluginsDirArg,
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
@@ -124,8 +124,8 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
     let time_zone = period::time_zone(config.timezone.as_deref())?;
     let current = Month::containing(jiff::Timestamp::now(), &time_zone);
     let months = historical::months_between(args.start_date, args.end_date, current)?;
-    let backends = Backends::new(Runtime::new()?);
-    let target = historical::prepare(&config, &args.offering_uuid, args.user_token.clone(), &backends).await?;
+    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let target = historical::prepare(&config, &args.offering_uuid, args.user_token.clone(), plugins.backends()).await?;
     if args.no_staff_check {
         tracing::info!("staff check skipped (--no-staff-check)");
     } else {

@@ -21,6 +21,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::backends::Backends;
+use crate::config::AgentConfig;
+use crate::plugins::{PluginOptions, Plugins};
+use crate::runtime::Runtime;
+
 pub use check_config::CheckConfigArgs;
 pub use demo::{DemoArgs, serve_until as serve_demo_until};
 pub use healthz::HealthzArgs;
@@ -75,6 +80,26 @@ pub struct ConfigArg {
     /// The waldur-site-agent YAML config.
     #[arg(short = 'c', long = "config", visible_alias = "config-file", value_name = "FILE")]
     pub config: PathBuf,
+}
+
+/// The plugins folder option of the commands that run components.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PluginsDirArg {
+    /// The plugins folder: `<backend_type>.wasm` files replace the built-in components
+    /// (overrides `plugins_dir`; default /var/lib/usage-agent/plugins).
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+}
+
+/// The components `report` would serve for `config`: the plugins folder's files that
+/// pass validation, the built-in components for the other backend types, all held to
+/// the config's `component_limits`.
+pub(crate) async fn serving_components(config: &AgentConfig, config_path: &std::path::Path, plugins_dir: &PluginsDirArg) -> Result<Plugins> {
+    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
+    let options = PluginOptions::resolve(Some(config), Some(config_path), plugins_dir.plugins_dir.clone());
+    let plugins = Plugins::new(backends, Some(config), options);
+    plugins.start().await?;
+    Ok(plugins)
 }
 
 /// Runs a parsed command line; output goes to `out`.

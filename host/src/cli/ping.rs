@@ -11,12 +11,11 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 
-use super::ConfigArg;
+use super::{ConfigArg, PluginsDirArg};
 use crate::backends::{Backends, prepare_offering};
 use crate::config::{AgentConfig, OfferingConfig};
 use crate::egress::Egress;
 use crate::egress::connect::{self, Connector, Target};
-use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PingArgs {
@@ -25,6 +24,8 @@ pub struct PingArgs {
     /// Only this offering (its `name` or `waldur_offering_uuid`); default: all.
     #[arg(long, value_name = "NAME")]
     pub offering: Option<String>,
+    #[command(flatten)]
+    pub plugins: PluginsDirArg,
 }
 
 /// The steps, in the order they are walked.
@@ -61,7 +62,8 @@ impl Step {
 
 /// Prints one step's outcome, aligned.
 fn line(out: &mut (dyn Write + Send), step: Step, status: &str, detail: &str) -> Result<()> {
-    writeln!(out, "  {:<8} {:<7} {detail}", step.name(), status)?;
+    let line = format!("  {:<8} {:<7} {detail}", step.name(), status);
+    writeln!(out, "{}", line.trim_end())?;
     Ok(())
 }
 
@@ -71,13 +73,13 @@ pub(crate) async fn run(args: PingArgs, out: &mut (dyn Write + Send)) -> Result<
         Some(key) => vec![config.find_offering(key)?],
         None => config.offerings().collect(),
     };
-    let backends = Backends::new(Runtime::new()?);
-    backends.load_builtins_for(&config).await?;
+    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let backends = plugins.backends();
     let mut failed = Vec::new();
     for (index, offering) in selected {
         let name = offering.display_name(index);
         writeln!(out, "offering {name} ({})", offering.usage_backend().unwrap_or("?"))?;
-        if let Err((step, reason)) = ping_offering(&backends, index, offering, out).await {
+        if let Err((step, reason)) = ping_offering(backends, index, offering, out).await {
             line(out, step, "FAILED", &reason)?;
             for later in Step::ALL.iter().skip_while(|s| **s != step).skip(1) {
                 line(out, *later, "skipped", "")?;

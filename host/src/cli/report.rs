@@ -2,17 +2,13 @@
 //! `WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES` (default 30) until a signal stops it.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 
-use super::ConfigArg;
-use crate::backends::Backends;
+use super::{ConfigArg, PluginsDirArg};
 use crate::config::AgentConfig;
-use crate::plugins::{PluginOptions, Plugins};
 use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering};
-use crate::runtime::Runtime;
 
 /// The environment variable the Python agent reads for the cycle period.
 pub const PERIOD_VARIABLE: &str = "WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES";
@@ -27,11 +23,9 @@ pub struct ReportArgs {
     /// Waldur writes in flight per offering (overrides `waldur_max_concurrency`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
-    /// The plugins folder: `<backend_type>.wasm` files replace the built-in components,
-    /// picked up while the loop runs (overrides `plugins_dir`; default
-    /// /var/lib/usage-agent/plugins).
-    #[arg(long, value_name = "DIR")]
-    pub plugins_dir: Option<PathBuf>,
+    /// New files in the plugins folder are picked up while the loop runs.
+    #[command(flatten)]
+    pub plugins: PluginsDirArg,
     /// Minutes between cycles (fractions allowed); the Python agent's variable sets it too.
     #[arg(long, value_name = "MINUTES", env = PERIOD_VARIABLE, default_value = "30")]
     pub period_minutes: String,
@@ -75,11 +69,8 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);
     }
-    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
-    let plugin_options = PluginOptions::resolve(Some(&config), Some(&args.config.config), args.plugins_dir.clone());
-    let plugins = Plugins::new(backends.clone(), Some(&config), plugin_options);
-    plugins.start().await?;
-    let targets = prepare_targets(&config, &backends).await?;
+    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let targets = prepare_targets(&config, plugins.backends()).await?;
     // One cycle needs no watching; a loop picks up new files between cycles.
     let _watch = (!args.once).then(|| plugins.watch());
     if let Some(addr) = config.metrics_listen {

@@ -7,12 +7,12 @@ use anyhow::{Result, bail};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::ConfigArg;
+use super::{ConfigArg, PluginsDirArg};
 use crate::amount::Cents;
 use crate::backends::{Backends, prepare_offering};
 use crate::config::{AgentConfig, OfferingConfig};
 use crate::period::{self, Month};
-use crate::runtime::{Runtime, wit};
+use crate::runtime::wit;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UsageArgs {
@@ -36,6 +36,8 @@ pub struct UsageArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub plugins: PluginsDirArg,
 }
 
 /// The usage of one offering, as printed.
@@ -93,7 +95,8 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
         None => config.offerings().collect(),
     };
     let resources = explicit_resources(&args.resources);
-    let printed = collect(&config, &selected, period, |_, _| resources.clone()).await?;
+    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let printed = collect(plugins.backends(), &selected, period, |_, _| resources.clone()).await?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &printed)?;
         writeln!(out)?;
@@ -105,17 +108,15 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
 
 /// Asks each selected offering's backend for the usage of the resources `pick` names.
 pub(crate) async fn collect(
-    config: &AgentConfig,
+    backends: &Backends,
     selected: &[(usize, &OfferingConfig)],
     period: Period,
     pick: impl Fn(usize, &OfferingConfig) -> Vec<wit::WaldurResource>,
 ) -> Result<Vec<OfferingUsage>> {
-    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
-    backends.load_builtins_for(config).await?;
     let mut printed = Vec::new();
     for &(index, offering) in selected {
         let name = offering.display_name(index);
-        let backend = prepare_offering(&backends, index, offering).await?;
+        let backend = prepare_offering(backends, index, offering).await?;
         let resources = pick(index, offering);
         if resources.is_empty() {
             bail!("offerings[{index}] ({name}): no resources: pass --resource ID (repeatable)");

@@ -207,3 +207,33 @@ async fn an_expired_token_is_refreshed_mid_run() -> Result<()> {
     assert_eq!(backend.egress().stats().unauthorized_retries.load(std::sync::atomic::Ordering::Relaxed), 1);
     Ok(())
 }
+
+/// Every command that runs components takes them from the plugins folder as `report`
+/// does: a backend type that exists only there works in `usage`, `ping` and
+/// `check-config`, and without the folder it is unknown.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_type_from_the_plugins_folder_serves_every_command() -> Result<()> {
+    let (sim, options) = sim_with(DwdiData::new()).await?;
+    let text = format!(
+        "offerings:\n  - name: site\n    waldur_api_url: http://127.0.0.1:9/api/\n    waldur_api_token: unused\n    waldur_offering_uuid: 11111111-2222-4333-8444-555555555555\n    backend_type: probe\n    backend_settings:\n{}      probe: env\n    backend_components:\n      status: {{unit_factor: 1}}\n",
+        dwdi_access(&sim, &options)
+    );
+    let config = ConfigFile::new(&text)?;
+    let plugins = config.dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    let plugins = plugins.to_str().context("temp path is not UTF-8")?;
+
+    let unknown = run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1"]).await.err().context("no component serves probe yet")?;
+    let unknown = format!("{unknown:#}");
+    assert!(unknown.contains("no component serves backend type \"probe\"") && unknown.contains("has no probe.wasm"), "{unknown}");
+
+    std::fs::copy(e2e::components::PROBE, config.dir.path().join("plugins/probe.wasm"))?;
+    let json = parse_json(&run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1", "--json"]).await?)?;
+    assert_eq!(json[0]["backend_type"], "probe");
+    assert_eq!(total(&json, 0, "r1", "status"), Some("0.00"), "{json}");
+    let checked = run_cli(&["check-config", "-c", config.arg(), "--plugins-dir", plugins]).await?;
+    assert!(checked.contains("backend    probe 0.0.1 (") && checked.contains("probe.wasm"), "{checked}");
+    let pinged = run_cli(&["ping", "-c", config.arg(), "--plugins-dir", plugins]).await?;
+    assert!(pinged.contains("config   ok"), "{pinged}");
+    Ok(())
+}
