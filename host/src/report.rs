@@ -256,6 +256,10 @@ impl StopFlag {
     }
 }
 
+/// Said when an upstream answer knows none of an offering's resources: usually a
+/// setting that selects nothing rather than a month without usage.
+pub(crate) const NONE_FOUND_HINT: &str = "the backend found none of the {n} resources upstream; if that is unexpected, check the resource ids and the settings that select them (the cluster; storage_filesystem, storage_data_type, storage_path_mapping).";
+
 /// Outcome of one resource in one month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -439,6 +443,12 @@ async fn report_month(
             return;
         }
     };
+    if !options.sequential && resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
+        target.warn_once(format!("none-found:{month}"), None, || {
+            let hint = NONE_FOUND_HINT.replace("{n}", &resources.len().to_string());
+            format!("{month}: {hint} `usage-agent usage` shows what the backend answers.")
+        });
+    }
     // A backend id reported twice is ambiguous: neither answer is used.
     let mut by_id: HashMap<&str, Option<&wit::ResourceUsage>> = HashMap::new();
     for usage in &report.resources {

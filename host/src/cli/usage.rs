@@ -102,6 +102,10 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
         writeln!(out)?;
     } else {
         write_table(out, &printed)?;
+        for usage in printed.iter().filter(|u| u.resources.len() > 1 && u.resources.iter().all(|r| !r.found)) {
+            let hint = crate::report::NONE_FOUND_HINT.replace("{n}", &usage.resources.len().to_string());
+            writeln!(out, "\nnote: {}: {hint}", usage.offering)?;
+        }
     }
     Ok(())
 }

@@ -137,6 +137,24 @@ async fn without_a_result_count_listings_follow_the_link_chain() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_knows_no_resource_is_pointed_out_once() -> Result<()> {
+    e2e::log::capture();
+    let world = World::new(3, 1, WaldurOptions::default()).await?;
+    // A cluster with no data: every account comes back absent.
+    let text = world.config(TOKEN, 1, "").replace("    backend_components:", "      cscs_dwdi_cluster: nowhere\n    backend_components:");
+    let targets = targets(&text).await?;
+    for _ in 0..2 {
+        let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
+        assert_eq!(summary.failed, 0, "{summary:?}");
+    }
+    let said: Vec<String> =
+        e2e::log::text().lines().filter(|l| l.contains("found none of the 3 resources upstream")).map(str::to_owned).collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("2024-03") && said[0].contains("storage_path_mapping"), "{}", said[0]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn changed_data_updates_and_absence_never_lowers() -> Result<()> {
     let world = World::new(3, 2, WaldurOptions::default()).await?;
     let text = world.config(TOKEN, 1, "");

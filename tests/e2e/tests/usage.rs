@@ -237,3 +237,21 @@ async fn a_backend_type_from_the_plugins_folder_serves_every_command() -> Result
     assert!(pinged.contains("config   ok"), "{pinged}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_filesystem_that_selects_nothing_gets_a_hint() -> Result<()> {
+    let mut data = DwdiData::new();
+    data.add_storage("lustre", "projects", None, "/store/projects/p1", "2024-03-10", 1_000_000_000, 1);
+    let (sim, options) = sim_with(data).await?;
+    let settings = |fs: &str| format!("      storage_filesystem: {fs}\n      storage_data_type: projects\n");
+    let mapping = [("p1", "/store/projects/p1"), ("p2", "/store/projects/p2")];
+    let usage = |config: ConfigFile| async move {
+        run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--resource", "p1", "--resource", "p2"]).await
+    };
+    let wrong = usage(ConfigFile::new(&storage_config(&sim, &options, &mapping, &settings("scratch")))?).await?;
+    assert!(wrong.contains("note: storage: the backend found none of the 2 resources upstream") && wrong.contains("storage_filesystem"), "{wrong}");
+    // One resource with data is enough to say nothing.
+    let right = usage(ConfigFile::new(&storage_config(&sim, &options, &mapping, &settings("lustre")))?).await?;
+    assert!(right.contains("(no data)") && !right.contains("note:"), "{right}");
+    Ok(())
+}
