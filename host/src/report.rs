@@ -258,7 +258,11 @@ impl StopFlag {
 
 /// Said when an upstream answer knows none of an offering's resources: usually a
 /// setting that selects nothing rather than a month without usage.
-pub(crate) const NONE_FOUND_HINT: &str = "the backend found none of the {n} resources upstream; if that is unexpected, check the resource ids and the settings that select them (the cluster; storage_filesystem, storage_data_type, storage_path_mapping).";
+pub(crate) fn none_found_hint(resources: usize) -> String {
+    format!(
+        "the backend found none of the {resources} resources upstream; if that is unexpected, check the resource ids and the settings that select them (the cluster; storage_filesystem, storage_data_type, storage_path_mapping)."
+    )
+}
 
 /// Outcome of one resource in one month.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,8 +449,7 @@ async fn report_month(
     };
     if !options.sequential && resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
         target.warn_once(format!("none-found:{month}"), None, || {
-            let hint = NONE_FOUND_HINT.replace("{n}", &resources.len().to_string());
-            format!("{month}: {hint} `usage-agent usage` shows what the backend answers.")
+            format!("{month}: {} `usage-agent usage` shows what the backend answers.", none_found_hint(resources.len()))
         });
     }
     // A backend id reported twice is ambiguous: neither answer is used.

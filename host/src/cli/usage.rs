@@ -103,8 +103,7 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
     } else {
         write_table(out, &printed)?;
         for usage in printed.iter().filter(|u| u.resources.len() > 1 && u.resources.iter().all(|r| !r.found)) {
-            let hint = crate::report::NONE_FOUND_HINT.replace("{n}", &usage.resources.len().to_string());
-            writeln!(out, "\nnote: {}: {hint}", usage.offering)?;
+            writeln!(out, "\nnote: {}: {}", usage.offering, crate::report::none_found_hint(usage.resources.len()))?;
         }
     }
     Ok(())

@@ -114,7 +114,7 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let refused = format!("usage_agent_plugin_rejections_total{{backend_type=\"{COMPUTE}\",reason=\"not_component\"}}");
     let text = scrape_until(port, "the refusal", |t| sample(t, &refused) == Some(1.0)).await?;
     assert_eq!(serving(&text), lines, "a refused file changed what serves");
-    assert_eq!(sample(&text, &format!("usage_agent_plugin_swaps_total{{backend_type=\"{COMPUTE}\"}}")), None);
+    assert_eq!(sample(&text, &format!("usage_agent_plugin_swaps_total{{backend_type=\"{COMPUTE}\"}}")), Some(0.0), "counted from zero");
 
     // A good build is swapped in, and the info series follows it.
     std::fs::write(&plugin, &next)?;
