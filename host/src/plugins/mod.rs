@@ -466,14 +466,9 @@ impl Plugins {
             ),
             // The built-in default at start-up is what every command begins with: not
             // news. A file serving from the start is.
-            None if plugin.loaded.source == Source::Builtin => tracing::debug!(
-                backend_type,
-                new_version = %plugin.loaded.info.version,
-                new_sha256 = %plugin.loaded.sha256,
-                "plugins: {backend_type} is served by {}; {}",
-                plugin.label(),
-                plugin.compiled
-            ),
+            None if plugin.loaded.source == Source::Builtin => {
+                tracing::debug!(backend_type, "plugins: {backend_type} is served by {}; {}", plugin.label(), plugin.compiled);
+            }
             None => tracing::info!(
                 backend_type,
                 new_version = %plugin.loaded.info.version,
