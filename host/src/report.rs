@@ -83,6 +83,7 @@ impl Clock for FixedClock {
 #[derive(Debug, Default, Clone)]
 pub struct OfferingSummary {
     pub offering: String,
+    pub backend_type: String,
     pub resources: usize,
     pub submitted: usize,
     pub unchanged: usize,
@@ -320,14 +321,15 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     // One component version for the whole cycle, even if another is swapped in meanwhile.
     let backend = target.backend_now();
     let info = &backend.loaded().info;
-    let mut summary =
-        OfferingSummary { offering: target.name.clone(), backend: format!("{} {}", info.name, info.version), ..Default::default() };
+    let backend_type = target.config.usage_backend().unwrap_or_default();
+    let mut summary = OfferingSummary {
+        offering: target.name.clone(),
+        backend_type: backend_type.to_owned(),
+        backend: format!("{} {}", info.name, info.version),
+        ..Default::default()
+    };
     // Every log line of the cycle carries the offering and its backend type.
-    let span = tracing::info_span!(
-        "cycle",
-        offering = %target.name,
-        backend_type = %target.config.usage_backend().unwrap_or_default()
-    );
+    let span = tracing::info_span!("cycle", offering = %target.name, backend_type);
     match tracing::Instrument::instrument(run_offering(target, &backend, options, clock, stop, &tally), span).await {
         Ok(resources) => summary.resources = resources,
         Err(error) => {

@@ -84,7 +84,7 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
         let summaries = run_cycle(&targets, &options, &stop).await;
         let mut failed = 0;
         for summary in &summaries {
-            tracing::info!(offering = %summary.offering, "{summary}");
+            tracing::info!(offering = %summary.offering, backend_type = %summary.backend_type, "{summary}");
             writeln!(out, "{summary}")?;
             crate::report::record_metrics(summary);
             failed += summary.failed;

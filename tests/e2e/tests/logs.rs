@@ -79,6 +79,9 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
             }
         }
     }
+    // The cycle's summary line too, though it is said after the cycle.
+    let summary = lines.iter().find(|l| field(l, "message").starts_with("logs: 4 resources, ")).context("no summary line")?;
+    assert_eq!((field(summary, "offering"), field(summary, "backend_type")), ("logs", COMPUTE), "{summary:?}");
     let seen = |level: &str, resource: &str, text: &str, month: &str| {
         about_resources.iter().any(|l| {
             field(l, "level") == level && field(l, "resource") == resource && field(l, "month") == month && field(l, "message").contains(text)
