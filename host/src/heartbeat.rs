@@ -12,9 +12,13 @@ pub const DEFAULT_PATH: &str = "/tmp/usage-agent-report.heartbeat";
 /// How old a heartbeat may be before the agent counts as dead.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 
-/// The configured heartbeat file.
-pub fn path(configured: Option<&Path>) -> PathBuf {
-    configured.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+/// The configured heartbeat file; a relative path is relative to the config file's
+/// folder, like the plugins folders, so `report` and `healthz` agree wherever they run.
+pub fn path(configured: Option<&Path>, config_file: &Path) -> PathBuf {
+    match configured {
+        Some(path) => config_file.parent().unwrap_or(Path::new(".")).join(path),
+        None => PathBuf::from(DEFAULT_PATH),
+    }
 }
 
 /// Records "alive now": the Unix time, written to a temporary file and renamed over
@@ -67,6 +71,14 @@ pub fn age(path: &Path) -> Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let config = Path::new("/etc/waldur/agent.yaml");
+        assert_eq!(path(Some(Path::new("run/heartbeat")), config), Path::new("/etc/waldur/run/heartbeat"));
+        assert_eq!(path(Some(Path::new("/run/usage-agent/heartbeat")), config), Path::new("/run/usage-agent/heartbeat"));
+        assert_eq!(path(None, config), Path::new(DEFAULT_PATH));
+    }
 
     #[test]
     fn fresh_after_touch_and_errors_name_the_file() -> Result<()> {

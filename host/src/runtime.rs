@@ -396,45 +396,14 @@ impl OfferingBackend {
         &self.egress
     }
 
-    /// Runs one export on a fresh instance within the call limits, adding the host's
-    /// view of any failed request to a transport error so the operator sees the real
-    /// cause. The instance is dropped when the call ends, however it ends: with it go
-    /// its memory and every HTTP request it still had in flight.
+    /// Runs one export on a fresh instance within the call limits (see
+    /// [`Runtime::call_export`]), with the offering's egress.
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
         T: ResultSize,
         F: for<'a> FnOnce(&'a wit::Guest, &'a mut Store<CallState>) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>>,
     {
-        let name = &self.backend.info.name;
-        let hooks = ComponentHooks::new(name, Some(self.egress.clone()));
-        let failures = hooks.failures();
-        let run = async {
-            let mut instance = self
-                .runtime
-                .instantiate(&self.backend.component, hooks)
-                .await
-                .map_err(instantiate_error)?;
-            let guest = instance.bindings.waldur_usage_usage_backend();
-            match call(guest, &mut instance.store).await {
-                Ok(outcome) => Ok(outcome),
-                Err(error) => Err(trap_error(name, &mut instance.store, error)),
-            }
-        };
-        let limits = self.runtime.limits();
-        // The epoch stops guest code; this stops everything else, such as a component
-        // waiting forever on an HTTP answer or a clock.
-        let outcome = match limits {
-            Some(limits) => tokio::time::timeout(limits.call_timeout(), run)
-                .await
-                .map_err(|_| {
-                    let exceeded = LimitExceeded::time(name, limits.call_timeout());
-                    tracing::warn!(component = %name, limit = %exceeded.limit, "{exceeded}");
-                    CallError::Limit(exceeded)
-                })??,
-            None => run.await?,
-        };
-        limits::check_result_size(name, limits, &outcome).map_err(CallError::Limit)?;
-        outcome.map_err(|error| CallError::Backend(enrich(bound_message(error), &failures)))
+        self.runtime.call_export(&self.backend, Some(self.egress.clone()), call).await
     }
 
     /// Validates the offering's config with the component; makes no request.
@@ -514,19 +483,50 @@ impl Runtime {
         self.instantiate(component, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await
     }
 
-    /// Calls `setup` with `config` on a fresh instance with no egress: setup makes no
-    /// request, so any attempt is refused.
+    /// Calls `setup` with `config` on a fresh instance with no egress, within the call
+    /// limits like any call: setup makes no request, so any attempt is refused.
     pub async fn check_setup(&self, backend: &LoadedBackend, config: &wit::Config) -> Result<(), CallError> {
-        let mut instance = self
-            .instantiate(&backend.component, ComponentHooks::new(&backend.info.name, None))
+        let config = config.clone();
+        self.call_export(backend, None, move |guest, store| Box::pin(async move { guest.call_setup(store, &config).await }))
             .await
-            .map_err(CallError::Sandbox)?;
-        let guest = instance.bindings.waldur_usage_usage_backend();
-        guest
-            .call_setup(&mut instance.store, config)
-            .await
-            .map_err(|e| CallError::Sandbox(anyhow!("component {} trapped: {e:#}", backend.info.name)))?
-            .map_err(CallError::Backend)
+    }
+
+    /// Runs one export of `backend` on a fresh instance within the call limits, adding
+    /// the host's view of any failed request to a transport error so the operator sees
+    /// the real cause. The instance is dropped when the call ends, however it ends: with
+    /// it go its memory and every HTTP request it still had in flight. Without `egress`
+    /// every request is refused.
+    async fn call_export<T, F>(&self, backend: &LoadedBackend, egress: Option<Arc<Egress>>, call: F) -> Result<T, CallError>
+    where
+        T: ResultSize,
+        F: for<'a> FnOnce(&'a wit::Guest, &'a mut Store<CallState>) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>>,
+    {
+        let name = &backend.info.name;
+        let hooks = ComponentHooks::new(name, egress);
+        let failures = hooks.failures();
+        let run = async {
+            let mut instance = self.instantiate(&backend.component, hooks).await.map_err(instantiate_error)?;
+            let guest = instance.bindings.waldur_usage_usage_backend();
+            match call(guest, &mut instance.store).await {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => Err(trap_error(name, &mut instance.store, error)),
+            }
+        };
+        let limits = self.limits();
+        // The epoch stops guest code; this stops everything else, such as a component
+        // waiting forever on an HTTP answer or a clock.
+        let outcome = match limits {
+            Some(limits) => tokio::time::timeout(limits.call_timeout(), run)
+                .await
+                .map_err(|_| {
+                    let exceeded = LimitExceeded::time(name, limits.call_timeout());
+                    tracing::warn!(component = %name, limit = %exceeded.limit, "{exceeded}");
+                    CallError::Limit(exceeded)
+                })??,
+            None => run.await?,
+        };
+        limits::check_result_size(name, limits, &outcome).map_err(CallError::Limit)?;
+        outcome.map_err(|error| CallError::Backend(enrich(bound_message(error), &failures)))
     }
 }
 

@@ -31,7 +31,7 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
         config.timezone.as_deref().unwrap_or("UTC"),
         config.reporting_periods
     )?;
-    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref());
+    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref(), path);
     writeln!(out, "heartbeat  {} (stale after {} s)", heartbeat.display(), config.heartbeat_max_age().as_secs())?;
     let metrics = config.metrics_listen.map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics"));
     writeln!(out, "metrics    {metrics}")?;

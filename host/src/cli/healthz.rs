@@ -25,7 +25,7 @@ pub struct HealthzArgs {
 pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let config = AgentConfig::load(&args.config.config)?;
     let mut failures = Vec::new();
-    let path = heartbeat::path(config.heartbeat_file.as_deref());
+    let path = heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
     let max_age = config.heartbeat_max_age();
     match heartbeat::age(&path) {
         Ok(age) if age <= max_age => writeln!(out, "ok    liveness: heartbeat {} is {}s old", path.display(), age.as_secs())?,

@@ -27,7 +27,9 @@ pub struct PluginsArgs {
 pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let config = args.config.as_deref().map(AgentConfig::load).transpose()?;
     let options = PluginOptions::resolve(config.as_ref(), args.config.as_deref(), args.plugins_dir.clone());
-    let plugins = Plugins::new(Backends::new(Runtime::new()?), config.as_ref(), options.clone());
+    // The config's limits, as `report` would validate with them.
+    let limits = config.as_ref().map(|c| c.component_limits.clone()).unwrap_or_default();
+    let plugins = Plugins::new(Backends::new(Runtime::with_limits(limits)?), config.as_ref(), options.clone());
     plugins.start().await?;
     let missing = if options.dir.is_dir() { "" } else { " (missing: the built-in components serve)" };
     writeln!(out, "plugins folder: {}{missing}", options.dir.display())?;

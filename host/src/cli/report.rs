@@ -77,7 +77,7 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
         let bound = crate::metrics::serve(addr).await?;
         tracing::info!(%bound, "serving Prometheus metrics at /metrics");
     }
-    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref());
+    let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
     let _beat = (!args.once).then(|| crate::heartbeat::spawn_beat(heartbeat.clone()));
     tracing::info!(offerings = targets.len(), ?period, plugins_dir = %plugins.options().dir.display(), "report loop started");
     loop {

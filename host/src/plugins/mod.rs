@@ -205,6 +205,8 @@ struct TypeState {
     seen: Option<(Fingerprint, String)>,
     /// The file's last refusal, while the refused file is still there.
     refused: Option<(PathBuf, Refusal)>,
+    /// The serving file is gone and nothing can replace it; said once.
+    orphan_said: bool,
 }
 
 /// The state of one backend type, for `usage-agent plugins`.
@@ -436,7 +438,8 @@ impl Plugins {
         }
         match state.default.clone() {
             Some(default) => self.serve(backend_type, state, default),
-            None if from_file => {
+            None if from_file && !state.orphan_said => {
+                state.orphan_said = true;
                 if let Some(serving) = &state.serving {
                     tracing::warn!(
                         "plugins: {} was removed, but {backend_type} has no built-in default; {} keeps serving",
@@ -450,6 +453,7 @@ impl Plugins {
     }
 
     fn serve(&self, backend_type: &str, state: &mut TypeState, plugin: Plugin) {
+        state.orphan_said = false;
         self.inner.backends.install(backend_type, plugin.loaded.clone());
         let old = state.serving.replace(plugin.clone());
         match &old {

@@ -348,3 +348,37 @@ async fn plugins_without_a_config_lists_every_built_in_type() -> Result<()> {
     }
     Ok(())
 }
+
+/// A backend type with no built-in component keeps its last file's component when the
+/// file is deleted (there is nothing to fall back to), and says so once, not at every
+/// re-scan.
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_only_component_of_a_type_is_said_once() -> Result<()> {
+    log();
+    let world = World::new().await?;
+    let plugins = world.plugins_dir();
+    std::fs::copy(components::PROBE, plugins.join("probe.wasm"))?;
+    let text = format!(
+        "offerings:\n  - name: site\n    backend_type: probe\n    backend_settings:\n{}      probe: env\n    backend_components:\n      status: {{unit_factor: 1}}\n",
+        dwdi_access(&world.dwdi, &world.options)
+    );
+    let config = usage_agent::config::AgentConfig::parse(&text)?;
+    let options = usage_agent::plugins::PluginOptions {
+        dir: plugins.clone(),
+        cache_dir: None,
+        settle: Duration::from_millis(50),
+        rescan: Duration::from_secs(3600),
+    };
+    let runtime = usage_agent::runtime::Runtime::new()?;
+    let agent = usage_agent::plugins::Plugins::new(usage_agent::backends::Backends::new(runtime), Some(&config), options);
+    agent.start().await?;
+    std::fs::remove_file(plugins.join("probe.wasm"))?;
+    for _ in 0..3 {
+        agent.rescan().await;
+    }
+    let said = log_lines(&format!("{} was removed, but probe has no built-in default", plugins.join("probe.wasm").display()));
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("probe 0.0.1") && said[0].contains("keeps serving"), "{}", said[0]);
+    assert!(agent.backends().get("probe").is_some(), "the component still serves");
+    Ok(())
+}

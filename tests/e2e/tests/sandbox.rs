@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::fault_proxy::{FaultProxy, Mode};
 use e2e::{NODE_AND_CPU, cents, components, dwdi_access};
@@ -329,5 +329,30 @@ async fn limit_errors_are_typed() -> Result<()> {
     }
     // Each call has a fresh instance: the next one starts from nothing and fails alike.
     assert!(matches!(backend.usage_report(resources, period).await, Err(CallError::Limit(_))));
+    Ok(())
+}
+
+/// Validating a dropped-in file runs its `setup` under the same limits as any call: a
+/// setup that never returns is refused at the call timeout, and the commands that
+/// validate (`plugins`, `check-config`) finish instead of hanging.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_setup_that_never_returns_is_refused_at_the_call_timeout() -> Result<()> {
+    let world = World::new(&["r0"]).await?;
+    let config = e2e::ConfigFile::new(&world.config("      probe: setup-sleeps\n", &world.access()))?;
+    let plugins = config.dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    std::fs::copy(components::PROBE, plugins.join("probe.wasm"))?;
+    let dir = plugins.to_string_lossy();
+    let bound = std::time::Duration::from_secs(60);
+    // Nothing else serves `probe`: both commands end with the refusal as their error.
+    for command in ["plugins", "check-config"] {
+        let outcome = tokio::time::timeout(bound, e2e::run_cli(&[command, "-c", config.arg(), "--plugins-dir", &dir])).await?;
+        let error = format!("{:#}", outcome.err().context("nothing serves probe, so this cannot succeed")?);
+        assert!(
+            error.contains("probe.wasm was refused: setup of offerings[1] (hostile) failed: component probe stopped: time limit exceeded")
+                && error.contains(&format!("still running after {CALL_TIMEOUT} s")),
+            "{command}: {error}"
+        );
+    }
     Ok(())
 }

@@ -144,6 +144,10 @@ mod component {
         fn setup(config: wit::Config) -> Result<(), wit::BackendError> {
             match text(&settings(&config), "probe") {
                 "setup-fails" => Err(wit::BackendError::InvalidConfig("backend_settings.probe: setup refused on purpose".to_owned())),
+                "setup-sleeps" => {
+                    wasi::clocks::monotonic_clock::subscribe_duration(3_600_000_000_000).block();
+                    Ok(())
+                }
                 _ => Ok(()),
             }
         }
