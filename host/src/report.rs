@@ -317,7 +317,6 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     let started = Instant::now();
     let waldur_before = target.waldur.request_count();
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
-    let tally = Tally::default();
     // One component version for the whole cycle, even if another is swapped in meanwhile.
     let backend = target.backend_now();
     let info = &backend.loaded().info;
@@ -330,7 +329,9 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     };
     // Every log line of the cycle carries the offering and its backend type.
     let span = tracing::info_span!("cycle", offering = %target.name, backend_type);
-    match tracing::Instrument::instrument(run_offering(target, &backend, options, clock, stop, &tally), span).await {
+    let cycle = Cycle { target, backend: &backend, options, clock, stop, tally: Tally::default() };
+    let tally = &cycle.tally;
+    match tracing::Instrument::instrument(cycle.run(), span).await {
         Ok(resources) => summary.resources = resources,
         Err(error) => {
             tally.count(Outcome::Failed);
@@ -349,64 +350,6 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     summary
 }
 
-async fn run_offering(
-    target: &ReportTarget,
-    backend: &OfferingBackend,
-    options: &CycleOptions,
-    clock: &dyn Clock,
-    stop: &StopFlag,
-    tally: &Tally,
-) -> Result<usize> {
-    let current = Month::containing(clock.now(), &options.time_zone);
-    let offering = target.waldur.offering(&target.offering_uuid).await?;
-    let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
-    for name in target.config.backend_components.keys() {
-        if !offered.contains(name) {
-            target.warn_once(format!("component:{name}"), None, || {
-                format!("component {name:?} is configured but the Waldur offering has no such component; it is not submitted")
-            });
-        }
-    }
-    let resources: Vec<Resource> = target
-        .waldur
-        .resources(&target.offering_uuid)
-        .await?
-        .into_iter()
-        .filter(|r| {
-            let has_id = r.backend_id.as_deref().is_some_and(|id| !id.trim().is_empty());
-            if !has_id {
-                tracing::debug!(offering = %target.name, resource_uuid = %r.uuid, "resource has no backend_id; skipped");
-            }
-            has_id
-        })
-        .collect();
-    if resources.is_empty() {
-        return Ok(0);
-    }
-    let mut offering_users: Option<HashMap<String, String>> = None;
-    for month in current.back(options.reporting_periods) {
-        if stop.is_stopped() {
-            break;
-        }
-        let offering_users = &mut offering_users;
-        let one_month = async {
-            if options.sequential {
-                for resource in &resources {
-                    if stop.is_stopped() {
-                        break;
-                    }
-                    let one = std::slice::from_ref(resource);
-                    report_month(target, backend, options, clock, stop, tally, one, &offered, month, current, offering_users).await;
-                }
-            } else {
-                report_month(target, backend, options, clock, stop, tally, &resources, &offered, month, current, offering_users).await;
-            }
-        };
-        tracing::Instrument::instrument(one_month, tracing::info_span!("month", %month)).await;
-    }
-    Ok(resources.len())
-}
-
 /// The WIT resources for a component call, clusters from `offering_backend_id`.
 fn wit_resources(resources: &[Resource]) -> Vec<wit::WaldurResource> {
     resources
@@ -423,124 +366,292 @@ fn wit_resources(resources: &[Resource]) -> Vec<wit::WaldurResource> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn report_month(
-    target: &ReportTarget,
-    backend: &OfferingBackend,
-    options: &CycleOptions,
-    clock: &dyn Clock,
-    stop: &StopFlag,
-    tally: &Tally,
-    resources: &[Resource],
-    offered: &HashSet<String>,
-    month: Month,
-    current: Month,
-    offering_users: &mut Option<HashMap<String, String>>,
-) {
-    let period = wit::BillingPeriod { year: month.year as u16, month: month.month as u8 };
-    let report = match backend.usage_report(wit_resources(resources), period).await {
-        Ok(report) => report,
-        Err(error) => {
-            // Nothing is submitted from a failed answer.
-            for _ in resources {
-                tally.count(Outcome::Failed);
-            }
-            tally.errors.push(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
-            return;
-        }
-    };
-    if !options.sequential && resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
-        target.warn_once(format!("none-found:{month}"), None, || {
-            format!("{month}: {} `usage-agent usage` shows what the backend answers.", none_found_hint(resources.len()))
-        });
-    }
-    // A backend id reported twice is ambiguous: neither answer is used.
-    let mut by_id: HashMap<&str, Option<&wit::ResourceUsage>> = HashMap::new();
-    for usage in &report.resources {
-        by_id.entry(usage.backend_id.as_str()).and_modify(|seen| *seen = None).or_insert(Some(usage));
-    }
-    let billing_period = month.first_day().to_string();
-    let existing = match list_usages(target, options, resources, &billing_period).await {
-        Ok(list) => index_usages(list),
-        Err(error) => {
-            for _ in resources {
-                tally.count(Outcome::Failed);
-            }
-            tally.errors.push(format!("offering {} {month}: cannot read Waldur's usages: {error}", target.name));
-            return;
-        }
-    };
-    let date = submission_date(month, current, clock.now(), &options.time_zone);
-    let semaphore = Arc::new(Semaphore::new(options.concurrency));
+/// One offering's cycle: what every step of it reads, and its counters.
+struct Cycle<'a> {
+    target: &'a ReportTarget,
+    /// The component for this cycle, fixed at its start.
+    backend: &'a OfferingBackend,
+    options: &'a CycleOptions,
+    clock: &'a dyn Clock,
+    stop: &'a StopFlag,
+    tally: Tally,
+}
 
-    // Totals, one set_usage per resource that changed.
-    let mut accepted: Vec<(&Resource, &wit::ResourceUsage)> = Vec::new();
-    let mut created_any = false;
-    let mut tasks = Vec::new();
-    for resource in resources {
-        let backend_id = resource.backend_id.as_deref().unwrap_or_default();
-        let usage = match by_id.get(backend_id) {
-            Some(Some(usage)) => *usage,
-            Some(None) => {
-                tally.count(Outcome::Failed);
-                tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend reported it more than once; nothing submitted for it", target.name));
-                continue;
+impl Cycle<'_> {
+    /// Every reported month of the offering; the number of resources with a backend id.
+    async fn run(&self) -> Result<usize> {
+        let Cycle { target, options, clock, stop, .. } = self;
+        let current = Month::containing(clock.now(), &options.time_zone);
+        let offering = target.waldur.offering(&target.offering_uuid).await?;
+        let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
+        for name in target.config.backend_components.keys() {
+            if !offered.contains(name) {
+                target.warn_once(format!("component:{name}"), None, || {
+                    format!("component {name:?} is configured but the Waldur offering has no such component; it is not submitted")
+                });
             }
-            None => {
-                tally.count(Outcome::Failed);
-                tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
-                continue;
+        }
+        let resources: Vec<Resource> = target
+            .waldur
+            .resources(&target.offering_uuid)
+            .await?
+            .into_iter()
+            .filter(|r| {
+                let has_id = r.backend_id.as_deref().is_some_and(|id| !id.trim().is_empty());
+                if !has_id {
+                    tracing::debug!(offering = %target.name, resource_uuid = %r.uuid, "resource has no backend_id; skipped");
+                }
+                has_id
+            })
+            .collect();
+        if resources.is_empty() {
+            return Ok(0);
+        }
+        let mut offering_users: Option<HashMap<String, String>> = None;
+        for month in current.back(options.reporting_periods) {
+            if stop.is_stopped() {
+                break;
             }
-        };
-        if let Err(problem) = check_usage(usage) {
-            tally.count(Outcome::Failed);
-            tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: unusable answer from the backend, nothing submitted for it: {problem}", target.name));
-            continue;
-        }
-        let plan = plan_totals(target, resource, usage, offered, &existing, month == current);
-        if plan.creates {
-            created_any = true;
-        }
-        let semaphore = semaphore.clone();
-        let date = date.clone();
-        tasks.push(async move {
-            let outcome = if plan.send.is_empty() {
-                Outcome::Unchanged
-            } else {
-                let _permit = semaphore.acquire().await;
-                if stop.is_stopped() {
-                    Outcome::Skipped
-                } else if month == current && Month::containing(clock.now(), &options.time_zone) != current {
-                    // Fetched in one month, would land in the next: leave it to the next cycle.
-                    tracing::info!(offering = %target.name, resource = %backend_id, "month changed during the cycle; skipped");
-                    Outcome::Skipped
-                } else {
-                    match target.waldur.set_usage(&resource.uuid, &plan.send, &date).await {
-                        Ok(()) => {
-                            tracing::debug!(resource = backend_id, usage = %describe_amounts(&plan.send), "usage submitted");
-                            Outcome::Submitted
+            let offering_users = &mut offering_users;
+            let one_month = async {
+                if options.sequential {
+                    for resource in &resources {
+                        if stop.is_stopped() {
+                            break;
                         }
-                        Err(error) => classify_write_error(target, tally, resource, month, &error),
+                        let one = std::slice::from_ref(resource);
+                        self.report_month(one, &offered, month, current, offering_users).await;
                     }
+                } else {
+                    self.report_month(&resources, &offered, month, current, offering_users).await;
                 }
             };
-            (resource, usage, outcome)
-        });
-    }
-    for (resource, usage, outcome) in futures::future::join_all(tasks).await {
-        tally.count(outcome);
-        if matches!(outcome, Outcome::Submitted | Outcome::Unchanged) {
-            accepted.push((resource, usage));
+            tracing::Instrument::instrument(one_month, tracing::info_span!("month", %month)).await;
         }
+        Ok(resources.len())
     }
-    if !options.user_usage || stop.is_stopped() {
-        return;
+
+    /// One month of `resources`: one component call, one listing, the writes that change
+    /// something, then per-user usage.
+    async fn report_month(
+        &self,
+        resources: &[Resource],
+        offered: &HashSet<String>,
+        month: Month,
+        current: Month,
+        offering_users: &mut Option<HashMap<String, String>>,
+    ) {
+        let Cycle { target, backend, options, clock, stop, tally } = self;
+        let period = wit::BillingPeriod { year: month.year as u16, month: month.month as u8 };
+        let report = match backend.usage_report(wit_resources(resources), period).await {
+            Ok(report) => report,
+            Err(error) => {
+                // Nothing is submitted from a failed answer.
+                for _ in resources {
+                    tally.count(Outcome::Failed);
+                }
+                tally.errors.push(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
+                return;
+            }
+        };
+        if !options.sequential && resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
+            target.warn_once(format!("none-found:{month}"), None, || {
+                format!("{month}: {} `usage-agent usage` shows what the backend answers.", none_found_hint(resources.len()))
+            });
+        }
+        // A backend id reported twice is ambiguous: neither answer is used.
+        let mut by_id: HashMap<&str, Option<&wit::ResourceUsage>> = HashMap::new();
+        for usage in &report.resources {
+            by_id.entry(usage.backend_id.as_str()).and_modify(|seen| *seen = None).or_insert(Some(usage));
+        }
+        let billing_period = month.first_day().to_string();
+        let existing = match list_usages(target, options, resources, &billing_period).await {
+            Ok(list) => index_usages(list),
+            Err(error) => {
+                for _ in resources {
+                    tally.count(Outcome::Failed);
+                }
+                tally.errors.push(format!("offering {} {month}: cannot read Waldur's usages: {error}", target.name));
+                return;
+            }
+        };
+        let date = submission_date(month, current, clock.now(), &options.time_zone);
+        let semaphore = Arc::new(Semaphore::new(options.concurrency));
+
+        // Totals, one set_usage per resource that changed.
+        let mut accepted: Vec<(&Resource, &wit::ResourceUsage)> = Vec::new();
+        let mut created_any = false;
+        let mut tasks = Vec::new();
+        for resource in resources {
+            let backend_id = resource.backend_id.as_deref().unwrap_or_default();
+            let usage = match by_id.get(backend_id) {
+                Some(Some(usage)) => *usage,
+                Some(None) => {
+                    tally.count(Outcome::Failed);
+                    tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend reported it more than once; nothing submitted for it", target.name));
+                    continue;
+                }
+                None => {
+                    tally.count(Outcome::Failed);
+                    tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
+                    continue;
+                }
+            };
+            if let Err(problem) = check_usage(usage) {
+                tally.count(Outcome::Failed);
+                tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: unusable answer from the backend, nothing submitted for it: {problem}", target.name));
+                continue;
+            }
+            let plan = plan_totals(target, resource, usage, offered, &existing, month == current);
+            if plan.creates {
+                created_any = true;
+            }
+            let semaphore = semaphore.clone();
+            let date = date.clone();
+            tasks.push(async move {
+                let outcome = if plan.send.is_empty() {
+                    Outcome::Unchanged
+                } else {
+                    let _permit = semaphore.acquire().await;
+                    if stop.is_stopped() {
+                        Outcome::Skipped
+                    } else if month == current && Month::containing(clock.now(), &options.time_zone) != current {
+                        // Fetched in one month, would land in the next: leave it to the next cycle.
+                        tracing::info!(offering = %target.name, resource = %backend_id, "month changed during the cycle; skipped");
+                        Outcome::Skipped
+                    } else {
+                        match target.waldur.set_usage(&resource.uuid, &plan.send, &date).await {
+                            Ok(()) => {
+                                tracing::debug!(resource = backend_id, usage = %describe_amounts(&plan.send), "usage submitted");
+                                Outcome::Submitted
+                            }
+                            Err(error) => classify_write_error(target, tally, resource, month, &error),
+                        }
+                    }
+                };
+                (resource, usage, outcome)
+            });
+        }
+        for (resource, usage, outcome) in futures::future::join_all(tasks).await {
+            tally.count(outcome);
+            if matches!(outcome, Outcome::Submitted | Outcome::Unchanged) {
+                accepted.push((resource, usage));
+            }
+        }
+        if !options.user_usage || stop.is_stopped() {
+            return;
+        }
+        let wants_users = accepted.iter().any(|(_, usage)| usage.found && !usage.users.is_empty());
+        if !wants_users {
+            return;
+        }
+        self.submit_user_usages(&accepted, offered, month, &billing_period, &date, created_any, existing, offering_users, &semaphore).await;
     }
-    let wants_users = accepted.iter().any(|(_, usage)| usage.found && !usage.users.is_empty());
-    if !wants_users {
-        return;
+
+    /// Per-user usage of the resources whose totals Waldur accepted this month: one
+    /// bulk write per component usage whose values changed.
+    #[allow(clippy::too_many_arguments)]
+    async fn submit_user_usages(
+        &self,
+        accepted: &[(&Resource, &wit::ResourceUsage)],
+        offered: &HashSet<String>,
+        month: Month,
+        billing_period: &str,
+        date: &str,
+        created_any: bool,
+        existing: HashMap<(String, String), ComponentUsage>,
+        offering_users: &mut Option<HashMap<String, String>>,
+        semaphore: &Arc<Semaphore>,
+    ) {
+        let Cycle { target, options, tally, .. } = self;
+        // New component usages have UUIDs only Waldur knows: one more listing finds them.
+        let usages = if created_any {
+            match list_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
+                Ok(list) => index_usages(list),
+                Err(error) => {
+                    tally.count(Outcome::Failed);
+                    tally.errors.push(format!("offering {} {month}: cannot list usages for per-user usage: {error}", target.name));
+                    return;
+                }
+            }
+        } else {
+            existing
+        };
+        if offering_users.is_none() {
+            match target.waldur.offering_users(&target.offering_uuid).await {
+                Ok(list) => {
+                    *offering_users = Some(list.into_iter().filter_map(|u| Some((u.username?, u.url))).collect());
+                }
+                Err(error) => {
+                    tally.count(Outcome::Failed);
+                    tally.errors.push(format!("offering {}: cannot list offering users: {error}", target.name));
+                    return;
+                }
+            }
+        }
+        let users_by_name = offering_users.as_ref().cloned().unwrap_or_default();
+        let stored_users: HashMap<(String, String), crate::waldur::ComponentUserUsage> =
+            match list_user_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
+                Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),
+                Err(error) => {
+                    tally.count(Outcome::Failed);
+                    tally.errors.push(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
+                    return;
+                }
+            };
+        let mut tasks = Vec::new();
+        for (resource, usage) in accepted {
+            if !usage.found {
+                continue;
+            }
+            // component → username → amount, summed before rounding (the component already sums).
+            let mut per_component: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
+            for user in &usage.users {
+                for amount in &user.amounts {
+                    if offered.contains(&amount.component) {
+                        per_component.entry(amount.component.as_str()).or_default().push((user.username.as_str(), amount.value));
+                    }
+                }
+            }
+            for (component, users) in per_component {
+                let Some(component_usage) = usages.get(&(resource.uuid.clone(), component.to_owned())) else {
+                    continue;
+                };
+                let changed: Vec<UserUsageInput> = users
+                    .iter()
+                    .filter_map(|(username, value)| {
+                        let cents = usage_amount(*value)?;
+                        let stored = stored_users.get(&(component_usage.uuid.clone(), (*username).to_owned()));
+                        let url = users_by_name.get(*username).cloned();
+                        let same = stored.is_some_and(|s| s.usage == cents && (url.is_none() || s.user == url));
+                        (!same).then(|| UserUsageInput { username: (*username).to_owned(), usage: cents, user: url })
+                    })
+                    .collect();
+                if changed.is_empty() {
+                    continue;
+                }
+                let semaphore = semaphore.clone();
+                let cu_uuid = component_usage.uuid.clone();
+                let backend_id = resource.backend_id.clone().unwrap_or_default();
+                tasks.push(async move {
+                    let _permit = semaphore.acquire().await;
+                    match target.waldur.set_user_usages(&cu_uuid, &changed, date).await {
+                        Ok(()) => {
+                            tally.user_writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            tally.count(Outcome::Failed);
+                            tally.errors.push_resource(&backend_id, format!(
+                                "offering {} {month}: resource {backend_id}: per-user usage of {component}: {error}",
+                                target.name
+                            ));
+                        }
+                    }
+                });
+            }
+        }
+        futures::future::join_all(tasks).await;
     }
-    submit_user_usages(target, options, tally, &accepted, offered, month, &billing_period, &date, created_any, existing, offering_users, &semaphore).await;
 }
 
 /// What Waldur holds for the month: one offering-wide listing, or in the sequential
@@ -687,106 +798,3 @@ fn classify_write_error(target: &ReportTarget, tally: &Tally, resource: &Resourc
     Outcome::Failed
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn submit_user_usages(
-    target: &ReportTarget,
-    options: &CycleOptions,
-    tally: &Tally,
-    accepted: &[(&Resource, &wit::ResourceUsage)],
-    offered: &HashSet<String>,
-    month: Month,
-    billing_period: &str,
-    date: &str,
-    created_any: bool,
-    existing: HashMap<(String, String), ComponentUsage>,
-    offering_users: &mut Option<HashMap<String, String>>,
-    semaphore: &Arc<Semaphore>,
-) {
-    // New component usages have UUIDs only Waldur knows: one more listing finds them.
-    let usages = if created_any {
-        match list_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
-            Ok(list) => index_usages(list),
-            Err(error) => {
-                tally.count(Outcome::Failed);
-                tally.errors.push(format!("offering {} {month}: cannot list usages for per-user usage: {error}", target.name));
-                return;
-            }
-        }
-    } else {
-        existing
-    };
-    if offering_users.is_none() {
-        match target.waldur.offering_users(&target.offering_uuid).await {
-            Ok(list) => {
-                *offering_users = Some(list.into_iter().filter_map(|u| Some((u.username?, u.url))).collect());
-            }
-            Err(error) => {
-                tally.count(Outcome::Failed);
-                tally.errors.push(format!("offering {}: cannot list offering users: {error}", target.name));
-                return;
-            }
-        }
-    }
-    let users_by_name = offering_users.as_ref().cloned().unwrap_or_default();
-    let stored_users: HashMap<(String, String), crate::waldur::ComponentUserUsage> =
-        match list_user_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
-            Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),
-            Err(error) => {
-                tally.count(Outcome::Failed);
-                tally.errors.push(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
-                return;
-            }
-        };
-    let mut tasks = Vec::new();
-    for (resource, usage) in accepted {
-        if !usage.found {
-            continue;
-        }
-        // component → username → amount, summed before rounding (the component already sums).
-        let mut per_component: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
-        for user in &usage.users {
-            for amount in &user.amounts {
-                if offered.contains(&amount.component) {
-                    per_component.entry(amount.component.as_str()).or_default().push((user.username.as_str(), amount.value));
-                }
-            }
-        }
-        for (component, users) in per_component {
-            let Some(component_usage) = usages.get(&(resource.uuid.clone(), component.to_owned())) else {
-                continue;
-            };
-            let changed: Vec<UserUsageInput> = users
-                .iter()
-                .filter_map(|(username, value)| {
-                    let cents = usage_amount(*value)?;
-                    let stored = stored_users.get(&(component_usage.uuid.clone(), (*username).to_owned()));
-                    let url = users_by_name.get(*username).cloned();
-                    let same = stored.is_some_and(|s| s.usage == cents && (url.is_none() || s.user == url));
-                    (!same).then(|| UserUsageInput { username: (*username).to_owned(), usage: cents, user: url })
-                })
-                .collect();
-            if changed.is_empty() {
-                continue;
-            }
-            let semaphore = semaphore.clone();
-            let cu_uuid = component_usage.uuid.clone();
-            let backend_id = resource.backend_id.clone().unwrap_or_default();
-            tasks.push(async move {
-                let _permit = semaphore.acquire().await;
-                match target.waldur.set_user_usages(&cu_uuid, &changed, date).await {
-                    Ok(()) => {
-                        tally.user_writes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        tally.count(Outcome::Failed);
-                        tally.errors.push_resource(&backend_id, format!(
-                            "offering {} {month}: resource {backend_id}: per-user usage of {component}: {error}",
-                            target.name
-                        ));
-                    }
-                }
-            });
-        }
-    }
-    futures::future::join_all(tasks).await;
-}

@@ -37,10 +37,7 @@ pub(crate) fn compute(
         let Some(&slot) = lookup.get(text(&row, "account", &at)?) else {
             return Ok(());
         };
-        let mut totals = [0.0; Metric::ALL.len()];
-        for &metric in metrics {
-            totals[metric.index()] = number(&row, metric.total_field(), metric, &at)?;
-        }
+        let totals = values(&row, metrics, |m| Some(m.total_field()), &at)?;
         let users: &[Json<'_>] = match row.get("users") {
             // An account without a per-user breakdown still has totals.
             None | Some(Json::Null) => &[],
@@ -62,12 +59,7 @@ pub(crate) fn compute(
             if username.is_empty() {
                 return Err(bad(format!("{}.username: empty", at())));
             }
-            let mut values = [0.0; Metric::ALL.len()];
-            for &metric in metrics {
-                if let Some(field) = metric.user_field() {
-                    values[metric.index()] = number(user, field, metric, &at)?;
-                }
-            }
+            let values = values(user, metrics, Metric::user_field, &at)?;
             match usage.users.get_mut(username) {
                 Some(sum) => add(sum, &values),
                 None => {
@@ -96,10 +88,7 @@ pub(crate) fn storage(
         let Some(&slot) = lookup.get(text(&row, "path", &at)?) else {
             return Ok(());
         };
-        let mut values = [0.0; Metric::ALL.len()];
-        for &metric in metrics {
-            values[metric.index()] = number(&row, metric.total_field(), metric, &at)?;
-        }
+        let values = values(&row, metrics, |m| Some(m.total_field()), &at)?;
         let usage = found[slot].get_or_insert_with(Usage::default);
         for (kept, new) in usage.totals.iter_mut().zip(values) {
             *kept = kept.max(new);
@@ -147,6 +136,23 @@ fn text<'j>(
         ))),
         None => Err(bad(format!("{}.{key}: missing", at()))),
     }
+}
+
+/// The figures of `metrics` in `object`, each from the field `field` names for it
+/// (a metric without one stays zero).
+fn values(
+    object: &Json<'_>,
+    metrics: &[Metric],
+    field: impl Fn(Metric) -> Option<&'static str>,
+    at: &dyn Fn() -> String,
+) -> Result<Values, BackendError> {
+    let mut values = [0.0; Metric::ALL.len()];
+    for &metric in metrics {
+        if let Some(key) = field(metric) {
+            values[metric.index()] = number(object, key, metric, at)?;
+        }
+    }
+    Ok(values)
 }
 
 /// A usage figure: present, a number, finite, not negative and plausible.
