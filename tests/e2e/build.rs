@@ -82,6 +82,7 @@ fn clean_env(command: &mut Command) {
     for var in [
         "CARGO_ENCODED_RUSTFLAGS",
         "RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
         "RUSTC_WORKSPACE_WRAPPER",
         "RUSTC_WRAPPER",
         "CARGO_TARGET_DIR",

@@ -65,6 +65,38 @@ pub fn compute_config(sim: &DwdiSim, options: &DwdiOptions, extra_settings: &str
     )
 }
 
+/// A compute offering on `sim` whose URLs name `host` (`127.0.0.1`, `localhost`, …),
+/// with extra settings lines (6-space indent).
+pub fn compute_config_at(sim: &DwdiSim, options: &DwdiOptions, host: &str, extra: &str) -> String {
+    let base = format!("{}://{host}:{}", sim.scheme(), sim.addr().port());
+    format!(
+        "offerings:\n  - name: compute\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n\
+         \x20     cscs_dwdi_api_url: \"{base}{}\"\n\
+         \x20     cscs_dwdi_oidc_token_url: \"{base}{}\"\n\
+         \x20     cscs_dwdi_client_id: {:?}\n      cscs_dwdi_client_secret: {:?}\n{extra}    backend_components:\n{NODE_AND_CPU}",
+        dwdi_sim::API_PREFIX,
+        dwdi_sim::TOKEN_PATH,
+        options.client_id,
+        options.client_secret
+    )
+}
+
+/// The `probe` test component serving one offering named `name` on `sim`, with
+/// `probe_settings` lines (6-space indent) for its behaviour.
+pub async fn probe_backend(name: &str, sim: &DwdiSim, options: &DwdiOptions, probe_settings: &str) -> Result<usage_agent::runtime::OfferingBackend> {
+    use usage_agent::runtime::{Runtime, Source};
+    let text = format!(
+        "offerings:\n  - name: {name}\n    backend_type: probe\n    backend_settings:\n{}{probe_settings}    backend_components:\n      status: {{unit_factor: 1}}\n",
+        dwdi_access(sim, options)
+    );
+    let config = usage_agent::config::AgentConfig::parse(&text)?;
+    let runtime = Runtime::new()?;
+    let loaded = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
+    let backends = usage_agent::backends::Backends::new(runtime);
+    backends.install("probe", loaded);
+    usage_agent::backends::prepare_offering(&backends, 0, &config.offerings[0]).await
+}
+
 /// Node and CPU hours, factor 1.
 pub const NODE_AND_CPU: &str = "      nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}\n      cpuHours: {measured_unit: cpu-hours, unit_factor: 1, accounting_type: usage, label: CPU Hours}\n";
 

@@ -7,22 +7,12 @@ use anyhow::{Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::proxies::{ProxyProcess, free_port};
 use e2e::tls::TestCa;
-use e2e::{ConfigFile, NODE_AND_CPU, run_cli};
+use e2e::{ConfigFile, compute_config_at, run_cli};
 use std::sync::atomic::Ordering;
 use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
 use usage_agent::runtime::{OfferingBackend, Runtime, wit};
 
-fn config_text(sim: &DwdiSim, options: &DwdiOptions, host: &str, extra: &str) -> String {
-    let base = format!("{}://{host}:{}", sim.scheme(), sim.addr().port());
-    format!(
-        "offerings:\n  - name: compute\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n\
-         \x20     cscs_dwdi_api_url: \"{base}{API_PREFIX}\"\n\
-         \x20     cscs_dwdi_oidc_token_url: \"{base}{TOKEN_PATH}\"\n\
-         \x20     cscs_dwdi_client_id: {:?}\n      cscs_dwdi_client_secret: {:?}\n{extra}    backend_components:\n{NODE_AND_CPU}",
-        options.client_id, options.client_secret
-    )
-}
 
 async fn sim() -> Result<(DwdiSim, DwdiOptions, DwdiData)> {
     let data = DwdiData::generated(2, 2, &[(2024, 3)]);
@@ -73,7 +63,7 @@ async fn ping_walks_every_step_through_a_proxy_and_tls() -> Result<()> {
     let sim = DwdiSim::start_tls(DwdiData::new(), options.clone(), &cert.cert_pem, &cert.key_pem).await?;
     let proxy = ProxyProcess::microsocks(None)?;
     let extra = format!("      socks_proxy: {:?}\n{}", proxy.url("socks5h", None), ca.setting());
-    let config = ConfigFile::new(&config_text(&sim, &options, "127.0.0.1", &extra))?;
+    let config = ConfigFile::new(&compute_config_at(&sim, &options, "127.0.0.1", &extra))?;
     let (ok, out) = ping_output(&config).await?;
     ensure!(ok, "{out}");
     for step in ["config", "proxy", "connect", "tls", "token", "api"] {
@@ -90,7 +80,7 @@ async fn a_proxy_that_is_down() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let port = free_port()?;
     let extra = format!("      socks_proxy: \"socks5://127.0.0.1:{port}\"\n      max_retries: 1\n");
-    let text = config_text(&sim, &options, "127.0.0.1", &extra);
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &extra);
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(error.contains(&format!("cannot connect to proxy socks5://127.0.0.1:{port}")), "{error}");
@@ -110,7 +100,7 @@ async fn a_wrong_proxy_password() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let proxy = ProxyProcess::microsocks(Some(("alice", "right-password")))?;
     let wrong = proxy.url("socks5", Some(("alice", "wrong-password")));
-    let text = config_text(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {wrong:?}\n"));
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {wrong:?}\n"));
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(error.contains("refused the connection") && error.contains("Password auth failure"), "{error}");
@@ -128,7 +118,7 @@ async fn a_wrong_proxy_password() -> Result<()> {
     let tls = DwdiSim::start_tls(DwdiData::new(), options.clone(), &cert.cert_pem, &cert.key_pem).await?;
     let tiny = ProxyProcess::tinyproxy(&[tls.addr().port()], Some(("bob", "right")))?;
     let extra = format!("      socks_proxy: {:?}\n{}", tiny.url("http", Some(("bob", "wrong-pass"))), ca.setting());
-    let (ok, out) = ping_output(&ConfigFile::new(&config_text(&tls, &options, "127.0.0.1", &extra))?).await?;
+    let (ok, out) = ping_output(&ConfigFile::new(&compute_config_at(&tls, &options, "127.0.0.1", &extra))?).await?;
     ensure!(!ok && out.contains("  connect  FAILED") && out.contains("refused CONNECT"), "{out}");
     ensure!(out.contains("401 Unauthorized") || out.contains("407"), "{out}");
     ensure!(!out.contains("wrong-pass"), "{out}");
@@ -144,7 +134,7 @@ async fn a_certificate_for_another_name_or_from_an_unknown_ca() -> Result<()> {
     let sim = DwdiSim::start_tls(data.clone(), options.clone(), &cert.cert_pem, &cert.key_pem).await?;
     let proxy = ProxyProcess::dante()?;
     let extra = format!("      socks_proxy: {:?}\n{}", proxy.url("socks5", None), ca.setting());
-    let text = config_text(&sim, &options, "127.0.0.1", &extra);
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &extra);
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(error.contains("TLS handshake with 127.0.0.1 failed") && error.contains("certificate not valid for name \"127.0.0.1\""), "{error}");
@@ -154,7 +144,7 @@ async fn a_certificate_for_another_name_or_from_an_unknown_ca() -> Result<()> {
     // Without the CA bundle the system roots do not know the test CA.
     let good = ca.issue(&["127.0.0.1"])?;
     let sim = DwdiSim::start_tls(data, options.clone(), &good.cert_pem, &good.key_pem).await?;
-    let text = config_text(&sim, &options, "127.0.0.1", "");
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "");
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     ensure!(!ok && out.contains("  tls      FAILED") && out.contains("UnknownIssuer"), "{out}");
     Ok(())
@@ -164,7 +154,7 @@ async fn a_certificate_for_another_name_or_from_an_unknown_ca() -> Result<()> {
 async fn a_token_endpoint_that_answers_401() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let proxy = ProxyProcess::microsocks(None)?;
-    let text = config_text(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
     let backend = backend_for(&text).await?;
     sim.fail_next_token(1, 401);
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
@@ -197,7 +187,7 @@ async fn a_token_endpoint_that_answers_401() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn token_answers_that_are_not_tokens() -> Result<()> {
     let (sim, options, _) = sim().await?;
-    let config = ConfigFile::new(&config_text(&sim, &options, "127.0.0.1", ""))?;
+    let config = ConfigFile::new(&compute_config_at(&sim, &options, "127.0.0.1", ""))?;
     sim.respond_next_token(1, 200, "text/html", "<html>login</html>");
     let (ok, out) = ping_output(&config).await?;
     ensure!(!ok && out.contains("  token    FAILED") && out.contains("did not answer JSON"), "{out}");
@@ -206,7 +196,7 @@ async fn token_answers_that_are_not_tokens() -> Result<()> {
     ensure!(!ok && out.contains("without an access_token"), "{out}");
     // Nothing listening at the token endpoint.
     let port = free_port()?;
-    let text = config_text(&sim, &options, "127.0.0.1", "")
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "")
         .replace(&format!("127.0.0.1:{}{TOKEN_PATH}", sim.addr().port()), &format!("127.0.0.1:{port}{TOKEN_PATH}"));
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     ensure!(!ok && out.contains("  connect  FAILED") && out.contains(&format!("token endpoint 127.0.0.1:{port}")), "{out}");
@@ -231,7 +221,7 @@ async fn an_api_that_never_answers_times_out() -> Result<()> {
             open.push(socket);
         }
     });
-    let text = config_text(&sim, &options, "127.0.0.1", "      first_byte_timeout_seconds: 0.5\n      max_retries: 0\n")
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "      first_byte_timeout_seconds: 0.5\n      max_retries: 0\n")
         .replace(
             &format!("127.0.0.1:{}{API_PREFIX}", sim.addr().port()),
             &format!("127.0.0.1:{silent_port}{API_PREFIX}"),
@@ -247,7 +237,7 @@ async fn an_api_that_never_answers_times_out() -> Result<()> {
 async fn an_api_that_answers_503_twice_then_200() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let proxy = ProxyProcess::dante()?;
-    let text = config_text(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
     let backend = backend_for(&text).await?;
     sim.fail_next(2, 503);
     let report = backend.usage_report(resources(&data), PERIOD).await?;
@@ -268,7 +258,7 @@ async fn an_api_that_answers_503_twice_then_200() -> Result<()> {
 async fn a_401_after_token_expiry_refreshes_once_through_the_proxy() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let tunnel = ProxyProcess::ssh_tunnel()?;
-    let text = config_text(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", tunnel.url("socks5", None)));
+    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", tunnel.url("socks5", None)));
     let backend = backend_for(&text).await?;
     let first = backend.usage_report(resources(&data), PERIOD).await?;
     sim.expire_all_tokens();
@@ -283,7 +273,7 @@ async fn a_401_after_token_expiry_refreshes_once_through_the_proxy() -> Result<(
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_callers_share_one_token_request() -> Result<()> {
     let (sim, options, _) = sim().await?;
-    let backend = backend_for(&config_text(&sim, &options, "127.0.0.1", "")).await?;
+    let backend = backend_for(&compute_config_at(&sim, &options, "127.0.0.1", "")).await?;
     let tokens = backend.egress().tokens();
     // All sixteen are polled before the first token answer arrives: without sharing,
     // each would send its own token request.
@@ -296,7 +286,7 @@ async fn concurrent_callers_share_one_token_request() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_runaway_answer_is_cut_off() -> Result<()> {
     let (sim, options, data) = sim().await?;
-    let text = config_text(&sim, &options, "127.0.0.1", "      max_response_bytes: 64\n");
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "      max_response_bytes: 64\n");
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(error.contains("body size exceeds limit: 64 bytes"), "{error}");

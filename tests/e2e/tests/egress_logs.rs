@@ -8,10 +8,10 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::proxies::ProxyProcess;
-use e2e::{NODE_AND_CPU, components, dwdi_access};
+use e2e::NODE_AND_CPU;
 use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
-use usage_agent::runtime::{Runtime, Source, wit};
+use usage_agent::runtime::{Runtime, wit};
 
 /// Everything logged by this test binary, at trace level.
 fn logs() -> &'static Mutex<Vec<u8>> {
@@ -113,16 +113,7 @@ async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> 
     let options = DwdiOptions::default();
     let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
     let other = format!("http://127.0.0.1:{}/elsewhere", e2e::proxies::free_port()?);
-    let text = format!(
-        "offerings:\n  - name: probe-offering\n    backend_type: probe\n    backend_settings:\n{}      probe: fetch\n      url: \"{other}\"\n    backend_components:\n      status: {{unit_factor: 1}}\n",
-        dwdi_access(&sim, &options)
-    );
-    let config = AgentConfig::parse(&text)?;
-    let runtime = Runtime::new()?;
-    let loaded = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
-    let backends = Backends::new(runtime);
-    backends.install("probe", loaded);
-    let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
+    let backend = e2e::probe_backend("probe-offering", &sim, &options, &format!("      probe: fetch\n      url: \"{other}\"\n")).await?;
     let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
     for _ in 0..3 {
         let error = backend.usage_report(resources.clone(), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();

@@ -4,22 +4,11 @@
 
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
-use e2e::{components, dwdi_access};
-use usage_agent::backends::{Backends, prepare_offering};
-use usage_agent::config::AgentConfig;
-use usage_agent::runtime::{CallError, Runtime, Source, wit};
+use e2e::probe_backend;
+use usage_agent::runtime::{CallError, wit};
 
 async fn probe(sim: &DwdiSim, options: &DwdiOptions, probe_settings: &str) -> Result<Result<wit::Report, CallError>> {
-    let text = format!(
-        "offerings:\n  - name: probe\n    backend_type: probe\n    backend_settings:\n{}{probe_settings}    backend_components:\n      status: {{unit_factor: 1}}\n",
-        dwdi_access(sim, options)
-    );
-    let config = AgentConfig::parse(&text)?;
-    let runtime = Runtime::new()?;
-    let loaded = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
-    let backends = Backends::new(runtime);
-    backends.install("probe", loaded);
-    let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
+    let backend = probe_backend("probe", sim, options, probe_settings).await?;
     let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
     Ok(backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await)
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, bail, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::proxies::{PeerOwner, ProxyProcess};
 use e2e::tls::TestCa;
-use e2e::{NODE_AND_CPU, ConfigFile, run_cli};
+use e2e::{ConfigFile, compute_config_at, run_cli};
 use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
 use usage_agent::runtime::{OfferingBackend, Runtime, wit};
@@ -36,17 +36,6 @@ async fn start_sim(wire: Wire, ca: &TestCa, names: &[&str]) -> Result<(DwdiSim, 
     Ok((sim, options, data))
 }
 
-/// A compute offering on `sim`, with its URLs naming `host`, and extra settings.
-fn config_text(sim: &DwdiSim, options: &DwdiOptions, host: &str, extra: &str) -> String {
-    let base = format!("{}://{host}:{}", sim.scheme(), sim.addr().port());
-    format!(
-        "offerings:\n  - name: compute\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n\
-         \x20     cscs_dwdi_api_url: \"{base}{API_PREFIX}\"\n\
-         \x20     cscs_dwdi_oidc_token_url: \"{base}{TOKEN_PATH}\"\n\
-         \x20     cscs_dwdi_client_id: {:?}\n      cscs_dwdi_client_secret: {:?}\n{extra}    backend_components:\n{NODE_AND_CPU}",
-        options.client_id, options.client_secret
-    )
-}
 
 /// The built-in components, compiled once per test.
 async fn backends() -> Result<Backends> {
@@ -113,7 +102,7 @@ async fn case(backends: &Backends, proxy: &ProxyProcess, proxy_url: &str, wire: 
     let ca = TestCa::new()?;
     let (sim, options, data) = start_sim(wire, &ca, &["localhost", "127.0.0.1"]).await?;
     let extra = format!("      socks_proxy: {proxy_url:?}\n{}", ca.setting());
-    let config = AgentConfig::parse(&config_text(&sim, &options, host, &extra))?;
+    let config = AgentConfig::parse(&compute_config_at(&sim, &options, host, &extra))?;
     let case = format!("{proxy_url} {wire:?} {host}");
     let backend = prepare_offering(backends, 0, &config.offerings[0]).await?;
     report_matches(&backend, &data).await.map_err(|e| anyhow::anyhow!("{case}: {e:#}\n{}", proxy.log()))?;
@@ -173,7 +162,7 @@ async fn tinyproxy_connect_for_tls_and_absolute_form_for_http() -> Result<()> {
         let proxy = ProxyProcess::tinyproxy(&[plain.addr().port(), tls.addr().port()], auth)?;
         for (sim, data) in [(&plain, &data), (&tls, &tls_data)] {
             let extra = format!("      socks_proxy: {:?}\n{}", proxy.url("http", auth), ca.setting());
-            let config = AgentConfig::parse(&config_text(sim, &options, "127.0.0.1", &extra))?;
+            let config = AgentConfig::parse(&compute_config_at(sim, &options, "127.0.0.1", &extra))?;
             let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
             let case = format!("tinyproxy {} auth={}", sim.scheme(), auth.is_some());
             report_matches(&backend, data).await.map_err(|e| anyhow::anyhow!("{case}: {e:#}\n{}", proxy.log()))?;
@@ -207,7 +196,7 @@ async fn the_usage_command_goes_through_the_proxy_too() -> Result<()> {
     let ca = TestCa::new()?;
     let (sim, options, data) = start_sim(Wire::Tls, &ca, &["127.0.0.1"]).await?;
     let extra = format!("      socks_proxy: {:?}\n{}", proxy.url("socks5h", None), ca.setting());
-    let config = ConfigFile::new(&config_text(&sim, &options, "127.0.0.1", &extra))?;
+    let config = ConfigFile::new(&compute_config_at(&sim, &options, "127.0.0.1", &extra))?;
     let account = data.accounts()[0].clone();
     let out = run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--resource", &account]).await?;
     let expected = data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
