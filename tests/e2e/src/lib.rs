@@ -200,7 +200,12 @@ pub mod log {
     /// Sends every log event of this test process (all threads) at `info` to a buffer,
     /// as text lines; the first call of `capture` or `capture_json` decides the format.
     pub fn capture() {
-        install(LogFormat::Text, "info");
+        capture_text("info");
+    }
+
+    /// Like [`capture`], text lines filtered by `filter` (`RUST_LOG` syntax).
+    pub fn capture_text(filter: &str) {
+        install(LogFormat::Text, filter);
     }
 
     /// Like [`capture`], with the host's `--log-format json` lines, filtered by `filter`.

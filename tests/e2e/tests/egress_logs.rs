@@ -2,9 +2,6 @@
 //! password — in logs at every level, in errors, in `Debug`), and a refused destination
 //! once per component and destination.
 
-use std::io::Write;
-use std::sync::{Mutex, OnceLock};
-
 use anyhow::{Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::proxies::ProxyProcess;
@@ -13,39 +10,16 @@ use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
 use usage_agent::runtime::{Runtime, wit};
 
-/// Everything logged by this test binary, at trace level.
-fn logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
-    let logs = LOGS.get_or_init(|| Mutex::new(Vec::new()));
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(
-                "info,usage_agent=trace,hyper=trace,hyper_util=trace,rustls=trace,tokio_rustls=trace,tokio_socks=trace,wasmtime_wasi_http=trace",
-            ))
-            .with_ansi(false)
-            .with_writer(|| Capture)
-            .try_init();
-    });
-    logs
-}
-
-struct Capture;
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut logs) = logs().lock() {
-            logs.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// Everything logged by this test binary: the egress and the HTTP and TLS stacks at
+/// trace level.
+fn logs() {
+    e2e::log::capture_text(
+        "info,usage_agent=trace,hyper=trace,hyper_util=trace,rustls=trace,tokio_rustls=trace,tokio_socks=trace,wasmtime_wasi_http=trace",
+    );
 }
 
 fn logged() -> String {
-    logs().lock().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default()
+    e2e::log::text()
 }
 
 const PERIOD: wit::BillingPeriod = wit::BillingPeriod { year: 2024, month: 3 };

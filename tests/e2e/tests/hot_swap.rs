@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -46,26 +46,10 @@ impl SharedBuf {
     }
 }
 
-/// The agent's log, for every test of this file (each test looks only for its own
-/// folder's paths).
-fn log() -> SharedBuf {
-    static LOG: OnceLock<SharedBuf> = OnceLock::new();
-    LOG.get_or_init(|| {
-        let buf = SharedBuf::default();
-        let writer = buf.clone();
-        let _ = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
-            .with_ansi(false)
-            .try_init();
-        buf
-    })
-    .clone()
-}
-
-/// Log lines that mention `needle`.
+/// Log lines that mention `needle` (the log is the whole test binary's: each test
+/// looks only for its own folder's paths).
 fn log_lines(needle: &str) -> Vec<String> {
-    log().lines().into_iter().filter(|l| l.contains(needle)).collect()
+    e2e::log::text().lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
 }
 
 /// Polls `check` until it answers, for at most [`PATIENCE`].
@@ -145,7 +129,7 @@ struct Agent {
 
 impl Agent {
     fn start(config: &Path) -> Result<Self> {
-        log();
+        e2e::log::capture();
         let config = config.to_str().context("temp path is not UTF-8")?;
         let cli = Cli::try_parse_from(["usage-agent", "report", "-c", config, "--period-minutes", "0.005"])?;
         let Command::Report(args) = cli.command else { bail!("not the report command") };
@@ -354,7 +338,7 @@ async fn plugins_without_a_config_lists_every_built_in_type() -> Result<()> {
 /// re-scan.
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_the_only_component_of_a_type_is_said_once() -> Result<()> {
-    log();
+    e2e::log::capture();
     let world = World::new().await?;
     let plugins = world.plugins_dir();
     std::fs::copy(components::PROBE, plugins.join("probe.wasm"))?;
