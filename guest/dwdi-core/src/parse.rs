@@ -29,15 +29,8 @@ pub(crate) fn compute(
     keys: &[String],
     metrics: &[Metric],
 ) -> Result<Vec<Option<Usage>>, BackendError> {
-    let lookup = index(keys);
-    let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
-    for_each_row(body, "compute", &mut |i, row| {
-        let at = || format!("compute[{i}]");
-        expect_object(&row, &at)?;
-        let Some(&slot) = lookup.get(text(&row, "account", &at)?) else {
-            return Ok(());
-        };
-        let totals = values(&row, metrics, |m| Some(m.total_field()), &at)?;
+    collect(body, "compute", "account", keys, &mut |usage, row, at| {
+        let totals = values(row, metrics, |m| Some(m.total_field()), at)?;
         let users: &[Json<'_>] = match row.get("users") {
             // An account without a per-user breakdown still has totals.
             None | Some(Json::Null) => &[],
@@ -50,10 +43,9 @@ pub(crate) fn compute(
                 )));
             }
         };
-        let usage = found[slot].get_or_insert_with(Usage::default);
         add(&mut usage.totals, &totals);
         for (j, user) in users.iter().enumerate() {
-            let at = || format!("compute[{i}].users[{j}]");
+            let at = || format!("{}.users[{j}]", at());
             expect_object(user, &at)?;
             let username = text(user, "username", &at)?;
             if username.is_empty() {
@@ -68,8 +60,7 @@ pub(crate) fn compute(
             }
         }
         Ok(())
-    })?;
-    Ok(found)
+    })
 }
 
 /// Parses a storage answer for a request that asked for `keys` (paths). Storage rows
@@ -80,20 +71,35 @@ pub(crate) fn storage(
     keys: &[String],
     metrics: &[Metric],
 ) -> Result<Vec<Option<Usage>>, BackendError> {
-    let lookup = index(keys);
-    let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
-    for_each_row(body, "storage", &mut |i, row| {
-        let at = || format!("storage[{i}]");
-        expect_object(&row, &at)?;
-        let Some(&slot) = lookup.get(text(&row, "path", &at)?) else {
-            return Ok(());
-        };
-        let values = values(&row, metrics, |m| Some(m.total_field()), &at)?;
-        let usage = found[slot].get_or_insert_with(Usage::default);
+    collect(body, "storage", "path", keys, &mut |usage, row, at| {
+        let values = values(row, metrics, |m| Some(m.total_field()), at)?;
         for (kept, new) in usage.totals.iter_mut().zip(values) {
             *kept = kept.max(new);
         }
         Ok(())
+    })
+}
+
+/// The usage of each of `keys` from the rows of `section`: every row whose `key_field`
+/// names one of them is merged into its entry by `merge`; rows for other keys are
+/// skipped before anything else in them is checked. An error anywhere fails the whole
+/// answer.
+fn collect<'a>(
+    body: &'a [u8],
+    section: &str,
+    key_field: &str,
+    keys: &[String],
+    merge: &mut dyn FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError>,
+) -> Result<Vec<Option<Usage>>, BackendError> {
+    let lookup = index(keys);
+    let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
+    for_each_row(body, section, &mut |i, row| {
+        let at = || format!("{section}[{i}]");
+        expect_object(&row, &at)?;
+        let Some(&slot) = lookup.get(text(&row, key_field, &at)?) else {
+            return Ok(());
+        };
+        merge(found[slot].get_or_insert_with(Usage::default), &row, &at)
     })?;
     Ok(found)
 }
