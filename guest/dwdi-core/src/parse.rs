@@ -80,6 +80,9 @@ pub(crate) fn storage(
     })
 }
 
+/// Merges one row into its key's usage; the last argument names the row's JSON path.
+type MergeFn<'f, 'a> = dyn FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError> + 'f;
+
 /// The usage of each of `keys` from the rows of `section`: every row whose `key_field`
 /// names one of them is merged into its entry by `merge`; rows for other keys are
 /// skipped before anything else in them is checked. An error anywhere fails the whole
@@ -89,7 +92,7 @@ fn collect<'a>(
     section: &str,
     key_field: &str,
     keys: &[String],
-    merge: &mut dyn FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError>,
+    merge: &mut MergeFn<'_, 'a>,
 ) -> Result<Vec<Option<Usage>>, BackendError> {
     let lookup = index(keys);
     let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
