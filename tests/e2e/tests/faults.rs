@@ -438,10 +438,12 @@ async fn a_waldur_connection_dropped_halfway_loses_nothing() -> Result<()> {
     // A clean cycle through the proxy shows where the answers lie; then each cycle cuts
     // one connection: inside listings, inside the answer to the first `set_usage` (6
     // writes, all answered 201) and to the first `set_user_usages` (the 7th 201).
+    // One write at a time, so every run puts the answers at the same byte offsets.
+    let sequential = || "waldur_max_concurrency: 1\n".to_owned();
     let (total, writes) = {
         let world = World::new().await?;
         let proxy = FaultProxy::start(world.waldur.addr()).await?;
-        let text = world.config(&Routes { waldur_url: proxy.url("/api/"), ..world.direct() });
+        let text = world.config(&Routes { waldur_url: proxy.url("/api/"), top: sequential(), ..world.direct() });
         let targets = prepare(&text).await?;
         let summary = cycle(&targets[0], &text).await?;
         assert_eq!(summary.failed, 0, "{summary:?}");
@@ -453,7 +455,7 @@ async fn a_waldur_connection_dropped_halfway_loses_nothing() -> Result<()> {
     for point in [total / 10, total / 2, writes[0] + 10, writes[6] + 10, total - 50] {
         let world = World::new().await?;
         let proxy = FaultProxy::start(world.waldur.addr()).await?;
-        let text = world.config(&Routes { waldur_url: proxy.url("/api/"), ..world.direct() });
+        let text = world.config(&Routes { waldur_url: proxy.url("/api/"), top: sequential(), ..world.direct() });
         let targets = prepare(&text).await?;
         proxy.cut_after(point);
         let case = format!("cut after {point} of {total} bytes");
