@@ -29,7 +29,7 @@ pub(crate) fn compute(
     keys: &[String],
     metrics: &[Metric],
 ) -> Result<Vec<Option<Usage>>, BackendError> {
-    collect(body, "compute", "account", keys, &mut |usage, row, at| {
+    collect(body, "compute", "account", keys, |usage, row, at| {
         let totals = values(row, metrics, |m| Some(m.total_field()), at)?;
         let users: &[Json<'_>] = match row.get("users") {
             // An account without a per-user breakdown still has totals.
@@ -71,7 +71,7 @@ pub(crate) fn storage(
     keys: &[String],
     metrics: &[Metric],
 ) -> Result<Vec<Option<Usage>>, BackendError> {
-    collect(body, "storage", "path", keys, &mut |usage, row, at| {
+    collect(body, "storage", "path", keys, |usage, row, at| {
         let values = values(row, metrics, |m| Some(m.total_field()), at)?;
         for (kept, new) in usage.totals.iter_mut().zip(values) {
             *kept = kept.max(new);
@@ -80,19 +80,16 @@ pub(crate) fn storage(
     })
 }
 
-/// Merges one row into its key's usage; the last argument names the row's JSON path.
-type MergeFn<'f, 'a> = dyn FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError> + 'f;
-
 /// The usage of each of `keys` from the rows of `section`: every row whose `key_field`
-/// names one of them is merged into its entry by `merge`; rows for other keys are
-/// skipped before anything else in them is checked. An error anywhere fails the whole
-/// answer.
+/// names one of them is merged into its entry by `merge` (its last argument names the
+/// row's JSON path); rows for other keys are skipped before anything else in them is
+/// checked. An error anywhere fails the whole answer.
 fn collect<'a>(
     body: &'a [u8],
     section: &str,
     key_field: &str,
     keys: &[String],
-    merge: &mut MergeFn<'_, 'a>,
+    mut merge: impl FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError>,
 ) -> Result<Vec<Option<Usage>>, BackendError> {
     let lookup = index(keys);
     let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
