@@ -138,7 +138,13 @@ impl ProxyProcess {
         std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
         // sshd refuses to start without its privilege-separation directory.
         std::fs::create_dir_all("/run/sshd").context("cannot create /run/sshd (run the tests as root)")?;
-        let sshd_port = free_port()?;
+        // The SOCKS port was only reserved, not bound: the next free port may be it again.
+        let sshd_port = loop {
+            let port = free_port()?;
+            if port != proxy.port {
+                break port;
+            }
+        };
         let config = format!(
             "HostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\nListenAddress 127.0.0.1\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
