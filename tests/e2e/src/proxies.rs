@@ -260,10 +260,11 @@ impl ProxyProcess {
         }
     }
 
-    /// Who holds the TCP connection whose local end is `peer` (as a server saw it):
-    /// this proxy (or a process it forked), another process, or nobody any more.
-    pub fn peer_owner(&self, peer: SocketAddr) -> Result<PeerOwner> {
-        let Some(inode) = socket_inode(peer)? else { return Ok(PeerOwner::Closed) };
+    /// Who holds the client end of the TCP connection from `peer` to `server` (as the
+    /// server saw it): this proxy (or a process it forked), another process, or nobody
+    /// any more.
+    pub fn peer_owner(&self, peer: SocketAddr, server: SocketAddr) -> Result<PeerOwner> {
+        let Some(inode) = socket_inode(peer, server)? else { return Ok(PeerOwner::Closed) };
         let wanted = format!("socket:[{inode}]");
         for pid in self.process_tree() {
             let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
@@ -308,16 +309,29 @@ fn parent_of(pid: u32) -> Option<u32> {
     after_name.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The inode of the IPv4 TCP socket whose local address is `local`, from /proc/net/tcp.
-fn socket_inode(local: SocketAddr) -> Result<Option<u64>> {
-    let SocketAddr::V4(v4) = local else { return Ok(None) };
-    let wanted = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+/// The inode of the open IPv4 TCP socket from `local` to `remote`, from /proc/net/tcp.
+///
+/// Both ends are matched: after a busy suite the table holds thousands of closed
+/// (TIME_WAIT, inode 0) connections, and one of them often shares the local port with a
+/// live connection to another server.
+fn socket_inode(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>> {
+    let (Some(local), Some(remote)) = (proc_net_address(local), proc_net_address(remote)) else {
+        return Ok(None);
+    };
     let table = std::fs::read_to_string("/proc/net/tcp").context("cannot read /proc/net/tcp")?;
-    for line in table.lines().skip(1) {
+    Ok(table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.get(1) == Some(&wanted.as_str()) {
-            return Ok(fields.get(9).and_then(|inode| inode.parse().ok()).filter(|inode| *inode != 0));
-        }
-    }
-    Ok(None)
+        let ends_match = fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str());
+        ends_match
+            .then(|| fields.get(9)?.parse::<u64>().ok())
+            .flatten()
+            .filter(|inode| *inode != 0)
+    }))
+}
+
+/// An IPv4 address as /proc/net/tcp writes it: the address bytes as a native-endian
+/// hex word, then the port.
+fn proc_net_address(address: SocketAddr) -> Option<String> {
+    let SocketAddr::V4(v4) = address else { return None };
+    Some(format!("{:08X}:{:04X}", u32::from_ne_bytes(v4.ip().octets()), v4.port()))
 }

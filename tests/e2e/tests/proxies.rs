@@ -82,7 +82,7 @@ fn came_through(sim: &DwdiSim, proxy: &ProxyProcess, case: &str) -> Result<()> {
         let owner = if record.via.as_deref().is_some_and(|via| via.contains("tinyproxy")) {
             PeerOwner::Proxy
         } else {
-            proxy.peer_owner(peer)?
+            proxy.peer_owner(peer, sim.addr())?
         };
         ensure!(
             owner != PeerOwner::Other,
