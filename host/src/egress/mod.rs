@@ -249,7 +249,7 @@ impl Egress {
         let destination = Destination::of_uri(&parts.uri);
         if destination.as_ref() != Some(&self.allowed) {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            let shown = destination.map(|d| d.to_string()).unwrap_or_else(|| parts.uri.to_string());
+            let shown = destination.map(|d| d.to_string()).unwrap_or_else(|| shown_uri(&parts.uri));
             let first = self
                 .denied_logged
                 .lock()
@@ -305,7 +305,7 @@ impl Egress {
                 Err(_) => {
                     if !idempotent || attempt >= self.limits.max_retries {
                         return Err(SendError::Timeout(format!(
-                            "no answer from {} within {:?}", strip_query(&head.uri), self.limits.first_byte
+                            "no answer from {} within {:?}", shown_uri(&head.uri), self.limits.first_byte
                         )));
                     }
                     "first-byte timeout".to_owned()
@@ -340,7 +340,7 @@ impl Egress {
             attempt += 1;
             self.stats.retries.fetch_add(1, Ordering::Relaxed);
             let pause = backoff(self.limits.backoff, attempt);
-            tracing::info!(offering = %self.offering, url = %strip_query(&head.uri), attempt, reason = %retry_reason, ?pause, "retrying request");
+            tracing::info!(offering = %self.offering, url = %shown_uri(&head.uri), attempt, reason = %retry_reason, ?pause, "retrying request");
             tokio::time::sleep(pause).await;
         }
     }
@@ -421,14 +421,11 @@ fn record_dwdi_request<B, E>(
     metrics.observe("usage_agent_dwdi_request_duration_seconds", "DWDI time to the answer's head.", &labels[..2], elapsed);
 }
 
-/// `uri` without its query string, for logs (queries hold account lists).
-pub fn strip_query(uri: &http::Uri) -> String {
-    format!(
-        "{}://{}{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map(|a| a.as_str()).unwrap_or(""),
-        uri.path()
-    )
+/// `uri` as logs and errors show it: scheme, host, port and path. The query goes (it
+/// holds account lists), and so does any user and password.
+pub fn shown_uri(uri: &http::Uri) -> String {
+    let port = uri.port().map(|port| format!(":{port}")).unwrap_or_default();
+    format!("{}://{}{port}{}", uri.scheme_str().unwrap_or("http"), uri.host().unwrap_or(""), uri.path())
 }
 
 /// Exponential back-off with up to 50 % jitter.
@@ -581,7 +578,7 @@ impl WasiHttpHooks for ComponentHooks {
             let Some(egress) = egress else {
                 return Err(HttpError::HttpRequestDenied);
             };
-            let url = strip_query(request.uri());
+            let url = shown_uri(request.uri());
             match egress.send_for(&component, request).await {
                 Ok(response) => {
                     let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(async { Ok(()) });
@@ -596,5 +593,16 @@ impl WasiHttpHooks for ComponentHooks {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shown_uris_hold_no_credentials_and_no_query() -> Result<(), http::uri::InvalidUri> {
+        let shown = |uri: &str| uri.parse().map(|uri| super::shown_uri(&uri));
+        assert_eq!(shown("https://user:pa55@dwdi.example:8443/api/v1/compute?accounts=a,b")?, "https://dwdi.example:8443/api/v1/compute");
+        assert_eq!(shown("http://[::1]/api/v1")?, "http://[::1]/api/v1");
+        Ok(())
     }
 }
