@@ -331,11 +331,11 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     let span = tracing::info_span!("cycle", offering = %target.name, backend_type);
     let cycle = Cycle { target, backend: &backend, options, clock, stop, tally: Tally::default() };
     let tally = &cycle.tally;
-    match tracing::Instrument::instrument(cycle.run(), span).await {
+    match tracing::Instrument::instrument(cycle.run(), span.clone()).await {
         Ok(resources) => summary.resources = resources,
         Err(error) => {
             tally.count(Outcome::Failed);
-            tally.errors.push(format!("offering {}: {error:#}", target.name));
+            span.in_scope(|| tally.errors.push(format!("offering {}: {error:#}", target.name)));
         }
     }
     summary.submitted = tally.submitted.load(Ordering::Relaxed) as usize;

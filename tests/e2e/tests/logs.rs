@@ -53,16 +53,21 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     waldur.add_resource(&offering, &uuid_from(ghost), ghost, "", "OK");
     waldur.seed_usage(&uuid_from(ghost), "nodeHours", "12.50", &current.first_day().to_string());
 
-    let config = ConfigFile::new(&format!(
+    let config_text = format!(
         "reporting_periods: 1\nofferings:\n  - name: logs\n    waldur_api_url: {:?}\n    waldur_api_token: {TOKEN}\n    waldur_offering_uuid: {offering}\n    backend_type: {COMPUTE}\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
         waldur.url(),
         dwdi_access(&dwdi, &options)
-    ))?;
+    );
+    let config = ConfigFile::new(&config_text)?;
 
     let report = run_cli(&["report", "--once", "-c", config.arg(), "--plugins-dir", &config.dir.path().join("plugins").to_string_lossy()]).await;
     let report_error = format!("{:#}", report.err().context("a refused write makes --once fail")?);
     let historical = run_cli(&["load-historical-usage", "-c", config.arg(), "-o", &offering, "-s", "2024-03-01", "-e", "2024-03-31"]).await;
     let historical_error = format!("{:#}", historical.err().context("a refused write makes the load fail")?);
+    // An offering Waldur does not know fails as a whole: that error line names it too.
+    let lost = ConfigFile::new(&config_text.replace(&offering, &uuid_from("lost")).replace("name: logs", "name: lost"))?;
+    let lost_report = run_cli(&["report", "--once", "-c", lost.arg(), "--plugins-dir", &lost.dir.path().join("plugins").to_string_lossy()]).await;
+    anyhow::ensure!(lost_report.is_err(), "an unknown offering makes --once fail");
 
     let lines = json_lines()?;
     let about_resources: Vec<_> = lines.iter().filter(|l| l.contains_key("resource")).collect();
@@ -82,6 +87,11 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     // The cycle's summary line too, though it is said after the cycle.
     let summary = lines.iter().find(|l| field(l, "message").starts_with("logs: 4 resources, ")).context("no summary line")?;
     assert_eq!((field(summary, "offering"), field(summary, "backend_type")), ("logs", COMPUTE), "{summary:?}");
+    let lost_error = lines
+        .iter()
+        .find(|l| field(l, "level") == "ERROR" && field(l, "message").starts_with("offering lost: "))
+        .context("no error line for the unknown offering")?;
+    assert_eq!((field(lost_error, "offering"), field(lost_error, "backend_type")), ("lost", COMPUTE), "{lost_error:?}");
     let seen = |level: &str, resource: &str, text: &str, month: &str| {
         about_resources.iter().any(|l| {
             field(l, "level") == level && field(l, "resource") == resource && field(l, "month") == month && field(l, "message").contains(text)
