@@ -6,7 +6,10 @@ use clap::Parser as _;
 use usage_agent::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refused_command_line(error),
+    };
     let format = cli.log_format;
     let level = cli.config_path().and_then(cli::config_log_level);
     cli::init_logging(format, level.as_deref());
@@ -35,4 +38,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap refuses. With `--log-format json` on it, the refusal is a JSON
+/// line like every other error; help and version texts are printed as they are.
+fn refused_command_line(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let args: Vec<String> = std::env::args().collect();
+    let wants_json = args.iter().enumerate().any(|(at, arg)| {
+        arg == "--log-format=json" || (arg == "--log-format" && args.get(at + 1).is_some_and(|next| next == "json"))
+    });
+    let is_output = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !wants_json || is_output {
+        error.exit()
+    }
+    cli::init_logging(LogFormat::Json, None);
+    let message = error.render().to_string();
+    tracing::error!("{}", message.trim_start_matches("error: ").trim_end());
+    ExitCode::from(2)
 }

@@ -34,6 +34,18 @@ fn with_json_logs_even_the_fatal_error_is_a_json_line() -> Result<()> {
     assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(last["message"].as_str().is_some_and(|m| m.contains("reporting_periods")), "{stderr}");
 
+    // So is a command line clap refuses, with clap's usage exit code.
+    for args in [&["--log-format", "json", "report", "--bogus"][..], &["report", "--log-format=json", "--bogus"]] {
+        let output = usage_agent(args, &[])?;
+        let stderr = String::from_utf8(output.stderr)?;
+        let line: serde_json::Value = serde_json::from_str(&stderr).with_context(|| stderr.clone())?;
+        assert_eq!((output.status.code(), &line["level"]), (Some(2), &"ERROR".into()), "{stderr}");
+        assert!(line["message"].as_str().is_some_and(|m| m.contains("--bogus")), "{stderr}");
+    }
+    // Help stays text.
+    let output = usage_agent(&["--log-format", "json", "report", "--help"], &[])?;
+    assert!(output.status.success() && String::from_utf8(output.stdout)?.contains("Usage:"));
+
     // As text, the same error is one plain line.
     let output = usage_agent(&["check-config", "-c", &config.to_string_lossy()], &[])?;
     let stderr = String::from_utf8(output.stderr)?;
