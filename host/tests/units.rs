@@ -280,7 +280,6 @@ fn the_report_unit_validates_then_loops_and_stops_cleanly_on_sigterm() -> Result
         }
     };
     assert_eq!(summary["backend_type"], "cscs-dwdi-compute");
-    ensure!(dir.path().join("heartbeat").exists(), "the loop touched no heartbeat");
 
     // systemd stops it with SIGTERM (KillSignal=): a clean exit, so Restart=on-failure
     // does not start it again.
@@ -302,5 +301,6 @@ fn the_report_unit_validates_then_loops_and_stops_cleanly_on_sigterm() -> Result
     // The pipe closes with the process, which ends the reader.
     let rest: Vec<String> = received.iter().collect();
     assert!(rest.iter().any(|line| line.contains("stopped by signal")), "{rest:?}");
+    ensure!(dir.path().join("heartbeat").exists(), "the loop touched no heartbeat");
     Ok(())
 }
