@@ -159,14 +159,14 @@ fn the_systemd_emulation_follows_systemd() -> Result<()> {
 }
 
 /// A config whose Waldur refuses connections at once, with the heartbeat and plugins
-/// folder in `dir`.
+/// folder in `dir`, logging at debug level.
 fn config_in(dir: &Path) -> Result<PathBuf> {
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.join("config.yaml");
     std::fs::write(
         &config,
         format!(
-            "heartbeat_file: {heartbeat:?}\nplugins_dir: {plugins:?}\nofferings:\n  - name: compute\n    waldur_api_url: http://127.0.0.1:{closed_port}/api/\n    waldur_api_token: t0ken\n    waldur_offering_uuid: {OFFERING_UUID}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: https://dwdi.example/api/v1\n      cscs_dwdi_client_id: id\n      cscs_dwdi_client_secret: s3cret\n      cscs_dwdi_oidc_token_url: https://auth.example/token\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n",
+            "log_level: DEBUG\nheartbeat_file: {heartbeat:?}\nplugins_dir: {plugins:?}\nofferings:\n  - name: compute\n    waldur_api_url: http://127.0.0.1:{closed_port}/api/\n    waldur_api_token: t0ken\n    waldur_offering_uuid: {OFFERING_UUID}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: https://dwdi.example/api/v1\n      cscs_dwdi_client_id: id\n      cscs_dwdi_client_secret: s3cret\n      cscs_dwdi_oidc_token_url: https://auth.example/token\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n",
             heartbeat = dir.join("heartbeat"),
             plugins = dir.join("plugins"),
         ),
@@ -280,6 +280,8 @@ fn the_report_unit_validates_then_loops_and_stops_cleanly_on_sigterm() -> Result
         }
     };
     assert_eq!(summary["backend_type"], "cscs-dwdi-compute");
+    // The unit leaves the level to the config's log_level.
+    ensure!(seen.iter().any(|line| line.contains(r#""level":"DEBUG""#)), "no debug line:\n{}", seen.join("\n"));
 
     // systemd stops it with SIGTERM (KillSignal=): a clean exit, so Restart=on-failure
     // does not start it again.
