@@ -6,8 +6,10 @@
 
 use std::env;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
+
+#[path = "wasm_build.rs"]
+mod wasm_build;
 
 /// The backend types built from `guest/`, each a crate of the same name.
 const COMPONENTS: &[&str] = &["cscs-dwdi-compute", "cscs-dwdi-storage"];
@@ -16,7 +18,7 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ lives in the workspace root").to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let target_dir = component_target_dir(&root, &out_dir);
+    let target_dir = wasm_build::nested_target_dir(&root, &out_dir, "components");
 
     println!("cargo:rerun-if-changed={}", root.join("guest").display());
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
@@ -31,38 +33,13 @@ fn main() {
         return;
     }
 
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(&target_dir);
-    for name in COMPONENTS {
-        command.args(["-p", name]);
-    }
-    // Flags meant for the host build (coverage, sanitizers, clippy's wrapper) would
-    // break or slow the wasm build.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "USAGE_BACKEND_VERSION",
-    ] {
-        command.env_remove(var);
-    }
-    let status = command.status().expect("cannot run cargo to build the components");
+    let status = wasm_build::cargo_build(&root, &target_dir, COMPONENTS).status().expect("cannot run cargo to build the components");
     assert!(status.success(), "building the components in guest/ for wasm32-wasip2 failed");
 
     let mut generated = String::from("/// The components built from `guest/`: (backend type, bytes).\n");
     generated.push_str("pub const BUILTIN: &[(&str, &[u8])] = &[\n");
     for name in COMPONENTS {
-        let built = target_dir
-            .join("wasm32-wasip2/release")
-            .join(format!("{}.wasm", name.replace('-', "_")));
+        let built = wasm_build::built_file(&target_dir, name);
         let copy = out_dir.join(format!("{name}.wasm"));
         std::fs::copy(&built, &copy)
             .unwrap_or_else(|e| panic!("component {} missing after the build: {e}", built.display()));
@@ -71,17 +48,4 @@ fn main() {
     }
     generated.push_str("];\n");
     std::fs::write(out_dir.join("builtin_components.rs"), generated).expect("cannot write builtin_components.rs");
-}
-
-/// `<target>/components`, beside the host's own build output.
-fn component_target_dir(root: &Path, out_dir: &Path) -> PathBuf {
-    // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out (or one level deeper
-    // with --target); find the `build` ancestor and go two up.
-    out_dir
-        .ancestors()
-        .find(|dir| dir.file_name().is_some_and(|n| n == "build"))
-        .and_then(|build| build.parent())
-        .and_then(|profile| profile.parent())
-        .map(|target| target.join("components"))
-        .unwrap_or_else(|| root.join("target/components"))
 }
