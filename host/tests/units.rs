@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
@@ -288,16 +288,16 @@ fn the_report_unit_validates_then_loops_and_stops_cleanly_on_sigterm() -> Result
     assert_eq!(directive(&unit, "KillSignal")?, "SIGTERM");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
     ensure!(status.success(), "kill failed");
-    let exited = (0..600).find_map(|_| match child.try_wait() {
-        Ok(None) => {
-            std::thread::sleep(Duration::from_millis(100));
-            None
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
-        other => Some(other),
-    });
-    let Some(status) = exited.transpose()?.flatten() else {
-        let _ = child.kill();
-        bail!("still running a minute after SIGTERM");
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("still running a minute after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
     // The pipe closes with the process, which ends the reader.
