@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Parser as _;
-use dwdi_sim::{DwdiOptions, DwdiSim};
+use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use usage_agent::cli::{self, Cli};
 
 /// Runs `usage-agent ARGS…` in this process and returns what it printed.
@@ -84,17 +84,37 @@ pub fn compute_config_at(sim: &DwdiSim, options: &DwdiOptions, host: &str, extra
 /// The `probe` test component serving one offering named `name` on `sim`, with
 /// `probe_settings` lines (6-space indent) for its behaviour.
 pub async fn probe_backend(name: &str, sim: &DwdiSim, options: &DwdiOptions, probe_settings: &str) -> Result<usage_agent::runtime::OfferingBackend> {
-    use usage_agent::runtime::{Runtime, Source};
     let text = format!(
         "offerings:\n  - name: {name}\n    backend_type: probe\n    backend_settings:\n{}{probe_settings}    backend_components:\n      status: {{unit_factor: 1}}\n",
         dwdi_access(sim, options)
     );
     let config = usage_agent::config::AgentConfig::parse(&text)?;
-    let runtime = Runtime::new()?;
-    let loaded = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
+    let backends = probe_backends(usage_agent::runtime::Runtime::new()?).await?;
+    usage_agent::backends::prepare_offering(&backends, 0, &config.offerings[0]).await
+}
+
+/// Backends on `runtime` with the `probe` test component serving backend type "probe".
+pub async fn probe_backends(runtime: usage_agent::runtime::Runtime) -> Result<usage_agent::backends::Backends> {
+    let loaded = runtime
+        .load(&std::fs::read(components::PROBE)?, usage_agent::runtime::Source::File(components::PROBE.into()))
+        .await?;
     let backends = usage_agent::backends::Backends::new(runtime);
     backends.install("probe", loaded);
-    usage_agent::backends::prepare_offering(&backends, 0, &config.offerings[0]).await
+    Ok(backends)
+}
+
+/// The report targets of config `text`, on a runtime with its component limits.
+pub async fn report_targets(text: &str) -> Result<Vec<usage_agent::report::ReportTarget>> {
+    let config = usage_agent::config::AgentConfig::parse(text)?;
+    let runtime = usage_agent::runtime::Runtime::with_limits(config.component_limits.clone())?;
+    usage_agent::report::prepare_targets(&config, &usage_agent::backends::Backends::new(runtime)).await
+}
+
+/// One cycle of `target` with the options of config `text`, at the instant `now`.
+pub async fn cycle_at(target: &usage_agent::report::ReportTarget, text: &str, now: &str) -> Result<usage_agent::report::OfferingSummary> {
+    use usage_agent::report::{CycleOptions, FixedClock, StopFlag, report_offering};
+    let options = CycleOptions::from_config(&usage_agent::config::AgentConfig::parse(text)?)?;
+    Ok(report_offering(target, &options, &FixedClock(now.parse()?), &StopFlag::default()).await)
 }
 
 /// Node and CPU hours, factor 1.
@@ -103,6 +123,34 @@ pub const NODE_AND_CPU: &str = "      nodeHours: {measured_unit: node-hours, uni
 /// Rounds like Waldur: two decimals, as a string.
 pub fn cents(value: f64) -> String {
     format!("{:.2}", (value * 100.0).round() / 100.0)
+}
+
+/// A DWDI simulator and a Waldur simulator that holds one compute offering.
+pub struct ComputeSims {
+    pub dwdi: DwdiSim,
+    pub options: DwdiOptions,
+    pub waldur: waldur_sim::WaldurSim,
+    /// The offering's uuid.
+    pub offering: String,
+}
+
+impl ComputeSims {
+    /// DWDI serving `data` with default options; Waldur with the provider token `token`
+    /// and the offering `name` (uuid `uuid_from(name)`, nodeHours and cpuHours) holding
+    /// one OK resource per account, in `cluster`.
+    pub async fn start(data: &DwdiData, waldur_options: waldur_sim::WaldurOptions, name: &str, token: &str, cluster: &str) -> Result<Self> {
+        use waldur_sim::{WaldurSim, uuid_from};
+        let options = DwdiOptions::default();
+        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
+        let waldur = WaldurSim::start(waldur_options).await?;
+        waldur.add_token(token, "provider", false);
+        let offering = uuid_from(name);
+        waldur.add_offering(&offering, name, &["nodeHours", "cpuHours"]);
+        for account in data.accounts() {
+            waldur.add_resource(&offering, &uuid_from(&account), &account, cluster, "OK");
+        }
+        Ok(Self { dwdi, options, waldur, offering })
+    }
 }
 
 /// One compute offering "ops" of three resources in the current month, on both
@@ -116,18 +164,10 @@ pub struct OpsWorld {
 
 impl OpsWorld {
     pub async fn start() -> Result<Self> {
-        use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
         let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
-        let data = dwdi_sim::DwdiData::generated(3, 2, &[(i32::from(month.year), month.month as u32)]);
-        let options = DwdiOptions::default();
-        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
-        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
-        waldur.add_token("ops-token", "provider", false);
-        let offering = uuid_from("ops");
-        waldur.add_offering(&offering, "ops", &["nodeHours", "cpuHours"]);
-        for account in data.accounts() {
-            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
-        }
+        let data = DwdiData::generated(3, 2, &[(i32::from(month.year), month.month as u32)]);
+        let ComputeSims { dwdi, options, waldur, offering } =
+            ComputeSims::start(&data, waldur_sim::WaldurOptions::default(), "ops", "ops-token", "").await?;
         Ok(Self { dwdi, options, waldur, offering })
     }
 

@@ -53,8 +53,14 @@ fn require(program: &str, package: &str) -> Result<()> {
 impl ProxyProcess {
     /// `microsocks` (SOCKS5), with user and password if given.
     pub fn microsocks(auth: Option<(&str, &str)>) -> Result<Self> {
+        Self::microsocks_on(free_port()?, auth)
+    }
+
+    /// `microsocks` listening on `port` (a test that needs the address before the
+    /// proxy runs).
+    pub fn microsocks_on(port: u16, auth: Option<(&str, &str)>) -> Result<Self> {
         require("microsocks", "microsocks")?;
-        let mut proxy = Self::empty("microsocks")?;
+        let mut proxy = Self::empty_on("microsocks", port)?;
         let log = proxy.dir.path().join("microsocks.log");
         let mut command = Command::new("microsocks");
         command.args(["-i", "127.0.0.1", "-p", &proxy.port.to_string()]);
@@ -180,7 +186,11 @@ impl ProxyProcess {
     }
 
     fn empty(name: &'static str) -> Result<Self> {
-        Ok(Self { name, children: Vec::new(), port: free_port()?, dir: tempfile::tempdir()?, logs: Vec::new() })
+        Self::empty_on(name, free_port()?)
+    }
+
+    fn empty_on(name: &'static str, port: u16) -> Result<Self> {
+        Ok(Self { name, children: Vec::new(), port, dir: tempfile::tempdir()?, logs: Vec::new() })
     }
 
     fn spawn(&mut self, mut command: Command, log: &Path) -> Result<()> {

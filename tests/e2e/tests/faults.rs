@@ -9,16 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::fault_proxy::{FaultProxy, Mode};
-use e2e::{NODE_AND_CPU, cents};
-use usage_agent::backends::Backends;
-use usage_agent::config::AgentConfig;
-use usage_agent::report::{CycleOptions, FixedClock, OfferingSummary, ReportTarget, StopFlag, prepare_targets, report_offering};
-use usage_agent::runtime::Runtime;
+use e2e::proxies::{ProxyProcess, free_port};
+use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, report_targets};
+use usage_agent::report::{OfferingSummary, ReportTarget};
 use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
 
 const TOKEN: &str = "provider-token";
@@ -49,15 +46,10 @@ struct World {
 impl World {
     async fn new() -> Result<Self> {
         let data = DwdiData::generated(ACCOUNTS, 3, &[(2024, 3)]);
-        let options = DwdiOptions::default();
-        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
-        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
-        waldur.add_token(TOKEN, "provider", false);
+        let ComputeSims { dwdi, options, waldur, offering } =
+            ComputeSims::start(&data, WaldurOptions::default(), "compute", TOKEN, "").await?;
         waldur.set_today(2024, 3, 15);
-        let offering = uuid_from("compute");
-        waldur.add_offering(&offering, "compute", &["nodeHours", "cpuHours"]);
         for account in data.accounts() {
-            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
             waldur.add_offering_user(&offering, &format!("{account}-nobody"));
         }
         Ok(Self { dwdi, options, waldur, data, offering })
@@ -158,15 +150,8 @@ impl World {
     }
 }
 
-async fn prepare(text: &str) -> Result<Vec<ReportTarget>> {
-    let config = AgentConfig::parse(text)?;
-    prepare_targets(&config, &Backends::new(Runtime::with_limits(config.component_limits.clone())?)).await
-}
-
 async fn cycle(target: &ReportTarget, text: &str) -> Result<OfferingSummary> {
-    let config = AgentConfig::parse(text)?;
-    let options = CycleOptions::from_config(&config)?;
-    Ok(report_offering(target, &options, &FixedClock(MID_MARCH.parse()?), &StopFlag::default()).await)
+    cycle_at(target, text, MID_MARCH).await
 }
 
 /// A cycle under a fault: it fails with `want` in an error and stores nothing wrong
@@ -221,7 +206,7 @@ async fn dwdi_error_statuses_submit_nothing() -> Result<()> {
     ] {
         let world = World::new().await?;
         let text = world.config(&world.direct());
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         world.dwdi.fail_next(count, status);
         let case = format!("DWDI {status}");
         fails_then_recovers(&world, &targets, &text, &case, want, true, || {}).await?;
@@ -248,7 +233,7 @@ async fn dwdi_answers_that_cannot_be_used_submit_nothing() -> Result<()> {
     for (case, content_type, body, want) in cases {
         let world = World::new().await?;
         let text = world.config(&world.direct());
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         world.dwdi.respond_next(1, 200, content_type, &body);
         fails_then_recovers(&world, &targets, &text, case, want, true, || {}).await?;
         assert!(
@@ -266,7 +251,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let proxy = FaultProxy::start(world.dwdi.addr()).await?;
     let routes = Routes { api_url: proxy.url("/api/v1"), ..world.direct() };
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Stall);
     fails_then_recovers(&world, &targets, &text, "DWDI stalls", "no answer from", true, || proxy.set_mode(Mode::Pass)).await?;
 
@@ -275,7 +260,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let proxy = FaultProxy::start(world.dwdi.addr()).await?;
     let routes = Routes { api_url: proxy.url("/api/v1"), ..world.direct() };
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     proxy.cut_after(400);
     fails_then_recovers(&world, &targets, &text, "DWDI connection cut", "DWDI", true, || {}).await?;
     assert_eq!(proxy.cuts(), 1);
@@ -285,7 +270,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let proxy = FaultProxy::start(world.dwdi.addr()).await?;
     let routes = Routes { api_url: proxy.url("/api/v1"), ..world.direct() };
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Refuse);
     fails_then_recovers(&world, &targets, &text, "DWDI refuses", "DWDI could not be reached", true, || proxy.set_mode(Mode::Pass)).await?;
     Ok(())
@@ -300,7 +285,7 @@ async fn token_endpoint_failures_submit_nothing() -> Result<()> {
     ] {
         let world = World::new().await?;
         let text = world.config(&world.direct());
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         match case {
             "HTTP 500" => world.dwdi.fail_next_token(1, 500),
             "not JSON" => world.dwdi.respond_next_token(1, 200, "application/json", "{\"access_token\": "),
@@ -313,7 +298,7 @@ async fn token_endpoint_failures_submit_nothing() -> Result<()> {
         let proxy = FaultProxy::start(world.dwdi.addr()).await?;
         let routes = Routes { token_url: format!("{}{}", proxy.url(""), dwdi_sim::TOKEN_PATH), ..world.direct() };
         let text = world.config(&routes);
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         proxy.set_mode(mode);
         let case = format!("token endpoint {mode:?}");
         fails_then_recovers(&world, &targets, &text, &case, want, true, || proxy.set_mode(Mode::Pass)).await?;
@@ -321,54 +306,18 @@ async fn token_endpoint_failures_submit_nothing() -> Result<()> {
     Ok(())
 }
 
-/// A `microsocks` SOCKS5 server on loopback, stopped when dropped.
-struct Socks {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Socks {
-    async fn start_on(port: u16) -> Result<Self> {
-        let child = std::process::Command::new("microsocks")
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start microsocks (tests/run-all installs it)")?;
-        let socks = Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(socks.addr).await.is_ok() {
-                return Ok(socks);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!("microsocks did not listen on {} within 10 s", socks.addr)
-    }
-}
-
-impl Drop for Socks {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_failures_submit_nothing() -> Result<()> {
     // The real SOCKS server behind a fault proxy: refused, then stalled, then fine.
     let world = World::new().await?;
-    let socks = Socks::start_on(free_port()?).await?;
-    let proxy = FaultProxy::start(socks.addr).await?;
+    let socks = ProxyProcess::microsocks(None)?;
+    let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], socks.port()))).await?;
     let mut routes = world.direct();
     // The proxy's own connect timeout fires before the token request's.
     routes.settings = routes.settings.replace("connect_timeout_seconds: 2", "connect_timeout_seconds: 1");
     routes.settings.push_str(&format!("      socks_proxy: \"socks5h://{}\"\n", proxy.addr()));
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Refuse);
     let first = cycle(&targets[0], &text).await?;
     assert!(first.failed > 0 && world.waldur.usages().is_empty(), "{first:?}");
@@ -383,9 +332,9 @@ async fn proxy_failures_submit_nothing() -> Result<()> {
     let mut routes = world.direct();
     routes.settings.push_str(&format!("      socks_proxy: \"socks5h://127.0.0.1:{port}\"\n"));
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     fails(&world, &targets, &text, "SOCKS proxy down", "cannot connect to proxy", true).await?;
-    let _socks = Socks::start_on(port).await?;
+    let _socks = ProxyProcess::microsocks_on(port, None)?;
     recovers(&world, &targets, &text, "SOCKS proxy down").await
 }
 
@@ -406,7 +355,7 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     for (case, inject, want, nothing) in cases {
         let world = World::new().await?;
         let text = world.config(&world.direct());
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         inject(&world.waldur);
         fails_then_recovers(&world, &targets, &text, case, want, nothing, || world.waldur.clear_faults()).await?;
     }
@@ -414,7 +363,7 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     // Passing failures of reads are retried within the cycle.
     let world = World::new().await?;
     let text = world.config(&world.direct());
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     world.waldur.fail_next(2, 503);
     let summary = cycle(&targets[0], &text).await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
@@ -428,7 +377,7 @@ async fn waldur_timeouts_are_contained_and_the_next_cycle_recovers() -> Result<(
     let proxy = FaultProxy::start(world.waldur.addr()).await?;
     let routes = Routes { waldur_url: proxy.url("/api/"), top: "waldur_timeout_seconds: 1\n".to_owned(), ..world.direct() };
     let text = world.config(&routes);
-    let targets = prepare(&text).await?;
+    let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Stall);
     fails_then_recovers(&world, &targets, &text, "Waldur stalls", "no answer within", true, || proxy.set_mode(Mode::Pass)).await
 }
@@ -444,7 +393,7 @@ async fn a_waldur_connection_dropped_halfway_loses_nothing() -> Result<()> {
         let world = World::new().await?;
         let proxy = FaultProxy::start(world.waldur.addr()).await?;
         let text = world.config(&Routes { waldur_url: proxy.url("/api/"), top: sequential(), ..world.direct() });
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         let summary = cycle(&targets[0], &text).await?;
         assert_eq!(summary.failed, 0, "{summary:?}");
         let writes: Vec<u64> = proxy.answer_starts().into_iter().filter(|(_, line)| line.contains(" 201 ")).map(|(at, _)| at).collect();
@@ -456,7 +405,7 @@ async fn a_waldur_connection_dropped_halfway_loses_nothing() -> Result<()> {
         let world = World::new().await?;
         let proxy = FaultProxy::start(world.waldur.addr()).await?;
         let text = world.config(&Routes { waldur_url: proxy.url("/api/"), top: sequential(), ..world.direct() });
-        let targets = prepare(&text).await?;
+        let targets = report_targets(&text).await?;
         proxy.cut_after(point);
         let case = format!("cut after {point} of {total} bytes");
         let first = cycle(&targets[0], &text).await?;

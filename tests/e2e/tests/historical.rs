@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
-use e2e::{ConfigFile, NODE_AND_CPU, cents, dwdi_access, run_cli};
+use dwdi_sim::{DwdiData, DwdiSim};
+use e2e::{ComputeSims, ConfigFile, NODE_AND_CPU, cents, dwdi_access, run_cli};
 use usage_agent::backends::Backends;
 use usage_agent::config::{AgentConfig, Secret};
 use usage_agent::historical::{self, HistoricalOptions, HistoricalSummary, Observer, Strategy};
@@ -36,19 +36,12 @@ impl World {
     /// `settings`: extra `backend_settings` lines (6-space indent).
     async fn with_settings(accounts: usize, users: usize, settings: &str) -> Result<Self> {
         let data = DwdiData::generated(accounts, users, &MONTHS);
-        let options = DwdiOptions::default();
-        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
-        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
-        waldur.add_token(PROVIDER, "provider", false);
+        // The cluster Waldur knows ("alps") is not used for past months: the seed's
+        // loader filters by `cscs_dwdi_cluster` only.
+        let ComputeSims { dwdi, options, waldur, offering } =
+            ComputeSims::start(&data, WaldurOptions::default(), "compute", PROVIDER, "alps").await?;
         waldur.add_token(STAFF, "admin", true);
         waldur.set_today(2024, 12, 15);
-        let offering = uuid_from("compute");
-        waldur.add_offering(&offering, "compute", &["nodeHours", "cpuHours"]);
-        for account in data.accounts() {
-            // The cluster Waldur knows is not used for past months: the seed's loader
-            // filters by `cscs_dwdi_cluster` only.
-            waldur.add_resource(&offering, &uuid_from(&account), &account, "alps", "OK");
-        }
         let text = format!(
             "timezone: UTC\nofferings:\n  - name: compute\n    waldur_api_url: {:?}\n    waldur_api_token: {PROVIDER}\n    waldur_offering_uuid: {offering}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}{settings}    backend_components:\n{NODE_AND_CPU}",
             waldur.url(),

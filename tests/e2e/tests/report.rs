@@ -4,11 +4,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
-use e2e::{NODE_AND_CPU, cents, dwdi_access};
-use usage_agent::backends::Backends;
+use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, dwdi_access, report_targets};
 use usage_agent::config::AgentConfig;
-use usage_agent::report::{CycleOptions, FixedClock, OfferingSummary, ReportTarget, StopFlag, prepare_targets, report_offering};
-use usage_agent::runtime::Runtime;
+use usage_agent::report::{CycleOptions, FixedClock, StopFlag, report_offering};
 use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
 
 const TOKEN: &str = "provider-token";
@@ -26,17 +24,9 @@ struct World {
 impl World {
     async fn new(accounts: usize, users: usize, waldur_options: WaldurOptions) -> Result<Self> {
         let data = DwdiData::generated(accounts, users, &[(2024, 2), (2024, 3)]);
-        let options = DwdiOptions::default();
-        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
-        let waldur = WaldurSim::start(waldur_options).await?;
-        waldur.add_token(TOKEN, "provider", false);
+        let ComputeSims { dwdi, options, waldur, offering } = ComputeSims::start(&data, waldur_options, "compute", TOKEN, "").await?;
         waldur.add_token(STAFF, "admin", true);
         waldur.set_today(2024, 3, 15);
-        let offering = uuid_from("compute");
-        waldur.add_offering(&offering, "compute", &["nodeHours", "cpuHours"]);
-        for account in data.accounts() {
-            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
-        }
         Ok(Self { dwdi, options, waldur, data, offering })
     }
 
@@ -63,24 +53,13 @@ impl World {
     }
 }
 
-async fn targets(text: &str) -> Result<Vec<ReportTarget>> {
-    let config = AgentConfig::parse(text)?;
-    prepare_targets(&config, &Backends::new(Runtime::new()?)).await
-}
-
-async fn cycle_at(target: &ReportTarget, text: &str, now: &str) -> Result<OfferingSummary> {
-    let config = AgentConfig::parse(text)?;
-    let options = CycleOptions::from_config(&config)?;
-    Ok(report_offering(target, &options, &FixedClock(now.parse()?), &StopFlag::default()).await)
-}
-
 const MID_MARCH: &str = "2024-03-15T12:00:00Z";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cycle_submits_totals_and_users_and_a_second_writes_nothing() -> Result<()> {
     let world = World::new(6, 3, WaldurOptions::default()).await?;
     let text = world.config(TOKEN, 1, "");
-    let targets = targets(&text).await?;
+    let targets = report_targets(&text).await?;
     let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
     assert_eq!((summary.resources, summary.submitted, summary.failed), (6, 6, 0), "{summary:?}");
     let stored = world.stored();
@@ -121,7 +100,7 @@ async fn without_a_result_count_listings_follow_the_link_chain() -> Result<()> {
     let options = WaldurOptions { result_count: false, ..WaldurOptions::default() };
     let world = World::new(250, 1, options).await?;
     let text = world.config(TOKEN, 1, "");
-    let targets = targets(&text).await?;
+    let targets = report_targets(&text).await?;
     let first = cycle_at(&targets[0], &text, MID_MARCH).await?;
     assert_eq!((first.resources, first.submitted, first.failed), (250, 250, 0), "{first:?}");
     assert_eq!(world.waldur.requests().by_route.get("GET /api/marketplace-provider-resources/"), Some(&3));
@@ -142,7 +121,7 @@ async fn an_answer_that_knows_no_resource_is_pointed_out_once() -> Result<()> {
     let world = World::new(3, 1, WaldurOptions::default()).await?;
     // A cluster with no data: every account comes back absent.
     let text = world.config(TOKEN, 1, "").replace("    backend_components:", "      cscs_dwdi_cluster: nowhere\n    backend_components:");
-    let targets = targets(&text).await?;
+    let targets = report_targets(&text).await?;
     for _ in 0..2 {
         let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
         assert_eq!(summary.failed, 0, "{summary:?}");
@@ -158,7 +137,7 @@ async fn an_answer_that_knows_no_resource_is_pointed_out_once() -> Result<()> {
 async fn changed_data_updates_and_absence_never_lowers() -> Result<()> {
     let world = World::new(3, 2, WaldurOptions::default()).await?;
     let text = world.config(TOKEN, 1, "");
-    let targets = targets(&text).await?;
+    let targets = report_targets(&text).await?;
     cycle_at(&targets[0], &text, MID_MARCH).await?;
     let accounts = world.data.accounts();
 
@@ -190,7 +169,7 @@ async fn an_absent_resource_reports_zero_in_the_current_month() -> Result<()> {
     let world = World::new(2, 2, WaldurOptions::default()).await?;
     world.waldur.add_resource(&world.offering, &uuid_from("ghost"), "ghost", "", "OK");
     let text = world.config(TOKEN, 1, "");
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
     let ghost: Vec<(String, String)> = world
         .waldur
@@ -217,7 +196,7 @@ async fn dwdi_failing_for_one_offering_leaves_the_other_reporting() -> Result<()
         world.waldur.url(),
         dwdi_access(&world.dwdi, &world.options).replace(&world.options.client_secret, "wrong-secret"),
     );
-    let targets = targets(&text).await?;
+    let targets = report_targets(&text).await?;
     let good = cycle_at(&targets[0], &text, MID_MARCH).await?;
     let bad = cycle_at(&targets[1], &text, MID_MARCH).await?;
     assert_eq!((good.submitted, good.failed), (2, 0));
@@ -233,7 +212,7 @@ async fn waldur_rejecting_one_resource_does_not_stop_the_others() -> Result<()> 
     let accounts = world.data.accounts();
     world.waldur.reject_resource(&uuid_from(&accounts[1]), 400, serde_json::json!({"detail": "locked for audit"}));
     let text = world.config(TOKEN, 1, "");
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.submitted, summary.failed), (3, 1), "{summary:?}");
     assert!(summary.errors.iter().any(|e| e.contains(&accounts[1]) && e.contains("locked for audit")), "{:?}", summary.errors);
     Ok(())
@@ -243,7 +222,7 @@ async fn waldur_rejecting_one_resource_does_not_stop_the_others() -> Result<()> 
 async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> Result<()> {
     let world = World::new(2, 2, WaldurOptions::default()).await?;
     let text = world.config(STAFF, 2, "");
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.submitted, summary.failed), (4, 0), "{summary:?}");
     let stored = world.stored();
     let account = &world.data.accounts()[0];
@@ -254,7 +233,7 @@ async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> R
     // A provider token cannot back-fill February: skipped with a warning, not failed.
     let text = world.config(TOKEN, 2, "");
     world.dwdi.set_data(DwdiData::generated(2, 3, &[(2024, 2), (2024, 3)]));
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
     assert!(summary.skipped >= 1, "{summary:?}");
     Ok(())
@@ -266,7 +245,7 @@ async fn a_zone_east_of_utc_on_the_first_reports_the_new_month() -> Result<()> {
     let world = World::new(2, 2, WaldurOptions { utc_offset_minutes: 60, ..WaldurOptions::default() }).await?;
     world.waldur.set_today(2024, 3, 1);
     let text = world.config(TOKEN, 1, "").replace("timezone: UTC", "timezone: Europe/Zurich");
-    let summary = cycle_at(&targets(&text).await?[0], &text, "2024-02-29T23:30:00Z").await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, "2024-02-29T23:30:00Z").await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
     let periods: Vec<String> = world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
     assert!(!periods.is_empty() && periods.iter().all(|p| p == "2024-03-01"), "{periods:?}");
@@ -281,7 +260,7 @@ async fn components_the_offering_lacks_are_not_submitted() -> Result<()> {
     world.waldur.add_offering(&offering, "node only", &["nodeHours"]);
     world.waldur.add_resource(&offering, &uuid_from("n1"), &world.data.accounts()[0], "", "OK");
     let text = world.config(TOKEN, 1, "").replace(&world.offering, &offering);
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.submitted, summary.failed), (1, 0), "{summary:?}");
     let types: Vec<String> = world.waldur.usages().into_iter().map(|u| u.component_type).collect();
     assert_eq!(types, vec!["nodeHours".to_owned()]);
@@ -293,7 +272,7 @@ async fn listings_follow_pagination_and_users_link_to_offering_users() -> Result
     let world = World::new(330, 1, WaldurOptions::default()).await?;
     let linked = world.waldur.add_offering_user(&world.offering, "user_0000");
     let text = world.config(TOKEN, 1, "");
-    let summary = cycle_at(&targets(&text).await?[0], &text, MID_MARCH).await?;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.resources, summary.submitted, summary.failed), (330, 330, 0), "{summary:?}");
     let counts = world.waldur.requests();
     assert_eq!(counts.route("GET /api/marketplace-provider-resources/"), 4, "330 resources in pages of 100: {counts:?}");
@@ -325,7 +304,7 @@ async fn the_sequential_baseline_stores_the_same_and_costs_more_requests() -> Re
     for sequential in [false, true] {
         let world = World::new(5, 3, WaldurOptions::default()).await?;
         let text = world.config(TOKEN, 1, "");
-        let targets = targets(&text).await?;
+        let targets = report_targets(&text).await?;
         let config = AgentConfig::parse(&text)?;
         let mut options = CycleOptions::from_config(&config)?;
         options.sequential = sequential;

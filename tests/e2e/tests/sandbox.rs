@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result};
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::fault_proxy::{FaultProxy, Mode};
-use e2e::{NODE_AND_CPU, cents, components, dwdi_access};
-use usage_agent::backends::Backends;
+use e2e::{ComputeSims, NODE_AND_CPU, cents, components, dwdi_access};
 use usage_agent::config::{AgentConfig, ComponentLimits};
 use usage_agent::report::{CycleOptions, FixedClock, OfferingSummary, StopFlag, prepare_targets, report_offering};
 use usage_agent::runtime::{CallError, Limit, Runtime, Source};
@@ -42,16 +41,9 @@ struct World {
 impl World {
     async fn new(hostile_resources: &[&str]) -> Result<Self> {
         let data = DwdiData::generated(3, 2, &[(2024, 3)]);
-        let options = DwdiOptions::default();
-        let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
-        let waldur = WaldurSim::start(WaldurOptions::default()).await?;
-        waldur.add_token(TOKEN, "provider", false);
+        let ComputeSims { dwdi, options, waldur, offering: compute } =
+            ComputeSims::start(&data, WaldurOptions::default(), "compute", TOKEN, "").await?;
         waldur.set_today(2024, 3, 15);
-        let compute = uuid_from("compute");
-        waldur.add_offering(&compute, "compute", &["nodeHours", "cpuHours"]);
-        for account in data.accounts() {
-            waldur.add_resource(&compute, &uuid_from(&account), &account, "", "OK");
-        }
         let hostile = uuid_from("hostile");
         waldur.add_offering(&hostile, "hostile", &["usage"]);
         for id in hostile_resources {
@@ -76,10 +68,7 @@ impl World {
     /// Runs one cycle of both offerings side by side, in one host.
     async fn cycle(&self, text: &str) -> Result<(OfferingSummary, OfferingSummary)> {
         let config = AgentConfig::parse(text)?;
-        let runtime = Runtime::with_limits(config.component_limits.clone())?;
-        let probe = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
-        let backends = Backends::new(runtime);
-        backends.install("probe", probe);
+        let backends = e2e::probe_backends(Runtime::with_limits(config.component_limits.clone())?).await?;
         let targets = prepare_targets(&config, &backends).await?;
         let options = CycleOptions::from_config(&config)?;
         let clock = FixedClock(MID_MARCH.parse()?);
@@ -314,10 +303,7 @@ async fn a_component_needing_more_instances_than_allowed_is_refused_at_load() ->
 async fn limit_errors_are_typed() -> Result<()> {
     let world = World::new(&["r0"]).await?;
     let config = AgentConfig::parse(&world.config("      probe: grow\n", &world.access()))?;
-    let runtime = Runtime::with_limits(config.component_limits.clone())?;
-    let probe = runtime.load(&std::fs::read(components::PROBE)?, Source::File(components::PROBE.into())).await?;
-    let backends = Backends::new(runtime);
-    backends.install("probe", probe);
+    let backends = e2e::probe_backends(Runtime::with_limits(config.component_limits.clone())?).await?;
     let backend = usage_agent::backends::prepare_offering(&backends, 1, &config.offerings[1]).await?;
     let resources = vec![usage_agent::runtime::wit::WaldurResource { backend_id: "r0".into(), cluster: None }];
     let period = usage_agent::runtime::wit::BillingPeriod { year: 2024, month: 3 };
