@@ -46,10 +46,9 @@ impl Backends {
             return Ok(());
         }
         let Some(bytes) = crate::builtin::component(backend_type) else {
-            let known: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
             bail!(
                 "offerings[{index}].backend_type: no component serves {backend_type:?} (built in: {})",
-                known.join(", ")
+                crate::builtin::names()
             );
         };
         let loaded = self.runtime.load(bytes, Source::Builtin).await?;

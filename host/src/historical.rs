@@ -226,8 +226,8 @@ pub trait Observer: Send + Sync {
     fn started(&self, _months: usize, _resources: usize) {}
     /// One resource is done for one month (whatever its outcome).
     fn resource_done(&self) {}
-    /// A month is done; `summary` is the run so far.
-    fn month_done(&self, _month: Month, _summary: &HistoricalSummary) {}
+    /// A month is done.
+    fn month_done(&self, _month: Month) {}
     /// A dry run would submit this.
     fn planned(&self, _planned: &Planned) {}
 }
@@ -445,12 +445,11 @@ async fn load_offering(target: &HistoricalTarget, options: &HistoricalOptions, s
             break;
         }
         let complete = tracing::Instrument::instrument(run.month(month, &resources), tracing::info_span!("month", %month)).await;
-        run.fill(&mut summary, started, waldur_before, dwdi_before);
         if !complete {
             break;
         }
         summary.months += 1;
-        observer.month_done(month, &summary);
+        observer.month_done(month);
     }
     run.fill(&mut summary, started, waldur_before, dwdi_before);
     summary.interrupted = summary.months < options.months.len();
@@ -588,7 +587,7 @@ impl Run<'_> {
             .iter()
             .map(|r| wit::WaldurResource { backend_id: r.backend_id.clone().unwrap_or_default(), cluster: None })
             .collect();
-        let period = wit::BillingPeriod { year: month.year as u16, month: month.month as u8 };
+        let period = month.billing_period();
         let report = match self.target.backend.usage_report(requested, period).await {
             Ok(report) => report,
             Err(error) => return self.fail_all(chunk, format!("offering {name} {month}: DWDI usage failed, nothing submitted: {error}")),

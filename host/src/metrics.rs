@@ -106,11 +106,6 @@ impl Metrics {
         });
     }
 
-    /// The value of a counter, for tests and summaries.
-    pub fn counter(&self, name: &'static str, pairs: &[(&'static str, &str)]) -> f64 {
-        self.with(|f| f.counters.get(&(name, labels(pairs))).copied().unwrap_or(0.0))
-    }
-
     /// Everything, in the Prometheus text format.
     pub fn render(&self) -> String {
         self.with(|f| {

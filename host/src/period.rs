@@ -37,6 +37,11 @@ impl Month {
         Self { year: date.year(), month: date.month() }
     }
 
+    /// The month as the WIT contract passes it to a component.
+    pub fn billing_period(self) -> crate::runtime::wit::BillingPeriod {
+        crate::runtime::wit::BillingPeriod { year: self.year as u16, month: self.month as u8 }
+    }
+
     /// Parses `YYYY-MM`.
     pub fn parse(text: &str) -> Result<Self> {
         let err = || anyhow!("{text:?} is not a month; expected YYYY-MM");

@@ -197,7 +197,7 @@ impl ReportTarget {
             .zip(self.config.usage_backend())
             .and_then(|(backends, backend_type)| backends.get(backend_type));
         match current {
-            Some(current) if !Arc::ptr_eq(&current, self.backend.loaded()) => self.backend.with_backend(current),
+            Some(current) if !Arc::ptr_eq(&current, self.backend.backend()) => self.backend.with_backend(current),
             _ => self.backend.clone(),
         }
     }
@@ -319,7 +319,7 @@ pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, cloc
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
     // One component version for the whole cycle, even if another is swapped in meanwhile.
     let backend = target.backend_now();
-    let info = &backend.loaded().info;
+    let info = &backend.backend().info;
     let backend_type = target.config.usage_backend().unwrap_or_default();
     let mut summary = OfferingSummary {
         offering: target.name.clone(),
@@ -442,7 +442,7 @@ impl Cycle<'_> {
         offering_users: &mut Option<HashMap<String, String>>,
     ) {
         let Cycle { target, backend, options, clock, stop, tally } = self;
-        let period = wit::BillingPeriod { year: month.year as u16, month: month.month as u8 };
+        let period = month.billing_period();
         let report = match backend.usage_report(wit_resources(resources), period).await {
             Ok(report) => report,
             Err(error) => {
@@ -589,7 +589,8 @@ impl Cycle<'_> {
                 }
             }
         }
-        let users_by_name = offering_users.as_ref().cloned().unwrap_or_default();
+        let no_users = HashMap::new();
+        let users_by_name = offering_users.as_ref().unwrap_or(&no_users);
         let stored_users: HashMap<(String, String), crate::waldur::ComponentUserUsage> =
             match list_user_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
                 Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),

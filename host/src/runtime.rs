@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -42,7 +42,7 @@ mod bindings {
 }
 
 pub use bindings::exports::waldur::usage::usage_backend as wit;
-use bindings::Backend as BackendBindings;
+use bindings::{Backend as BackendBindings, BackendPre};
 
 /// The WIT package this host implements; components must share its major version.
 pub const WIT_PACKAGE: &str = "waldur:usage";
@@ -50,7 +50,7 @@ pub const WIT_PACKAGE: &str = "waldur:usage";
 pub const WIT_VERSION: &str = "1.0.0";
 
 /// What one call's store holds.
-struct CallState {
+pub(crate) struct CallState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
@@ -114,6 +114,9 @@ impl std::fmt::Display for Source {
 /// A compiled component and what it says about itself.
 pub struct LoadedBackend {
     pub component: Component,
+    /// The component linked to the host's imports once, so each call only
+    /// instantiates it.
+    pub(crate) linked: BackendPre<CallState>,
     pub info: wit::BackendInfo,
     pub source: Source,
     pub sha256: String,
@@ -218,15 +221,14 @@ impl Runtime {
             .await
             .context("compile task failed")?
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
-        let info = self
-            .instantiate(&component, ComponentHooks::new("(describe)", None))
-            .await
-            .with_context(|| format!("{source}: cannot instantiate"))?
-            .describe(self.limits())
+        let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
+        let (linked, info) = self
+            .describe_component(imports)
             .await
             .map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
         Ok(LoadedBackend {
             component,
+            linked,
             info,
             source,
             sha256: sha256_hex(bytes),
@@ -235,7 +237,7 @@ impl Runtime {
         })
     }
 
-    async fn instantiate(&self, component: &Component, hooks: ComponentHooks) -> Result<Instance> {
+    async fn instantiate(&self, linked: &BackendPre<CallState>, hooks: ComponentHooks) -> Result<Instance> {
         let name = hooks.component().to_owned();
         let stderr = ComponentOutput::new(&name, Stream::Stderr);
         let wasi = WasiCtx::builder()
@@ -259,7 +261,7 @@ impl Runtime {
                 Err(exceeded) => Err(wasmtime::Error::new(exceeded)),
             });
         }
-        match BackendBindings::instantiate_async(&mut store, component, &self.linker).await {
+        match linked.instantiate_async(&mut store).await {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(error) => {
                 let limits = self.limits().cloned().unwrap_or_default();
@@ -307,9 +309,15 @@ fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Er
     tracing::debug!(component, "trap details: {error:?}");
     let cause = match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
-        None => format!("{error:#}").split_whitespace().collect::<Vec<_>>().join(" "),
+        None => one_line(&format!("{error:#}")),
     };
     CallError::Sandbox(anyhow!("component {component} trapped: {cause}{said}"))
+}
+
+/// `text` on one line: a log line or refusal stays one line, whatever wasmtime or a
+/// guest wrote.
+pub(crate) fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A failed instantiation: a broken limit keeps its type.
@@ -388,7 +396,8 @@ impl OfferingBackend {
         Self { runtime, backend, egress, config }
     }
 
-    pub fn backend(&self) -> &LoadedBackend {
+    /// The component this binding calls.
+    pub fn backend(&self) -> &Arc<LoadedBackend> {
         &self.backend
     }
 
@@ -474,13 +483,16 @@ pub fn wit_config(offering: &crate::config::OfferingConfig) -> wit::Config {
 impl Runtime {
     /// Fails, naming the import, when `component` imports anything the sandbox does
     /// not provide (or provides with another type).
-    pub fn check_imports(&self, component: &Component) -> Result<()> {
-        self.linker.instantiate_pre(component).map(drop).map_err(|e| anyhow!("{e:#}"))
+    pub(crate) fn check_imports(&self, component: &Component) -> Result<InstancePre<CallState>> {
+        self.linker.instantiate_pre(component).map_err(|e| anyhow!("{e:#}"))
     }
 
-    /// Asks a compiled component to describe itself, on a fresh instance with no egress.
-    pub async fn describe_component(&self, component: &Component) -> Result<wit::BackendInfo> {
-        self.instantiate(component, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await
+    /// Asks a component whose imports are linked to describe itself, on a fresh instance
+    /// with no egress; also returns it ready to instantiate for every later call.
+    pub(crate) async fn describe_component(&self, imports: InstancePre<CallState>) -> Result<(BackendPre<CallState>, wit::BackendInfo)> {
+        let linked = BackendPre::new(imports).map_err(|e| anyhow!("{e:#}"))?;
+        let info = self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await?;
+        Ok((linked, info))
     }
 
     /// Calls `setup` with `config` on a fresh instance with no egress, within the call
@@ -505,7 +517,7 @@ impl Runtime {
         let hooks = ComponentHooks::new(name, egress);
         let failures = hooks.failures();
         let run = async {
-            let mut instance = self.instantiate(&backend.component, hooks).await.map_err(instantiate_error)?;
+            let mut instance = self.instantiate(&backend.linked, hooks).await.map_err(instantiate_error)?;
             let guest = instance.bindings.waldur_usage_usage_backend();
             match call(guest, &mut instance.store).await {
                 Ok(outcome) => Ok(outcome),
@@ -520,7 +532,7 @@ impl Runtime {
                 .await
                 .map_err(|_| {
                     let exceeded = LimitExceeded::time(name, limits.call_timeout());
-                    tracing::warn!(component = %name, limit = %exceeded.limit, "{exceeded}");
+                    exceeded.warn();
                     CallError::Limit(exceeded)
                 })??,
             None => run.await?,
@@ -535,10 +547,5 @@ impl OfferingBackend {
     /// token cache and counters) is shared with `self`.
     pub fn with_backend(&self, backend: Arc<LoadedBackend>) -> Self {
         Self { backend, ..self.clone() }
-    }
-
-    /// The component this binding calls.
-    pub fn loaded(&self) -> &Arc<LoadedBackend> {
-        &self.backend
     }
 }

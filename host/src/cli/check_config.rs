@@ -22,7 +22,7 @@ pub struct CheckConfigArgs {
 pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let path = &args.config.config;
     let config = AgentConfig::load(path)?;
-    let plugins = super::serving_components(&config, path, &args.plugins).await?;
+    let plugins = super::serving_components(Some(&config), Some(path), &args.plugins).await?;
     let targets = prepare_targets(&config, plugins.backends()).await?;
     writeln!(
         out,

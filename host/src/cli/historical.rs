@@ -16,7 +16,7 @@ use jiff::civil::Date;
 use super::{ConfigArg, PluginsDirArg};
 use super::progress::Progress;
 use crate::config::{AgentConfig, Secret};
-use crate::historical::{self, HistoricalOptions, HistoricalSummary, Observer, Planned, Strategy};
+use crate::historical::{self, HistoricalOptions, Observer, Planned, Strategy};
 use crate::period::{self, Month};
 use crate::report::{DEFAULT_CONCURRENCY, StopFlag};
 
@@ -105,7 +105,7 @@ impl Observer for CliObserver<'_> {
         self.progress.resource_done();
     }
 
-    fn month_done(&self, month: Month, _summary: &HistoricalSummary) {
+    fn month_done(&self, month: Month) {
         self.progress.month_done(month);
     }
 
@@ -124,7 +124,7 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
     let time_zone = period::time_zone(config.timezone.as_deref())?;
     let current = Month::containing(jiff::Timestamp::now(), &time_zone);
     let months = historical::months_between(args.start_date, args.end_date, current)?;
-    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let plugins = super::serving_components(Some(&config), Some(&args.config.config), &args.plugins).await?;
     let target = historical::prepare(&config, &args.offering_uuid, args.user_token.clone(), plugins.backends()).await?;
     if args.no_staff_check {
         tracing::info!("staff check skipped (--no-staff-check)");

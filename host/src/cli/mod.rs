@@ -93,11 +93,17 @@ pub struct PluginsDirArg {
 
 /// The components `report` would serve for `config`: the plugins folder's files that
 /// pass validation, the built-in components for the other backend types, all held to
-/// the config's `component_limits`.
-pub(crate) async fn serving_components(config: &AgentConfig, config_path: &std::path::Path, plugins_dir: &PluginsDirArg) -> Result<Plugins> {
-    let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
-    let options = PluginOptions::resolve(Some(config), Some(config_path), plugins_dir.plugins_dir.clone());
-    let plugins = Plugins::new(backends, Some(config), options);
+/// the config's `component_limits`. Without a config: every built-in backend type,
+/// default limits and folders.
+pub(crate) async fn serving_components(
+    config: Option<&AgentConfig>,
+    config_path: Option<&std::path::Path>,
+    plugins_dir: &PluginsDirArg,
+) -> Result<Plugins> {
+    let limits = config.map(|c| c.component_limits.clone()).unwrap_or_default();
+    let backends = Backends::new(Runtime::with_limits(limits)?);
+    let options = PluginOptions::resolve(config, config_path, plugins_dir.plugins_dir.clone());
+    let plugins = Plugins::new(backends, config, options);
     plugins.start().await?;
     Ok(plugins)
 }

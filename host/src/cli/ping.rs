@@ -73,7 +73,7 @@ pub(crate) async fn run(args: PingArgs, out: &mut (dyn Write + Send)) -> Result<
         Some(key) => vec![config.find_offering(key)?],
         None => config.offerings().collect(),
     };
-    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let plugins = super::serving_components(Some(&config), Some(&args.config.config), &args.plugins).await?;
     let backends = plugins.backends();
     let mut failed = Vec::new();
     for (index, offering) in selected {

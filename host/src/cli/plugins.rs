@@ -8,10 +8,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::backends::Backends;
 use crate::config::AgentConfig;
-use crate::plugins::{PluginOptions, Plugins};
-use crate::runtime::{Runtime, Source, WIT_PACKAGE};
+use crate::runtime::{Source, WIT_PACKAGE};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginsArgs {
@@ -19,18 +17,14 @@ pub struct PluginsArgs {
     /// backend type, the default folders, no setup check).
     #[arg(short = 'c', long = "config", visible_alias = "config-file", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The plugins folder (overrides `plugins_dir`).
-    #[arg(long, value_name = "DIR")]
-    pub plugins_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub plugins: super::PluginsDirArg,
 }
 
 pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let config = args.config.as_deref().map(AgentConfig::load).transpose()?;
-    let options = PluginOptions::resolve(config.as_ref(), args.config.as_deref(), args.plugins_dir.clone());
-    // The config's limits, as `report` would validate with them.
-    let limits = config.as_ref().map(|c| c.component_limits.clone()).unwrap_or_default();
-    let plugins = Plugins::new(Backends::new(Runtime::with_limits(limits)?), config.as_ref(), options.clone());
-    plugins.start().await?;
+    let plugins = super::serving_components(config.as_ref(), args.config.as_deref(), &args.plugins).await?;
+    let options = plugins.options();
     let missing = if options.dir.is_dir() { "" } else { " (missing: the built-in components serve)" };
     writeln!(out, "plugins folder: {}{missing}", options.dir.display())?;
     match &options.cache_dir {

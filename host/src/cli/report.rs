@@ -69,7 +69,7 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
     if let Some(n) = args.concurrency {
         options.concurrency = usize::from(n);
     }
-    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let plugins = super::serving_components(Some(&config), Some(&args.config.config), &args.plugins).await?;
     let targets = prepare_targets(&config, plugins.backends()).await?;
     // One cycle needs no watching; a loop picks up new files between cycles.
     let _watch = (!args.once).then(|| plugins.watch());

@@ -95,7 +95,7 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
         None => config.offerings().collect(),
     };
     let resources = explicit_resources(&args.resources);
-    let plugins = super::serving_components(&config, &args.config.config, &args.plugins).await?;
+    let plugins = super::serving_components(Some(&config), Some(&args.config.config), &args.plugins).await?;
     let printed = collect(plugins.backends(), &selected, period, |_, _| resources.clone()).await?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &printed)?;
@@ -139,14 +139,9 @@ pub(crate) async fn fetch(
     period: Period,
 ) -> Result<wit::Report, crate::runtime::CallError> {
     match period {
-        Period::Month(month) => backend.usage_report(resources, billing_period(month)).await,
+        Period::Month(month) => backend.usage_report(resources, month.billing_period()).await,
         Period::Days(first, last) => backend.daily_report(resources, wit_date(first), wit_date(last)).await,
     }
-}
-
-/// The WIT form of a month.
-pub(crate) fn billing_period(month: Month) -> wit::BillingPeriod {
-    wit::BillingPeriod { year: month.year as u16, month: month.month as u8 }
 }
 
 fn wit_date(date: jiff::civil::Date) -> wit::Date {

@@ -59,10 +59,6 @@ impl Cache {
         Self { dir, engine_key, write_warned: AtomicBool::new(false) }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The entry of the component whose `.wasm` has digest `sha256`.
     pub fn entry_path(&self, sha256: &str) -> PathBuf {
         self.dir.join(format!("{sha256}-{}.cwasm", self.engine_key))

@@ -32,7 +32,7 @@ use wasmtime::component::Component;
 
 use crate::backends::Backends;
 use crate::config::AgentConfig;
-use crate::runtime::{CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, sha256_hex, wit, wit_config};
+use crate::runtime::{CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, one_line, sha256_hex, wit, wit_config};
 pub use cache::Cache;
 pub use watch::WatchHandle;
 
@@ -296,7 +296,7 @@ impl Plugins {
             crate::metrics::global().add(SWAPS, SWAPS_HELP, &[("backend_type", backend_type)], 0.0);
             if let Some(bytes) = crate::builtin::component(backend_type) {
                 let plugin = self
-                    .prepare(backend_type, bytes.to_vec(), Source::Builtin)
+                    .prepare(backend_type, bytes.to_vec(), sha256_hex(bytes), Source::Builtin)
                     .await
                     .map_err(|reason| anyhow!("the built-in component for {backend_type} cannot serve: {reason}"))?;
                 let mut states = self.inner.state.lock().await;
@@ -309,14 +309,13 @@ impl Plugins {
             self.sync(backend_type).await;
             let state = self.inner.state.lock().await;
             if state.get(backend_type).and_then(|s| s.serving.as_ref()).is_none() {
-                let known: Vec<&str> = crate::builtin::BUILTIN.iter().map(|(name, _)| *name).collect();
                 let why = match state.get(backend_type).and_then(|s| s.refused.as_ref()) {
                     Some((file, reason)) => format!("{} was refused: {reason}", file.display()),
                     None => format!("{} has no {backend_type}.wasm", self.inner.options.dir.display()),
                 };
                 return Err(anyhow!(
                     "no component serves backend type {backend_type:?}: it is not built in (built in: {}) and {why}",
-                    known.join(", ")
+                    crate::builtin::names()
                 ));
             }
         }
@@ -419,7 +418,7 @@ impl Plugins {
             self.refuse(backend_type, state, &path, Some(sha256.clone()), Refusal::Pinned { pinned: pin, actual: sha256 });
             return;
         }
-        match self.prepare(backend_type, bytes, Source::File(path.clone())).await {
+        match self.prepare(backend_type, bytes, sha256.clone(), Source::File(path.clone())).await {
             Ok(plugin) => {
                 state.refused = None;
                 self.serve(backend_type, state, plugin);
@@ -520,15 +519,14 @@ impl Plugins {
 
     /// Compiles (or loads from the cache) and validates a component for `backend_type`.
     /// The checks run from the cheapest to the one that runs the most guest code.
-    async fn prepare(&self, backend_type: &str, bytes: Vec<u8>, source: Source) -> Result<Plugin, Refusal> {
+    async fn prepare(&self, backend_type: &str, bytes: Vec<u8>, sha256: String, source: Source) -> Result<Plugin, Refusal> {
         let runtime = self.inner.backends.runtime().clone();
-        let sha256 = sha256_hex(&bytes);
         let size = bytes.len();
         let (component, compiled) = compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone()).await?;
         let wit_version = check_export(runtime.engine(), &component)?;
-        runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
-        let info = runtime
-            .describe_component(&component)
+        let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
+        let (linked, info) = runtime
+            .describe_component(imports)
             .await
             .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
@@ -539,7 +537,7 @@ impl Plugins {
                 expected: backend_type.to_owned(),
             });
         }
-        let loaded = LoadedBackend { component, info, source, sha256, size, loaded_at: SystemTime::now() };
+        let loaded = LoadedBackend { component, linked, info, source, sha256, size, loaded_at: SystemTime::now() };
         // The built-in default's setup is checked by `prepare_offering` at start-up, with
         // the errors an operator fixing a config needs; a file must pass it here.
         if matches!(loaded.source, Source::File(_)) {
@@ -557,10 +555,6 @@ impl Plugins {
     }
 }
 
-/// `text` on one line: a refusal is one log line, whatever wasmtime or a guest wrote.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
 
 /// The major version of a semver string.
 fn wit_major(version: &str) -> &str {

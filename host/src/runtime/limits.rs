@@ -78,6 +78,11 @@ impl fmt::Display for LimitExceeded {
 }
 
 impl LimitExceeded {
+    /// The warning every broken limit gets in the log.
+    pub(crate) fn warn(&self) {
+        tracing::warn!(component = %self.component, limit = %self.limit, "{self}");
+    }
+
     pub(crate) fn new(component: &str, limit: Limit, detail: String) -> Self {
         Self { component: component.to_owned(), limit, detail }
     }
@@ -129,12 +134,9 @@ pub(crate) struct CallGuard {
     limits: Option<ComponentLimits>,
     deadline: Option<Instant>,
     /// Bytes of all linear memories together.
-    memory: usize,
+    memory: Budget,
     /// Elements of all tables together.
-    table_elements: usize,
-    /// The last growth allowed, undone if it then fails.
-    last_memory_growth: usize,
-    last_table_growth: usize,
+    table_elements: Budget,
     /// The limit broken, if any.
     pub(crate) broken: Option<LimitExceeded>,
 }
@@ -146,10 +148,8 @@ impl CallGuard {
             component: component.to_owned(),
             deadline: limits.map(|l| Instant::now() + l.call_timeout()),
             limits: limits.cloned(),
-            memory: 0,
-            table_elements: 0,
-            last_memory_growth: 0,
-            last_table_growth: 0,
+            memory: Budget::default(),
+            table_elements: Budget::default(),
             broken: None,
         }
     }
@@ -165,49 +165,69 @@ impl CallGuard {
     }
 
     fn record(&mut self, exceeded: LimitExceeded) -> LimitExceeded {
-        tracing::warn!(component = %self.component, limit = %exceeded.limit, "{exceeded}");
+        exceeded.warn();
         self.broken.get_or_insert(exceeded).clone()
+    }
+}
+
+/// What one kind of growth (memory bytes, table elements) has taken in a call.
+#[derive(Default)]
+struct Budget {
+    used: usize,
+    /// The last growth allowed, undone if it then fails.
+    last_growth: usize,
+}
+
+impl Budget {
+    /// Takes the growth of one memory or table from `current` to `desired`, or returns
+    /// the total it would have reached over `max`.
+    fn grow(&mut self, current: usize, desired: usize, max: usize) -> Result<(), usize> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > max {
+            return Err(total);
+        }
+        self.last_growth = desired.saturating_sub(current);
+        self.used = total;
+        Ok(())
+    }
+
+    fn undo_last(&mut self) {
+        self.used = self.used.saturating_sub(self.last_growth);
     }
 }
 
 impl wasmtime::ResourceLimiter for CallGuard {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let Some(limits) = &self.limits else { return Ok(true) };
-        let total = self.memory.saturating_sub(current).saturating_add(desired);
         let max = usize::try_from(limits.memory_bytes()).unwrap_or(usize::MAX);
-        if total > max {
+        if let Err(total) = self.memory.grow(current, desired, max) {
             let detail = format!("linear memory would grow to {}, limit {}", size(total as u64), size(max as u64));
             let exceeded = LimitExceeded::new(&self.component, Limit::Memory, detail);
             // An error, not `Ok(false)`: the guest would see a failed `memory.grow`
             // and abort with a vaguer message of its own.
             return Err(wasmtime::Error::new(self.record(exceeded)));
         }
-        self.last_memory_growth = desired.saturating_sub(current);
-        self.memory = total;
         Ok(true)
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.memory = self.memory.saturating_sub(self.last_memory_growth);
+        self.memory.undo_last();
         Ok(())
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let Some(limits) = &self.limits else { return Ok(true) };
-        let total = self.table_elements.saturating_sub(current).saturating_add(desired);
         let max = usize::try_from(limits.table_elements).unwrap_or(usize::MAX);
-        if total > max {
+        if let Err(total) = self.table_elements.grow(current, desired, max) {
             let detail = format!("tables would grow to {total} elements, limit {max}");
             let exceeded = LimitExceeded::new(&self.component, Limit::TableElements, detail);
             return Err(wasmtime::Error::new(self.record(exceeded)));
         }
-        self.last_table_growth = desired.saturating_sub(current);
-        self.table_elements = total;
         Ok(true)
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.table_elements = self.table_elements.saturating_sub(self.last_table_growth);
+        self.table_elements.undo_last();
         Ok(())
     }
 
@@ -301,7 +321,7 @@ pub(crate) fn check_result_size<T: ResultSize>(component: &str, limits: Option<&
     if bytes > limits.max_result_bytes {
         let detail = format!("returned {}, limit {}", size(bytes), size(limits.max_result_bytes));
         let exceeded = LimitExceeded::new(component, Limit::ResultSize, detail);
-        tracing::warn!(component, limit = %exceeded.limit, "{exceeded}");
+        exceeded.warn();
         return Err(exceeded);
     }
     Ok(())

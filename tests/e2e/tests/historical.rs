@@ -362,7 +362,7 @@ async fn waldur_refusing_one_resource_does_not_stop_the_month() -> Result<()> {
 struct StopAfterFirstMonth(StopFlag);
 
 impl Observer for StopAfterFirstMonth {
-    fn month_done(&self, _month: Month, _summary: &HistoricalSummary) {
+    fn month_done(&self, _month: Month) {
         self.0.stop();
     }
 }
