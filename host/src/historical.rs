@@ -153,7 +153,8 @@ pub async fn prepare(config: &AgentConfig, offering_uuid: &str, token: Option<Se
         Some(token) => token,
         None => bail!("offerings[{index}].waldur_api_token: missing; pass --user-token"),
     };
-    let waldur = WaldurClient::new(url, token, offering.verify_ssl).map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+    let mut waldur = WaldurClient::new(url, token, offering.verify_ssl).map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+    waldur.set_timeout(config.waldur_timeout());
     backends.load_builtin(index, offering).await?;
     let backend = prepare_offering(backends, index, offering).await?;
     let info = &backend.backend().info;

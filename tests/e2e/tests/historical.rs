@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use dwdi_sim::{DwdiData, DwdiSim};
 use e2e::{ComputeSims, ConfigFile, NODE_AND_CPU, cents, dwdi_access, run_cli};
 use usage_agent::backends::Backends;
@@ -291,6 +291,24 @@ async fn one_resource_filter_loads_only_that_resource() -> Result<()> {
     assert!(error.as_deref().is_some_and(|e| e.contains("--resource-backend-id nope: no resource")), "{error:?}");
     assert_eq!(world.waldur.requests().writes, 0);
     assert_eq!(world.dwdi.stats().api_requests, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_load_honours_waldur_timeout_seconds() -> Result<()> {
+    // Waldur answers after 3 s; the config allows half a second per request.
+    let data = DwdiData::generated(1, 1, &MONTHS);
+    let slow = WaldurOptions { latency: std::time::Duration::from_secs(3), ..WaldurOptions::default() };
+    let sims = ComputeSims::start(&data, slow, "compute", PROVIDER, "").await?;
+    let config = ConfigFile::new(&format!(
+        "timezone: UTC\nwaldur_timeout_seconds: 0.5\nofferings:\n  - name: compute\n    waldur_api_url: {:?}\n    waldur_api_token: {PROVIDER}\n    waldur_offering_uuid: {}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
+        sims.waldur.url(),
+        sims.offering,
+        dwdi_access(&sims.dwdi, &sims.options)
+    ))?;
+    let args = ["load-historical-usage", "-c", config.arg(), "-o", &sims.offering, "--no-staff-check", "-s", "2024-01-01", "-e", "2024-01-31"];
+    let error = run_cli(&args).await.err().context("the load waited for the slow Waldur")?;
+    assert!(format!("{error:#}").contains("no answer within 500ms"), "{error:#}");
     Ok(())
 }
 
