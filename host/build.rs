@@ -28,12 +28,15 @@ fn main() {
     // Builds that never run a component (the fuzz targets, built by a nightly without
     // the wasm target) skip the guest build; the host then has no built-in components.
     if env::var_os("USAGE_AGENT_SKIP_GUEST_BUILD").is_some() {
-        let empty = "/// No components: built with USAGE_AGENT_SKIP_GUEST_BUILD.\npub const BUILTIN: &[(&str, &[u8])] = &[];\n";
+        let empty =
+            "/// No components: built with USAGE_AGENT_SKIP_GUEST_BUILD.\npub const BUILTIN: &[(&str, &[u8])] = &[];\n";
         std::fs::write(out_dir.join("builtin_components.rs"), empty).expect("cannot write builtin_components.rs");
         return;
     }
 
-    let status = wasm_build::cargo_build(&root, &target_dir, COMPONENTS).status().expect("cannot run cargo to build the components");
+    let status = wasm_build::cargo_build(&root, &target_dir, COMPONENTS)
+        .status()
+        .expect("cannot run cargo to build the components");
     assert!(status.success(), "building the components in guest/ for wasm32-wasip2 failed");
 
     let mut generated = String::from("/// The components built from `guest/`: (backend type, bytes).\n");

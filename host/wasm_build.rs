@@ -24,10 +24,7 @@ pub(crate) fn nested_target_dir(root: &Path, out_dir: &Path, name: &str) -> Path
 /// `root`, into `target_dir`.
 pub(crate) fn cargo_build(root: &Path, target_dir: &Path, packages: &[&str]) -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command
-        .current_dir(root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"])
-        .arg(target_dir);
+    command.current_dir(root).args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(target_dir);
     for package in packages {
         command.args(["-p", package]);
     }

@@ -100,12 +100,9 @@ fn record_serving(backend_type: &str, loaded: &LoadedBackend) {
 /// Binds the component of `offering`'s backend type to it and validates the config.
 pub async fn prepare_offering(backends: &Backends, index: usize, offering: &OfferingConfig) -> Result<OfferingBackend> {
     let at = |e: String| anyhow!("offerings[{index}].{e}");
-    let backend_type = offering
-        .usage_backend()
-        .ok_or_else(|| at("backend_type: missing".to_owned()))?;
-    let backend = backends
-        .get(backend_type)
-        .ok_or_else(|| at(format!("backend_type: no component serves {backend_type:?}")))?;
+    let backend_type = offering.usage_backend().ok_or_else(|| at("backend_type: missing".to_owned()))?;
+    let backend =
+        backends.get(backend_type).ok_or_else(|| at(format!("backend_type: no component serves {backend_type:?}")))?;
     let name = offering.display_name(index);
     let egress = Egress::new(&name, offering).map_err(|e| at(format!("{e:#}")))?;
     let prepared = OfferingBackend::new(backends.runtime().clone(), backend, egress, wit_config(offering));

@@ -150,7 +150,10 @@ impl ComponentLimits {
         if self.instances == 0 {
             bail!("component_limits.instances: must be at least 1");
         }
-        if !(self.call_timeout_seconds.is_finite() && self.call_timeout_seconds > 0.0 && self.call_timeout_seconds <= 86_400.0) {
+        if !(self.call_timeout_seconds.is_finite()
+            && self.call_timeout_seconds > 0.0
+            && self.call_timeout_seconds <= 86_400.0)
+        {
             bail!("component_limits.call_timeout_seconds: must be a number of seconds above 0 and at most 86400");
         }
         if self.max_result_bytes < 1024 {
@@ -268,8 +271,8 @@ pub struct DwdiAccess {
 impl AgentConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
@@ -300,8 +303,7 @@ impl AgentConfig {
             bail!("reporting_periods: must be at least 1");
         }
         if let Some(tz) = &self.timezone {
-            jiff::tz::TimeZone::get(tz)
-                .map_err(|e| anyhow::anyhow!("timezone: unknown time zone {tz:?}: {e}"))?;
+            jiff::tz::TimeZone::get(tz).map_err(|e| anyhow::anyhow!("timezone: unknown time zone {tz:?}: {e}"))?;
         }
         for (index, offering) in self.offerings.iter().enumerate() {
             offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
@@ -318,9 +320,7 @@ impl AgentConfig {
 
     /// How old the heartbeat may be.
     pub fn heartbeat_max_age(&self) -> std::time::Duration {
-        self.heartbeat_max_age_seconds
-            .map(std::time::Duration::from_secs)
-            .unwrap_or(crate::heartbeat::DEFAULT_MAX_AGE)
+        self.heartbeat_max_age_seconds.map(std::time::Duration::from_secs).unwrap_or(crate::heartbeat::DEFAULT_MAX_AGE)
     }
 
     /// The pinned digest of `backend_type`'s plugin file, lower-case.
@@ -354,9 +354,7 @@ impl AgentConfig {
     /// Finds an offering by name, or by UUID.
     pub fn find_offering(&self, key: &str) -> Result<(usize, &OfferingConfig)> {
         self.offerings()
-            .find(|(_, o)| {
-                o.name.as_deref() == Some(key) || o.waldur_offering_uuid.as_deref() == Some(key)
-            })
+            .find(|(_, o)| o.name.as_deref() == Some(key) || o.waldur_offering_uuid.as_deref() == Some(key))
             .ok_or_else(|| {
                 let known: Vec<String> = self.offerings().map(|(i, o)| o.display_name(i)).collect();
                 anyhow::anyhow!("no offering named {key:?} in the config (offerings: {})", known.join(", "))
@@ -391,9 +389,7 @@ impl OfferingConfig {
                 return Err(format!("backend_components.{name}.unit_factor: must be a finite number"));
             }
             if component.unit_factor_reporting.is_some_and(|v| !finite(v)) {
-                return Err(format!(
-                    "backend_components.{name}.unit_factor_reporting: must be a finite number"
-                ));
+                return Err(format!("backend_components.{name}.unit_factor_reporting: must be a finite number"));
             }
         }
         if let Some(url) = &self.waldur_api_url {

@@ -57,10 +57,8 @@ pub fn spawn_beat(path: PathBuf) -> tokio::task::JoinHandle<()> {
 /// The age of the heartbeat, from the time written in it.
 pub fn age(path: &Path) -> Result<Duration> {
     let text = std::fs::read_to_string(path).with_context(|| format!("no heartbeat at {}", path.display()))?;
-    let written: u64 = text
-        .trim()
-        .parse()
-        .with_context(|| format!("heartbeat {} does not hold a time", path.display()))?;
+    let written: u64 =
+        text.trim().parse().with_context(|| format!("heartbeat {} does not hold a time", path.display()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if written > now + 60 {
         bail!("heartbeat {} is in the future", path.display());
@@ -76,7 +74,10 @@ mod tests {
     fn relative_paths_are_relative_to_the_config_file() {
         let config = Path::new("/etc/waldur/agent.yaml");
         assert_eq!(path(Some(Path::new("run/heartbeat")), config), Path::new("/etc/waldur/run/heartbeat"));
-        assert_eq!(path(Some(Path::new("/run/usage-agent/heartbeat")), config), Path::new("/run/usage-agent/heartbeat"));
+        assert_eq!(
+            path(Some(Path::new("/run/usage-agent/heartbeat")), config),
+            Path::new("/run/usage-agent/heartbeat")
+        );
         assert_eq!(path(None, config), Path::new(DEFAULT_PATH));
     }
 

@@ -19,8 +19,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Mutex;
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,9 +83,8 @@ pub fn months_between(start: Date, end: Date, current: Month) -> Result<Vec<Mont
     if start > end {
         bail!("--start-date {start} is after --end-date {end}");
     }
-    let limit = start
-        .checked_add(i64::from(MAX_RANGE_YEARS).years())
-        .map_err(|e| anyhow!("--start-date {start}: {e}"))?;
+    let limit =
+        start.checked_add(i64::from(MAX_RANGE_YEARS).years()).map_err(|e| anyhow!("--start-date {start}: {e}"))?;
     if end > limit {
         bail!(
             "--start-date {start} to --end-date {end} is longer than {MAX_RANGE_YEARS} years (the last allowed end date is {limit}); split the load into several runs"
@@ -94,7 +93,9 @@ pub fn months_between(start: Date, end: Date, current: Month) -> Result<Vec<Mont
     let first = Month::new(start.year(), start.month()).map_err(|e| anyhow!("--start-date {start}: {e}"))?;
     let last = Month::new(end.year(), end.month()).map_err(|e| anyhow!("--end-date {end}: {e}"))?;
     if last > current {
-        bail!("--end-date {end} is in a future month (the current month is {current}); Waldur refuses usage for future months");
+        bail!(
+            "--end-date {end} is in a future month (the current month is {current}); Waldur refuses usage for future months"
+        );
     }
     let mut months = vec![first];
     while let Some(&month) = months.last()
@@ -133,16 +134,30 @@ fn same_uuid(a: &str, b: &str) -> bool {
 /// Finds the offering `offering_uuid` in `config`, loads and validates its backend, and
 /// checks that the backend supports historical periods. Makes no network request.
 /// `token` (the `--user-token`) replaces the config's `waldur_api_token`.
-pub async fn prepare(config: &AgentConfig, offering_uuid: &str, token: Option<Secret>, backends: &Backends) -> Result<HistoricalTarget> {
+pub async fn prepare(
+    config: &AgentConfig,
+    offering_uuid: &str,
+    token: Option<Secret>,
+    backends: &Backends,
+) -> Result<HistoricalTarget> {
     let (index, offering) = config
         .offerings()
         .find(|(_, o)| o.waldur_offering_uuid.as_deref().is_some_and(|u| same_uuid(u, offering_uuid)))
         .ok_or_else(|| {
             let known: Vec<String> = config
                 .offerings()
-                .map(|(i, o)| format!("{} = {}", o.display_name(i), o.waldur_offering_uuid.as_deref().unwrap_or("(no waldur_offering_uuid)")))
+                .map(|(i, o)| {
+                    format!(
+                        "{} = {}",
+                        o.display_name(i),
+                        o.waldur_offering_uuid.as_deref().unwrap_or("(no waldur_offering_uuid)")
+                    )
+                })
                 .collect();
-            anyhow!("--offering-uuid {offering_uuid}: no offering with this waldur_offering_uuid in the config ({})", known.join("; "))
+            anyhow!(
+                "--offering-uuid {offering_uuid}: no offering with this waldur_offering_uuid in the config ({})",
+                known.join("; ")
+            )
         })?;
     let name = offering.display_name(index);
     let url = offering
@@ -153,7 +168,8 @@ pub async fn prepare(config: &AgentConfig, offering_uuid: &str, token: Option<Se
         Some(token) => token,
         None => bail!("offerings[{index}].waldur_api_token: missing; pass --user-token"),
     };
-    let mut waldur = WaldurClient::new(url, token, offering.verify_ssl).map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+    let mut waldur = WaldurClient::new(url, token, offering.verify_ssl)
+        .map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
     waldur.set_timeout(config.waldur_timeout());
     backends.load_builtin(index, offering).await?;
     let backend = prepare_offering(backends, index, offering).await?;
@@ -400,13 +416,23 @@ async fn setup(target: &HistoricalTarget, options: &HistoricalOptions) -> Result
 /// Fails as a whole only when nothing can start (the offering, its resources or its
 /// users cannot be read, or the resource filter names an unknown resource); from then
 /// on every failure is counted and described in the summary, and the run goes on.
-pub async fn load(target: &HistoricalTarget, options: &HistoricalOptions, stop: &StopFlag, observer: &dyn Observer) -> Result<HistoricalSummary> {
+pub async fn load(
+    target: &HistoricalTarget,
+    options: &HistoricalOptions,
+    stop: &StopFlag,
+    observer: &dyn Observer,
+) -> Result<HistoricalSummary> {
     // Every log line of the run carries the offering and its backend type.
     let span = tracing::info_span!("load", offering = %target.name, backend_type = %target.backend_type);
     tracing::Instrument::instrument(load_offering(target, options, stop, observer), span).await
 }
 
-async fn load_offering(target: &HistoricalTarget, options: &HistoricalOptions, stop: &StopFlag, observer: &dyn Observer) -> Result<HistoricalSummary> {
+async fn load_offering(
+    target: &HistoricalTarget,
+    options: &HistoricalOptions,
+    stop: &StopFlag,
+    observer: &dyn Observer,
+) -> Result<HistoricalSummary> {
     let started = Instant::now();
     let waldur_before = target.waldur.request_count();
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
@@ -445,7 +471,8 @@ async fn load_offering(target: &HistoricalTarget, options: &HistoricalOptions, s
         if stop.is_stopped() {
             break;
         }
-        let complete = tracing::Instrument::instrument(run.month(month, &resources), tracing::info_span!("month", %month)).await;
+        let complete =
+            tracing::Instrument::instrument(run.month(month, &resources), tracing::info_span!("month", %month)).await;
         if !complete {
             break;
         }
@@ -522,7 +549,10 @@ enum WriteError {
 /// The submission date of a past month: its first day at midnight in the configured
 /// zone, with the offset, so Waldur files it under the month we mean.
 fn month_start(month: Month, tz: &TimeZone) -> Result<String> {
-    let zoned = month.first_day().to_zoned(tz.clone()).map_err(|e| anyhow!("{month}: no midnight on its first day in the time zone: {e}"))?;
+    let zoned = month
+        .first_day()
+        .to_zoned(tz.clone())
+        .map_err(|e| anyhow!("{month}: no midnight on its first day in the time zone: {e}"))?;
     Ok(zoned.timestamp().display_with_offset(zoned.offset()).to_string())
 }
 
@@ -591,14 +621,22 @@ impl Run<'_> {
         let period = month.billing_period();
         let report = match self.target.backend.usage_report(requested, period).await {
             Ok(report) => report,
-            Err(error) => return self.fail_all(chunk, format!("offering {name} {month}: DWDI usage failed, nothing submitted: {error}")),
+            Err(error) => {
+                return self.fail_all(
+                    chunk,
+                    format!("offering {name} {month}: DWDI usage failed, nothing submitted: {error}"),
+                );
+            }
         };
         let billing_period = month.first_day().to_string();
         let stored = match self.list_totals(scope, &billing_period).await {
             Ok(stored) => stored,
-            Err(error) => return self.fail_all(chunk, format!("offering {name} {month}: cannot read Waldur's usages: {error}")),
+            Err(error) => {
+                return self.fail_all(chunk, format!("offering {name} {month}: cannot read Waldur's usages: {error}"));
+            }
         };
-        let by_id: HashMap<&str, &wit::ResourceUsage> = report.resources.iter().map(|r| (r.backend_id.as_str(), r)).collect();
+        let by_id: HashMap<&str, &wit::ResourceUsage> =
+            report.resources.iter().map(|r| (r.backend_id.as_str(), r)).collect();
         let mut slots: Vec<Slot<'_>> = chunk
             .iter()
             .map(|resource| {
@@ -615,7 +653,10 @@ impl Run<'_> {
                 };
                 match usage {
                     None => {
-                        self.tally.errors.push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: the backend did not report it"));
+                        self.tally.errors.push_resource(
+                            backend_id,
+                            format!("offering {name} {month}: resource {backend_id}: the backend did not report it"),
+                        );
                         slot.outcome = Outcome::Failed;
                     }
                     Some(usage) => {
@@ -663,17 +704,19 @@ impl Run<'_> {
         };
         let mut stored = StoredUsers::new();
         for usage in list {
-            stored
-                .entry(usage.component_usage_uuid().to_owned())
-                .or_default()
-                .insert(usage.username.clone(), usage);
+            stored.entry(usage.component_usage_uuid().to_owned()).or_default().insert(usage.username.clone(), usage);
         }
         Ok(stored)
     }
 
     /// Which totals of a resource to write: values that differ from what Waldur holds;
     /// a zero only with `reconcile_stale`, and only over a stored non-zero value.
-    fn plan_totals(&self, resource: &Resource, usage: &wit::ResourceUsage, stored: &StoredTotals) -> (Vec<(String, Cents)>, bool) {
+    fn plan_totals(
+        &self,
+        resource: &Resource,
+        usage: &wit::ResourceUsage,
+        stored: &StoredTotals,
+    ) -> (Vec<(String, Cents)>, bool) {
         let mut send = Vec::new();
         let mut creates = false;
         for amount in &usage.totals {
@@ -711,14 +754,20 @@ impl Run<'_> {
 
     /// `set_usage` for every slot with totals to send (a dry run reports them instead).
     async fn write_totals(&self, month: Month, slots: &mut [Slot<'_>], date: &str) {
-        let writes = slots.iter().enumerate().filter(|(_, s)| s.outcome != Outcome::Failed && !s.send.is_empty()).map(|(index, slot)| async move {
-            if self.options.dry_run {
-                self.observer.planned(&Planned::Totals { month, backend_id: slot.backend_id.to_owned(), amounts: slot.send.clone() });
-                return (index, Ok(()));
-            }
-            let result = self.guarded(|| self.target.waldur.set_usage(&slot.resource.uuid, &slot.send, date)).await;
-            (index, result)
-        });
+        let writes = slots.iter().enumerate().filter(|(_, s)| s.outcome != Outcome::Failed && !s.send.is_empty()).map(
+            |(index, slot)| async move {
+                if self.options.dry_run {
+                    self.observer.planned(&Planned::Totals {
+                        month,
+                        backend_id: slot.backend_id.to_owned(),
+                        amounts: slot.send.clone(),
+                    });
+                    return (index, Ok(()));
+                }
+                let result = self.guarded(|| self.target.waldur.set_usage(&slot.resource.uuid, &slot.send, date)).await;
+                (index, result)
+            },
+        );
         let results = futures::future::join_all(writes).await;
         for slot in slots.iter_mut() {
             if slot.outcome != Outcome::Failed && slot.send.is_empty() {
@@ -778,16 +827,27 @@ impl Run<'_> {
             }
             return Outcome::Skipped;
         }
-        self.tally.errors.push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: {what}: {error}"));
+        self.tally
+            .errors
+            .push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: {what}: {error}"));
         Outcome::Failed
     }
 
     /// Per-user usage of the slots whose totals are in place: the values that differ
     /// from what Waldur holds, in one bulk write per component usage (one write per user
     /// one by one).
-    async fn user_usages(&self, month: Month, scope: Scope<'_>, slots: &mut [Slot<'_>], stored: &StoredTotals, billing_period: &str, date: &str) {
+    async fn user_usages(
+        &self,
+        month: Month,
+        scope: Scope<'_>,
+        slots: &mut [Slot<'_>],
+        stored: &StoredTotals,
+        billing_period: &str,
+        date: &str,
+    ) {
         let name = &self.target.name;
-        let eligible: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].totals_in_place && slots[i].outcome != Outcome::Failed).collect();
+        let eligible: Vec<usize> =
+            (0..slots.len()).filter(|&i| slots[i].totals_in_place && slots[i].outcome != Outcome::Failed).collect();
         if eligible.is_empty() {
             return;
         }
@@ -798,7 +858,8 @@ impl Run<'_> {
             }
         };
         // New component usages have UUIDs only Waldur knows: one more listing finds them.
-        let created = !self.options.dry_run && eligible.iter().any(|&i| slots[i].creates && slots[i].outcome == Outcome::Submitted);
+        let created = !self.options.dry_run
+            && eligible.iter().any(|&i| slots[i].creates && slots[i].outcome == Outcome::Submitted);
         let relisted;
         let usages = if created {
             match self.list_totals(scope, billing_period).await {
@@ -806,7 +867,12 @@ impl Run<'_> {
                     relisted = list;
                     &relisted
                 }
-                Err(error) => return fail(slots, format!("offering {name} {month}: cannot list usages for per-user usage: {error}")),
+                Err(error) => {
+                    return fail(
+                        slots,
+                        format!("offering {name} {month}: cannot list usages for per-user usage: {error}"),
+                    );
+                }
             }
         } else {
             stored
@@ -817,7 +883,9 @@ impl Run<'_> {
         let stored_users = if stored.keys().any(|(resource, _)| existed.contains(resource.as_str())) {
             match self.list_users(scope, billing_period).await {
                 Ok(users) => users,
-                Err(error) => return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}")),
+                Err(error) => {
+                    return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}"));
+                }
             }
         } else {
             StoredUsers::new()
@@ -832,7 +900,9 @@ impl Run<'_> {
                     usage
                         .users
                         .iter()
-                        .filter_map(|u| u.amounts.iter().find(|a| &a.component == component).map(|a| (u.username.as_str(), a.value)))
+                        .filter_map(|u| {
+                            u.amounts.iter().find(|a| &a.component == component).map(|a| (u.username.as_str(), a.value))
+                        })
                         .collect()
                 } else {
                     Vec::new()
@@ -879,7 +949,10 @@ impl Run<'_> {
                     let mut written = 0;
                     let mut outcome = Ok(());
                     for usage in &job.usages {
-                        match self.guarded(|| self.target.waldur.set_user_usage(&job.component_usage, usage, date)).await {
+                        match self
+                            .guarded(|| self.target.waldur.set_user_usage(&job.component_usage, usage, date))
+                            .await
+                        {
                             Ok(()) => written += 1,
                             Err(error) => {
                                 outcome = Err(error);
@@ -911,7 +984,11 @@ impl Run<'_> {
     /// what Waldur holds (value or offering-user link); a zero only with
     /// `reconcile_stale`, over a stored non-zero value, including for users DWDI no
     /// longer mentions.
-    fn plan_users(&self, measured: &[(&str, f64)], held: Option<&HashMap<String, ComponentUserUsage>>) -> Vec<UserUsageInput> {
+    fn plan_users(
+        &self,
+        measured: &[(&str, f64)],
+        held: Option<&HashMap<String, ComponentUserUsage>>,
+    ) -> Vec<UserUsageInput> {
         let reconcile = self.options.reconcile_stale;
         let held_nonzero = |username: &str| held.and_then(|h| h.get(username)).is_some_and(|s| !s.usage.is_zero());
         let mut changed = Vec::new();
@@ -933,8 +1010,11 @@ impl Run<'_> {
             }
         }
         if reconcile && let Some(held) = held {
-            let stale: BTreeMap<&str, &ComponentUserUsage> =
-                held.iter().filter(|(name, s)| !seen.contains(name.as_str()) && !s.usage.is_zero()).map(|(n, s)| (n.as_str(), s)).collect();
+            let stale: BTreeMap<&str, &ComponentUserUsage> = held
+                .iter()
+                .filter(|(name, s)| !seen.contains(name.as_str()) && !s.usage.is_zero())
+                .map(|(n, s)| (n.as_str(), s))
+                .collect();
             for username in stale.keys() {
                 let user = self.users_by_name.get(*username).cloned();
                 changed.push(UserUsageInput { username: (*username).to_owned(), usage: Cents(0), user });
@@ -969,17 +1049,23 @@ mod tests {
         assert_eq!(months_between(date("2020-01-01")?, date("2024-12-31")?, current)?.len(), 60);
         assert_eq!(months_between(date("2020-01-01")?, date("2025-01-01")?, current)?.len(), 61);
         // … a day more is not.
-        let error = months_between(date("2020-01-01")?, date("2025-01-02")?, current).map(|_| ()).err().map(|e| e.to_string());
-        assert!(error.as_deref().is_some_and(|e| e.contains("longer than 5 years") && e.contains("2025-01-01")), "{error:?}");
+        let error =
+            months_between(date("2020-01-01")?, date("2025-01-02")?, current).map(|_| ()).err().map(|e| e.to_string());
+        assert!(
+            error.as_deref().is_some_and(|e| e.contains("longer than 5 years") && e.contains("2025-01-01")),
+            "{error:?}"
+        );
         Ok(())
     }
 
     #[test]
     fn reversed_and_future_ranges_are_refused() -> Result<()> {
         let current = Month::new(2024, 6)?;
-        let reversed = months_between(date("2024-03-01")?, date("2024-02-29")?, current).map(|_| ()).err().map(|e| e.to_string());
+        let reversed =
+            months_between(date("2024-03-01")?, date("2024-02-29")?, current).map(|_| ()).err().map(|e| e.to_string());
         assert_eq!(reversed.as_deref(), Some("--start-date 2024-03-01 is after --end-date 2024-02-29"));
-        let future = months_between(date("2024-05-01")?, date("2024-07-01")?, current).map(|_| ()).err().map(|e| e.to_string());
+        let future =
+            months_between(date("2024-05-01")?, date("2024-07-01")?, current).map(|_| ()).err().map(|e| e.to_string());
         assert!(future.as_deref().is_some_and(|e| e.contains("future month")), "{future:?}");
         assert!(months_between(date("1969-12-01")?, date("1970-01-31")?, current).is_err());
         Ok(())
@@ -1007,9 +1093,18 @@ mod tests {
     #[test]
     fn planned_lines_and_summary_read_well() -> Result<()> {
         let month = Month::new(2024, 2)?;
-        let totals = Planned::Totals { month, backend_id: "p1".into(), amounts: vec![("nodeHours".into(), Cents(1234)), ("cpuHours".into(), Cents(5))] };
+        let totals = Planned::Totals {
+            month,
+            backend_id: "p1".into(),
+            amounts: vec![("nodeHours".into(), Cents(1234)), ("cpuHours".into(), Cents(5))],
+        };
         assert_eq!(totals.to_string(), "2024-02 p1 totals nodeHours=12.34 cpuHours=0.05");
-        let users = Planned::Users { month, backend_id: "p1".into(), component: "nodeHours".into(), users: vec![("u1".into(), Cents(100))] };
+        let users = Planned::Users {
+            month,
+            backend_id: "p1".into(),
+            component: "nodeHours".into(),
+            users: vec![("u1".into(), Cents(100))],
+        };
         assert_eq!(users.to_string(), "2024-02 p1 users nodeHours u1=1.00");
         let summary = HistoricalSummary {
             offering: "compute".into(),
@@ -1022,7 +1117,12 @@ mod tests {
             ..HistoricalSummary::default()
         };
         let text = summary.to_string();
-        assert!(text.starts_with("dry run, nothing submitted: compute 2024-01..2024-02: 1 months, 2 resources; 2 totals to submit,"), "{text}");
+        assert!(
+            text.starts_with(
+                "dry run, nothing submitted: compute 2024-01..2024-02: 1 months, 2 resources; 2 totals to submit,"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with("; interrupted"), "{text}");
         Ok(())
     }

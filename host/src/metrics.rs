@@ -127,7 +127,8 @@ impl Metrics {
                     _ => {
                         for ((n, l), h) in f.histograms.iter().filter(|((n, _), _)| n == name) {
                             for (bound, count) in BUCKETS.iter().zip(&h.counts) {
-                                let _ = writeln!(out, "{n}_bucket{} {count}", render_labels(l, Some(&bound.to_string())));
+                                let _ =
+                                    writeln!(out, "{n}_bucket{} {count}", render_labels(l, Some(&bound.to_string())));
                             }
                             let _ = writeln!(out, "{n}_bucket{} {}", render_labels(l, Some("+Inf")), h.count);
                             let _ = writeln!(out, "{n}_sum{} {}", render_labels(l, None), h.sum);
@@ -158,9 +159,8 @@ pub async fn serve(addr: SocketAddr) -> Result<SocketAddr> {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
 
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
@@ -177,7 +177,8 @@ pub async fn serve(addr: SocketAddr) -> Result<SocketAddr> {
                         .header("content-type", "text/plain; version=0.0.4")
                         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
             });
         }
     });
@@ -196,7 +197,10 @@ mod tests {
         metrics.set("t_version", "Version.", &[("v", "1\"2")], 1.0);
         metrics.observe("t_latency_seconds", "Latency.", &[("endpoint", "/a")], Duration::from_millis(30));
         let text = metrics.render();
-        assert!(text.contains("# TYPE t_requests_total counter\nt_requests_total{endpoint=\"/a\",status=\"200\"} 2\n"), "{text}");
+        assert!(
+            text.contains("# TYPE t_requests_total counter\nt_requests_total{endpoint=\"/a\",status=\"200\"} 2\n"),
+            "{text}"
+        );
         assert!(text.contains("t_version{v=\"1\\\"2\"} 1"), "{text}");
         assert!(text.contains("t_latency_seconds_bucket{endpoint=\"/a\",le=\"0.025\"} 0"), "{text}");
         assert!(text.contains("t_latency_seconds_bucket{endpoint=\"/a\",le=\"0.05\"} 1"), "{text}");

@@ -125,10 +125,21 @@ pub fn record_metrics(summary: &OfferingSummary) {
     metrics.inc("usage_agent_cycles_total", "Report cycles run, per offering.", &[("offering", offering)]);
     // Added even when zero, so the series exists from the first cycle on.
     let failed = if summary.failed > 0 { 1.0 } else { 0.0 };
-    metrics.add("usage_agent_cycles_failed_total", "Report cycles with at least one failure.", &[("offering", offering)], failed);
+    metrics.add(
+        "usage_agent_cycles_failed_total",
+        "Report cycles with at least one failure.",
+        &[("offering", offering)],
+        failed,
+    );
     if summary.failed == 0 {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        metrics.set("usage_agent_last_success_timestamp_seconds", "End of the last cycle without failures.", &[("offering", offering)], now);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        metrics.set(
+            "usage_agent_last_success_timestamp_seconds",
+            "End of the last cycle without failures.",
+            &[("offering", offering)],
+            now,
+        );
     }
     for (outcome, count) in [
         ("submitted", summary.submitted),
@@ -167,7 +178,8 @@ impl ReportTarget {
         let url = config.waldur_api_url.as_deref().ok_or_else(|| at("waldur_api_url"))?;
         let token = config.waldur_api_token.clone().ok_or_else(|| at("waldur_api_token"))?;
         let offering_uuid = config.waldur_offering_uuid.clone().ok_or_else(|| at("waldur_offering_uuid"))?;
-        let waldur = WaldurClient::new(url, token, config.verify_ssl).map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+        let waldur = WaldurClient::new(url, token, config.verify_ssl)
+            .map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
         Ok(Self {
             index,
             name: config.display_name(index),
@@ -304,16 +316,18 @@ fn submission_date(month: Month, current: Month, now: Timestamp, tz: &TimeZone) 
     let zoned = if month == current {
         now.to_zoned(tz.clone())
     } else {
-        month
-            .first_day()
-            .to_zoned(tz.clone())
-            .unwrap_or_else(|_| now.to_zoned(tz.clone()))
+        month.first_day().to_zoned(tz.clone()).unwrap_or_else(|_| now.to_zoned(tz.clone()))
     };
     zoned.timestamp().display_with_offset(zoned.offset()).to_string()
 }
 
 /// Runs one cycle over one offering.
-pub async fn report_offering(target: &ReportTarget, options: &CycleOptions, clock: &dyn Clock, stop: &StopFlag) -> OfferingSummary {
+pub async fn report_offering(
+    target: &ReportTarget,
+    options: &CycleOptions,
+    clock: &dyn Clock,
+    stop: &StopFlag,
+) -> OfferingSummary {
     let started = Instant::now();
     let waldur_before = target.waldur.request_count();
     let dwdi_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
@@ -450,13 +464,18 @@ impl Cycle<'_> {
                 for _ in resources {
                     tally.count(Outcome::Failed);
                 }
-                tally.errors.push(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
+                tally
+                    .errors
+                    .push(format!("offering {} {month}: usage call failed, nothing submitted: {error}", target.name));
                 return;
             }
         };
         if !options.sequential && resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
             target.warn_once(format!("none-found:{month}"), None, || {
-                format!("{month}: {} `usage-agent usage` shows what the backend answers.", none_found_hint(resources.len()))
+                format!(
+                    "{month}: {} `usage-agent usage` shows what the backend answers.",
+                    none_found_hint(resources.len())
+                )
             });
         }
         // A backend id reported twice is ambiguous: neither answer is used.
@@ -493,7 +512,13 @@ impl Cycle<'_> {
                 }
                 None => {
                     tally.count(Outcome::Failed);
-                    tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: the backend did not report it", target.name));
+                    tally.errors.push_resource(
+                        backend_id,
+                        format!(
+                            "offering {} {month}: resource {backend_id}: the backend did not report it",
+                            target.name
+                        ),
+                    );
                     continue;
                 }
             };
@@ -545,7 +570,18 @@ impl Cycle<'_> {
         if !wants_users {
             return;
         }
-        self.submit_user_usages(&accepted, offered, month, &billing_period, &date, created_any, existing, offering_users, &semaphore).await;
+        self.submit_user_usages(
+            &accepted,
+            offered,
+            month,
+            &billing_period,
+            &date,
+            created_any,
+            existing,
+            offering_users,
+            &semaphore,
+        )
+        .await;
     }
 
     /// Per-user usage of the resources whose totals Waldur accepted this month: one
@@ -570,7 +606,10 @@ impl Cycle<'_> {
                 Ok(list) => index_usages(list),
                 Err(error) => {
                     tally.count(Outcome::Failed);
-                    tally.errors.push(format!("offering {} {month}: cannot list usages for per-user usage: {error}", target.name));
+                    tally.errors.push(format!(
+                        "offering {} {month}: cannot list usages for per-user usage: {error}",
+                        target.name
+                    ));
                     return;
                 }
             }
@@ -593,10 +632,14 @@ impl Cycle<'_> {
         let users_by_name = offering_users.as_ref().unwrap_or(&no_users);
         let stored_users: HashMap<(String, String), crate::waldur::ComponentUserUsage> =
             match list_user_usages(target, options, accepted_resources(accepted).as_slice(), billing_period).await {
-                Ok(list) => list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect(),
+                Ok(list) => {
+                    list.into_iter().map(|u| ((u.component_usage_uuid().to_owned(), u.username.clone()), u)).collect()
+                }
                 Err(error) => {
                     tally.count(Outcome::Failed);
-                    tally.errors.push(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
+                    tally
+                        .errors
+                        .push(format!("offering {} {month}: cannot list per-user usages: {error}", target.name));
                     return;
                 }
             };
@@ -610,7 +653,10 @@ impl Cycle<'_> {
             for user in &usage.users {
                 for amount in &user.amounts {
                     if offered.contains(&amount.component) {
-                        per_component.entry(amount.component.as_str()).or_default().push((user.username.as_str(), amount.value));
+                        per_component
+                            .entry(amount.component.as_str())
+                            .or_default()
+                            .push((user.username.as_str(), amount.value));
                     }
                 }
             }
@@ -657,7 +703,12 @@ impl Cycle<'_> {
 
 /// What Waldur holds for the month: one offering-wide listing, or in the sequential
 /// baseline one listing for the single resource.
-async fn list_usages(target: &ReportTarget, options: &CycleOptions, resources: &[Resource], billing_period: &str) -> Result<Vec<ComponentUsage>, WaldurError> {
+async fn list_usages(
+    target: &ReportTarget,
+    options: &CycleOptions,
+    resources: &[Resource],
+    billing_period: &str,
+) -> Result<Vec<ComponentUsage>, WaldurError> {
     match resources {
         [one] if options.sequential => target.waldur.resource_component_usages(&one.uuid, billing_period).await,
         _ => target.waldur.component_usages(&target.offering_uuid, billing_period).await,
@@ -716,7 +767,12 @@ fn check_usage(usage: &wit::ResourceUsage) -> Result<(), String> {
         }
         for amount in &user.amounts {
             if usage_amount(amount.value).is_none() {
-                return Err(format!("user {}: {} = {} is not a usage amount", user.username, amount.component, show(amount.value)));
+                return Err(format!(
+                    "user {}: {} = {} is not a usage amount",
+                    user.username,
+                    amount.component,
+                    show(amount.value)
+                ));
             }
             if !seen.insert((user.username.as_str(), amount.component.as_str())) {
                 return Err(format!("user {}: {} reported twice", user.username, amount.component));
@@ -781,7 +837,13 @@ fn plan_totals(
     plan
 }
 
-fn classify_write_error(target: &ReportTarget, tally: &Tally, resource: &Resource, month: Month, error: &WaldurError) -> Outcome {
+fn classify_write_error(
+    target: &ReportTarget,
+    tally: &Tally,
+    resource: &Resource,
+    month: Month,
+    error: &WaldurError,
+) -> Outcome {
     let backend_id = resource.backend_id.as_deref().unwrap_or_default();
     if error.is_backfill_refusal() {
         target.warn_once(format!("backfill:{}:{month}", resource.uuid), Some(backend_id), || {
@@ -798,4 +860,3 @@ fn classify_write_error(target: &ReportTarget, tally: &Tally, resource: &Resourc
     tally.errors.push_resource(backend_id, format!("offering {} {month}: resource {backend_id}: {error}", target.name));
     Outcome::Failed
 }
-

@@ -22,8 +22,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ComponentLimits;
 use crate::egress::{ComponentHooks, Egress};
-pub use limits::{Limit, LimitExceeded, ResultSize};
 use limits::CallGuard;
+pub use limits::{Limit, LimitExceeded, ResultSize};
 use output::{ComponentOutput, Stream};
 
 /// How often the engine's epoch advances: guest code is interrupted at most this long
@@ -222,10 +222,8 @@ impl Runtime {
             .context("compile task failed")?
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
-        let (linked, info) = self
-            .describe_component(imports)
-            .await
-            .map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
+        let (linked, info) =
+            self.describe_component(imports).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
         Ok(LoadedBackend {
             component,
             linked,
@@ -265,9 +263,12 @@ impl Runtime {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(error) => {
                 let limits = self.limits().cloned().unwrap_or_default();
-                let broken = store.data_mut().guard.broken.take().or_else(|| {
-                    LimitExceeded::from_wasmtime_message(&name, &format!("{error:#}"), &limits)
-                });
+                let broken = store
+                    .data_mut()
+                    .guard
+                    .broken
+                    .take()
+                    .or_else(|| LimitExceeded::from_wasmtime_message(&name, &format!("{error:#}"), &limits));
                 match broken {
                     Some(exceeded) => Err(anyhow::Error::new(exceeded)),
                     None => Err(anyhow!("{error:#}")),
@@ -304,7 +305,12 @@ fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Er
     if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
         return CallError::Limit(exceeded.clone());
     }
-    let said = store.data().stderr.last_lines().map(|lines| format!(" (its last words on stderr: {lines})")).unwrap_or_default();
+    let said = store
+        .data()
+        .stderr
+        .last_lines()
+        .map(|lines| format!(" (its last words on stderr: {lines})"))
+        .unwrap_or_default();
     // The wasm backtrace is for developers; the operator's line names the trap.
     tracing::debug!(component, "trap details: {error:?}");
     let cause = match error.downcast_ref::<wasmtime::Trap>() {
@@ -410,7 +416,12 @@ impl OfferingBackend {
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
         T: ResultSize,
-        F: for<'a> FnOnce(&'a wit::Guest, &'a mut Store<CallState>) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>>,
+        F: for<'a> FnOnce(
+            &'a wit::Guest,
+            &'a mut Store<CallState>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
+        >,
     {
         self.runtime.call_export(&self.backend, Some(self.egress.clone()), call).await
     }
@@ -428,7 +439,11 @@ impl OfferingBackend {
     }
 
     /// Usage of `resources` in a billing month.
-    pub async fn usage_report(&self, resources: Vec<wit::WaldurResource>, period: wit::BillingPeriod) -> Result<wit::Report, CallError> {
+    pub async fn usage_report(
+        &self,
+        resources: Vec<wit::WaldurResource>,
+        period: wit::BillingPeriod,
+    ) -> Result<wit::Report, CallError> {
         let config = self.config.clone();
         self.call(move |guest, store| {
             Box::pin(async move { guest.call_usage_report(store, &config, &resources, period).await })
@@ -437,7 +452,12 @@ impl OfferingBackend {
     }
 
     /// Usage of `resources` over a range of days.
-    pub async fn daily_report(&self, resources: Vec<wit::WaldurResource>, first: wit::Date, last: wit::Date) -> Result<wit::Report, CallError> {
+    pub async fn daily_report(
+        &self,
+        resources: Vec<wit::WaldurResource>,
+        first: wit::Date,
+        last: wit::Date,
+    ) -> Result<wit::Report, CallError> {
         let config = self.config.clone();
         self.call(move |guest, store| {
             Box::pin(async move { guest.call_daily_report(store, &config, &resources, first, last).await })
@@ -489,9 +509,13 @@ impl Runtime {
 
     /// Asks a component whose imports are linked to describe itself, on a fresh instance
     /// with no egress; also returns it ready to instantiate for every later call.
-    pub(crate) async fn describe_component(&self, imports: InstancePre<CallState>) -> Result<(BackendPre<CallState>, wit::BackendInfo)> {
+    pub(crate) async fn describe_component(
+        &self,
+        imports: InstancePre<CallState>,
+    ) -> Result<(BackendPre<CallState>, wit::BackendInfo)> {
         let linked = BackendPre::new(imports).map_err(|e| anyhow!("{e:#}"))?;
-        let info = self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await?;
+        let info =
+            self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await?;
         Ok((linked, info))
     }
 
@@ -499,8 +523,10 @@ impl Runtime {
     /// limits like any call: setup makes no request, so any attempt is refused.
     pub async fn check_setup(&self, backend: &LoadedBackend, config: &wit::Config) -> Result<(), CallError> {
         let config = config.clone();
-        self.call_export(backend, None, move |guest, store| Box::pin(async move { guest.call_setup(store, &config).await }))
-            .await
+        self.call_export(backend, None, move |guest, store| {
+            Box::pin(async move { guest.call_setup(store, &config).await })
+        })
+        .await
     }
 
     /// Runs one export of `backend` on a fresh instance within the call limits, adding
@@ -508,10 +534,20 @@ impl Runtime {
     /// the real cause. The instance is dropped when the call ends, however it ends: with
     /// it go its memory and every HTTP request it still had in flight. Without `egress`
     /// every request is refused.
-    async fn call_export<T, F>(&self, backend: &LoadedBackend, egress: Option<Arc<Egress>>, call: F) -> Result<T, CallError>
+    async fn call_export<T, F>(
+        &self,
+        backend: &LoadedBackend,
+        egress: Option<Arc<Egress>>,
+        call: F,
+    ) -> Result<T, CallError>
     where
         T: ResultSize,
-        F: for<'a> FnOnce(&'a wit::Guest, &'a mut Store<CallState>) -> std::pin::Pin<Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>>,
+        F: for<'a> FnOnce(
+            &'a wit::Guest,
+            &'a mut Store<CallState>,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
+        >,
     {
         let name = &backend.info.name;
         let hooks = ComponentHooks::new(name, egress);
@@ -528,13 +564,11 @@ impl Runtime {
         // The epoch stops guest code; this stops everything else, such as a component
         // waiting forever on an HTTP answer or a clock.
         let outcome = match limits {
-            Some(limits) => tokio::time::timeout(limits.call_timeout(), run)
-                .await
-                .map_err(|_| {
-                    let exceeded = LimitExceeded::time(name, limits.call_timeout());
-                    exceeded.warn();
-                    CallError::Limit(exceeded)
-                })??,
+            Some(limits) => tokio::time::timeout(limits.call_timeout(), run).await.map_err(|_| {
+                let exceeded = LimitExceeded::time(name, limits.call_timeout());
+                exceeded.warn();
+                CallError::Limit(exceeded)
+            })??,
             None => run.await?,
         };
         limits::check_result_size(name, limits, &outcome).map_err(CallError::Limit)?;

@@ -11,19 +11,19 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use futures::StreamExt as _;
 
 use crate::amount::Cents;
 use crate::config::Secret;
 use crate::egress::connect::Connector;
-use crate::egress::{HttpClient, error_chain, full_body};
 use crate::egress::oidc::snippet;
+use crate::egress::{HttpClient, error_chain, full_body};
 
 /// Waldur's page size limit.
 const PAGE_SIZE: u32 = 100;
@@ -181,14 +181,7 @@ impl WaldurClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(connector);
-        Ok(Self {
-            base,
-            token,
-            client,
-            timeout: Duration::from_secs(60),
-            max_retries: 3,
-            stats: Arc::default(),
-        })
+        Ok(Self { base, token, client, timeout: Duration::from_secs(60), max_retries: 3, stats: Arc::default() })
     }
 
     /// Sets how long one request may take, answer included (default 60 s).
@@ -219,7 +212,11 @@ impl WaldurClient {
     }
 
     /// Component usages of an offering in one billing period (`YYYY-MM-01`).
-    pub async fn component_usages(&self, offering_uuid: &str, billing_period: &str) -> Result<Vec<ComponentUsage>, WaldurError> {
+    pub async fn component_usages(
+        &self,
+        offering_uuid: &str,
+        billing_period: &str,
+    ) -> Result<Vec<ComponentUsage>, WaldurError> {
         self.list(
             "marketplace-component-usages/",
             &[("offering_uuid", offering_uuid), ("billing_period", billing_period)],
@@ -228,7 +225,11 @@ impl WaldurClient {
     }
 
     /// Component usages of one resource in one billing period.
-    pub async fn resource_component_usages(&self, resource_uuid: &str, billing_period: &str) -> Result<Vec<ComponentUsage>, WaldurError> {
+    pub async fn resource_component_usages(
+        &self,
+        resource_uuid: &str,
+        billing_period: &str,
+    ) -> Result<Vec<ComponentUsage>, WaldurError> {
         self.list(
             "marketplace-component-usages/",
             &[("resource_uuid", resource_uuid), ("billing_period", billing_period)],
@@ -237,7 +238,11 @@ impl WaldurClient {
     }
 
     /// Per-user usages of an offering in one billing period.
-    pub async fn component_user_usages(&self, offering_uuid: &str, billing_period: &str) -> Result<Vec<ComponentUserUsage>, WaldurError> {
+    pub async fn component_user_usages(
+        &self,
+        offering_uuid: &str,
+        billing_period: &str,
+    ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
         self.list(
             "marketplace-component-user-usages/",
             &[("offering_uuid", offering_uuid), ("component_usage__billing_period", billing_period)],
@@ -246,7 +251,11 @@ impl WaldurClient {
     }
 
     /// Per-user usages of one resource in one billing period.
-    pub async fn resource_user_usages(&self, resource_uuid: &str, billing_period: &str) -> Result<Vec<ComponentUserUsage>, WaldurError> {
+    pub async fn resource_user_usages(
+        &self,
+        resource_uuid: &str,
+        billing_period: &str,
+    ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
         self.list(
             "marketplace-component-user-usages/",
             &[("resource_uuid", resource_uuid), ("component_usage__billing_period", billing_period)],
@@ -264,7 +273,12 @@ impl WaldurClient {
     }
 
     /// Creates or updates the usages of `resource_uuid` for the month of `date`.
-    pub async fn set_usage(&self, resource_uuid: &str, usages: &[(String, Cents)], date: &str) -> Result<(), WaldurError> {
+    pub async fn set_usage(
+        &self,
+        resource_uuid: &str,
+        usages: &[(String, Cents)],
+        date: &str,
+    ) -> Result<(), WaldurError> {
         let body = serde_json::json!({
             "resource": resource_uuid,
             "date": date,
@@ -274,7 +288,12 @@ impl WaldurClient {
     }
 
     /// Creates or updates per-user usages of one component usage, in one request.
-    pub async fn set_user_usages(&self, component_usage_uuid: &str, usages: &[UserUsageInput], date: &str) -> Result<(), WaldurError> {
+    pub async fn set_user_usages(
+        &self,
+        component_usage_uuid: &str,
+        usages: &[UserUsageInput],
+        date: &str,
+    ) -> Result<(), WaldurError> {
         let body = serde_json::json!({
             "usages": usages.iter().map(|u| {
                 let mut entry = serde_json::json!({"username": u.username, "usage": u.usage.to_string(), "date": date});
@@ -289,7 +308,12 @@ impl WaldurClient {
 
     /// Creates or updates one per-user usage: the one-request-per-user form, kept for
     /// the historical loader's one-by-one baseline.
-    pub async fn set_user_usage(&self, component_usage_uuid: &str, usage: &UserUsageInput, date: &str) -> Result<(), WaldurError> {
+    pub async fn set_user_usage(
+        &self,
+        component_usage_uuid: &str,
+        usage: &UserUsageInput,
+        date: &str,
+    ) -> Result<(), WaldurError> {
         let mut body = serde_json::json!({"username": usage.username, "usage": usage.usage.to_string(), "date": date});
         if let Some(url) = &usage.user {
             body["user"] = serde_json::Value::String(url.clone());
@@ -316,10 +340,8 @@ impl WaldurClient {
         let Some(next) = next_link(&headers) else {
             return Ok(items);
         };
-        let total = headers
-            .get("x-result-count")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let total =
+            headers.get("x-result-count").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
         // The page size Waldur actually used (it may clamp ours).
         let served = items.len();
         if let Some(total) = total
@@ -381,7 +403,12 @@ impl WaldurClient {
         url::Url::parse(link).is_ok_and(|u| u.origin() == self.base.origin())
     }
 
-    async fn send(&self, method: Method, url: &str, body: Option<Bytes>) -> Result<(http::HeaderMap, Bytes), WaldurError> {
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Bytes>,
+    ) -> Result<(http::HeaderMap, Bytes), WaldurError> {
         let endpoint = endpoint_of(url);
         let idempotent = method == Method::GET;
         let mut attempt = 0;
@@ -394,9 +421,9 @@ impl WaldurClient {
             if body.is_some() {
                 request = request.header(http::header::CONTENT_TYPE, "application/json");
             }
-            let request = request
-                .body(full_body(body.clone().unwrap_or_default()))
-                .map_err(|e| WaldurError::Transport { method: method.clone(), endpoint: endpoint.clone(), reason: e.to_string() })?;
+            let request = request.body(full_body(body.clone().unwrap_or_default())).map_err(|e| {
+                WaldurError::Transport { method: method.clone(), endpoint: endpoint.clone(), reason: e.to_string() }
+            })?;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let exchange = async {
                 let response = self.client.request(request).await.map_err(|e| (error_chain(&e), e.is_connect()))?;
@@ -416,9 +443,15 @@ impl WaldurClient {
                 Err(_) => "timeout".to_owned(),
             };
             let metrics = crate::metrics::global();
-            let labels = [("method", method.as_str()), ("endpoint", metric_endpoint(&endpoint)), ("status", status.as_str())];
+            let labels =
+                [("method", method.as_str()), ("endpoint", metric_endpoint(&endpoint)), ("status", status.as_str())];
             metrics.inc("usage_agent_waldur_requests_total", "Waldur API requests, by endpoint and status.", &labels);
-            metrics.observe("usage_agent_waldur_request_duration_seconds", "Waldur API request latency.", &labels[..2], started.elapsed());
+            metrics.observe(
+                "usage_agent_waldur_request_duration_seconds",
+                "Waldur API request latency.",
+                &labels[..2],
+                started.elapsed(),
+            );
             let retry = match outcome {
                 Ok(Ok((status, headers, bytes))) if status.is_success() => return Ok((headers, bytes)),
                 Ok(Ok((status, _, bytes))) => {
@@ -492,7 +525,11 @@ fn metric_endpoint(path: &str) -> &'static str {
         "users/me/",
     ];
     KNOWN.iter().find(|k| path.ends_with(*k)).copied().unwrap_or_else(|| {
-        if path.contains("marketplace-provider-offerings/") { "marketplace-provider-offerings/{uuid}/" } else { "other" }
+        if path.contains("marketplace-provider-offerings/") {
+            "marketplace-provider-offerings/{uuid}/"
+        } else {
+            "other"
+        }
     })
 }
 
@@ -550,10 +587,20 @@ fn insecure_tls() -> Arc<rustls::ClientConfig> {
         ) -> Result<ServerCertVerified, rustls::Error> {
             Ok(ServerCertVerified::assertion())
         }
-        fn verify_tls12_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             Ok(HandshakeSignatureValid::assertion())
         }
-        fn verify_tls13_signature(&self, _: &[u8], _: &CertificateDer<'_>, _: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
             Ok(HandshakeSignatureValid::assertion())
         }
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -565,8 +612,15 @@ fn insecure_tls() -> Arc<rustls::ClientConfig> {
     let schemes = provider.signature_verification_algorithms.supported_schemes();
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes))).with_no_client_auth())
-        .unwrap_or_else(|_| rustls::ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(Vec::new()))).with_no_client_auth());
+        .map(|b| {
+            b.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnything(schemes))).with_no_client_auth()
+        })
+        .unwrap_or_else(|_| {
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnything(Vec::new())))
+                .with_no_client_auth()
+        });
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }

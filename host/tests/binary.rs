@@ -29,7 +29,8 @@ fn with_json_logs_even_the_fatal_error_is_a_json_line() -> Result<()> {
     let output = usage_agent(&["--log-format", "json", "check-config", "-c", &config.to_string_lossy()], &[])?;
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr)?;
-    let lines: Vec<serde_json::Value> = stderr.lines().map(serde_json::from_str).collect::<Result<_, _>>().with_context(|| stderr.clone())?;
+    let lines: Vec<serde_json::Value> =
+        stderr.lines().map(serde_json::from_str).collect::<Result<_, _>>().with_context(|| stderr.clone())?;
     let last = lines.last().context("nothing on stderr")?;
     assert_eq!(last["level"], "ERROR", "{stderr}");
     assert!(last["message"].as_str().is_some_and(|m| m.contains("reporting_periods")), "{stderr}");
@@ -59,15 +60,31 @@ fn the_historical_token_can_come_from_the_environment_and_is_never_shown() -> Re
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, config_text(""))?;
     let config = config.to_string_lossy();
-    let args = ["load-historical-usage", "-c", &config, "-o", "2f0c4d1e-0000-4000-8000-000000000001", "-s", "2024-01-01", "-e", "2024-01-31"];
+    let args = [
+        "load-historical-usage",
+        "-c",
+        &config,
+        "-o",
+        "2f0c4d1e-0000-4000-8000-000000000001",
+        "-s",
+        "2024-01-01",
+        "-e",
+        "2024-01-31",
+    ];
     // Read from the variable: an empty one is refused as the flag would be.
     let output = usage_agent(&args, &[("USAGE_AGENT_USER_TOKEN", " ")])?;
     let stderr = String::from_utf8(output.stderr)?;
-    assert!(!output.status.success() && stderr.contains("--user-token") && stderr.contains("the token is empty"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("--user-token") && stderr.contains("the token is empty"),
+        "{stderr}"
+    );
     // A real one gets as far as the offering lookup, and appears in no output.
     let output = usage_agent(&args, &[("USAGE_AGENT_USER_TOKEN", "t0ken-from-env")])?;
     let everything = format!("{}{}", String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
-    assert!(!output.status.success() && everything.contains("no offering with this waldur_offering_uuid"), "{everything}");
+    assert!(
+        !output.status.success() && everything.contains("no offering with this waldur_offering_uuid"),
+        "{everything}"
+    );
     assert!(!everything.contains("t0ken-from-env"), "{everything}");
     // `--help` names the variable but not its value.
     let output = usage_agent(&["load-historical-usage", "--help"], &[("USAGE_AGENT_USER_TOKEN", "t0ken-from-env")])?;

@@ -146,7 +146,8 @@ fn replace_variables(word: &str, env: &BTreeMap<String, String>) -> String {
 
 fn is_variable_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[test]
@@ -229,17 +230,27 @@ fn the_historical_unit_hands_its_instance_dates_to_the_loader() -> Result<()> {
         .iter()
         .find(|line| line["message"] == "historical load started")
         .with_context(|| format!("the load did not start: {}", String::from_utf8_lossy(&output.stderr)))?;
-    assert_eq!((&started["first"], &started["last"], &started["months"]), (&"2024-01-01".into(), &"2024-12-31".into(), &12.into()));
+    assert_eq!(
+        (&started["first"], &started["last"], &started["months"]),
+        (&"2024-01-01".into(), &"2024-12-31".into(), &12.into())
+    );
     assert_eq!(started["offering"], "compute");
     // Waldur is down here, so the load fails, naming it.
     assert!(!output.status.success());
-    assert!(lines.last().is_some_and(|line| line["level"] == "ERROR" && line["message"].as_str().is_some_and(|m| m.contains("Waldur"))));
+    assert!(
+        lines.last().is_some_and(
+            |line| line["level"] == "ERROR" && line["message"].as_str().is_some_and(|m| m.contains("Waldur"))
+        )
+    );
 
     // Dates the wrong way round are refused, both named.
     let argv = systemd_argv(exec_start, "2024-12-31_2024-01-01", &env)?;
     let output = command(&argv, &env)?.output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("--start-date 2024-12-31 is after --end-date 2024-01-01"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("--start-date 2024-12-31 is after --end-date 2024-01-01"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("t0ken-from-env-file"), "{stderr}");
     Ok(())
 }

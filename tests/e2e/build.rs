@@ -10,11 +10,8 @@ use std::path::PathBuf;
 mod wasm_build;
 
 /// Crates under tests/components: (package name, constant name).
-const COMPONENTS: &[(&str, &str)] = &[
-    ("probe-component", "PROBE"),
-    ("wit-next-component", "WIT_NEXT"),
-    ("setup-refuser-component", "SETUP_REFUSER"),
-];
+const COMPONENTS: &[(&str, &str)] =
+    &[("probe-component", "PROBE"), ("wit-next-component", "WIT_NEXT"), ("setup-refuser-component", "SETUP_REFUSER")];
 
 /// The version the second build of the compute component describes itself with.
 const COMPUTE_NEXT_VERSION: &str = "0.2.0-next";
@@ -50,8 +47,12 @@ fn main() {
     for (package, constant) in COMPONENTS {
         let file = wasm_build::built_file(&target_dir, package);
         assert!(file.exists(), "{} missing after the build", file.display());
-        writeln!(generated, "/// The built `{package}` component.\npub const {constant}: &str = {:?};", file.display().to_string())
-            .expect("writing to a String cannot fail");
+        writeln!(
+            generated,
+            "/// The built `{package}` component.\npub const {constant}: &str = {:?};",
+            file.display().to_string()
+        )
+        .expect("writing to a String cannot fail");
     }
     writeln!(
         generated,

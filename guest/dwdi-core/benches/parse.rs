@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use dwdi_core::{
-    Backend, BillingPeriod, Component, Config, HttpAnswer, Resource, UsageReport, assemble,
-    plan_usage_report, synthetic_account, synthetic_compute_answer_for,
+    Backend, BillingPeriod, Component, Config, HttpAnswer, Resource, UsageReport, assemble, plan_usage_report,
+    synthetic_account, synthetic_compute_answer_for,
 };
 
 fn arg(position: usize, default: usize) -> usize {
@@ -25,26 +25,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (accounts, users, runs) = (arg(0, 5000), arg(1, 20), arg(2, 15).max(1));
     let config = Config {
         settings_json: r#"{"cscs_dwdi_api_url":"http://dwdi.invalid/api/v1"}"#.to_owned(),
-        components: ["nodeHours", "cpuHours", "gpuHours"]
-            .into_iter()
-            .map(|name| Component::named(name, 1.0))
-            .collect(),
+        components: ["nodeHours", "cpuHours", "gpuHours"].into_iter().map(|name| Component::named(name, 1.0)).collect(),
     };
-    let resources: Vec<Resource> = (0..accounts)
-        .map(|i| Resource::new(&synthetic_account(i)))
-        .collect();
-    let period = BillingPeriod {
-        year: 2024,
-        month: 5,
-    };
+    let resources: Vec<Resource> = (0..accounts).map(|i| Resource::new(&synthetic_account(i))).collect();
+    let period = BillingPeriod { year: 2024, month: 5 };
     let plan = plan_usage_report(Backend::Compute, &config, &resources, period)?;
     let answers: Vec<HttpAnswer> = plan
         .requests()
         .iter()
-        .map(|r| HttpAnswer {
-            status: 200,
-            body: synthetic_compute_answer_for(r.keys(), users).into_bytes(),
-        })
+        .map(|r| HttpAnswer { status: 200, body: synthetic_compute_answer_for(r.keys(), users).into_bytes() })
         .collect();
     let bytes: usize = answers.iter().map(|a| a.body.len()).sum();
 

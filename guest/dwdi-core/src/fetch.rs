@@ -9,8 +9,8 @@
 
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method,
-    OutgoingRequest, Scheme as WasiScheme, http_error_code,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, Method, OutgoingRequest,
+    Scheme as WasiScheme, http_error_code,
 };
 use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::{InputStream, StreamError};
@@ -43,9 +43,7 @@ pub fn ping(request: &Request) -> Result<(), BackendError> {
     let answers = fetch_all(std::slice::from_ref(request))?;
     match answers.first() {
         Some(answer) => check_ping(request, answer),
-        None => Err(BackendError::Transport(
-            "no answer to the ping request".to_owned(),
-        )),
+        None => Err(BackendError::Transport("no answer to the ping request".to_owned())),
     }
 }
 
@@ -58,10 +56,7 @@ pub fn fetch_all(requests: &[Request]) -> Result<Vec<HttpAnswer>, BackendError> 
     let mut next = 0;
     loop {
         while flying.len() < MAX_IN_FLIGHT && next < requests.len() {
-            flying.push(InFlight {
-                index: next,
-                stage: send(&requests[next])?,
-            });
+            flying.push(InFlight { index: next, stage: send(&requests[next])? });
             next += 1;
         }
         if flying.is_empty() {
@@ -86,9 +81,7 @@ pub fn fetch_all(requests: &[Request]) -> Result<Vec<HttpAnswer>, BackendError> 
         .into_iter()
         .zip(requests)
         .map(|(answer, request)| {
-            answer.ok_or_else(|| {
-                BackendError::Transport(format!("no answer from {}", request.endpoint()))
-            })
+            answer.ok_or_else(|| BackendError::Transport(format!("no answer from {}", request.endpoint())))
         })
         .collect()
 }
@@ -141,37 +134,21 @@ enum Progress {
 
 fn send(request: &Request) -> Result<Stage, BackendError> {
     let url = request.url();
-    let parts = split_url(url)
-        .ok_or_else(|| invalid(format!("not an http(s) URL: {}", request.endpoint())))?;
+    let parts = split_url(url).ok_or_else(|| invalid(format!("not an http(s) URL: {}", request.endpoint())))?;
     let headers = Fields::from_list(&[("accept".to_owned(), b"application/json".to_vec())])
-        .map_err(|e| {
-            BackendError::Transport(format!("the host refused the accept header: {e:?}"))
-        })?;
+        .map_err(|e| BackendError::Transport(format!("the host refused the accept header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(headers);
     let scheme = match parts.scheme {
         Scheme::Http => WasiScheme::Http,
         Scheme::Https => WasiScheme::Https,
     };
-    let refused = || {
-        invalid(format!(
-            "the host cannot send to this URL: {}",
-            request.endpoint()
-        ))
-    };
+    let refused = || invalid(format!("the host cannot send to this URL: {}", request.endpoint()));
     outgoing.set_method(&Method::Get).map_err(|()| refused())?;
     outgoing.set_scheme(Some(&scheme)).map_err(|()| refused())?;
-    outgoing
-        .set_authority(Some(parts.authority))
-        .map_err(|()| refused())?;
-    outgoing
-        .set_path_with_query(Some(parts.path_with_query))
-        .map_err(|()| refused())?;
-    let future = outgoing_handler::handle(outgoing, None)
-        .map_err(|code| transport(&code, request.endpoint()))?;
-    Ok(Stage::Head(Head {
-        pollable: future.subscribe(),
-        future,
-    }))
+    outgoing.set_authority(Some(parts.authority)).map_err(|()| refused())?;
+    outgoing.set_path_with_query(Some(parts.path_with_query)).map_err(|()| refused())?;
+    let future = outgoing_handler::handle(outgoing, None).map_err(|code| transport(&code, request.endpoint()))?;
+    Ok(Stage::Head(Head { pollable: future.subscribe(), future }))
 }
 
 fn advance(stage: Stage, request: &Request) -> Result<Progress, BackendError> {
@@ -186,18 +163,10 @@ fn advance(stage: Stage, request: &Request) -> Result<Progress, BackendError> {
             };
             drop(head);
             let status = response.status();
-            let limit = if (200..300).contains(&status) {
-                MAX_BODY_BYTES
-            } else {
-                ERROR_BODY_BYTES
-            };
+            let limit = if (200..300).contains(&status) { MAX_BODY_BYTES } else { ERROR_BODY_BYTES };
             let hint = content_length(&response).unwrap_or(0).min(limit);
-            let body = response
-                .consume()
-                .map_err(|()| taken_twice("body", request))?;
-            let stream = body
-                .stream()
-                .map_err(|()| taken_twice("body stream", request))?;
+            let body = response.consume().map_err(|()| taken_twice("body", request))?;
+            let stream = body.stream().map_err(|()| taken_twice("body stream", request))?;
             let body = Body {
                 pollable: stream.subscribe(),
                 stream,
@@ -251,18 +220,12 @@ fn read(mut body: Body, request: &Request) -> Result<Progress, BackendError> {
 }
 
 fn finish(mut body: Body) -> HttpAnswer {
-    HttpAnswer {
-        status: body.status,
-        body: std::mem::take(&mut body.bytes),
-    }
+    HttpAnswer { status: body.status, body: std::mem::take(&mut body.bytes) }
 }
 
 /// A WASI resource handed out twice: a bug in this module or the host, not bad input.
 fn taken_twice(what: &str, request: &Request) -> BackendError {
-    BackendError::Transport(format!(
-        "the {what} of {} was taken twice",
-        request.endpoint()
-    ))
+    BackendError::Transport(format!("the {what} of {} was taken twice", request.endpoint()))
 }
 
 /// The `content-length` header, to size the buffer once.
@@ -278,10 +241,7 @@ fn transport(code: &ErrorCode, endpoint: &str) -> BackendError {
     let what = match code {
         ErrorCode::HttpRequestDenied => "request denied by the host's egress policy".to_owned(),
         ErrorCode::DnsTimeout => "DNS lookup timed out".to_owned(),
-        ErrorCode::DnsError(p) => format!(
-            "DNS lookup failed ({})",
-            p.rcode.as_deref().unwrap_or("no response code")
-        ),
+        ErrorCode::DnsError(p) => format!("DNS lookup failed ({})", p.rcode.as_deref().unwrap_or("no response code")),
         ErrorCode::DestinationNotFound => "host not found".to_owned(),
         ErrorCode::DestinationUnavailable => "destination unavailable".to_owned(),
         ErrorCode::DestinationIpProhibited => "destination IP address prohibited".to_owned(),
@@ -295,10 +255,9 @@ fn transport(code: &ErrorCode, endpoint: &str) -> BackendError {
         ErrorCode::HttpResponseTimeout => "timed out waiting for the answer".to_owned(),
         ErrorCode::TlsProtocolError => "TLS handshake failed".to_owned(),
         ErrorCode::TlsCertificateError => "TLS certificate rejected".to_owned(),
-        ErrorCode::TlsAlertReceived(p) => format!(
-            "TLS alert from the server ({})",
-            p.alert_message.as_deref().unwrap_or("no message")
-        ),
+        ErrorCode::TlsAlertReceived(p) => {
+            format!("TLS alert from the server ({})", p.alert_message.as_deref().unwrap_or("no message"))
+        }
         ErrorCode::HttpRequestUriTooLong => "URL too long for the host".to_owned(),
         ErrorCode::HttpResponseIncomplete => "answer ended early".to_owned(),
         ErrorCode::HttpProtocolError => "HTTP protocol error".to_owned(),

@@ -139,21 +139,10 @@ type RowFn<'f, 'a> = dyn FnMut(usize, Json<'a>) -> Result<(), BackendError> + 'f
 /// top-level object of `body`, in order. Other top-level keys are skipped unread.
 /// Fails when the body is not JSON, the top level is not an object, `top_key` is
 /// missing or not an array, or `row` fails (its error is returned as is).
-pub(crate) fn for_each_row<'a>(
-    body: &'a [u8],
-    top_key: &str,
-    row: &mut RowFn<'_, 'a>,
-) -> Result<(), BackendError> {
-    let mut state = State {
-        top_key,
-        row,
-        failure: None,
-        seen: false,
-    };
+pub(crate) fn for_each_row<'a>(body: &'a [u8], top_key: &str, row: &mut RowFn<'_, 'a>) -> Result<(), BackendError> {
+    let mut state = State { top_key, row, failure: None, seen: false };
     let mut de = serde_json::Deserializer::from_slice(body);
-    let parsed = (&mut de)
-        .deserialize_any(TopVisitor { state: &mut state })
-        .and_then(|()| de.end());
+    let parsed = (&mut de).deserialize_any(TopVisitor { state: &mut state }).and_then(|()| de.end());
     if let Some(failure) = state.failure {
         return Err(failure);
     }
@@ -195,9 +184,7 @@ impl<'de, 'v, 's, 'f> Visitor<'de> for TopVisitor<'v, 's, 'f, 'de> {
         while let Some(key) = map.next_key::<Key<'de>>()? {
             if key.0 == self.state.top_key {
                 self.state.seen = true;
-                map.next_value_seed(RowsSeed {
-                    state: &mut *self.state,
-                })?;
+                map.next_value_seed(RowsSeed { state: &mut *self.state })?;
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -205,19 +192,13 @@ impl<'de, 'v, 's, 'f> Visitor<'de> for TopVisitor<'v, 's, 'f, 'de> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        Err(self.state.fail(bad(
-            "expected a JSON object at the top level, found an array",
-        )))
+        Err(self.state.fail(bad("expected a JSON object at the top level, found an array")))
     }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
-        Err(self.state.fail(bad(
-            "expected a JSON object at the top level, found a string",
-        )))
+        Err(self.state.fail(bad("expected a JSON object at the top level, found a string")))
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
-        Err(self.state.fail(bad(
-            "expected a JSON object at the top level, found a number",
-        )))
+        Err(self.state.fail(bad("expected a JSON object at the top level, found a number")))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
         self.visit_f64(v as f64)
@@ -226,14 +207,10 @@ impl<'de, 'v, 's, 'f> Visitor<'de> for TopVisitor<'v, 's, 'f, 'de> {
         self.visit_f64(v as f64)
     }
     fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
-        Err(self.state.fail(bad(
-            "expected a JSON object at the top level, found a boolean",
-        )))
+        Err(self.state.fail(bad("expected a JSON object at the top level, found a boolean")))
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Err(self
-            .state
-            .fail(bad("expected a JSON object at the top level, found null")))
+        Err(self.state.fail(bad("expected a JSON object at the top level, found null")))
     }
 }
 
@@ -324,8 +301,7 @@ mod tests {
 
     #[test]
     fn rows_are_streamed_in_order_and_other_keys_skipped() {
-        let got = rows(r#"{"meta":{"x":[1,2]},"rows":[{"a":"b","n":1},2,"s\"q",null,true,[]]}"#)
-            .expect("parses");
+        let got = rows(r#"{"meta":{"x":[1,2]},"rows":[{"a":"b","n":1},2,"s\"q",null,true,[]]}"#).expect("parses");
         assert_eq!(
             got,
             [
@@ -337,26 +313,18 @@ mod tests {
                 "5:Array([])",
             ]
         );
-        assert_eq!(
-            rows(r#"{"rows":[]}"#).expect("parses"),
-            Vec::<String>::new()
-        );
+        assert_eq!(rows(r#"{"rows":[]}"#).expect("parses"), Vec::<String>::new());
     }
 
     #[test]
     fn strings_without_escapes_are_borrowed() {
         let body = br#"{"rows":[{"account":"plain","esc\u0061ped":"x\ty"}]}"#;
         for_each_row(body, "rows", &mut |_, v| {
-            let Json::Object(fields) = &v else {
-                panic!("object")
-            };
+            let Json::Object(fields) = &v else { panic!("object") };
             assert!(matches!(fields[0].0, Cow::Borrowed("account")));
             assert!(matches!(fields[0].1, Json::String(Cow::Borrowed("plain"))));
             assert_eq!(fields[1].0, "escaped");
-            assert_eq!(
-                v.get("escaped"),
-                Some(&Json::String(Cow::Owned("x\ty".into())))
-            );
+            assert_eq!(v.get("escaped"), Some(&Json::String(Cow::Owned("x\ty".into()))));
             Ok(())
         })
         .expect("parses");
@@ -365,30 +333,12 @@ mod tests {
     #[test]
     fn shape_errors_are_named() {
         assert_eq!(bad_message(r#"{"other":[]}"#), "rows: missing");
-        assert_eq!(
-            bad_message(r#"{"rows":{"a":1}}"#),
-            "rows: expected an array, found an object"
-        );
-        assert_eq!(
-            bad_message(r#"{"rows":null}"#),
-            "rows: expected an array, found null"
-        );
-        assert_eq!(
-            bad_message(r#"{"rows":"x"}"#),
-            "rows: expected an array, found a string"
-        );
-        assert_eq!(
-            bad_message(r#"{"rows":7}"#),
-            "rows: expected an array, found a number"
-        );
-        assert_eq!(
-            bad_message(r#"[{"rows":[]}]"#),
-            "expected a JSON object at the top level, found an array"
-        );
-        assert_eq!(
-            bad_message("null"),
-            "expected a JSON object at the top level, found null"
-        );
+        assert_eq!(bad_message(r#"{"rows":{"a":1}}"#), "rows: expected an array, found an object");
+        assert_eq!(bad_message(r#"{"rows":null}"#), "rows: expected an array, found null");
+        assert_eq!(bad_message(r#"{"rows":"x"}"#), "rows: expected an array, found a string");
+        assert_eq!(bad_message(r#"{"rows":7}"#), "rows: expected an array, found a number");
+        assert_eq!(bad_message(r#"[{"rows":[]}]"#), "expected a JSON object at the top level, found an array");
+        assert_eq!(bad_message("null"), "expected a JSON object at the top level, found null");
         assert!(bad_message(r#"{"rows":[1,"#).starts_with("the answer is not valid JSON: "));
         assert!(bad_message("").starts_with("the answer is not valid JSON: "));
         assert!(bad_message(r#"{"rows":[]} x"#).starts_with("the answer is not valid JSON: "));
@@ -400,11 +350,7 @@ mod tests {
         let mut calls = 0;
         let result = for_each_row(br#"{"rows":[1,2,3]}"#, "rows", &mut |i, _| {
             calls += 1;
-            if i == 1 {
-                Err(bad("rows[1]: no"))
-            } else {
-                Ok(())
-            }
+            if i == 1 { Err(bad("rows[1]: no")) } else { Ok(()) }
         });
         assert_eq!(result, Err(bad("rows[1]: no")));
         assert_eq!(calls, 2);

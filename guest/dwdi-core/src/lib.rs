@@ -38,15 +38,11 @@ mod tests;
 
 pub use metric::{Backend, MappedComponent, Metric, map_components};
 pub use model::{
-    Amount, BackendError, BillingPeriod, Component, Config, Date, HttpAnswer, Resource,
-    ResourceUsage, UsageReport, UserUsage,
+    Amount, BackendError, BillingPeriod, Component, Config, Date, HttpAnswer, Resource, ResourceUsage, UsageReport,
+    UserUsage,
 };
-pub use plan::{
-    Plan, Request, ValidConfig, plan_daily_report, plan_ping, plan_usage_report, read_only, setup,
-};
+pub use plan::{Plan, Request, ValidConfig, plan_daily_report, plan_ping, plan_usage_report, read_only, setup};
 pub use report::{assemble, check_ping};
 pub use settings::{BackendSettings, Settings, StorageSettings};
-pub use synthetic::{
-    synthetic_account, synthetic_compute_answer, synthetic_compute_answer_for, synthetic_user,
-};
+pub use synthetic::{synthetic_account, synthetic_compute_answer, synthetic_compute_answer_for, synthetic_user};
 pub use url::{MAX_URL_BYTES, Scheme, UrlParts, endpoint, split_url};

@@ -53,13 +53,8 @@ pub enum Metric {
 
 impl Metric {
     /// Every metric, in `index` order.
-    pub const ALL: [Metric; 5] = [
-        Metric::NodeHours,
-        Metric::CpuHours,
-        Metric::GpuHours,
-        Metric::SpaceUsed,
-        Metric::InodesUsed,
-    ];
+    pub const ALL: [Metric; 5] =
+        [Metric::NodeHours, Metric::CpuHours, Metric::GpuHours, Metric::SpaceUsed, Metric::InodesUsed];
 
     /// The `dwdi_metric` spelling.
     pub const fn name(self) -> &'static str {
@@ -153,10 +148,7 @@ pub struct MappedComponent {
 }
 
 /// Resolves every component of an offering for `backend`, in config order.
-pub fn map_components(
-    backend: Backend,
-    components: &[Component],
-) -> Result<Vec<MappedComponent>, BackendError> {
+pub fn map_components(backend: Backend, components: &[Component]) -> Result<Vec<MappedComponent>, BackendError> {
     if components.is_empty() {
         return Err(invalid(format!(
             "backend_components: empty; {} needs at least one component ({})",
@@ -181,11 +173,7 @@ pub fn map_components(
                 "backend_components.{name}.{key}: must be a finite number >= 0, found {factor}"
             )));
         }
-        mapped.push(MappedComponent {
-            name: name.clone(),
-            metric,
-            factor,
-        });
+        mapped.push(MappedComponent { name: name.clone(), metric, factor });
     }
     Ok(mapped)
 }
@@ -279,17 +267,11 @@ mod tests {
 
     #[test]
     fn seed_components_map() {
-        let compute = [
-            Component::named("nodeHours", 1.0),
-            Component::named("cpuHours", 1.0),
-        ];
+        let compute = [Component::named("nodeHours", 1.0), Component::named("cpuHours", 1.0)];
         let mapped = map_components(Backend::Compute, &compute).expect("compute maps");
         assert_eq!(mapped[0].metric, Metric::NodeHours);
         assert_eq!(mapped[1].metric, Metric::CpuHours);
-        let storage = [
-            Component::named("storage_space", 0.000000001),
-            Component::named("storage_inodes", 1.0),
-        ];
+        let storage = [Component::named("storage_space", 0.000000001), Component::named("storage_inodes", 1.0)];
         let mapped = map_components(Backend::Storage, &storage).expect("storage maps");
         assert_eq!(mapped[0].metric, Metric::SpaceUsed);
         assert_eq!(mapped[0].factor, 1e-9);
@@ -334,10 +316,7 @@ mod tests {
         let mut c = Component::named("x", 1.0);
         c.dwdi_metric = Some("inodesUsed".into());
         let m = err(Backend::Compute, &[c]);
-        assert!(
-            m.starts_with("backend_components.x.dwdi_metric: inodesUsed is not served"),
-            "{m}"
-        );
+        assert!(m.starts_with("backend_components.x.dwdi_metric: inodesUsed is not served"), "{m}");
     }
 
     #[test]
@@ -345,28 +324,19 @@ mod tests {
         let mut c = Component::named("nodeHours", 1.0);
         c.dwdi_metric = Some("wallHours".into());
         let m = err(Backend::Compute, &[c]);
-        assert!(
-            m.starts_with("backend_components.nodeHours.dwdi_metric: unknown metric"),
-            "{m}"
-        );
+        assert!(m.starts_with("backend_components.nodeHours.dwdi_metric: unknown metric"), "{m}");
     }
 
     #[test]
     fn bad_factors_are_named() {
         for f in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0] {
             let m = err(Backend::Compute, &[Component::named("nodeHours", f)]);
-            assert!(
-                m.starts_with("backend_components.nodeHours.unit_factor: "),
-                "{m}"
-            );
+            assert!(m.starts_with("backend_components.nodeHours.unit_factor: "), "{m}");
         }
         let mut c = Component::named("nodeHours", 1.0);
         c.reporting_factor = Some(f64::NAN);
         let m = err(Backend::Compute, &[c]);
-        assert!(
-            m.starts_with("backend_components.nodeHours.unit_factor_reporting: "),
-            "{m}"
-        );
+        assert!(m.starts_with("backend_components.nodeHours.unit_factor_reporting: "), "{m}");
     }
 
     #[test]

@@ -53,10 +53,7 @@ pub struct Resource {
 impl Resource {
     /// A resource without a cluster.
     pub fn new(backend_id: &str) -> Self {
-        Resource {
-            backend_id: backend_id.to_owned(),
-            cluster: None,
-        }
+        Resource { backend_id: backend_id.to_owned(), cluster: None }
     }
 }
 
@@ -142,11 +139,7 @@ impl fmt::Display for BackendError {
         match self {
             BackendError::InvalidConfig(m) => write!(f, "invalid config: {m}"),
             BackendError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
-            BackendError::UpstreamStatus {
-                endpoint,
-                status,
-                message,
-            } => {
+            BackendError::UpstreamStatus { endpoint, status, message } => {
                 write!(f, "{endpoint} answered HTTP {status}: {message}")
             }
             BackendError::BadResponse(m) => write!(f, "bad response: {m}"),

@@ -24,11 +24,7 @@ pub(crate) struct Usage {
 /// result has one entry per key, `None` where the answer had no row for it. Rows of
 /// one account are summed: DWDI returns one per cluster, and a user may appear in
 /// several.
-pub(crate) fn compute(
-    body: &[u8],
-    keys: &[String],
-    metrics: &[Metric],
-) -> Result<Vec<Option<Usage>>, BackendError> {
+pub(crate) fn compute(body: &[u8], keys: &[String], metrics: &[Metric]) -> Result<Vec<Option<Usage>>, BackendError> {
     collect(body, "compute", "account", keys, |usage, row, at| {
         let totals = values(row, metrics, |m| Some(m.total_field()), at)?;
         let users: &[Json<'_>] = match row.get("users") {
@@ -36,11 +32,7 @@ pub(crate) fn compute(
             None | Some(Json::Null) => &[],
             Some(Json::Array(users)) => users,
             Some(other) => {
-                return Err(bad(format!(
-                    "{}.users: expected an array, found {}",
-                    at(),
-                    other.kind()
-                )));
+                return Err(bad(format!("{}.users: expected an array, found {}", at(), other.kind())));
             }
         };
         add(&mut usage.totals, &totals);
@@ -66,11 +58,7 @@ pub(crate) fn compute(
 /// Parses a storage answer for a request that asked for `keys` (paths). Storage rows
 /// are snapshots, so a path listed twice keeps the larger value of each metric rather
 /// than a sum.
-pub(crate) fn storage(
-    body: &[u8],
-    keys: &[String],
-    metrics: &[Metric],
-) -> Result<Vec<Option<Usage>>, BackendError> {
+pub(crate) fn storage(body: &[u8], keys: &[String], metrics: &[Metric]) -> Result<Vec<Option<Usage>>, BackendError> {
     collect(body, "storage", "path", keys, |usage, row, at| {
         let values = values(row, metrics, |m| Some(m.total_field()), at)?;
         for (kept, new) in usage.totals.iter_mut().zip(values) {
@@ -105,10 +93,7 @@ fn collect<'a>(
 }
 
 fn index(keys: &[String]) -> FixedMap<&str, usize> {
-    keys.iter()
-        .enumerate()
-        .map(|(i, k)| (k.as_str(), i))
-        .collect()
+    keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect()
 }
 
 fn add(sum: &mut Values, values: &Values) {
@@ -120,26 +105,14 @@ fn add(sum: &mut Values, values: &Values) {
 fn expect_object(value: &Json<'_>, at: &dyn Fn() -> String) -> Result<(), BackendError> {
     match value {
         Json::Object(_) => Ok(()),
-        other => Err(bad(format!(
-            "{}: expected an object, found {}",
-            at(),
-            other.kind()
-        ))),
+        other => Err(bad(format!("{}: expected an object, found {}", at(), other.kind()))),
     }
 }
 
-fn text<'j>(
-    row: &'j Json<'_>,
-    key: &str,
-    at: &dyn Fn() -> String,
-) -> Result<&'j str, BackendError> {
+fn text<'j>(row: &'j Json<'_>, key: &str, at: &dyn Fn() -> String) -> Result<&'j str, BackendError> {
     match row.get(key) {
         Some(Json::String(s)) => Ok(s),
-        Some(other) => Err(bad(format!(
-            "{}.{key}: expected a string, found {}",
-            at(),
-            other.kind()
-        ))),
+        Some(other) => Err(bad(format!("{}.{key}: expected a string, found {}", at(), other.kind()))),
         None => Err(bad(format!("{}.{key}: missing", at()))),
     }
 }
@@ -162,20 +135,11 @@ fn values(
 }
 
 /// A usage figure: present, a number, finite, not negative and plausible.
-fn number(
-    row: &Json<'_>,
-    key: &str,
-    metric: Metric,
-    at: &dyn Fn() -> String,
-) -> Result<f64, BackendError> {
+fn number(row: &Json<'_>, key: &str, metric: Metric, at: &dyn Fn() -> String) -> Result<f64, BackendError> {
     let value = match row.get(key) {
         Some(Json::Number(v)) => *v,
         Some(other) => {
-            return Err(bad(format!(
-                "{}.{key}: expected a number, found {}",
-                at(),
-                other.kind()
-            )));
+            return Err(bad(format!("{}.{key}: expected a number, found {}", at(), other.kind())));
         }
         None => return Err(bad(format!("{}.{key}: missing", at()))),
     };
@@ -184,11 +148,7 @@ fn number(
     } else if value < 0.0 {
         Err(bad(format!("{}.{key}: negative value {value}", at())))
     } else if value > metric.plausible_max() {
-        Err(bad(format!(
-            "{}.{key}: implausibly large value {value:e} (more than {:e})",
-            at(),
-            metric.plausible_max()
-        )))
+        Err(bad(format!("{}.{key}: implausibly large value {value:e} (more than {:e})", at(), metric.plausible_max())))
     } else {
         Ok(value)
     }
@@ -261,10 +221,7 @@ mod tests {
                 r#"{"compute":[{"account":"A","totalNodeHours":1,"totalCpuHours":1},{"account":"B","totalNodeHours":1,"totalCpuHours":1,"users":[{"username":"u","nodeHours":1,"cpuHours":1},{"username":"v","nodeHours":1}]}]}"#,
                 "compute[1].users[1].cpuHours: missing",
             ),
-            (
-                r#"{"compute":[{"account":"A","totalNodeHours":1}]}"#,
-                "compute[0].totalCpuHours: missing",
-            ),
+            (r#"{"compute":[{"account":"A","totalNodeHours":1}]}"#, "compute[0].totalCpuHours: missing"),
             (
                 r#"{"compute":[{"account":"A","totalNodeHours":"1","totalCpuHours":1}]}"#,
                 "compute[0].totalNodeHours: expected a number, found a string",
@@ -281,18 +238,9 @@ mod tests {
                 r#"{"compute":[{"account":"A","totalNodeHours":2e15,"totalCpuHours":1}]}"#,
                 "compute[0].totalNodeHours: implausibly large value 2e15 (more than 1e15)",
             ),
-            (
-                r#"{"compute":[{"totalNodeHours":1}]}"#,
-                "compute[0].account: missing",
-            ),
-            (
-                r#"{"compute":[{"account":7}]}"#,
-                "compute[0].account: expected a string, found a number",
-            ),
-            (
-                r#"{"compute":[[]]}"#,
-                "compute[0]: expected an object, found an array",
-            ),
+            (r#"{"compute":[{"totalNodeHours":1}]}"#, "compute[0].account: missing"),
+            (r#"{"compute":[{"account":7}]}"#, "compute[0].account: expected a string, found a number"),
+            (r#"{"compute":[[]]}"#, "compute[0]: expected an object, found an array"),
             (
                 r#"{"compute":[{"account":"A","totalNodeHours":1,"totalCpuHours":1,"users":{}}]}"#,
                 "compute[0].users: expected an array, found an object",
@@ -353,12 +301,7 @@ mod tests {
         assert!(storage(ok.as_bytes(), &keys(&["/p"]), &metrics).is_ok());
         let absurd = r#"{"storage":[{"path":"/p","spaceUsed":5e19}]}"#;
         let err = storage(absurd.as_bytes(), &keys(&["/p"]), &metrics);
-        assert_eq!(
-            err,
-            Err(bad(
-                "storage[0].spaceUsed: implausibly large value 5e19 (more than 1e18)"
-            ))
-        );
+        assert_eq!(err, Err(bad("storage[0].spaceUsed: implausibly large value 5e19 (more than 1e18)")));
         let inodes = r#"{"storage":[{"path":"/p","inodesUsed":5e15}]}"#;
         assert!(storage(inodes.as_bytes(), &keys(&["/p"]), &[Metric::InodesUsed]).is_err());
     }
@@ -367,18 +310,9 @@ mod tests {
     fn storage_errors_name_the_json_path() {
         let metrics = [Metric::SpaceUsed, Metric::InodesUsed];
         let cases = [
-            (
-                r#"{"storage":[{"path":"/p","spaceUsed":1}]}"#,
-                "storage[0].inodesUsed: missing",
-            ),
-            (
-                r#"{"storage":[{"spaceUsed":1}]}"#,
-                "storage[0].path: missing",
-            ),
-            (
-                r#"{"storage":[1]}"#,
-                "storage[0]: expected an object, found a number",
-            ),
+            (r#"{"storage":[{"path":"/p","spaceUsed":1}]}"#, "storage[0].inodesUsed: missing"),
+            (r#"{"storage":[{"spaceUsed":1}]}"#, "storage[0].path: missing"),
+            (r#"{"storage":[1]}"#, "storage[0]: expected an object, found a number"),
             (
                 r#"{"storage":[{"path":"/p","spaceUsed":[],"inodesUsed":1}]}"#,
                 "storage[0].spaceUsed: expected a number, found an array",

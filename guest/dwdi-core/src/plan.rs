@@ -22,11 +22,7 @@ pub struct ValidConfig {
 pub fn setup(backend: Backend, config: &Config) -> Result<ValidConfig, BackendError> {
     let settings = Settings::parse(backend, &config.settings_json)?;
     let components = map_components(backend, &config.components)?;
-    Ok(ValidConfig {
-        backend,
-        settings,
-        components,
-    })
+    Ok(ValidConfig { backend, settings, components })
 }
 
 /// One GET request to DWDI.
@@ -108,17 +104,9 @@ pub fn plan_daily_report(
     check_date("first", first)?;
     check_date("last", last)?;
     if first > last {
-        return Err(invalid(format!(
-            "daily-report: first day {} is after last day {}",
-            ymd(first),
-            ymd(last)
-        )));
+        return Err(invalid(format!("daily-report: first day {} is after last day {}", ymd(first), ymd(last))));
     }
-    plan(
-        setup(backend, config)?,
-        resources,
-        Window::Days(first, last),
-    )
+    plan(setup(backend, config)?, resources, Window::Days(first, last))
 }
 
 /// The reachability request: the day endpoint without a query. Only the settings are
@@ -129,40 +117,23 @@ pub fn plan_ping(backend: Backend, config: &Config) -> Result<Request, BackendEr
         Backend::Compute => "/compute/usage-day",
         Backend::Storage => "/storage/usage-day",
     };
-    Ok(Request {
-        url: format!("{}{path}", settings.api_url),
-        keys: Vec::new(),
-    })
+    Ok(Request { url: format!("{}{path}", settings.api_url), keys: Vec::new() })
 }
 
 /// The error every management call gets: these backends only read.
 pub fn read_only(backend: Backend, operation: &str) -> BackendError {
-    BackendError::Unsupported(format!(
-        "{} is read-only: {operation} is not supported",
-        backend.name()
-    ))
+    BackendError::Unsupported(format!("{} is read-only: {operation} is not supported", backend.name()))
 }
 
 fn plan(config: ValidConfig, resources: &[Resource], window: Window) -> Result<Plan, BackendError> {
-    let ValidConfig {
-        backend,
-        settings,
-        components,
-    } = config;
+    let ValidConfig { backend, settings, components } = config;
     let (requests, slots) = match &settings.backend {
         BackendSettings::Compute { cluster } => {
             compute_requests(&settings.api_url, cluster.as_deref(), resources, window)?
         }
-        BackendSettings::Storage(storage) => {
-            storage_requests(&settings.api_url, storage, resources, window)?
-        }
+        BackendSettings::Storage(storage) => storage_requests(&settings.api_url, storage, resources, window)?,
     };
-    Ok(Plan {
-        backend,
-        components,
-        requests,
-        slots,
-    })
+    Ok(Plan { backend, components, requests, slots })
 }
 
 /// Groups resources by cluster, keeps each account once per group, and splits each
@@ -202,11 +173,7 @@ fn compute_requests(
                 groups.len() - 1
             }
         };
-        placed.push(
-            groups[g]
-                .add(&resource.backend_id)
-                .map(|position| (g, position)),
-        );
+        placed.push(groups[g].add(&resource.backend_id).map(|position| (g, position)));
     }
 
     let mut requests = Vec::new();
@@ -256,19 +223,13 @@ fn storage_requests(
     }
 
     let mut group = Group::new(None);
-    let placed: Vec<Option<usize>> = resources
-        .iter()
-        .map(|r| group.add(storage.path_of(&r.backend_id)))
-        .collect();
+    let placed: Vec<Option<usize>> = resources.iter().map(|r| group.add(storage.path_of(&r.backend_id))).collect();
     let mut requests = Vec::new();
     let located = group.request(&head, "paths", &tail, &mut requests)?;
     let slots = resources
         .iter()
         .zip(placed)
-        .map(|(r, position)| Slot {
-            backend_id: r.backend_id.clone(),
-            source: position.map(|p| located[p]),
-        })
+        .map(|(r, position)| Slot { backend_id: r.backend_id.clone(), source: position.map(|p| located[p]) })
         .collect();
     Ok((requests, slots))
 }
@@ -282,11 +243,7 @@ struct Group<'r> {
 
 impl<'r> Group<'r> {
     fn new(cluster: Option<String>) -> Self {
-        Group {
-            cluster,
-            keys: Vec::new(),
-            positions: FixedMap::default(),
-        }
+        Group { cluster, keys: Vec::new(), positions: FixedMap::default() }
     }
 
     /// Adds `key` unless present; returns its position. An empty key names no DWDI
@@ -342,8 +299,7 @@ fn check_month(what: &str, year: u16, month: u8) -> Result<(), BackendError> {
 
 fn check_date(what: &str, d: Date) -> Result<(), BackendError> {
     check_month(what, d.year, d.month)?;
-    let leap =
-        d.year.is_multiple_of(4) && (!d.year.is_multiple_of(100) || d.year.is_multiple_of(400));
+    let leap = d.year.is_multiple_of(4) && (!d.year.is_multiple_of(100) || d.year.is_multiple_of(400));
     let days = match d.month {
         2 if leap => 29,
         2 => 28,
@@ -351,10 +307,7 @@ fn check_date(what: &str, d: Date) -> Result<(), BackendError> {
         _ => 31,
     };
     if d.day == 0 || d.day > days {
-        return Err(invalid(format!(
-            "{what}: {} is not a calendar date",
-            ymd(d)
-        )));
+        return Err(invalid(format!("{what}: {} is not a calendar date", ymd(d))));
     }
     Ok(())
 }

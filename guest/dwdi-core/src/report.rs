@@ -14,11 +14,7 @@ const MESSAGE_CHARS: usize = 200;
 /// the host never submits a mix of fresh and missing numbers for one offering.
 pub fn assemble(plan: &Plan, answers: &[HttpAnswer]) -> Result<UsageReport, BackendError> {
     if answers.len() != plan.requests.len() {
-        return Err(BackendError::Transport(format!(
-            "{} answers for {} requests",
-            answers.len(),
-            plan.requests.len()
-        )));
+        return Err(BackendError::Transport(format!("{} answers for {} requests", answers.len(), plan.requests.len())));
     }
     // Statuses first: a refused token explains more than a parse error elsewhere.
     for (request, answer) in plan.requests.iter().zip(answers) {
@@ -47,10 +43,7 @@ pub fn assemble(plan: &Plan, answers: &[HttpAnswer]) -> Result<UsageReport, Back
             resource_usage(plan, &slot.backend_id, usage)
         })
         .collect();
-    Ok(UsageReport {
-        resources,
-        upstream_requests: u32::try_from(plan.requests.len()).unwrap_or(u32::MAX),
-    })
+    Ok(UsageReport { resources, upstream_requests: u32::try_from(plan.requests.len()).unwrap_or(u32::MAX) })
 }
 
 /// Ping succeeds when DWDI answers at all with the credentials accepted: the bare
@@ -74,11 +67,7 @@ pub(crate) fn check_status(request: &Request, answer: &HttpAnswer) -> Result<(),
 }
 
 fn unauthorized(request: &Request, answer: &HttpAnswer) -> BackendError {
-    let mut message = format!(
-        "DWDI refused the credentials (HTTP {}) at {}",
-        answer.status,
-        request.endpoint()
-    );
+    let mut message = format!("DWDI refused the credentials (HTTP {}) at {}", answer.status, request.endpoint());
     let body = body_start(&answer.body);
     if !body.is_empty() {
         message.push_str(": ");
@@ -126,9 +115,7 @@ pub(crate) fn body_start(body: &[u8]) -> String {
 /// Prefixes a parse error with the endpoint, so the operator knows which call it was.
 fn in_answer_of(request: &Request, error: BackendError) -> BackendError {
     match error {
-        BackendError::BadResponse(m) => {
-            BackendError::BadResponse(format!("{}: {m}", request.endpoint()))
-        }
+        BackendError::BadResponse(m) => BackendError::BadResponse(format!("{}: {m}", request.endpoint())),
         other => other,
     }
 }
@@ -138,10 +125,7 @@ fn resource_usage(plan: &Plan, backend_id: &str, usage: Option<&Usage>) -> Resou
         plan.components
             .iter()
             .filter(|c| !per_user || c.metric.user_field().is_some())
-            .map(|c| Amount {
-                component: c.name.clone(),
-                value: values[c.metric.index()] * c.factor,
-            })
+            .map(|c| Amount { component: c.name.clone(), value: values[c.metric.index()] * c.factor })
             .collect::<Vec<_>>()
     };
     let Some(usage) = usage else {
@@ -155,18 +139,10 @@ fn resource_usage(plan: &Plan, backend_id: &str, usage: Option<&Usage>) -> Resou
     let mut users: Vec<UserUsage> = usage
         .users
         .iter()
-        .map(|(name, values)| UserUsage {
-            username: name.clone(),
-            amounts: amounts(values, true),
-        })
+        .map(|(name, values)| UserUsage { username: name.clone(), amounts: amounts(values, true) })
         .collect();
     users.sort_by(|a, b| a.username.cmp(&b.username));
-    ResourceUsage {
-        backend_id: backend_id.to_owned(),
-        found: true,
-        totals: amounts(&usage.totals, false),
-        users,
-    }
+    ResourceUsage { backend_id: backend_id.to_owned(), found: true, totals: amounts(&usage.totals, false), users }
 }
 
 #[cfg(test)]
@@ -175,20 +151,14 @@ mod tests {
 
     #[test]
     fn body_start_is_short_and_single_line() {
-        assert_eq!(
-            body_start(b"  {\"detail\":\n  \"bad\tquery\"}\n"),
-            "{\"detail\": \"bad query\"}"
-        );
+        assert_eq!(body_start(b"  {\"detail\":\n  \"bad\tquery\"}\n"), "{\"detail\": \"bad query\"}");
         assert_eq!(body_start(b""), "");
         let long = "word ".repeat(100);
         let start = body_start(long.as_bytes());
         assert!(start.chars().count() <= MESSAGE_CHARS + 1);
         assert!(start.ends_with("word…"), "{start}");
         let one = "x".repeat(500);
-        assert_eq!(
-            body_start(one.as_bytes()).chars().count(),
-            MESSAGE_CHARS + 1
-        );
+        assert_eq!(body_start(one.as_bytes()).chars().count(), MESSAGE_CHARS + 1);
         assert_eq!(body_start(&[0xff, b'a']), "\u{fffd}a");
         let exact = "y".repeat(MESSAGE_CHARS);
         assert_eq!(body_start(exact.as_bytes()), exact);

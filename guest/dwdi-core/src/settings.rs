@@ -46,9 +46,7 @@ pub struct StorageSettings {
 impl StorageSettings {
     /// The DWDI path a resource is reported under.
     pub fn path_of<'a>(&'a self, backend_id: &'a str) -> &'a str {
-        self.path_mapping
-            .get(backend_id)
-            .map_or(backend_id, String::as_str)
+        self.path_mapping.get(backend_id).map_or(backend_id, String::as_str)
     }
 }
 
@@ -58,10 +56,7 @@ impl Settings {
         let value: Value = serde_json::from_str(settings_json)
             .map_err(|e| invalid(format!("backend_settings: not valid JSON: {e}")))?;
         let Value::Object(map) = value else {
-            return Err(invalid(format!(
-                "backend_settings: expected an object, found {}",
-                kind(&value)
-            )));
+            return Err(invalid(format!("backend_settings: expected an object, found {}", kind(&value))));
         };
         let api_url = api_url(required_string(&map, "cscs_dwdi_api_url")?)?;
         let backend = match backend {
@@ -73,9 +68,7 @@ impl Settings {
             Backend::Storage => BackendSettings::Storage(StorageSettings {
                 filesystem: required_string(&map, "storage_filesystem")?.to_owned(),
                 data_type: required_string(&map, "storage_data_type")?.to_owned(),
-                tenant: optional_string(&map, "storage_tenant")?
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_owned),
+                tenant: optional_string(&map, "storage_tenant")?.filter(|t| !t.is_empty()).map(str::to_owned),
                 path_mapping: path_mapping(&map)?,
             }),
         };
@@ -105,17 +98,11 @@ fn required_string<'a>(map: &'a Map<String, Value>, key: &str) -> Result<&'a str
 }
 
 /// Absent and `null` are the same: YAML `key:` with no value reads as null.
-fn optional_string<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a str>, BackendError> {
+fn optional_string<'a>(map: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, BackendError> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(invalid(format!(
-            "backend_settings.{key}: expected a string, found {}",
-            kind(other)
-        ))),
+        Some(other) => Err(invalid(format!("backend_settings.{key}: expected a string, found {}", kind(other)))),
     }
 }
 
@@ -123,21 +110,15 @@ fn api_url(raw: &str) -> Result<String, BackendError> {
     let key = "backend_settings.cscs_dwdi_api_url";
     let url = raw.trim_end_matches('/');
     let Some(rest) = strip_scheme(url, "https://").or_else(|| strip_scheme(url, "http://")) else {
-        return Err(invalid(format!(
-            "{key}: must start with http:// or https://, found \"{raw}\""
-        )));
+        return Err(invalid(format!("{key}: must start with http:// or https://, found \"{raw}\"")));
     };
     // The URL is pasted verbatim into request lines, so it must already be a plain,
     // encoded URL; a query or fragment would swallow the paths appended to it.
     if let Some(c) = url.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(invalid(format!(
-            "{key}: contains {c:?}; write it percent-encoded"
-        )));
+        return Err(invalid(format!("{key}: contains {c:?}; write it percent-encoded")));
     }
     if url.contains(['?', '#']) {
-        return Err(invalid(format!(
-            "{key}: must not have a query or fragment, found \"{raw}\""
-        )));
+        return Err(invalid(format!("{key}: must not have a query or fragment, found \"{raw}\"")));
     }
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
@@ -156,10 +137,7 @@ fn path_mapping(map: &Map<String, Value>) -> Result<BTreeMap<String, String>, Ba
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
         Some(Value::Object(entries)) => entries,
         Some(other) => {
-            return Err(invalid(format!(
-                "{key}: expected an object, found {}",
-                kind(other)
-            )));
+            return Err(invalid(format!("{key}: expected an object, found {}", kind(other))));
         }
     };
     let mut mapping = BTreeMap::new();
@@ -170,10 +148,7 @@ fn path_mapping(map: &Map<String, Value>) -> Result<BTreeMap<String, String>, Ba
             }
             Value::String(_) => return Err(invalid(format!("{key}.{id}: empty path"))),
             other => {
-                return Err(invalid(format!(
-                    "{key}.{id}: expected a path string, found {}",
-                    kind(other)
-                )));
+                return Err(invalid(format!("{key}.{id}: expected a path string, found {}", kind(other))));
             }
         }
     }
@@ -200,31 +175,17 @@ mod tests {
 
     #[test]
     fn seed_compute_settings() {
-        let s = ok(
-            Backend::Compute,
-            r#"{"cscs_dwdi_api_url":"https://dwdi.cscs.ch","cscs_dwdi_oidc_scope":"openid"}"#,
-        );
+        let s = ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"https://dwdi.cscs.ch","cscs_dwdi_oidc_scope":"openid"}"#);
         assert_eq!(s.api_url, "https://dwdi.cscs.ch");
         assert_eq!(s.backend, BackendSettings::Compute { cluster: None });
     }
 
     #[test]
     fn cluster_is_lower_cased_and_empty_means_none() {
-        let s = ok(
-            Backend::Compute,
-            r#"{"cscs_dwdi_api_url":"http://x/api/v1/","cscs_dwdi_cluster":"Alps"}"#,
-        );
+        let s = ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"http://x/api/v1/","cscs_dwdi_cluster":"Alps"}"#);
         assert_eq!(s.api_url, "http://x/api/v1");
-        assert_eq!(
-            s.backend,
-            BackendSettings::Compute {
-                cluster: Some("alps".into())
-            }
-        );
-        let s = ok(
-            Backend::Compute,
-            r#"{"cscs_dwdi_api_url":"http://x","cscs_dwdi_cluster":""}"#,
-        );
+        assert_eq!(s.backend, BackendSettings::Compute { cluster: Some("alps".into()) });
+        let s = ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"http://x","cscs_dwdi_cluster":""}"#);
         assert_eq!(s.backend, BackendSettings::Compute { cluster: None });
     }
 
@@ -236,9 +197,7 @@ mod tests {
                 "storage_data_type":"projects","storage_tenant":"cscs",
                 "storage_path_mapping":{"project_123":"/store/projects/proj123"}}"#,
         );
-        let BackendSettings::Storage(st) = s.backend else {
-            panic!("storage settings")
-        };
+        let BackendSettings::Storage(st) = s.backend else { panic!("storage settings") };
         assert_eq!(st.filesystem, "lustre");
         assert_eq!(st.data_type, "projects");
         assert_eq!(st.tenant.as_deref(), Some("cscs"));
@@ -248,30 +207,15 @@ mod tests {
 
     #[test]
     fn storage_keys_are_not_needed_by_compute() {
-        ok(
-            Backend::Compute,
-            r#"{"cscs_dwdi_api_url":"https://x","storage_tenant":5}"#,
-        );
+        ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"https://x","storage_tenant":5}"#);
     }
 
     #[test]
     fn missing_and_wrong_settings_are_named() {
         let cases = [
-            (
-                Backend::Compute,
-                r#"{}"#,
-                "backend_settings.cscs_dwdi_api_url: missing",
-            ),
-            (
-                Backend::Compute,
-                r#"{"cscs_dwdi_api_url":null}"#,
-                "backend_settings.cscs_dwdi_api_url: missing",
-            ),
-            (
-                Backend::Compute,
-                r#"{"cscs_dwdi_api_url":""}"#,
-                "backend_settings.cscs_dwdi_api_url: empty",
-            ),
+            (Backend::Compute, r#"{}"#, "backend_settings.cscs_dwdi_api_url: missing"),
+            (Backend::Compute, r#"{"cscs_dwdi_api_url":null}"#, "backend_settings.cscs_dwdi_api_url: missing"),
+            (Backend::Compute, r#"{"cscs_dwdi_api_url":""}"#, "backend_settings.cscs_dwdi_api_url: empty"),
             (
                 Backend::Compute,
                 r#"{"cscs_dwdi_api_url":42}"#,
@@ -310,11 +254,7 @@ mod tests {
                     "storage_path_mapping":{"p1":""}}"#,
                 "backend_settings.storage_path_mapping.p1: empty path",
             ),
-            (
-                Backend::Compute,
-                "[1]",
-                "backend_settings: expected an object, found an array",
-            ),
+            (Backend::Compute, "[1]", "backend_settings: expected an object, found an array"),
         ];
         for (backend, json, want) in cases {
             assert_eq!(err(backend, json), want, "{json}");
@@ -336,15 +276,9 @@ mod tests {
         ] {
             let json = serde_json::json!({ "cscs_dwdi_api_url": url }).to_string();
             let m = err(Backend::Compute, &json);
-            assert!(
-                m.starts_with("backend_settings.cscs_dwdi_api_url: "),
-                "{url}: {m}"
-            );
+            assert!(m.starts_with("backend_settings.cscs_dwdi_api_url: "), "{url}: {m}");
         }
-        let s = ok(
-            Backend::Compute,
-            r#"{"cscs_dwdi_api_url":"HTTPS://Dwdi:8443/api/v1//"}"#,
-        );
+        let s = ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"HTTPS://Dwdi:8443/api/v1//"}"#);
         assert_eq!(s.api_url, "HTTPS://Dwdi:8443/api/v1");
     }
 }

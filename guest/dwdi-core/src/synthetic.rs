@@ -40,11 +40,7 @@ pub fn synthetic_compute_answer_for<S: AsRef<str>>(accounts: &[S], users: usize)
             .map(|u| {
                 let u64_index = u as u64;
                 let node = ((seed.wrapping_add(7919 * u64_index)) % 4096) as f64 / 64.0;
-                let gpu = if seed.wrapping_add(u64_index).is_multiple_of(3) {
-                    node * 4.0
-                } else {
-                    0.0
-                };
+                let gpu = if seed.wrapping_add(u64_index).is_multiple_of(3) { node * 4.0 } else { 0.0 };
                 [node, node * 128.0, gpu]
             })
             .collect();

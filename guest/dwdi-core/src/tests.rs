@@ -5,17 +5,11 @@ use crate::*;
 const BASE: &str = "https://dwdi.example/api/v1";
 
 fn compute_config(extra: &str, components: Vec<Component>) -> Config {
-    Config {
-        settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}/"{extra}}}"#),
-        components,
-    }
+    Config { settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}/"{extra}}}"#), components }
 }
 
 fn hours() -> Vec<Component> {
-    vec![
-        Component::named("nodeHours", 1.0),
-        Component::named("cpuHours", 1.0),
-    ]
+    vec![Component::named("nodeHours", 1.0), Component::named("cpuHours", 1.0)]
 }
 
 fn storage_config(extra: &str) -> Config {
@@ -24,32 +18,20 @@ fn storage_config(extra: &str) -> Config {
             r#"{{"cscs_dwdi_api_url":"{BASE}","storage_filesystem":"lustre",
                 "storage_data_type":"projects"{extra}}}"#
         ),
-        components: vec![
-            Component::named("storage_space", 0.000000001),
-            Component::named("storage_inodes", 1.0),
-        ],
+        components: vec![Component::named("storage_space", 0.000000001), Component::named("storage_inodes", 1.0)],
     }
 }
 
 fn resource(id: &str, cluster: Option<&str>) -> Resource {
-    Resource {
-        backend_id: id.to_owned(),
-        cluster: cluster.map(str::to_owned),
-    }
+    Resource { backend_id: id.to_owned(), cluster: cluster.map(str::to_owned) }
 }
 
 fn may_2024() -> BillingPeriod {
-    BillingPeriod {
-        year: 2024,
-        month: 5,
-    }
+    BillingPeriod { year: 2024, month: 5 }
 }
 
 fn ok(body: &str) -> HttpAnswer {
-    HttpAnswer {
-        status: 200,
-        body: body.as_bytes().to_vec(),
-    }
+    HttpAnswer { status: 200, body: body.as_bytes().to_vec() }
 }
 
 fn urls(plan: &Plan) -> Vec<&str> {
@@ -71,58 +53,30 @@ fn report_ok(result: Result<UsageReport, BackendError>) -> UsageReport {
 }
 
 fn amounts(list: &[Amount]) -> Vec<(&str, f64)> {
-    list.iter()
-        .map(|a| (a.component.as_str(), a.value))
-        .collect()
+    list.iter().map(|a| (a.component.as_str(), a.value)).collect()
 }
 
 #[test]
 fn compute_month_url() {
     let resources = [resource("acct-a", None), resource("acct b/c", None)];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &resources, may_2024()));
     assert_eq!(
         urls(&plan),
-        [format!(
-            "{BASE}/compute/usage-month/account?from=2024-05&to=2024-05&account=acct-a&account=acct%20b%2Fc"
-        )]
+        [format!("{BASE}/compute/usage-month/account?from=2024-05&to=2024-05&account=acct-a&account=acct%20b%2Fc")]
     );
     assert_eq!(plan.requests()[0].keys(), ["acct-a", "acct b/c"]);
-    assert_eq!(
-        plan.requests()[0].endpoint(),
-        format!("{BASE}/compute/usage-month/account")
-    );
+    assert_eq!(plan.requests()[0].endpoint(), format!("{BASE}/compute/usage-month/account"));
 }
 
 #[test]
 fn compute_day_url_with_default_cluster() {
     let config = compute_config(r#","cscs_dwdi_cluster":"Alps""#, hours());
-    let first = Date {
-        year: 2024,
-        month: 2,
-        day: 1,
-    };
-    let last = Date {
-        year: 2024,
-        month: 2,
-        day: 29,
-    };
-    let plan = plan_ok(plan_daily_report(
-        Backend::Compute,
-        &config,
-        &[resource("a", None)],
-        first,
-        last,
-    ));
+    let first = Date { year: 2024, month: 2, day: 1 };
+    let last = Date { year: 2024, month: 2, day: 29 };
+    let plan = plan_ok(plan_daily_report(Backend::Compute, &config, &[resource("a", None)], first, last));
     assert_eq!(
         urls(&plan),
-        [format!(
-            "{BASE}/compute/usage-day/account?from=2024-02-01&to=2024-02-29&account=a&cluster=alps"
-        )]
+        [format!("{BASE}/compute/usage-day/account?from=2024-02-01&to=2024-02-29&account=a&cluster=alps")]
     );
 }
 
@@ -136,34 +90,15 @@ fn compute_groups_by_cluster_and_dedups() {
         resource("a", Some("ALPS")),
         resource("d", Some("")),
     ];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &config,
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &config, &resources, may_2024()));
     let head = format!("{BASE}/compute/usage-month/account?from=2024-05&to=2024-05");
     assert_eq!(
         urls(&plan),
-        [
-            format!("{head}&account=a&account=c&cluster=alps"),
-            format!("{head}&account=b&account=d&cluster=daint"),
-        ]
+        [format!("{head}&account=a&account=c&cluster=alps"), format!("{head}&account=b&account=d&cluster=daint"),]
     );
     let no_default = compute_config("", hours());
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &no_default,
-        &resources[..2],
-        may_2024(),
-    ));
-    assert_eq!(
-        urls(&plan),
-        [
-            format!("{head}&account=a&cluster=alps"),
-            format!("{head}&account=b")
-        ]
-    );
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &no_default, &resources[..2], may_2024()));
+    assert_eq!(urls(&plan), [format!("{head}&account=a&cluster=alps"), format!("{head}&account=b")]);
 }
 
 #[test]
@@ -171,31 +106,16 @@ fn compute_chunks_cover_every_account_once() {
     let ids: Vec<String> = (0..2500).map(|i| format!("project_{i:06}")).collect();
     let mut resources: Vec<Resource> = ids.iter().map(|id| resource(id, Some("alps"))).collect();
     resources.extend(ids.iter().take(700).map(|id| resource(id, Some("eiger"))));
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &resources, may_2024()));
     assert!(plan.requests().len() >= 8, "{}", plan.requests().len());
     let mut alps = Vec::new();
     let mut eiger = Vec::new();
     for request in plan.requests() {
         assert!(request.url().len() < MAX_URL_BYTES);
-        let list = if request.url().ends_with("&cluster=alps") {
-            &mut alps
-        } else {
-            &mut eiger
-        };
-        assert!(
-            request.url().ends_with("&cluster=alps") || request.url().ends_with("&cluster=eiger")
-        );
+        let list = if request.url().ends_with("&cluster=alps") { &mut alps } else { &mut eiger };
+        assert!(request.url().ends_with("&cluster=alps") || request.url().ends_with("&cluster=eiger"));
         // The keys are exactly the accounts in the URL, in order.
-        let in_url: Vec<&str> = request
-            .url()
-            .split('&')
-            .filter_map(|p| p.strip_prefix("account="))
-            .collect();
+        let in_url: Vec<&str> = request.url().split('&').filter_map(|p| p.strip_prefix("account=")).collect();
         assert_eq!(in_url, request.keys());
         list.extend(request.keys().iter().cloned());
     }
@@ -209,17 +129,8 @@ fn storage_urls_use_mapping_and_last_day() {
         r#","storage_tenant":"cscs","storage_path_mapping":{"project_123":"/store/projects/proj123",
             "alias":"/store/projects/proj123"}"#,
     );
-    let resources = [
-        resource("project_123", None),
-        resource("/scratch/x y", None),
-        resource("alias", None),
-    ];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Storage,
-        &config,
-        &resources,
-        may_2024(),
-    ));
+    let resources = [resource("project_123", None), resource("/scratch/x y", None), resource("alias", None)];
+    let plan = plan_ok(plan_usage_report(Backend::Storage, &config, &resources, may_2024()));
     assert_eq!(
         urls(&plan),
         [format!(
@@ -227,23 +138,9 @@ fn storage_urls_use_mapping_and_last_day() {
              &paths=%2Fscratch%2Fx%20y&filesystem=lustre&data_type=projects&tenant=cscs"
         )]
     );
-    let first = Date {
-        year: 2023,
-        month: 12,
-        day: 30,
-    };
-    let last = Date {
-        year: 2024,
-        month: 1,
-        day: 2,
-    };
-    let plan = plan_ok(plan_daily_report(
-        Backend::Storage,
-        &storage_config(""),
-        &resources[1..2],
-        first,
-        last,
-    ));
+    let first = Date { year: 2023, month: 12, day: 30 };
+    let last = Date { year: 2024, month: 1, day: 2 };
+    let plan = plan_ok(plan_daily_report(Backend::Storage, &storage_config(""), &resources[1..2], first, last));
     assert_eq!(
         urls(&plan),
         [format!(
@@ -255,29 +152,14 @@ fn storage_urls_use_mapping_and_last_day() {
 
 #[test]
 fn storage_chunks_stay_under_the_limit() {
-    let resources: Vec<Resource> = (0..400)
-        .map(|i| {
-            resource(
-                &format!("/store/projects/a-rather-long-project-path-{i:04}"),
-                None,
-            )
-        })
-        .collect();
-    let plan = plan_ok(plan_usage_report(
-        Backend::Storage,
-        &storage_config(""),
-        &resources,
-        may_2024(),
-    ));
+    let resources: Vec<Resource> =
+        (0..400).map(|i| resource(&format!("/store/projects/a-rather-long-project-path-{i:04}"), None)).collect();
+    let plan = plan_ok(plan_usage_report(Backend::Storage, &storage_config(""), &resources, may_2024()));
     assert!(plan.requests().len() > 1);
     let mut all = Vec::new();
     for request in plan.requests() {
         assert!(request.url().len() < MAX_URL_BYTES);
-        assert!(
-            request
-                .url()
-                .ends_with("&filesystem=lustre&data_type=projects")
-        );
+        assert!(request.url().ends_with("&filesystem=lustre&data_type=projects"));
         all.extend(request.keys().iter().cloned());
     }
     let ids: Vec<String> = resources.iter().map(|r| r.backend_id.clone()).collect();
@@ -286,39 +168,18 @@ fn storage_chunks_stay_under_the_limit() {
 
 #[test]
 fn no_resources_means_no_requests() {
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &[],
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &[], may_2024()));
     assert!(plan.requests().is_empty());
     let report = report_ok(assemble(&plan, &[]));
-    assert_eq!(
-        report,
-        UsageReport {
-            resources: vec![],
-            upstream_requests: 0
-        }
-    );
+    assert_eq!(report, UsageReport { resources: vec![], upstream_requests: 0 });
 }
 
 #[test]
 fn compute_report_sums_orders_and_marks_absent() {
-    let resources = [
-        resource("B", None),
-        resource("A", None),
-        resource("missing", None),
-        resource("B", None),
-    ];
+    let resources = [resource("B", None), resource("A", None), resource("missing", None), resource("B", None)];
     let mut components = hours();
     components[1].reporting_factor = Some(0.5);
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", components),
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", components), &resources, may_2024()));
     let body = r#"{"compute":[
         {"account":"A","totalNodeHours":1.25,"totalCpuHours":10,
          "users":[{"username":"zoe","nodeHours":1,"cpuHours":8},{"username":"al","nodeHours":0.25,"cpuHours":2}]},
@@ -330,11 +191,7 @@ fn compute_report_sums_orders_and_marks_absent() {
     ]}"#;
     let report = report_ok(assemble(&plan, &[ok(body)]));
     assert_eq!(report.upstream_requests, 1);
-    let ids: Vec<&str> = report
-        .resources
-        .iter()
-        .map(|r| r.backend_id.as_str())
-        .collect();
+    let ids: Vec<&str> = report.resources.iter().map(|r| r.backend_id.as_str()).collect();
     assert_eq!(ids, ["B", "A", "missing", "B"]);
 
     let b = &report.resources[0];
@@ -342,10 +199,7 @@ fn compute_report_sums_orders_and_marks_absent() {
     assert_eq!(amounts(&b.totals), [("nodeHours", 5.0), ("cpuHours", 80.0)]);
     assert_eq!(b.users.len(), 1);
     assert_eq!(b.users[0].username, "bo");
-    assert_eq!(
-        amounts(&b.users[0].amounts),
-        [("nodeHours", 4.0), ("cpuHours", 64.0)]
-    );
+    assert_eq!(amounts(&b.users[0].amounts), [("nodeHours", 4.0), ("cpuHours", 64.0)]);
     assert_eq!(report.resources[3], *b);
 
     let a = &report.resources[1];
@@ -355,22 +209,14 @@ fn compute_report_sums_orders_and_marks_absent() {
 
     let missing = &report.resources[2];
     assert!(!missing.found);
-    assert_eq!(
-        amounts(&missing.totals),
-        [("nodeHours", 0.0), ("cpuHours", 0.0)]
-    );
+    assert_eq!(amounts(&missing.totals), [("nodeHours", 0.0), ("cpuHours", 0.0)]);
     assert!(missing.users.is_empty());
 }
 
 #[test]
 fn same_account_on_two_clusters_is_reported_per_cluster() {
     let resources = [resource("A", Some("alps")), resource("A", Some("eiger"))];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &resources, may_2024()));
     assert_eq!(plan.requests().len(), 2);
     let alps = ok(r#"{"compute":[{"account":"A","totalNodeHours":1,"totalCpuHours":1}]}"#);
     let eiger = ok(r#"{"compute":[]}"#);
@@ -382,28 +228,15 @@ fn same_account_on_two_clusters_is_reported_per_cluster() {
 
 #[test]
 fn storage_report_applies_factor_without_rounding() {
-    let config =
-        storage_config(r#","storage_path_mapping":{"p123":"/store/p123","alias":"/store/p123"}"#);
-    let resources = [
-        resource("p123", None),
-        resource("/store/other", None),
-        resource("alias", None),
-    ];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Storage,
-        &config,
-        &resources,
-        may_2024(),
-    ));
+    let config = storage_config(r#","storage_path_mapping":{"p123":"/store/p123","alias":"/store/p123"}"#);
+    let resources = [resource("p123", None), resource("/store/other", None), resource("alias", None)];
+    let plan = plan_ok(plan_usage_report(Backend::Storage, &config, &resources, may_2024()));
     let body = r#"{"storage":[{"path":"/store/p123","spaceUsed":1500000000000,"inodesUsed":1234},
                                {"path":"/store/p123","spaceUsed":1400000000000,"inodesUsed":1300}]}"#;
     let report = report_ok(assemble(&plan, &[ok(body)]));
     let p = &report.resources[0];
     assert!(p.found);
-    assert_eq!(
-        amounts(&p.totals),
-        [("storage_space", 1500.0), ("storage_inodes", 1300.0)]
-    );
+    assert_eq!(amounts(&p.totals), [("storage_space", 1500.0), ("storage_inodes", 1300.0)]);
     assert!(p.users.is_empty());
     assert!(!report.resources[1].found);
     assert_eq!(report.resources[2].backend_id, "alias");
@@ -411,12 +244,7 @@ fn storage_report_applies_factor_without_rounding() {
 
     // Unrounded: 1,234,567 bytes is 0.001234567 GB, not 0.
     let body = r#"{"storage":[{"path":"/store/other","spaceUsed":1234567,"inodesUsed":1}]}"#;
-    let plan = plan_ok(plan_usage_report(
-        Backend::Storage,
-        &storage_config(""),
-        &resources[1..2],
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Storage, &storage_config(""), &resources[1..2], may_2024()));
     let report = report_ok(assemble(&plan, &[ok(body)]));
     let value = report.resources[0].totals[0].value;
     assert!((value - 0.001234567).abs() < 1e-15, "{value}");
@@ -424,42 +252,23 @@ fn storage_report_applies_factor_without_rounding() {
 
 #[test]
 fn statuses_map_to_errors() {
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &[resource("a", None)],
-        may_2024(),
-    ));
+    let plan =
+        plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &[resource("a", None)], may_2024()));
     let endpoint = format!("{BASE}/compute/usage-month/account");
     for status in [401, 403] {
-        let answer = HttpAnswer {
-            status,
-            body: b"token expired".to_vec(),
-        };
+        let answer = HttpAnswer { status, body: b"token expired".to_vec() };
         match assemble(&plan, &[answer]) {
             Err(BackendError::Unauthorized(m)) => {
-                assert_eq!(
-                    m,
-                    format!(
-                        "DWDI refused the credentials (HTTP {status}) at {endpoint}: token expired"
-                    )
-                );
+                assert_eq!(m, format!("DWDI refused the credentials (HTTP {status}) at {endpoint}: token expired"));
             }
             other => panic!("{status}: {other:?}"),
         }
     }
     let long = format!("<html>\n<body>{}</body></html>", "oops ".repeat(100));
     for status in [500, 404, 302, 199] {
-        let answer = HttpAnswer {
-            status,
-            body: long.clone().into_bytes(),
-        };
+        let answer = HttpAnswer { status, body: long.clone().into_bytes() };
         match assemble(&plan, &[answer]) {
-            Err(BackendError::UpstreamStatus {
-                endpoint: e,
-                status: s,
-                message,
-            }) => {
+            Err(BackendError::UpstreamStatus { endpoint: e, status: s, message }) => {
                 assert_eq!(e, endpoint);
                 assert_eq!(s, status);
                 assert!(message.starts_with("<html> <body>oops oops"), "{message}");
@@ -472,34 +281,20 @@ fn statuses_map_to_errors() {
 
 #[test]
 fn status_errors_win_over_parse_errors() {
-    let resources: Vec<Resource> = (0..1000)
-        .map(|i| resource(&format!("account-{i:05}"), None))
-        .collect();
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &resources,
-        may_2024(),
-    ));
+    let resources: Vec<Resource> = (0..1000).map(|i| resource(&format!("account-{i:05}"), None)).collect();
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &resources, may_2024()));
     assert!(plan.requests().len() >= 2);
     let mut answers: Vec<HttpAnswer> = plan.requests().iter().map(|_| ok("not json")).collect();
     if let Some(last) = answers.last_mut() {
         last.status = 403;
     }
-    assert!(matches!(
-        assemble(&plan, &answers),
-        Err(BackendError::Unauthorized(_))
-    ));
+    assert!(matches!(assemble(&plan, &answers), Err(BackendError::Unauthorized(_))));
 }
 
 #[test]
 fn bad_answers_name_endpoint_and_path() {
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &[resource("a", None)],
-        may_2024(),
-    ));
+    let plan =
+        plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &[resource("a", None)], may_2024()));
     let body = r#"{"compute":[{"account":"a","totalNodeHours":1,"totalCpuHours":1,
         "users":[{"username":"u","nodeHours":1,"cpuHours":1},{"username":"v","nodeHours":1}]}]}"#;
     assert_eq!(
@@ -512,10 +307,7 @@ fn bad_answers_name_endpoint_and_path() {
         Err(BackendError::BadResponse(m)) => assert!(m.contains("not valid JSON"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        assemble(&plan, &[]),
-        Err(BackendError::Transport(_))
-    ));
+    assert!(matches!(assemble(&plan, &[]), Err(BackendError::Transport(_))));
 }
 
 #[test]
@@ -526,32 +318,18 @@ fn ping_request_and_verdicts() {
     };
     assert_eq!(request.url(), format!("{BASE}/storage/usage-day"));
     // Ping needs no components.
-    let bare = Config {
-        settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}"}}"#),
-        components: vec![],
-    };
+    let bare = Config { settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}"}}"#), components: vec![] };
     let compute = plan_ping(Backend::Compute, &bare).map(|r| r.url().to_owned());
     assert_eq!(compute, Ok(format!("{BASE}/compute/usage-day")));
 
-    let verdict = |status: u16| {
-        check_ping(
-            &request,
-            &HttpAnswer {
-                status,
-                body: b"nope".to_vec(),
-            },
-        )
-    };
+    let verdict = |status: u16| check_ping(&request, &HttpAnswer { status, body: b"nope".to_vec() });
     for status in [200, 204, 400, 404, 405, 422] {
         assert_eq!(verdict(status), Ok(()), "{status}");
     }
     assert!(matches!(verdict(401), Err(BackendError::Unauthorized(_))));
     assert!(matches!(verdict(403), Err(BackendError::Unauthorized(_))));
     for status in [301, 500, 502, 503] {
-        assert!(
-            matches!(verdict(status), Err(BackendError::UpstreamStatus { .. })),
-            "{status}"
-        );
+        assert!(matches!(verdict(status), Err(BackendError::UpstreamStatus { .. })), "{status}");
     }
 }
 
@@ -562,21 +340,13 @@ fn config_errors_reach_the_planner() {
         plan_usage_report(Backend::Compute, &bad_component, &[], may_2024()),
         Err(BackendError::InvalidConfig(m)) if m.starts_with("backend_components.foo: ")
     ));
-    let missing = Config {
-        settings_json: r#"{"cscs_dwdi_api_url":"http://x"}"#.into(),
-        components: vec![],
-    };
+    let missing = Config { settings_json: r#"{"cscs_dwdi_api_url":"http://x"}"#.into(), components: vec![] };
     assert_eq!(
         setup(Backend::Storage, &missing),
-        Err(BackendError::InvalidConfig(
-            "backend_settings.storage_filesystem: missing".into()
-        ))
+        Err(BackendError::InvalidConfig("backend_settings.storage_filesystem: missing".into()))
     );
     assert!(setup(Backend::Storage, &storage_config("")).is_ok());
-    assert!(
-        setup(Backend::Compute, &storage_config("")).is_err(),
-        "storage components on compute"
-    );
+    assert!(setup(Backend::Compute, &storage_config("")).is_err(), "storage components on compute");
 }
 
 #[test]
@@ -584,14 +354,8 @@ fn periods_and_dates_are_checked() {
     let config = compute_config("", hours());
     let r = [resource("a", None)];
     for period in [
-        BillingPeriod {
-            year: 2024,
-            month: 0,
-        },
-        BillingPeriod {
-            year: 2024,
-            month: 13,
-        },
+        BillingPeriod { year: 2024, month: 0 },
+        BillingPeriod { year: 2024, month: 13 },
         BillingPeriod { year: 0, month: 1 },
     ] {
         assert!(matches!(
@@ -615,27 +379,13 @@ fn periods_and_dates_are_checked() {
             "{first:?}..{last:?}"
         );
     }
-    assert!(
-        plan_daily_report(
-            Backend::Compute,
-            &config,
-            &r,
-            d(2000, 2, 29),
-            d(2000, 2, 29)
-        )
-        .is_ok()
-    );
+    assert!(plan_daily_report(Backend::Compute, &config, &r, d(2000, 2, 29), d(2000, 2, 29)).is_ok());
 }
 
 #[test]
 fn empty_backend_ids_are_not_requested() {
     let resources = [resource("", None), resource("a", None)];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", hours()),
-        &resources,
-        may_2024(),
-    ));
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", hours()), &resources, may_2024()));
     assert_eq!(plan.requests()[0].keys(), ["a"]);
     let body = r#"{"compute":[{"account":"","totalNodeHours":1,"totalCpuHours":1}]}"#;
     let report = report_ok(assemble(&plan, &[ok(body)]));
@@ -647,34 +397,19 @@ fn empty_backend_ids_are_not_requested() {
 fn read_only_message() {
     assert_eq!(
         read_only(Backend::Compute, "create-account"),
-        BackendError::Unsupported(
-            "cscs-dwdi-compute is read-only: create-account is not supported".into()
-        )
+        BackendError::Unsupported("cscs-dwdi-compute is read-only: create-account is not supported".into())
     );
 }
 
 #[test]
 fn synthetic_answers_assemble_exactly() {
-    let resources: Vec<Resource> = (0..1200)
-        .map(|i| resource(&synthetic_account(i), None))
-        .collect();
-    let components = vec![
-        Component::named("nodeHours", 1.0),
-        Component::named("cpuHours", 1.0),
-        Component::named("gpuHours", 1.0),
-    ];
-    let plan = plan_ok(plan_usage_report(
-        Backend::Compute,
-        &compute_config("", components),
-        &resources,
-        may_2024(),
-    ));
+    let resources: Vec<Resource> = (0..1200).map(|i| resource(&synthetic_account(i), None)).collect();
+    let components =
+        vec![Component::named("nodeHours", 1.0), Component::named("cpuHours", 1.0), Component::named("gpuHours", 1.0)];
+    let plan = plan_ok(plan_usage_report(Backend::Compute, &compute_config("", components), &resources, may_2024()));
     assert!(plan.requests().len() > 1);
-    let answers: Vec<HttpAnswer> = plan
-        .requests()
-        .iter()
-        .map(|r| ok(&synthetic_compute_answer_for(r.keys(), 7)))
-        .collect();
+    let answers: Vec<HttpAnswer> =
+        plan.requests().iter().map(|r| ok(&synthetic_compute_answer_for(r.keys(), 7))).collect();
     let report = report_ok(assemble(&plan, &answers));
     assert_eq!(report.resources.len(), 1200);
     for r in &report.resources {

@@ -30,16 +30,7 @@ pub(crate) fn encode_into(out: &mut String, value: &str) {
 
 /// Length of `value` once encoded by [`encode_into`].
 fn encoded_len(value: &str) -> usize {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                1
-            } else {
-                3
-            }
-        })
-        .sum()
+    value.bytes().map(|b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') { 1 } else { 3 }).sum()
 }
 
 /// Appends `&key=value`, the value encoded.
@@ -75,11 +66,7 @@ pub struct UrlParts<'a> {
 /// `url` after `prefix`, compared ASCII-case-insensitively as schemes are.
 pub(crate) fn strip_scheme<'a>(url: &'a str, prefix: &str) -> Option<&'a str> {
     let head = url.get(..prefix.len())?;
-    if head.eq_ignore_ascii_case(prefix) {
-        url.get(prefix.len()..)
-    } else {
-        None
-    }
+    if head.eq_ignore_ascii_case(prefix) { url.get(prefix.len()..) } else { None }
 }
 
 /// Splits an absolute `http(s)://` URL; `None` for anything else. The base URL was
@@ -95,16 +82,8 @@ pub fn split_url(url: &str) -> Option<UrlParts<'_>> {
     if authority.is_empty() {
         return None;
     }
-    let path_with_query = if path_with_query.is_empty() {
-        "/"
-    } else {
-        path_with_query
-    };
-    Some(UrlParts {
-        scheme,
-        authority,
-        path_with_query,
-    })
+    let path_with_query = if path_with_query.is_empty() { "/" } else { path_with_query };
+    Some(UrlParts { scheme, authority, path_with_query })
 }
 
 /// One URL of a list query and which items it carries.
@@ -119,12 +98,7 @@ pub(crate) struct Chunk {
 /// than [`MAX_URL_BYTES`], together carrying every item once in the given order.
 /// `head` must already hold a query (`…?from=…`); `tail` is the already-encoded rest
 /// (`&cluster=alps`), kept last so the fixed parameters are easy to spot in logs.
-pub(crate) fn chunk_list(
-    head: &str,
-    key: &str,
-    items: &[&str],
-    tail: &str,
-) -> Result<Vec<Chunk>, BackendError> {
+pub(crate) fn chunk_list(head: &str, key: &str, items: &[&str], tail: &str) -> Result<Vec<Chunk>, BackendError> {
     let fixed = head.len() + tail.len();
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut url = String::new();
@@ -140,10 +114,7 @@ pub(crate) fn chunk_list(
         }
         if i > start && url.len() + param + tail.len() >= MAX_URL_BYTES {
             url.push_str(tail);
-            chunks.push(Chunk {
-                url: std::mem::take(&mut url),
-                items: start..i,
-            });
+            chunks.push(Chunk { url: std::mem::take(&mut url), items: start..i });
             start = i;
         }
         if i == start {
@@ -154,10 +125,7 @@ pub(crate) fn chunk_list(
     }
     if start < items.len() {
         url.push_str(tail);
-        chunks.push(Chunk {
-            url,
-            items: start..items.len(),
-        });
+        chunks.push(Chunk { url, items: start..items.len() });
     }
     Ok(chunks)
 }
@@ -203,10 +171,7 @@ mod tests {
         assert_eq!(p.authority, "dwdi.cscs.ch:8443");
         assert_eq!(p.path_with_query, "/api/v1/compute?x=1");
         let p = split_url("HTTP://127.0.0.1:9").expect("splits");
-        assert_eq!(
-            (p.scheme, p.authority, p.path_with_query),
-            (Scheme::Http, "127.0.0.1:9", "/")
-        );
+        assert_eq!((p.scheme, p.authority, p.path_with_query), (Scheme::Http, "127.0.0.1:9", "/"));
         let p = split_url("http://h?q").expect("splits");
         assert_eq!(p.path_with_query, "?q");
         assert_eq!(split_url("ftp://x/"), None);
@@ -216,29 +181,18 @@ mod tests {
 
     #[test]
     fn few_items_make_one_url() {
-        let chunks = chunk_list("http://x/a?from=1", "account", &["a b", "c"], "&cluster=z")
-            .expect("chunks");
+        let chunks = chunk_list("http://x/a?from=1", "account", &["a b", "c"], "&cluster=z").expect("chunks");
         assert_eq!(chunks.len(), 1);
-        assert_eq!(
-            chunks[0].url,
-            "http://x/a?from=1&account=a%20b&account=c&cluster=z"
-        );
+        assert_eq!(chunks[0].url, "http://x/a?from=1&account=a%20b&account=c&cluster=z");
         assert_eq!(chunks[0].items, 0..2);
-        assert!(
-            chunk_list("http://x/a?f=1", "k", &[], "")
-                .expect("chunks")
-                .is_empty()
-        );
+        assert!(chunk_list("http://x/a?f=1", "k", &[], "").expect("chunks").is_empty());
     }
 
     #[test]
     fn many_items_stay_under_the_limit_and_appear_once() {
-        let names: Vec<String> = (0..3000)
-            .map(|i| format!("account/{i:05}-{}", "x".repeat(i % 37)))
-            .collect();
+        let names: Vec<String> = (0..3000).map(|i| format!("account/{i:05}-{}", "x".repeat(i % 37))).collect();
         let items: Vec<&str> = names.iter().map(String::as_str).collect();
-        let head =
-            "https://dwdi.example/api/v1/compute/usage-month/account?from=2024-01&to=2024-01";
+        let head = "https://dwdi.example/api/v1/compute/usage-month/account?from=2024-01&to=2024-01";
         let chunks = chunk_list(head, "account", &items, "&cluster=alps").expect("chunks");
         assert!(chunks.len() > 10);
         let mut next = 0;
@@ -247,12 +201,8 @@ mod tests {
             next = chunk.items.end;
             assert!(chunk.url.len() < MAX_URL_BYTES, "{}", chunk.url.len());
             assert!(chunk.url.starts_with(head) && chunk.url.ends_with("&cluster=alps"));
-            let expected: usize = head.len()
-                + 13
-                + items[chunk.items.clone()]
-                    .iter()
-                    .map(|i| 9 + encoded_len(i))
-                    .sum::<usize>();
+            let expected: usize =
+                head.len() + 13 + items[chunk.items.clone()].iter().map(|i| 9 + encoded_len(i)).sum::<usize>();
             assert_eq!(chunk.url.len(), expected);
         }
         assert_eq!(next, items.len());

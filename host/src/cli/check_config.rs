@@ -56,8 +56,17 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
         )?;
         writeln!(out, "  components {}", components.join(", "))?;
         writeln!(out, "  dwdi       {} (token {})", access.api_url, access.token_url)?;
-        writeln!(out, "  proxy      {}", access.proxy.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".to_owned()))?;
-        writeln!(out, "  waldur     {} offering {}", target.config.waldur_api_url.as_deref().unwrap_or(""), target.offering_uuid)?;
+        writeln!(
+            out,
+            "  proxy      {}",
+            access.proxy.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "none".to_owned())
+        )?;
+        writeln!(
+            out,
+            "  waldur     {} offering {}",
+            target.config.waldur_api_url.as_deref().unwrap_or(""),
+            target.offering_uuid
+        )?;
     }
     Ok(())
 }

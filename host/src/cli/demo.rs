@@ -50,10 +50,7 @@ fn demo_config(dwdi: &DwdiSim, options: &DwdiOptions, waldur: &WaldurSim, mappin
         secret = options.client_secret,
         token = dwdi.token_url(),
     );
-    let waldur = format!(
-        "    waldur_api_url: {url:?}\n    waldur_api_token: {WALDUR_TOKEN:?}\n",
-        url = waldur.url()
-    );
+    let waldur = format!("    waldur_api_url: {url:?}\n    waldur_api_token: {WALDUR_TOKEN:?}\n", url = waldur.url());
     format!(
         r#"timezone: "UTC"
 reporting_periods: 2
@@ -107,7 +104,12 @@ pub(crate) async fn run(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<
 
 /// `demo --serve FILE`: the simulators stay up, the config is written to `path` with
 /// a heartbeat beside it and a metrics port, until `stop` is raised.
-pub async fn serve_until(args: DemoArgs, path: &std::path::Path, out: &mut (dyn Write + Send), stop: StopFlag) -> Result<()> {
+pub async fn serve_until(
+    args: DemoArgs,
+    path: &std::path::Path,
+    out: &mut (dyn Write + Send),
+    stop: StopFlag,
+) -> Result<()> {
     use anyhow::Context as _;
     let world = DemoWorld::start(&args).await?;
     let heartbeat = path.with_extension("heartbeat");
@@ -125,16 +127,35 @@ pub async fn serve_until(args: DemoArgs, path: &std::path::Path, out: &mut (dyn 
     let config = path.display();
     let (compute, storage) = (uuid_from("demo compute offering"), uuid_from("demo storage offering"));
     writeln!(out, "Simulators on loopback: DWDI+OIDC {}, Waldur {}.", world.dwdi.addr(), world.waldur.addr())?;
-    writeln!(out, "{} compute accounts, {} storage projects, {DEMO_MONTHS} months of data up to {}.", world.accounts.len(), world.mapping.len(), world.month)?;
+    writeln!(
+        out,
+        "{} compute accounts, {} storage projects, {DEMO_MONTHS} months of data up to {}.",
+        world.accounts.len(),
+        world.mapping.len(),
+        world.month
+    )?;
     writeln!(out, "Config written to {config}. Try, in another terminal:\n")?;
     writeln!(out, "  usage-agent check-config -c {config}")?;
     writeln!(out, "  usage-agent ping -c {config} --offering \"DWDI compute (demo)\"")?;
-    writeln!(out, "  usage-agent usage -c {config} --offering \"DWDI compute (demo)\" --resource {}", world.accounts.first().map_or("project_000", String::as_str))?;
+    writeln!(
+        out,
+        "  usage-agent usage -c {config} --offering \"DWDI compute (demo)\" --resource {}",
+        world.accounts.first().map_or("project_000", String::as_str)
+    )?;
     writeln!(out, "  usage-agent report -c {config} --period-minutes 1")?;
     writeln!(out, "  usage-agent healthz -c {config}")?;
     writeln!(out, "  curl -s http://{metrics}/metrics")?;
-    writeln!(out, "  usage-agent load-historical-usage -c {config} -o {compute} -s {} -e {}", world.month.back(DEMO_MONTHS as u32).first().map_or(world.month, |m| *m).first_day(), world.month.first_day())?;
-    writeln!(out, "\nThe plugins folder is {}; the storage offering is {storage}. Ctrl-C stops the simulators.", plugins.display())?;
+    writeln!(
+        out,
+        "  usage-agent load-historical-usage -c {config} -o {compute} -s {} -e {}",
+        world.month.back(DEMO_MONTHS as u32).first().map_or(world.month, |m| *m).first_day(),
+        world.month.first_day()
+    )?;
+    writeln!(
+        out,
+        "\nThe plugins folder is {}; the storage offering is {storage}. Ctrl-C stops the simulators.",
+        plugins.display()
+    )?;
     out.flush()?;
     stop.stopped().await;
     world.dwdi.shutdown().await;
@@ -183,7 +204,13 @@ async fn run_cycles(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<()> 
     let DemoWorld { dwdi, waldur, accounts, mapping, config, month } = DemoWorld::start(&args).await?;
     let config = AgentConfig::parse(&config)?;
     writeln!(out, "Simulators on loopback: DWDI+OIDC {}, Waldur {}.", dwdi.addr(), waldur.addr())?;
-    writeln!(out, "Reporting {} and the month before for {} compute and {} storage resources.\n", month, accounts.len(), mapping.len())?;
+    writeln!(
+        out,
+        "Reporting {} and the month before for {} compute and {} storage resources.\n",
+        month,
+        accounts.len(),
+        mapping.len()
+    )?;
     let backends = Backends::new(Runtime::with_limits(config.component_limits.clone())?);
     let targets = prepare_targets(&config, &backends).await?;
     let cycle_options = CycleOptions::from_config(&config)?;
@@ -198,7 +225,11 @@ async fn run_cycles(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         }
     }
     let counts = waldur.requests();
-    writeln!(out, "\nWaldur received {} requests: {} set_usage, {} set_user_usages.\n", counts.total, counts.set_usage, counts.set_user_usages)?;
+    writeln!(
+        out,
+        "\nWaldur received {} requests: {} set_usage, {} set_user_usages.\n",
+        counts.total, counts.set_usage, counts.set_user_usages
+    )?;
 
     // What landed in Waldur.
     let backend_ids: BTreeMap<String, String> = accounts
@@ -229,7 +260,11 @@ async fn run_cycles(args: DemoArgs, out: &mut (dyn Write + Send)) -> Result<()> 
 }
 
 /// An aligned table; column `right` is right-aligned.
-pub(crate) fn write_rows<const N: usize>(out: &mut (dyn Write + Send), rows: &[[String; N]], right: usize) -> Result<()> {
+pub(crate) fn write_rows<const N: usize>(
+    out: &mut (dyn Write + Send),
+    rows: &[[String; N]],
+    right: usize,
+) -> Result<()> {
     let mut widths = [0usize; N];
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

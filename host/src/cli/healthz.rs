@@ -28,8 +28,15 @@ pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Resu
     let path = heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
     let max_age = config.heartbeat_max_age();
     match heartbeat::age(&path) {
-        Ok(age) if age <= max_age => writeln!(out, "ok    liveness: heartbeat {} is {}s old", path.display(), age.as_secs())?,
-        Ok(age) => failures.push(format!("liveness: heartbeat {} is {}s old (limit {}s)", path.display(), age.as_secs(), max_age.as_secs())),
+        Ok(age) if age <= max_age => {
+            writeln!(out, "ok    liveness: heartbeat {} is {}s old", path.display(), age.as_secs())?
+        }
+        Ok(age) => failures.push(format!(
+            "liveness: heartbeat {} is {}s old (limit {}s)",
+            path.display(),
+            age.as_secs(),
+            max_age.as_secs()
+        )),
         Err(error) => failures.push(format!("liveness: {error:#}")),
     }
     if !args.liveness_only {

@@ -13,8 +13,8 @@ use std::sync::Mutex;
 use anyhow::{Result, bail};
 use jiff::civil::Date;
 
-use super::{ConfigArg, PluginsDirArg};
 use super::progress::Progress;
+use super::{ConfigArg, PluginsDirArg};
 use crate::config::{AgentConfig, Secret};
 use crate::historical::{self, HistoricalOptions, Observer, Planned, Strategy};
 use crate::period::{self, Month};
@@ -137,11 +137,7 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
         dry_run: args.dry_run,
         reconcile_stale: args.reconcile_stale,
         resources: args.resource_backend_ids.clone(),
-        concurrency: args
-            .concurrency
-            .map(usize::from)
-            .or(config.waldur_max_concurrency)
-            .unwrap_or(DEFAULT_CONCURRENCY),
+        concurrency: args.concurrency.map(usize::from).or(config.waldur_max_concurrency).unwrap_or(DEFAULT_CONCURRENCY),
         strategy: if args.one_by_one { Strategy::OneByOne } else { Strategy::Batched },
         time_zone,
     };
@@ -171,7 +167,10 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
     tracing::info!(offering = %summary.offering, "{summary}");
     writeln!(out, "{summary}")?;
     if summary.failed > 0 {
-        bail!("{} resource-month(s) failed; see the errors above (months already loaded are not written again on a re-run)", summary.failed);
+        bail!(
+            "{} resource-month(s) failed; see the errors above (months already loaded are not written again on a re-run)",
+            summary.failed
+        );
     }
     if summary.interrupted {
         bail!(

@@ -144,9 +144,17 @@ mod tests {
         let writer = buffer.clone();
         let subscriber = subscriber(LogFormat::Json, "debug", false, move || writer.clone());
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("cycle", offering = "hpc", backend_type = "cscs-dwdi-compute", month = "2026-10");
+            let span =
+                tracing::info_span!("cycle", offering = "hpc", backend_type = "cscs-dwdi-compute", month = "2026-10");
             let _entered = span.enter();
-            tracing::warn!(resource = "acct1", month = "2026-11", count = 3_u64, ok = true, "absent from DWDI; {}", "kept");
+            tracing::warn!(
+                resource = "acct1",
+                month = "2026-11",
+                count = 3_u64,
+                ok = true,
+                "absent from DWDI; {}",
+                "kept"
+            );
             tracing::trace!("filtered out");
         });
         let lines = lines(&buffer);

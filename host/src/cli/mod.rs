@@ -7,10 +7,10 @@
 mod check_config;
 mod demo;
 mod healthz;
-mod plugins;
-mod ping;
 mod historical;
 mod logging;
+mod ping;
+mod plugins;
 mod progress;
 mod report;
 mod usage;
@@ -29,11 +29,11 @@ use crate::runtime::Runtime;
 pub use check_config::CheckConfigArgs;
 pub use demo::{DemoArgs, serve_until as serve_demo_until};
 pub use healthz::HealthzArgs;
+pub use historical::{HistoricalArgs, USER_TOKEN_VARIABLE};
 pub use logging::{config_log_level, init_logging, subscriber as log_subscriber};
+pub use ping::{PingArgs, Step as PingStep};
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
-pub use ping::{PingArgs, Step as PingStep};
-pub use historical::{HistoricalArgs, USER_TOKEN_VARIABLE};
 pub use usage::UsageArgs;
 
 /// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.

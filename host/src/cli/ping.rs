@@ -103,11 +103,10 @@ async fn ping_offering(
     out: &mut (dyn Write + Send),
 ) -> StepResult<()> {
     let io = |e: anyhow::Error| (Step::Config, format!("cannot print: {e}"));
-    let backend = prepare_offering(backends, index, offering)
-        .await
-        .map_err(|e| (Step::Config, format!("{e:#}")))?;
+    let backend = prepare_offering(backends, index, offering).await.map_err(|e| (Step::Config, format!("{e:#}")))?;
     let access = offering.dwdi_access().map_err(|e| (Step::Config, e))?;
-    line(out, Step::Config, "ok", &format!("API {}, token endpoint {}", access.api_url, access.token_url)).map_err(io)?;
+    line(out, Step::Config, "ok", &format!("API {}, token endpoint {}", access.api_url, access.token_url))
+        .map_err(io)?;
 
     let egress: &Egress = backend.egress();
     let connector = egress.connector();
@@ -124,8 +123,13 @@ async fn ping_offering(
         Some(proxy) => {
             let started = Instant::now();
             timed(connector, connect::connect_proxy(proxy)).await.map_err(|e| (Step::Proxy, e))?;
-            line(out, Step::Proxy, "ok", &format!("{proxy} accepts connections ({} ms)", started.elapsed().as_millis()))
-                .map_err(io)?;
+            line(
+                out,
+                Step::Proxy,
+                "ok",
+                &format!("{proxy} accepts connections ({} ms)", started.elapsed().as_millis()),
+            )
+            .map_err(io)?;
             format!(" through {proxy}")
         }
         None => {
@@ -159,10 +163,7 @@ async fn ping_offering(
         if !target.https {
             continue;
         }
-        connector
-            .tls_handshake(tcp, &target.host)
-            .await
-            .map_err(|e| (Step::Tls, format!("{role}: {e}")))?;
+        connector.tls_handshake(tcp, &target.host).await.map_err(|e| (Step::Tls, format!("{role}: {e}")))?;
         secured.push(format!("{role} {}", target.host));
     }
     let tls_detail = if secured.is_empty() {
@@ -179,13 +180,21 @@ async fn ping_offering(
 
     let started = Instant::now();
     backend.ping().await.map_err(|e| (Step::Api, e.to_string()))?;
-    line(out, Step::Api, "ok", &format!("{} answers the backend's check ({} ms)", access.api_url, started.elapsed().as_millis()))
-        .map_err(io)?;
+    line(
+        out,
+        Step::Api,
+        "ok",
+        &format!("{} answers the backend's check ({} ms)", access.api_url, started.elapsed().as_millis()),
+    )
+    .map_err(io)?;
     Ok(())
 }
 
 /// Bounds one connection step by the connect timeout; the error as text.
-async fn timed<T>(connector: &Connector, step: impl Future<Output = std::io::Result<T>>) -> std::result::Result<T, String> {
+async fn timed<T>(
+    connector: &Connector,
+    step: impl Future<Output = std::io::Result<T>>,
+) -> std::result::Result<T, String> {
     match tokio::time::timeout(connector.connect_timeout(), step).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(error.to_string()),

@@ -8,7 +8,9 @@ use anyhow::{Result, anyhow, bail};
 
 use super::{ConfigArg, PluginsDirArg};
 use crate::config::AgentConfig;
-use crate::report::{CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering};
+use crate::report::{
+    CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering,
+};
 
 /// The environment variable the Python agent reads for the cycle period.
 pub const PERIOD_VARIABLE: &str = "WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES";
@@ -38,12 +40,18 @@ pub(crate) fn cycle_period(text: &str) -> Result<Duration> {
         .parse()
         .ok()
         .filter(|m: &f64| m.is_finite() && *m > 0.0 && *m <= 7.0 * 24.0 * 60.0)
-        .ok_or_else(|| anyhow!("--period-minutes ({PERIOD_VARIABLE}) {text:?}: expected a number of minutes between 0 and 10080"))?;
+        .ok_or_else(|| {
+            anyhow!("--period-minutes ({PERIOD_VARIABLE}) {text:?}: expected a number of minutes between 0 and 10080")
+        })?;
     Ok(Duration::from_secs_f64(minutes * 60.0))
 }
 
 /// Runs one cycle over all targets, offerings side by side.
-pub(crate) async fn run_cycle(targets: &[ReportTarget], options: &CycleOptions, stop: &StopFlag) -> Vec<OfferingSummary> {
+pub(crate) async fn run_cycle(
+    targets: &[ReportTarget],
+    options: &CycleOptions,
+    stop: &StopFlag,
+) -> Vec<OfferingSummary> {
     let clock = SystemClock;
     futures::future::join_all(targets.iter().map(|target| report_offering(target, options, &clock, stop))).await
 }

@@ -161,10 +161,16 @@ pub(crate) fn explicit_resources(args: &[String]) -> Vec<wit::WaldurResource> {
 }
 
 /// Rounds a report for printing; a value that cannot be an amount is an error.
-pub(crate) fn offering_usage(name: &str, offering: &OfferingConfig, period: Period, report: &wit::Report) -> Result<OfferingUsage> {
+pub(crate) fn offering_usage(
+    name: &str,
+    offering: &OfferingConfig,
+    period: Period,
+    report: &wit::Report,
+) -> Result<OfferingUsage> {
     let round = |amount: &wit::Amount| -> Result<(String, String)> {
-        let cents = Cents::round(amount.value)
-            .ok_or_else(|| anyhow::anyhow!("component {}: value {} is not an amount", amount.component, amount.value))?;
+        let cents = Cents::round(amount.value).ok_or_else(|| {
+            anyhow::anyhow!("component {}: value {} is not an amount", amount.component, amount.value)
+        })?;
         Ok((amount.component.clone(), cents.to_string()))
     };
     let resources = report

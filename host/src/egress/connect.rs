@@ -86,9 +86,7 @@ impl Proxy {
             "socks5" => ProxyKind::Socks5,
             "socks5h" => ProxyKind::Socks5h,
             "http" => ProxyKind::Http,
-            other => bail!(
-                "unsupported proxy scheme {other:?}; use socks4, socks4a, socks5, socks5h or http"
-            ),
+            other => bail!("unsupported proxy scheme {other:?}; use socks4, socks4a, socks5, socks5h or http"),
         };
         let host = match url.host_str() {
             Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
@@ -136,9 +134,7 @@ pub fn tls_config(ca_bundle: Option<&Path>) -> Result<Arc<rustls::ClientConfig>>
             bail!("CA bundle {} contains no certificate", path.display());
         }
         for cert in certs {
-            roots
-                .add(cert)
-                .with_context(|| format!("CA bundle {} has an unusable certificate", path.display()))?;
+            roots.add(cert).with_context(|| format!("CA bundle {} has an unusable certificate", path.display()))?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

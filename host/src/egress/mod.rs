@@ -23,7 +23,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use wasmtime_wasi_http::{DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks};
+use wasmtime_wasi_http::{
+    DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks,
+};
 
 use crate::config::{DwdiAccess, OfferingConfig};
 use connect::Connector;
@@ -88,10 +90,9 @@ impl Limits {
         let mut limits = Self::default();
         let seconds = |key: &str, slot: &mut Duration| -> Result<(), String> {
             if let Some(value) = settings.get(key) {
-                let secs = value
-                    .as_f64()
-                    .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0)
-                    .ok_or_else(|| format!("backend_settings.{key}: must be a number of seconds between 0 and 86400"))?;
+                let secs = value.as_f64().filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0).ok_or_else(|| {
+                    format!("backend_settings.{key}: must be a number of seconds between 0 and 86400")
+                })?;
                 *slot = Duration::from_secs_f64(secs);
             }
             Ok(())
@@ -196,12 +197,13 @@ impl Egress {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
             .build(connector.clone());
-        let allowed = Destination::of_url(&access.api_url)
-            .context("backend_settings.cscs_dwdi_api_url: no host or port")?;
+        let allowed =
+            Destination::of_url(&access.api_url).context("backend_settings.cscs_dwdi_api_url: no host or port")?;
         let proxy_authorization = connector.http_proxy_authorization().map(crate::config::Secret::new);
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
         // A token exchange is one small request: it gets the whole-request timeout.
-        let tokens = TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
+        let tokens =
+            TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
             allowed,
@@ -235,16 +237,16 @@ impl Egress {
     /// Sends a GET to `url` with the bearer token (used by `ping`, not by components).
     pub async fn get(&self, url: &str) -> Result<http::Response<WasiBody>, SendError> {
         let uri: http::Uri = url.parse().map_err(|e| SendError::Refused(format!("bad URL {url}: {e}")))?;
-        let parts = RequestHead {
-            method: http::Method::GET,
-            uri,
-            headers: http::HeaderMap::new(),
-        };
+        let parts = RequestHead { method: http::Method::GET, uri, headers: http::HeaderMap::new() };
         self.send_with_token(parts, Bytes::new()).await
     }
 
     /// The component's request, checked, authorised and sent.
-    async fn send_for(&self, component: &str, request: http::Request<WasiBody>) -> Result<http::Response<WasiBody>, SendError> {
+    async fn send_for(
+        &self,
+        component: &str,
+        request: http::Request<WasiBody>,
+    ) -> Result<http::Response<WasiBody>, SendError> {
         let (parts, body) = request.into_parts();
         let destination = Destination::of_uri(&parts.uri);
         if destination.as_ref() != Some(&self.allowed) {
@@ -263,7 +265,8 @@ impl Egress {
             }
             return Err(SendError::Denied(shown));
         }
-        if let Some(name) = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].iter().find(|h| parts.headers.contains_key(*h)) {
+        if let Some(name) = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].iter().find(|h| parts.headers.contains_key(*h))
+        {
             self.stats.denied.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(offering = %self.offering, component, header = %name, "egress denied: components may not set credentials");
             return Err(SendError::Denied(format!("header {name}")));
@@ -294,9 +297,7 @@ impl Egress {
             if head.uri.scheme_str() == Some("http") {
                 request = plain_proxy_headers(request, self.proxy_authorization.as_ref(), self.via_http_proxy);
             }
-            let request = request
-                .body(full_body(body.clone()))
-                .map_err(|e| SendError::Refused(e.to_string()))?;
+            let request = request.body(full_body(body.clone())).map_err(|e| SendError::Refused(e.to_string()))?;
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.limits.first_byte, self.client.request(request)).await;
@@ -305,7 +306,9 @@ impl Egress {
                 Err(_) => {
                     if !idempotent || attempt >= self.limits.max_retries {
                         return Err(SendError::Timeout(format!(
-                            "no answer from {} within {:?}", shown_uri(&head.uri), self.limits.first_byte
+                            "no answer from {} within {:?}",
+                            shown_uri(&head.uri),
+                            self.limits.first_byte
                         )));
                     }
                     "first-byte timeout".to_owned()
@@ -418,7 +421,12 @@ fn record_dwdi_request<B, E>(
     let metrics = crate::metrics::global();
     let labels = [("offering", offering), ("endpoint", uri.path()), ("status", status.as_str())];
     metrics.inc("usage_agent_dwdi_requests_total", "DWDI API requests, by endpoint and status.", &labels);
-    metrics.observe("usage_agent_dwdi_request_duration_seconds", "DWDI time to the answer's head.", &labels[..2], elapsed);
+    metrics.observe(
+        "usage_agent_dwdi_request_duration_seconds",
+        "DWDI time to the answer's head.",
+        &labels[..2],
+        elapsed,
+    );
 }
 
 /// `uri` as logs and errors show it: scheme, host, port and path. The query goes (it
@@ -431,10 +439,8 @@ pub fn shown_uri(uri: &http::Uri) -> String {
 /// Exponential back-off with up to 50 % jitter.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.min(10).saturating_sub(1));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let jitter = exp.mul_f64(f64::from(nanos % 1000) / 2000.0);
     exp + jitter
 }
@@ -460,7 +466,9 @@ impl SendError {
         match self {
             SendError::Denied(_) => HttpError::HttpRequestDenied,
             SendError::Token(_) => HttpError::InternalError(Some(self.to_string())),
-            SendError::Connect { tls: true, message } => HttpError::TlsAlertReceived { alert_id: None, alert_message: Some(message.clone()) },
+            SendError::Connect { tls: true, message } => {
+                HttpError::TlsAlertReceived { alert_id: None, alert_message: Some(message.clone()) }
+            }
             SendError::Connect { message, .. } => HttpError::InternalError(Some(message.clone())),
             SendError::Timeout(_) => HttpError::HttpResponseTimeout,
             SendError::Refused(message) => HttpError::InternalError(Some(message.clone())),
@@ -478,12 +486,7 @@ struct GuardedBody {
 
 impl GuardedBody {
     fn new(inner: hyper::body::Incoming, limit: u64, deadline: Instant) -> Self {
-        Self {
-            inner,
-            remaining: limit,
-            limit,
-            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
-        }
+        Self { inner, remaining: limit, limit, deadline: Box::pin(tokio::time::sleep_until(deadline.into())) }
     }
 }
 
@@ -522,8 +525,6 @@ impl Body for GuardedBody {
     }
 }
 
-
-
 /// The `wasi:http` hooks of one component call: it may reach only its offering's API.
 pub struct ComponentHooks {
     component: String,
@@ -549,10 +550,20 @@ impl ComponentHooks {
 }
 
 fn forbidden(name: &HeaderName) -> bool {
-    *name == AUTHORIZATION || *name == PROXY_AUTHORIZATION || *name == COOKIE || DEFAULT_FORBIDDEN_HEADERS.contains(name)
+    *name == AUTHORIZATION
+        || *name == PROXY_AUTHORIZATION
+        || *name == COOKIE
+        || DEFAULT_FORBIDDEN_HEADERS.contains(name)
 }
 
-type SendFuture = Box<dyn Future<Output = wasmtime_wasi_http::Result<(http::Response<WasiBody>, Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>)>> + Send>;
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
 
 use std::future::Future;
 
@@ -581,7 +592,8 @@ impl WasiHttpHooks for ComponentHooks {
             let url = shown_uri(request.uri());
             match egress.send_for(&component, request).await {
                 Ok(response) => {
-                    let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> = Box::new(async { Ok(()) });
+                    let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
+                        Box::new(async { Ok(()) });
                     Ok((response, done))
                 }
                 Err(error) => {
@@ -601,7 +613,10 @@ mod tests {
     #[test]
     fn shown_uris_hold_no_credentials_and_no_query() -> Result<(), http::uri::InvalidUri> {
         let shown = |uri: &str| uri.parse().map(|uri| super::shown_uri(&uri));
-        assert_eq!(shown("https://user:pa55@dwdi.example:8443/api/v1/compute?accounts=a,b")?, "https://dwdi.example:8443/api/v1/compute");
+        assert_eq!(
+            shown("https://user:pa55@dwdi.example:8443/api/v1/compute?accounts=a,b")?,
+            "https://dwdi.example:8443/api/v1/compute"
+        );
         assert_eq!(shown("http://[::1]/api/v1")?, "http://[::1]/api/v1");
         Ok(())
     }

@@ -96,7 +96,10 @@ impl Cache {
         if let Err(e) = self.try_store(sha256, component)
             && !self.write_warned.swap(true, Ordering::Relaxed)
         {
-            tracing::warn!("plugins cache: cannot write to {}: {e:#}; components are compiled at every start", self.dir.display());
+            tracing::warn!(
+                "plugins cache: cannot write to {}: {e:#}; components are compiled at every start",
+                self.dir.display()
+            );
         }
     }
 

@@ -24,15 +24,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Result, anyhow};
 #[cfg(test)]
 use anyhow::Context as _;
+use anyhow::{Result, anyhow};
 use tokio::sync::{Mutex, broadcast};
 use wasmtime::component::Component;
 
 use crate::backends::Backends;
 use crate::config::AgentConfig;
-use crate::runtime::{CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, one_line, sha256_hex, wit, wit_config};
+use crate::runtime::{
+    CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, one_line, sha256_hex, wit, wit_config,
+};
 pub use cache::Cache;
 pub use watch::WatchHandle;
 
@@ -408,14 +410,24 @@ impl Plugins {
         if known {
             return;
         }
-        if state.serving.as_ref().is_some_and(|p| p.loaded.sha256 == sha256 && p.loaded.source == Source::File(path.clone())) {
+        if state
+            .serving
+            .as_ref()
+            .is_some_and(|p| p.loaded.sha256 == sha256 && p.loaded.source == Source::File(path.clone()))
+        {
             state.refused = None;
             return;
         }
         if let Some(pin) = self.inner.types.get(backend_type).and_then(|r| r.pin.clone())
             && pin != sha256
         {
-            self.refuse(backend_type, state, &path, Some(sha256.clone()), Refusal::Pinned { pinned: pin, actual: sha256 });
+            self.refuse(
+                backend_type,
+                state,
+                &path,
+                Some(sha256.clone()),
+                Refusal::Pinned { pinned: pin, actual: sha256 },
+            );
             return;
         }
         match self.prepare(backend_type, bytes, sha256.clone(), Source::File(path.clone())).await {
@@ -470,7 +482,12 @@ impl Plugins {
             // The built-in default at start-up is what every command begins with: not
             // news. A file serving from the start is.
             None if plugin.loaded.source == Source::Builtin => {
-                tracing::debug!(backend_type, "plugins: {backend_type} is served by {}; {}", plugin.label(), plugin.compiled);
+                tracing::debug!(
+                    backend_type,
+                    "plugins: {backend_type} is served by {}; {}",
+                    plugin.label(),
+                    plugin.compiled
+                );
             }
             None => tracing::info!(
                 backend_type,
@@ -519,16 +536,20 @@ impl Plugins {
 
     /// Compiles (or loads from the cache) and validates a component for `backend_type`.
     /// The checks run from the cheapest to the one that runs the most guest code.
-    async fn prepare(&self, backend_type: &str, bytes: Vec<u8>, sha256: String, source: Source) -> Result<Plugin, Refusal> {
+    async fn prepare(
+        &self,
+        backend_type: &str,
+        bytes: Vec<u8>,
+        sha256: String,
+        source: Source,
+    ) -> Result<Plugin, Refusal> {
         let runtime = self.inner.backends.runtime().clone();
         let size = bytes.len();
         let (component, compiled) = compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone()).await?;
         let wit_version = check_export(runtime.engine(), &component)?;
         let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
-        let (linked, info) = runtime
-            .describe_component(imports)
-            .await
-            .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
+        let (linked, info) =
+            runtime.describe_component(imports).await.map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
             return Err(Refusal::WrongBackendType {
                 name: info.name,
@@ -555,7 +576,6 @@ impl Plugins {
     }
 }
 
-
 /// The major version of a semver string.
 fn wit_major(version: &str) -> &str {
     version.split('.').next().unwrap_or(version)
@@ -579,7 +599,12 @@ fn check_export(engine: &wasmtime::Engine, component: &Component) -> Result<Stri
 
 /// Compiles `bytes` on a blocking thread, or loads the compiled form from the cache;
 /// stores what it compiled.
-async fn compile(runtime: &Runtime, cache: Option<Arc<Cache>>, bytes: Vec<u8>, sha256: String) -> Result<(Component, Compiled), Refusal> {
+async fn compile(
+    runtime: &Runtime,
+    cache: Option<Arc<Cache>>,
+    bytes: Vec<u8>,
+    sha256: String,
+) -> Result<(Component, Compiled), Refusal> {
     let engine = runtime.engine().clone();
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -613,7 +638,11 @@ const MAX_SETTLE_ROUNDS: u32 = 240;
 
 /// Reads `path` once its size and modification time hold still for `settle`, and the
 /// bytes read match them. `None` when it keeps changing or disappears.
-async fn read_when_stable(path: &Path, mut last: Fingerprint, settle: Duration) -> std::io::Result<Option<(Vec<u8>, Fingerprint)>> {
+async fn read_when_stable(
+    path: &Path,
+    mut last: Fingerprint,
+    settle: Duration,
+) -> std::io::Result<Option<(Vec<u8>, Fingerprint)>> {
     for _ in 0..MAX_SETTLE_ROUNDS {
         tokio::time::sleep(settle).await;
         let Some(now) = fingerprint(path) else { return Ok(None) };
@@ -643,7 +672,9 @@ mod tests {
         let name = b"x:y/z@1.0.0";
         let mut bytes = EMPTY.to_vec();
         // Type section: one instance type exporting `f: func()`.
-        bytes.extend_from_slice(&[0x07, 0x0e, 0x01, 0x42, 0x02, 0x01, 0x40, 0x00, 0x01, 0x00, 0x04, 0x00, 0x01, b'f', 0x01, 0x00]);
+        bytes.extend_from_slice(&[
+            0x07, 0x0e, 0x01, 0x42, 0x02, 0x01, 0x40, 0x00, 0x01, 0x00, 0x04, 0x00, 0x01, b'f', 0x01, 0x00,
+        ]);
         // Import section: one import, a plain name, of an instance of type 0.
         let mut import = vec![0x01, 0x00, name.len() as u8];
         import.extend_from_slice(name);

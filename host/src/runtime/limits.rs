@@ -315,7 +315,11 @@ impl ResultSize for wit::BackendError {
 }
 
 /// Checks a result against `max_result_bytes`.
-pub(crate) fn check_result_size<T: ResultSize>(component: &str, limits: Option<&ComponentLimits>, result: &T) -> Result<(), LimitExceeded> {
+pub(crate) fn check_result_size<T: ResultSize>(
+    component: &str,
+    limits: Option<&ComponentLimits>,
+    result: &T,
+) -> Result<(), LimitExceeded> {
     let Some(limits) = limits else { return Ok(()) };
     let bytes = result.result_size() as u64;
     if bytes > limits.max_result_bytes {
@@ -344,7 +348,9 @@ mod tests {
         let error = guard.memory_growing(1 << 20, (1 << 20) + 65536, None).err().map(|e| e.to_string());
         assert_eq!(
             error.as_deref(),
-            Some("component probe stopped: memory limit exceeded: linear memory would grow to 2.1 MiB, limit 2 MiB (setting component_limits.memory_mib)")
+            Some(
+                "component probe stopped: memory limit exceeded: linear memory would grow to 2.1 MiB, limit 2 MiB (setting component_limits.memory_mib)"
+            )
         );
         assert_eq!(guard.broken.as_ref().map(|b| b.limit), Some(Limit::Memory));
     }
@@ -370,12 +376,21 @@ mod tests {
 
     #[test]
     fn wasmtime_count_errors_are_named() {
-        let parsed = LimitExceeded::from_wasmtime_message("probe", "x: resource limit exceeded: instance count too high at 33", &ComponentLimits::default());
+        let parsed = LimitExceeded::from_wasmtime_message(
+            "probe",
+            "x: resource limit exceeded: instance count too high at 33",
+            &ComponentLimits::default(),
+        );
         assert_eq!(
             parsed.map(|p| p.to_string()).as_deref(),
-            Some("component probe stopped: instance count limit exceeded: needs at least 33, limit 32 (setting component_limits.instances)")
+            Some(
+                "component probe stopped: instance count limit exceeded: needs at least 33, limit 32 (setting component_limits.instances)"
+            )
         );
-        assert_eq!(LimitExceeded::from_wasmtime_message("probe", "wasm trap: unreachable", &ComponentLimits::default()), None);
+        assert_eq!(
+            LimitExceeded::from_wasmtime_message("probe", "wasm trap: unreachable", &ComponentLimits::default()),
+            None
+        );
     }
 
     #[test]

@@ -124,8 +124,12 @@ impl SinkState {
             return;
         }
         match self.stream {
-            Stream::Stdout => tracing::info!(component = %self.component, stream = "stdout", "[{}] {line}", self.component),
-            Stream::Stderr => tracing::warn!(component = %self.component, stream = "stderr", "[{}] {line}", self.component),
+            Stream::Stdout => {
+                tracing::info!(component = %self.component, stream = "stdout", "[{}] {line}", self.component)
+            }
+            Stream::Stderr => {
+                tracing::warn!(component = %self.component, stream = "stderr", "[{}] {line}", self.component)
+            }
         }
         if self.last.len() == LAST_LINES {
             self.last.pop_front();
@@ -158,7 +162,12 @@ pub(crate) struct ComponentOutput {
 
 impl ComponentOutput {
     pub(crate) fn new(component: &str, stream: Stream) -> Self {
-        let state = SinkState { component: component.to_owned(), stream, lines: LineBuffer::default(), last: Default::default() };
+        let state = SinkState {
+            component: component.to_owned(),
+            stream,
+            lines: LineBuffer::default(),
+            last: Default::default(),
+        };
         Self { state: Arc::new(Mutex::new(state)) }
     }
 

@@ -26,11 +26,7 @@ mod tests {
             ("Zm9vYmFy", "foobar"),
         ];
         for (encoded, plain) in vectors {
-            assert_eq!(
-                decode(encoded).as_deref(),
-                Some(plain.as_bytes()),
-                "{encoded}"
-            );
+            assert_eq!(decode(encoded).as_deref(), Some(plain.as_bytes()), "{encoded}");
         }
         assert_eq!(decode("Zm9vYg").as_deref(), Some(&b"foob"[..]));
         for bad in ["Z", "Zm9v!", "Zg=", "Zm9vY===", "Z=g="] {

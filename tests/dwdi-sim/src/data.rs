@@ -15,43 +15,27 @@ pub(crate) struct Day {
 }
 
 impl Day {
-    const MIN: Day = Day {
-        year: 0,
-        month: 1,
-        day: 1,
-    };
+    const MIN: Day = Day { year: 0, month: 1, day: 1 };
 
     /// Parses exactly `YYYY-MM-DD` (zero-padded, a real calendar date).
     pub(crate) fn parse(text: &str) -> Option<Day> {
         let (month_part, day_part) = text.rsplit_once('-')?;
         let (year, month) = parse_month(month_part)?;
         let day = parse_digits(day_part, 2)?;
-        (1..=days_in_month(year, month))
-            .contains(&day)
-            .then_some(Day { year, month, day })
+        (1..=days_in_month(year, month)).contains(&day).then_some(Day { year, month, day })
     }
 
     pub(crate) fn first_of(year: i32, month: u32) -> Day {
-        Day {
-            year,
-            month,
-            day: 1,
-        }
+        Day { year, month, day: 1 }
     }
 
     pub(crate) fn last_of(year: i32, month: u32) -> Day {
-        Day {
-            year,
-            month,
-            day: days_in_month(year, month),
-        }
+        Day { year, month, day: days_in_month(year, month) }
     }
 
     /// Parses a date given to a builder method; a malformed one is a bug in the test.
     fn expect(text: &str, what: &str) -> Day {
-        Day::parse(text).unwrap_or_else(|| {
-            panic!("dwdi-sim: {what} date {text:?} is not a valid YYYY-MM-DD date")
-        })
+        Day::parse(text).unwrap_or_else(|| panic!("dwdi-sim: {what} date {text:?} is not a valid YYYY-MM-DD date"))
     }
 }
 
@@ -212,13 +196,7 @@ impl DwdiData {
         inodes: u64,
     ) {
         let day = Day::expect(date, "storage");
-        let key = (
-            filesystem.to_owned(),
-            data_type.to_owned(),
-            path.to_owned(),
-            day,
-            tenant.map(str::to_owned),
-        );
+        let key = (filesystem.to_owned(), data_type.to_owned(), path.to_owned(), day, tenant.map(str::to_owned));
         self.storage.insert(key, (space_bytes, inodes));
     }
 
@@ -245,10 +223,7 @@ impl DwdiData {
         months.sort_unstable();
         months.dedup();
         for &(year, month) in &months {
-            assert!(
-                (1..=12).contains(&month) && year >= 1,
-                "dwdi-sim: invalid month {year}-{month}"
-            );
+            assert!((1..=12).contains(&month) && year >= 1, "dwdi-sim: invalid month {year}-{month}");
         }
         let mut data = Self::new();
         for a in 0..accounts {
@@ -263,11 +238,7 @@ impl DwdiData {
                     }
                 })
                 .collect();
-            let clusters: &[&str] = if a % 2 == 0 {
-                &GENERATED_CLUSTERS
-            } else {
-                &GENERATED_CLUSTERS[..1]
-            };
+            let clusters: &[&str] = if a % 2 == 0 { &GENERATED_CLUSTERS } else { &GENERATED_CLUSTERS[..1] };
             for &(year, month) in &months {
                 for day in 1..=days_in_month(year, month) {
                     let date = Day { year, month, day }.to_string();
@@ -278,20 +249,8 @@ impl DwdiData {
                                 continue;
                             }
                             let node = ((r >> 8) % 24_000) as f64 / 1000.0 + 0.001;
-                            let (cores, gpus) = if cluster == "alps" {
-                                (288.0, 4.0)
-                            } else {
-                                (128.0, 0.0)
-                            };
-                            data.add_compute(
-                                cluster,
-                                &account,
-                                user,
-                                &date,
-                                node,
-                                node * cores,
-                                node * gpus,
-                            );
+                            let (cores, gpus) = if cluster == "alps" { (288.0, 4.0) } else { (128.0, 0.0) };
+                            data.add_compute(cluster, &account, user, &date, node, node * cores, node * gpus);
                         }
                     }
                 }
@@ -340,13 +299,7 @@ impl DwdiData {
     ///
     /// # Panics
     /// If a date is malformed.
-    pub fn compute_usage(
-        &self,
-        account: &str,
-        cluster: Option<&str>,
-        from: &str,
-        to: &str,
-    ) -> ComputeUsage {
+    pub fn compute_usage(&self, account: &str, cluster: Option<&str>, from: &str, to: &str) -> ComputeUsage {
         let (first, last) = (Day::expect(from, "from"), Day::expect(to, "to"));
         let clusters: Vec<String> = cluster.into_iter().map(str::to_owned).collect();
         let mut usage = ComputeUsage::default();
@@ -379,16 +332,9 @@ impl DwdiData {
         to: &str,
     ) -> Option<(u64, u64)> {
         let (first, last) = (Day::expect(from, "from"), Day::expect(to, "to"));
-        self.storage_rows(
-            filesystem,
-            data_type,
-            tenant,
-            &[path.to_owned()],
-            first,
-            last,
-        )
-        .first()
-        .map(|row| (row.space_used, row.inodes_used))
+        self.storage_rows(filesystem, data_type, tenant, &[path.to_owned()], first, last)
+            .first()
+            .map(|row| (row.space_used, row.inodes_used))
     }
 
     /// The compute answer: one entry per (account, cluster) with data between `first` and
@@ -409,15 +355,10 @@ impl DwdiData {
                 if acct != account {
                     break;
                 }
-                if *day < first
-                    || *day > last
-                    || (!clusters.is_empty() && !clusters.contains(cluster))
-                {
+                if *day < first || *day > last || (!clusters.is_empty() && !clusters.contains(cluster)) {
                     continue;
                 }
-                let same_entry = entries
-                    .last()
-                    .is_some_and(|e| e.account == *acct && e.cluster == *cluster);
+                let same_entry = entries.last().is_some_and(|e| e.account == *acct && e.cluster == *cluster);
                 if !same_entry {
                     entries.push(ComputeEntry {
                         account: acct.clone(),
@@ -466,19 +407,11 @@ impl DwdiData {
             if !seen.insert(path) {
                 continue;
             }
-            let start = (
-                filesystem.to_owned(),
-                data_type.to_owned(),
-                path.clone(),
-                Day::MIN,
-                None,
-            );
+            let start = (filesystem.to_owned(), data_type.to_owned(), path.clone(), Day::MIN, None);
             let latest = self
                 .storage
                 .range(start..)
-                .take_while(|((fs, dt, p, _, _), _)| {
-                    fs == filesystem && dt == data_type && p == path
-                })
+                .take_while(|((fs, dt, p, _, _), _)| fs == filesystem && dt == data_type && p == path)
                 .filter(|((_, _, _, day, t), _)| {
                     *day >= first && *day <= last && (tenant.is_none() || t.as_deref() == tenant)
                 })
@@ -527,10 +460,7 @@ mod tests {
 
     #[test]
     fn parses_only_exact_dates() {
-        assert_eq!(
-            Day::parse("2024-02-29").map(|d| d.to_string()).as_deref(),
-            Some("2024-02-29")
-        );
+        assert_eq!(Day::parse("2024-02-29").map(|d| d.to_string()).as_deref(), Some("2024-02-29"));
         for bad in [
             "2023-02-29",
             "2024-2-01",
@@ -546,14 +476,7 @@ mod tests {
             assert_eq!(Day::parse(bad), None, "{bad}");
         }
         assert_eq!(parse_month("2024-12"), Some((2024, 12)));
-        for bad in [
-            "2024-13",
-            "2024-1",
-            "2024",
-            "2024-01-01",
-            "0000-01",
-            "abcd-01",
-        ] {
+        for bad in ["2024-13", "2024-1", "2024", "2024-01-01", "0000-01", "abcd-01"] {
             assert_eq!(parse_month(bad), None, "{bad}");
         }
     }

@@ -88,12 +88,9 @@ mod server;
 mod tls;
 
 pub use data::{
-    ComputeUsage, DwdiData, GENERATED_CLUSTERS, GENERATED_DATA_TYPE, GENERATED_FILESYSTEM,
-    GENERATED_TENANT,
+    ComputeUsage, DwdiData, GENERATED_CLUSTERS, GENERATED_DATA_TYPE, GENERATED_FILESYSTEM, GENERATED_TENANT,
 };
-pub use server::{
-    API_PREFIX, DwdiOptions, RECENT_CAPACITY, RequestRecord, SimState, Stats, TOKEN_PATH,
-};
+pub use server::{API_PREFIX, DwdiOptions, RECENT_CAPACITY, RequestRecord, SimState, Stats, TOKEN_PATH};
 
 /// How long [`DwdiSim::shutdown`] waits for open connections before dropping them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -116,18 +113,12 @@ impl DwdiSim {
     }
 
     /// Serves `data` on `addr` (port 0: any free port).
-    pub async fn start_on(
-        addr: SocketAddr,
-        data: DwdiData,
-        options: DwdiOptions,
-    ) -> anyhow::Result<DwdiSim> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
+    pub async fn start_on(addr: SocketAddr, data: DwdiData, options: DwdiOptions) -> anyhow::Result<DwdiSim> {
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr()?;
         let state = SimState::new(data, options);
-        let service =
-            Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let service = Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, service).with_graceful_shutdown(async {
@@ -137,13 +128,7 @@ impl DwdiSim {
                 tracing::error!(%error, "dwdi-sim server failed");
             }
         });
-        Ok(DwdiSim {
-            state,
-            addr,
-            tls: false,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(DwdiSim { state, addr, tls: false, stop: Some(stop), task: Some(task) })
     }
 
     /// Serves `data` over TLS on `127.0.0.1` at a free port, with the PEM certificate
@@ -157,25 +142,13 @@ impl DwdiSim {
     ) -> anyhow::Result<DwdiSim> {
         let acceptor = tls::acceptor(cert_pem, key_pem)?;
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr()?;
         let state = SimState::new(data, options);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tls::serve(
-            listener,
-            acceptor,
-            Self::router(state.clone()),
-            stopped,
-        ));
-        Ok(DwdiSim {
-            state,
-            addr,
-            tls: true,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let task = tokio::spawn(tls::serve(listener, acceptor, Self::router(state.clone()), stopped));
+        Ok(DwdiSim { state, addr, tls: true, stop: Some(stop), task: Some(task) })
     }
 
     /// The router serving `state`, to serve it yourself (for example over TLS). Peers are
@@ -277,9 +250,7 @@ impl DwdiSim {
             let _ = stop.send(());
         }
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
-                .await
-                .is_err()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err()
         {
             task.abort();
             let _ = task.await;

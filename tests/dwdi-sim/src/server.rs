@@ -109,10 +109,7 @@ pub struct Stats {
 impl Stats {
     /// Requests to `path` under the API prefix, e.g. `"/compute/usage-month/account"`.
     pub fn api_count(&self, path: &str) -> u64 {
-        self.requests_by_path
-            .get(&format!("{API_PREFIX}{path}"))
-            .copied()
-            .unwrap_or(0)
+        self.requests_by_path.get(&format!("{API_PREFIX}{path}")).copied().unwrap_or(0)
     }
 
     /// The distinct peer IP addresses.
@@ -169,10 +166,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl SimState {
     /// State serving `data` with `options`.
     pub fn new(data: DwdiData, options: DwdiOptions) -> Self {
-        let control = Control {
-            latency: options.latency,
-            ..Control::default()
-        };
+        let control = Control { latency: options.latency, ..Control::default() };
         Self {
             inner: Arc::new(Inner {
                 options,
@@ -225,12 +219,7 @@ impl SimState {
     /// # Panics
     /// If `status` is not a valid HTTP status code.
     pub fn fail_next(&self, n: usize, status: u16) {
-        self.respond_next(
-            n,
-            status,
-            "application/json",
-            &json!({"detail": "injected failure"}).to_string(),
-        );
+        self.respond_next(n, status, "application/json", &json!({"detail": "injected failure"}).to_string());
     }
 
     /// The next `n` requests to known API endpoints answer `status` with exactly `body` of
@@ -249,9 +238,7 @@ impl SimState {
     /// # Panics
     /// If `status` is not a valid HTTP status code.
     pub fn fail_next_token(&self, n: usize, status: u16) {
-        let body =
-            json!({"error": "temporarily_unavailable", "error_description": "injected failure"})
-                .to_string();
+        let body = json!({"error": "temporarily_unavailable", "error_description": "injected failure"}).to_string();
         let fault = make_fault(n, status, "application/json", &body);
         lock(&self.inner.control).token_faults.push_back(fault);
     }
@@ -264,11 +251,7 @@ impl SimState {
 
     /// Replaces the data served; requests already being answered finish with the old data.
     pub fn set_data(&self, data: DwdiData) {
-        *self
-            .inner
-            .data
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Arc::new(data);
+        *self.inner.data.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(data);
     }
 
     /// Changes the latency slept before every answer.
@@ -277,22 +260,12 @@ impl SimState {
     }
 
     fn data(&self) -> Arc<DwdiData> {
-        Arc::clone(
-            &self
-                .inner
-                .data
-                .read()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+        Arc::clone(&self.inner.data.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     fn take_fault(&self, token: bool) -> Option<Fault> {
         let mut control = lock(&self.inner.control);
-        let queue = if token {
-            &mut control.token_faults
-        } else {
-            &mut control.api_faults
-        };
+        let queue = if token { &mut control.token_faults } else { &mut control.api_faults };
         let front = queue.front_mut()?;
         let fault = front.clone();
         front.remaining -= 1;
@@ -351,14 +324,9 @@ impl SimState {
 }
 
 fn make_fault(n: usize, status: u16, content_type: &'static str, body: &str) -> Fault {
-    let status = StatusCode::from_u16(status)
-        .unwrap_or_else(|_| panic!("dwdi-sim: {status} is not an HTTP status code"));
-    Fault {
-        remaining: n,
-        status,
-        content_type,
-        body: body.to_owned(),
-    }
+    let status =
+        StatusCode::from_u16(status).unwrap_or_else(|_| panic!("dwdi-sim: {status} is not an HTTP status code"));
+    Fault { remaining: n, status, content_type, body: body.to_owned() }
 }
 
 /// The router serving `state`: everything goes through one handler, so request targets
@@ -399,16 +367,9 @@ impl Endpoint {
 }
 
 async fn handle(State(state): State<SimState>, request: Request) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0);
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
     let method = request.method().clone();
-    let via = request
-        .headers()
-        .get(http::header::VIA)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let via = request.headers().get(http::header::VIA).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = request.uri().to_string();
     let path = request.uri().path().to_owned();
 
@@ -425,10 +386,7 @@ async fn handle(State(state): State<SimState>, request: Request) -> Response {
         } else {
             Kind::Other
         };
-        (
-            kind,
-            detail(StatusCode::URI_TOO_LONG, "Request-URI Too Long"),
-        )
+        (kind, detail(StatusCode::URI_TOO_LONG, "Request-URI Too Long"))
     } else if path == TOKEN_PATH {
         (Kind::Token, token_endpoint(&state, request).await)
     } else if let Some(endpoint) = Endpoint::from_path(&path) {
@@ -439,17 +397,7 @@ async fn handle(State(state): State<SimState>, request: Request) -> Response {
 
     let status = response.status().as_u16();
     tracing::debug!(%method, %target, status, "dwdi-sim");
-    state.record(
-        kind,
-        path,
-        RequestRecord {
-            method: method.to_string(),
-            uri: target,
-            peer,
-            status,
-            via,
-        },
-    );
+    state.record(kind, path, RequestRecord { method: method.to_string(), uri: target, peer, status, via });
     response
 }
 
@@ -460,10 +408,7 @@ fn detail(status: StatusCode, message: &str) -> Response {
 
 fn canned(fault: Fault) -> Response {
     let mut response = (fault.status, fault.body).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(fault.content_type),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(fault.content_type));
     response
 }
 
@@ -473,11 +418,8 @@ fn canned(fault: Fault) -> Response {
 
 /// An OIDC error answer.
 fn oidc_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut response = (
-        status,
-        axum::Json(json!({ "error": error, "error_description": description })),
-    )
-        .into_response();
+    let mut response =
+        (status, axum::Json(json!({ "error": error, "error_description": description }))).into_response();
     no_store(response.headers_mut());
     response
 }
@@ -489,14 +431,9 @@ fn no_store(headers: &mut HeaderMap) {
 
 async fn token_endpoint(state: &SimState, request: Request) -> Response {
     if request.method() != Method::POST {
-        let mut response = oidc_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            "HTTP method not allowed; use POST",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut response =
+            oidc_error(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "HTTP method not allowed; use POST");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
     if let Some(fault) = state.take_fault(true) {
@@ -510,29 +447,18 @@ async fn token_endpoint(state: &SimState, request: Request) -> Response {
 /// Validates a token request the way an OIDC server does; `Err` is the refusal.
 async fn issue(state: &SimState, request: Request) -> Result<Response, Response> {
     let options = &state.inner.options;
-    let bad =
-        |description: &str| oidc_error(StatusCode::BAD_REQUEST, "invalid_request", description);
+    let bad = |description: &str| oidc_error(StatusCode::BAD_REQUEST, "invalid_request", description);
 
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
     if !media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
-        return Err(bad(
-            "Content-Type must be application/x-www-form-urlencoded",
-        ));
+        return Err(bad("Content-Type must be application/x-www-form-urlencoded"));
     }
     let basic = match request.headers().get(header::AUTHORIZATION) {
         None => None,
-        Some(value) => {
-            Some(parse_basic(value).ok_or_else(|| bad("Malformed Authorization header"))?)
-        }
+        Some(value) => Some(parse_basic(value).ok_or_else(|| bad("Malformed Authorization header"))?),
     };
-    let body = to_bytes(request.into_body(), MAX_FORM_BODY)
-        .await
-        .map_err(|_| bad("Request body too large"))?;
+    let body = to_bytes(request.into_body(), MAX_FORM_BODY).await.map_err(|_| bad("Request body too large"))?;
     let mut form: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in form_urlencoded::parse(&body) {
         if form.insert(key.to_string(), value.into_owned()).is_some() {
@@ -568,20 +494,15 @@ async fn issue(state: &SimState, request: Request) -> Result<Response, Response>
         return Err(invalid_client(basic.is_some()));
     }
     if grant_type != "client_credentials" {
-        let mut response = (
-            StatusCode::BAD_REQUEST,
-            axum::Json(json!({ "error": "unsupported_grant_type" })),
-        )
-            .into_response();
+        let mut response =
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": "unsupported_grant_type" }))).into_response();
         no_store(response.headers_mut());
         return Err(response);
     }
     let scope = match field("scope") {
         Some(requested) => {
             let scopes: Vec<&str> = requested.split_whitespace().collect();
-            if !options.scope_required.is_empty()
-                && !scopes.contains(&options.scope_required.as_str())
-            {
+            if !options.scope_required.is_empty() && !scopes.contains(&options.scope_required.as_str()) {
                 return Err(oidc_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
@@ -606,16 +527,9 @@ async fn issue(state: &SimState, request: Request) -> Result<Response, Response>
 }
 
 fn invalid_client(basic: bool) -> Response {
-    let mut response = oidc_error(
-        StatusCode::UNAUTHORIZED,
-        "invalid_client",
-        "Invalid client credentials",
-    );
+    let mut response = oidc_error(StatusCode::UNAUTHORIZED, "invalid_client", "Invalid client credentials");
     if basic {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"test\""),
-        );
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"test\""));
     }
     response
 }
@@ -634,10 +548,7 @@ fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
 
 fn form_decode(text: &str) -> String {
     let wrapped = format!("x={text}");
-    form_urlencoded::parse(wrapped.as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    form_urlencoded::parse(wrapped.as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -647,9 +558,7 @@ fn form_decode(text: &str) -> String {
 fn api(state: &SimState, endpoint: Endpoint, request: &Request<Body>) -> Response {
     if request.method() != Method::GET {
         let mut response = detail(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
         return response;
     }
     if let Some(fault) = state.take_fault(false) {
@@ -657,17 +566,17 @@ fn api(state: &SimState, endpoint: Endpoint, request: &Request<Body>) -> Respons
     }
     if let Err(message) = check_bearer(state, request.headers()) {
         let mut response = detail(StatusCode::UNAUTHORIZED, message);
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
     let query = Query::parse(request.uri().query());
     let answer = match endpoint {
-        Endpoint::ComputeMonth | Endpoint::ComputeDay => compute(state, endpoint, &query)
-            .map(|compute| axum::Json(ComputeAnswer { compute }).into_response()),
-        Endpoint::StorageMonth | Endpoint::StorageDay => storage(state, endpoint, &query)
-            .map(|storage| axum::Json(StorageAnswer { storage }).into_response()),
+        Endpoint::ComputeMonth | Endpoint::ComputeDay => {
+            compute(state, endpoint, &query).map(|compute| axum::Json(ComputeAnswer { compute }).into_response())
+        }
+        Endpoint::StorageMonth | Endpoint::StorageDay => {
+            storage(state, endpoint, &query).map(|storage| axum::Json(StorageAnswer { storage }).into_response())
+        }
     };
     answer.unwrap_or_else(|message| detail(StatusCode::BAD_REQUEST, &message))
 }
@@ -680,12 +589,8 @@ fn check_bearer(state: &SimState, headers: &HeaderMap) -> Result<(), &'static st
     if values.next().is_some() {
         return Err("More than one Authorization header");
     }
-    let value = value
-        .to_str()
-        .map_err(|_| "Malformed Authorization header")?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or("Malformed Authorization header")?;
+    let value = value.to_str().map_err(|_| "Malformed Authorization header")?;
+    let (scheme, token) = value.split_once(' ').ok_or("Malformed Authorization header")?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err("Authorization scheme must be Bearer");
     }
@@ -711,10 +616,7 @@ impl Query {
 
     fn all<'a>(&'a self, key: &str) -> impl Iterator<Item = &'a str> + use<'a> {
         let key = key.to_owned();
-        self.pairs
-            .iter()
-            .filter(move |(k, _)| *k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().filter(move |(k, _)| *k == key).map(|(_, v)| v.as_str())
     }
 
     /// Checks the parameter names: unknown ones, missing required ones, repeated single
@@ -727,44 +629,20 @@ impl Query {
         optional_list: &[&str],
     ) -> Result<(), String> {
         let known = |k: &str| {
-            [
-                required_single,
-                required_list,
-                optional_single,
-                optional_list,
-            ]
-            .iter()
-            .any(|set| set.contains(&k))
+            [required_single, required_list, optional_single, optional_list].iter().any(|set| set.contains(&k))
         };
-        let unknown: BTreeSet<&str> = self
-            .pairs
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .filter(|k| !known(k))
-            .collect();
+        let unknown: BTreeSet<&str> = self.pairs.iter().map(|(k, _)| k.as_str()).filter(|k| !known(k)).collect();
         if !unknown.is_empty() {
-            return Err(format!(
-                "unknown query parameter(s): {}",
-                unknown.into_iter().collect::<Vec<_>>().join(", ")
-            ));
+            return Err(format!("unknown query parameter(s): {}", unknown.into_iter().collect::<Vec<_>>().join(", ")));
         }
-        let missing: Vec<&str> = required_single
-            .iter()
-            .chain(required_list)
-            .copied()
-            .filter(|k| self.all(k).next().is_none())
-            .collect();
+        let missing: Vec<&str> =
+            required_single.iter().chain(required_list).copied().filter(|k| self.all(k).next().is_none()).collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "missing required query parameter(s): {}",
-                missing.join(", ")
-            ));
+            return Err(format!("missing required query parameter(s): {}", missing.join(", ")));
         }
         for key in required_single.iter().chain(optional_single) {
             if self.all(key).count() > 1 {
-                return Err(format!(
-                    "query parameter '{key}' must be given at most once"
-                ));
+                return Err(format!("query parameter '{key}' must be given at most once"));
             }
         }
         if let Some((key, _)) = self.pairs.iter().find(|(_, v)| v.is_empty()) {
@@ -792,62 +670,41 @@ struct StorageAnswer {
     storage: Vec<StorageRow>,
 }
 
-fn compute(
-    state: &SimState,
-    endpoint: Endpoint,
-    query: &Query,
-) -> Result<Vec<ComputeEntry>, String> {
+fn compute(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<ComputeEntry>, String> {
     query.check(&["from", "to"], &["account"], &[], &["cluster"])?;
     let from = query.single("from").unwrap_or_default();
     let to = query.single("to").unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::ComputeMonth {
         let month = |key: &str, value: &str| {
-            parse_month(value).ok_or_else(|| {
-                format!("query parameter '{key}' must be a month YYYY-MM, got '{value}'")
-            })
+            parse_month(value).ok_or_else(|| format!("query parameter '{key}' must be a month YYYY-MM, got '{value}'"))
         };
         let (fy, fm) = month("from", from)?;
         let (ty, tm) = month("to", to)?;
         (Day::first_of(fy, fm), Day::last_of(ty, tm))
     } else {
         let day = |key: &str, value: &str| {
-            Day::parse(value).ok_or_else(|| {
-                format!("query parameter '{key}' must be a date YYYY-MM-DD, got '{value}'")
-            })
+            Day::parse(value).ok_or_else(|| format!("query parameter '{key}' must be a date YYYY-MM-DD, got '{value}'"))
         };
         (day("from", from)?, day("to", to)?)
     };
     if first > last {
-        return Err(format!(
-            "query parameter 'from' ({from}) is after 'to' ({to})"
-        ));
+        return Err(format!("query parameter 'from' ({from}) is after 'to' ({to})"));
     }
     let data = state.data();
     Ok(data.compute_entries(&query.list("account"), &query.list("cluster"), first, last))
 }
 
 fn storage(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<StorageRow>, String> {
-    let period_key = if endpoint == Endpoint::StorageMonth {
-        "exact-month"
-    } else {
-        "exact-date"
-    };
-    query.check(
-        &[period_key, "filesystem", "data_type"],
-        &["paths"],
-        &["tenant"],
-        &[],
-    )?;
+    let period_key = if endpoint == Endpoint::StorageMonth { "exact-month" } else { "exact-date" };
+    query.check(&[period_key, "filesystem", "data_type"], &["paths"], &["tenant"], &[])?;
     let period = query.single(period_key).unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::StorageMonth {
-        let (year, month) = parse_month(period).ok_or_else(|| {
-            format!("query parameter '{period_key}' must be a month YYYY-MM, got '{period}'")
-        })?;
+        let (year, month) = parse_month(period)
+            .ok_or_else(|| format!("query parameter '{period_key}' must be a month YYYY-MM, got '{period}'"))?;
         (Day::first_of(year, month), Day::last_of(year, month))
     } else {
-        let day = Day::parse(period).ok_or_else(|| {
-            format!("query parameter '{period_key}' must be a date YYYY-MM-DD, got '{period}'")
-        })?;
+        let day = Day::parse(period)
+            .ok_or_else(|| format!("query parameter '{period_key}' must be a date YYYY-MM-DD, got '{period}'"))?;
         (day, day)
     };
     Ok(state.data().storage_rows(

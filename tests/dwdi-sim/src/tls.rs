@@ -19,8 +19,8 @@ pub(crate) fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAccep
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("dwdi-sim: bad certificate PEM: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| anyhow::anyhow!("dwdi-sim: bad key PEM: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| anyhow::anyhow!("dwdi-sim: bad key PEM: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -64,8 +64,6 @@ pub(crate) async fn serve(
         });
     }
     // Let requests in flight finish for a moment, like the plain server's grace.
-    let _ = tokio::time::timeout(super::SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(super::SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
 }

@@ -27,17 +27,11 @@ impl Reply {
     }
 
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     fn detail(&self) -> String {
-        self.json()["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        self.json()["detail"].as_str().unwrap_or_default().to_owned()
     }
 }
 
@@ -60,47 +54,28 @@ async fn send(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) ->
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read");
 
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
     let head = String::from_utf8(raw[..split].to_vec()).expect("utf-8 head");
     let mut lines = head.split("\r\n");
     let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned())).collect();
     let mut body = raw[split + 4..].to_vec();
-    let chunked = headers.iter().any(|(n, v)| {
-        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-    });
+    let chunked =
+        headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked"));
     if chunked {
         body = dechunk(&body);
     }
-    Reply {
-        status,
-        headers,
-        body,
-        local,
-    }
+    Reply { status, headers, body, local }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size");
+        let line_end = data.windows(2).position(|w| w == b"\r\n").expect("chunk size");
         let size_text = std::str::from_utf8(&data[..line_end]).expect("chunk size text");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .expect("hex chunk size");
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).expect("hex chunk size");
         if size == 0 {
             return out;
         }
@@ -124,27 +99,18 @@ async fn token(sim: &DwdiSim) -> String {
     )
     .await;
     assert_eq!(reply.status, 200);
-    reply.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned()
+    reply.json()["access_token"].as_str().expect("token").to_owned()
 }
 
 /// `GET {api_url}{target}` with the bearer token (none if empty).
 async fn get(sim: &DwdiSim, target: &str, token: &str) -> Reply {
     let auth = format!("Bearer {token}");
-    let headers: Vec<(&str, &str)> = if token.is_empty() {
-        vec![]
-    } else {
-        vec![("Authorization", auth.as_str())]
-    };
+    let headers: Vec<(&str, &str)> = if token.is_empty() { vec![] } else { vec![("Authorization", auth.as_str())] };
     send("GET", &format!("{}{target}", sim.api_url()), &headers, b"").await
 }
 
 async fn start(data: DwdiData) -> DwdiSim {
-    DwdiSim::start(data, DwdiOptions::default())
-        .await
-        .expect("start")
+    DwdiSim::start(data, DwdiOptions::default()).await.expect("start")
 }
 
 fn basic(id: &str, secret: &str) -> String {
@@ -152,11 +118,7 @@ fn basic(id: &str, secret: &str) -> String {
     let plain = format!("{id}:{secret}");
     let mut out = String::new();
     for chunk in plain.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -187,11 +149,8 @@ fn small_data() -> DwdiData {
 #[tokio::test]
 async fn token_is_issued_for_form_credentials() {
     let sim = start(DwdiData::new()).await;
-    let reply = token_request(
-        &sim,
-        "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret",
-    )
-    .await;
+    let reply =
+        token_request(&sim, "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let body = reply.json();
@@ -211,14 +170,7 @@ async fn token_is_issued_for_form_credentials() {
     assert_ne!(reply.json()["access_token"].as_str(), Some(first.as_str()));
 
     let stats = sim.stats();
-    assert_eq!(
-        (
-            stats.token_requests,
-            stats.tokens_issued,
-            stats.token_rejected
-        ),
-        (2, 2, 0)
-    );
+    assert_eq!((stats.token_requests, stats.tokens_issued, stats.token_rejected), (2, 2, 0));
     sim.shutdown().await;
 }
 
@@ -226,36 +178,12 @@ async fn token_is_issued_for_form_credentials() {
 async fn token_requests_are_rejected_like_an_oidc_server() {
     let sim = start(DwdiData::new()).await;
     let cases: &[(&str, u16, &str)] = &[
-        (
-            "grant_type=client_credentials&client_id=dwdi-client&client_secret=wrong",
-            401,
-            "invalid_client",
-        ),
-        (
-            "grant_type=client_credentials&client_id=other&client_secret=dwdi-secret",
-            401,
-            "invalid_client",
-        ),
-        (
-            "grant_type=password&client_id=dwdi-client&client_secret=dwdi-secret",
-            400,
-            "unsupported_grant_type",
-        ),
-        (
-            "client_id=dwdi-client&client_secret=dwdi-secret",
-            400,
-            "invalid_request",
-        ),
-        (
-            "grant_type=client_credentials&client_id=dwdi-client",
-            400,
-            "invalid_request",
-        ),
-        (
-            "grant_type=client_credentials&client_secret=dwdi-secret",
-            400,
-            "invalid_request",
-        ),
+        ("grant_type=client_credentials&client_id=dwdi-client&client_secret=wrong", 401, "invalid_client"),
+        ("grant_type=client_credentials&client_id=other&client_secret=dwdi-secret", 401, "invalid_client"),
+        ("grant_type=password&client_id=dwdi-client&client_secret=dwdi-secret", 400, "unsupported_grant_type"),
+        ("client_id=dwdi-client&client_secret=dwdi-secret", 400, "invalid_request"),
+        ("grant_type=client_credentials&client_id=dwdi-client", 400, "invalid_request"),
+        ("grant_type=client_credentials&client_secret=dwdi-secret", 400, "invalid_request"),
         ("", 400, "invalid_request"),
         (
             "grant_type=client_credentials&grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret",
@@ -273,15 +201,8 @@ async fn token_requests_are_rejected_like_an_oidc_server() {
         assert_eq!(reply.status, *status, "{form}");
         assert_eq!(reply.json()["error"], *error, "{form}");
     }
-    let wrong = token_request(
-        &sim,
-        "grant_type=client_credentials&client_id=dwdi-client&client_secret=wrong",
-    )
-    .await;
-    assert_eq!(
-        wrong.json()["error_description"],
-        "Invalid client credentials"
-    );
+    let wrong = token_request(&sim, "grant_type=client_credentials&client_id=dwdi-client&client_secret=wrong").await;
+    assert_eq!(wrong.json()["error_description"], "Invalid client credentials");
 
     // Not a form, not a POST.
     let json = send(
@@ -291,10 +212,7 @@ async fn token_requests_are_rejected_like_an_oidc_server() {
         br#"{"grant_type":"client_credentials"}"#,
     )
     .await;
-    assert_eq!(
-        (json.status, json.json()["error"].as_str()),
-        (400, Some("invalid_request"))
-    );
+    assert_eq!((json.status, json.json()["error"].as_str()), (400, Some("invalid_request")));
     let get = send("GET", &sim.token_url(), &[], b"").await;
     assert_eq!(get.status, 405);
 
@@ -307,41 +225,17 @@ async fn token_requests_are_rejected_like_an_oidc_server() {
 
 #[tokio::test]
 async fn token_accepts_http_basic_client_authentication() {
-    let options = DwdiOptions {
-        client_id: "agent".into(),
-        client_secret: "s3:cr/t+&".into(),
-        ..DwdiOptions::default()
-    };
-    let sim = DwdiSim::start(DwdiData::new(), options)
-        .await
-        .expect("start");
+    let options =
+        DwdiOptions { client_id: "agent".into(), client_secret: "s3:cr/t+&".into(), ..DwdiOptions::default() };
+    let sim = DwdiSim::start(DwdiData::new(), options).await.expect("start");
     // RFC 6749 §2.3.1: id and secret are form-encoded before base64.
     let good = basic("agent", "s3%3Acr%2Ft%2B%26");
-    let reply = send(
-        "POST",
-        &sim.token_url(),
-        &[FORM, ("Authorization", &good)],
-        b"grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        send("POST", &sim.token_url(), &[FORM, ("Authorization", &good)], b"grant_type=client_credentials").await;
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let token = reply.json()["access_token"].as_str().expect("token").to_owned();
     assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let token = reply.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    assert_eq!(
-        get(
-            &sim,
-            "/storage/usage-day?exact-date=2024-01-01&filesystem=f&data_type=d&paths=/p",
-            &token
-        )
-        .await
-        .status,
+        get(&sim, "/storage/usage-day?exact-date=2024-01-01&filesystem=f&data_type=d&paths=/p", &token).await.status,
         200
     );
 
@@ -350,20 +244,11 @@ async fn token_accepts_http_basic_client_authentication() {
     assert_eq!(token_request(&sim, form).await.status, 200);
 
     let bad = basic("agent", "nope");
-    let reply = send(
-        "POST",
-        &sim.token_url(),
-        &[FORM, ("Authorization", &bad)],
-        b"grant_type=client_credentials",
-    )
-    .await;
+    let reply =
+        send("POST", &sim.token_url(), &[FORM, ("Authorization", &bad)], b"grant_type=client_credentials").await;
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["error"], "invalid_client");
-    assert!(
-        reply
-            .header("www-authenticate")
-            .is_some_and(|v| v.starts_with("Basic"))
-    );
+    assert!(reply.header("www-authenticate").is_some_and(|v| v.starts_with("Basic")));
 
     // Two authentication methods at once.
     let reply = send(
@@ -373,39 +258,20 @@ async fn token_accepts_http_basic_client_authentication() {
         b"grant_type=client_credentials&client_secret=x",
     )
     .await;
-    assert_eq!(
-        (reply.status, reply.json()["error"].as_str()),
-        (400, Some("invalid_request"))
-    );
+    assert_eq!((reply.status, reply.json()["error"].as_str()), (400, Some("invalid_request")));
     // Garbage in the header.
-    let reply = send(
-        "POST",
-        &sim.token_url(),
-        &[FORM, ("Authorization", "Basic !!!")],
-        b"grant_type=client_credentials",
-    )
-    .await;
-    assert_eq!(
-        (reply.status, reply.json()["error"].as_str()),
-        (400, Some("invalid_request"))
-    );
+    let reply =
+        send("POST", &sim.token_url(), &[FORM, ("Authorization", "Basic !!!")], b"grant_type=client_credentials").await;
+    assert_eq!((reply.status, reply.json()["error"].as_str()), (400, Some("invalid_request")));
     sim.shutdown().await;
 }
 
 #[tokio::test]
 async fn expires_in_can_be_omitted() {
-    let options = DwdiOptions {
-        include_expires_in: false,
-        ..DwdiOptions::default()
-    };
-    let sim = DwdiSim::start(DwdiData::new(), options)
-        .await
-        .expect("start");
-    let reply = token_request(
-        &sim,
-        "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret",
-    )
-    .await;
+    let options = DwdiOptions { include_expires_in: false, ..DwdiOptions::default() };
+    let sim = DwdiSim::start(DwdiData::new(), options).await.expect("start");
+    let reply =
+        token_request(&sim, "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret").await;
     assert_eq!(reply.status, 200);
     assert!(reply.json().get("expires_in").is_none());
     sim.shutdown().await;
@@ -436,13 +302,9 @@ async fn api_requires_a_known_bearer_token() {
 
     let token = token(&sim).await;
     assert_eq!(get(&sim, ONE_ACCOUNT, &token).await.status, 200);
-    let lower = send(
-        "GET",
-        &format!("{}{ONE_ACCOUNT}", sim.api_url()),
-        &[("Authorization", &format!("bearer {token}"))],
-        b"",
-    )
-    .await;
+    let lower =
+        send("GET", &format!("{}{ONE_ACCOUNT}", sim.api_url()), &[("Authorization", &format!("bearer {token}"))], b"")
+            .await;
     assert_eq!(lower.status, 200, "the scheme is case-insensitive");
 
     let stats = sim.stats();
@@ -465,21 +327,12 @@ async fn expired_tokens_are_rejected() {
     assert_eq!(get(&sim, ONE_ACCOUNT, &new).await.status, 200);
     sim.shutdown().await;
 
-    let options = DwdiOptions {
-        token_lifetime: Duration::from_millis(300),
-        ..DwdiOptions::default()
-    };
+    let options = DwdiOptions { token_lifetime: Duration::from_millis(300), ..DwdiOptions::default() };
     let sim = DwdiSim::start(small_data(), options).await.expect("start");
-    let reply = token_request(
-        &sim,
-        "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret",
-    )
-    .await;
+    let reply =
+        token_request(&sim, "grant_type=client_credentials&client_id=dwdi-client&client_secret=dwdi-secret").await;
     assert_eq!(reply.json()["expires_in"], 0);
-    let short = reply.json()["access_token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let short = reply.json()["access_token"].as_str().expect("token").to_owned();
     assert_eq!(get(&sim, ONE_ACCOUNT, &short).await.status, 200);
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(get(&sim, ONE_ACCOUNT, &short).await.status, 401);
@@ -491,27 +344,14 @@ async fn expired_tokens_are_rejected() {
 // ---------------------------------------------------------------------------------------
 
 fn entries(reply: &Reply) -> Vec<Value> {
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["compute"]
-        .as_array()
-        .expect("compute array")
-        .clone()
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    reply.json()["compute"].as_array().expect("compute array").clone()
 }
 
 fn pairs(entries: &[Value]) -> Vec<(String, String)> {
     entries
         .iter()
-        .map(|e| {
-            (
-                e["account"].as_str().unwrap_or("").to_owned(),
-                e["cluster"].as_str().unwrap_or("").to_owned(),
-            )
-        })
+        .map(|e| (e["account"].as_str().unwrap_or("").to_owned(), e["cluster"].as_str().unwrap_or("").to_owned()))
         .collect()
 }
 
@@ -524,54 +364,28 @@ async fn repeated_keys_are_honoured_and_commas_are_literal() {
     let sim = start(small_data()).await;
     let token = token(&sim).await;
 
-    let both = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-02&account=acct-a&account=acct-b",
-        &token,
-    )
-    .await;
-    assert_eq!(
-        pairs(&entries(&both)),
-        [
-            pair("acct-a", "alps"),
-            pair("acct-a", "eiger"),
-            pair("acct-b", "alps")
-        ]
-    );
+    let both =
+        get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-02&account=acct-a&account=acct-b", &token).await;
+    assert_eq!(pairs(&entries(&both)), [pair("acct-a", "alps"), pair("acct-a", "eiger"), pair("acct-b", "alps")]);
 
     // A comma-joined list is one (unknown) account name, raw or percent-encoded.
     for joined in ["acct-a,acct-b", "acct-a%2Cacct-b"] {
-        let reply = get(
-            &sim,
-            &format!("/compute/usage-month/account?from=2024-01&to=2024-02&account={joined}"),
-            &token,
-        )
-        .await;
+        let reply =
+            get(&sim, &format!("/compute/usage-month/account?from=2024-01&to=2024-02&account={joined}"), &token).await;
         assert!(entries(&reply).is_empty(), "{joined} must not be split");
     }
     // …and an account whose name really contains a comma is found.
-    let comma = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-01&account=x%2Cy",
-        &token,
-    )
-    .await;
+    let comma = get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-01&account=x%2Cy", &token).await;
     assert_eq!(pairs(&entries(&comma)), [pair("x,y", "alps")]);
 
     // Accounts without data in the range are absent.
-    let absent = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-01&account=acct-b&account=nobody",
-        &token,
-    )
-    .await;
+    let absent =
+        get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-01&account=acct-b&account=nobody", &token).await;
     assert!(entries(&absent).is_empty());
 
     // The simulator saw the query exactly as sent.
     let urls = sim.stats().recent_urls();
-    assert!(urls.contains(
-        &"/api/v1/compute/usage-month/account?from=2024-01&to=2024-01&account=x%2Cy".to_owned()
-    ));
+    assert!(urls.contains(&"/api/v1/compute/usage-month/account?from=2024-01&to=2024-01&account=x%2Cy".to_owned()));
     sim.shutdown().await;
 }
 
@@ -579,20 +393,12 @@ async fn repeated_keys_are_honoured_and_commas_are_literal() {
 async fn compute_rows_are_per_user_and_day_and_totals_are_their_sums() {
     let sim = start(small_data()).await;
     let token = token(&sim).await;
-    let reply = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-01&account=acct-a",
-        &token,
-    )
-    .await;
+    let reply = get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-01&account=acct-a", &token).await;
     let body = entries(&reply);
     let alps = &body[0];
     assert_eq!(alps["cluster"], "alps");
     let users = alps["users"].as_array().expect("users");
-    let names: Vec<&str> = users
-        .iter()
-        .map(|u| u["username"].as_str().unwrap_or(""))
-        .collect();
+    let names: Vec<&str> = users.iter().map(|u| u["username"].as_str().unwrap_or("")).collect();
     assert_eq!(names, ["alice", "bob", "alice"], "one row per (user, day)");
     assert_eq!(users[0]["nodeHours"], 1.5);
     assert_eq!(users[0]["cpuHours"], 432.0);
@@ -611,20 +417,12 @@ async fn generated_answers_sum_up() {
     let data = DwdiData::generated(4, 3, &months);
     let accounts = data.accounts();
     assert_eq!(accounts.len(), 4);
-    let expected: Vec<_> = accounts
-        .iter()
-        .map(|a| data.compute_usage(a, None, "2024-01-01", "2024-01-31"))
-        .collect();
+    let expected: Vec<_> = accounts.iter().map(|a| data.compute_usage(a, None, "2024-01-01", "2024-01-31")).collect();
     let sim = start(data).await;
     let token = token(&sim).await;
 
     let query: String = accounts.iter().map(|a| format!("&account={a}")).collect();
-    let reply = get(
-        &sim,
-        &format!("/compute/usage-month/account?from=2024-01&to=2024-01{query}"),
-        &token,
-    )
-    .await;
+    let reply = get(&sim, &format!("/compute/usage-month/account?from=2024-01&to=2024-01{query}"), &token).await;
     let body = entries(&reply);
     // Even accounts run on both clusters, odd ones on alps only.
     assert_eq!(
@@ -640,34 +438,19 @@ async fn generated_answers_sum_up() {
     );
     for entry in &body {
         let users = entry["users"].as_array().expect("users");
-        for (field, total) in [
-            ("nodeHours", "totalNodeHours"),
-            ("cpuHours", "totalCpuHours"),
-            ("gpuHours", "totalGpuHours"),
-        ] {
-            let sum: f64 = users
-                .iter()
-                .map(|u| u[field].as_f64().expect("number"))
-                .sum();
+        for (field, total) in
+            [("nodeHours", "totalNodeHours"), ("cpuHours", "totalCpuHours"), ("gpuHours", "totalGpuHours")]
+        {
+            let sum: f64 = users.iter().map(|u| u[field].as_f64().expect("number")).sum();
             let want = entry[total].as_f64().expect("total");
             // Only JSON number parsing may differ in the last bit.
-            assert!(
-                (sum - want).abs() <= want.abs() * 1e-12,
-                "{total} of {}: {sum} vs {want}",
-                entry["account"]
-            );
+            assert!((sum - want).abs() <= want.abs() * 1e-12, "{total} of {}: {sum} vs {want}", entry["account"]);
         }
-        let mut names: Vec<&str> = users
-            .iter()
-            .map(|u| u["username"].as_str().unwrap_or(""))
-            .collect();
+        let mut names: Vec<&str> = users.iter().map(|u| u["username"].as_str().unwrap_or("")).collect();
         let rows = names.len();
         names.sort_unstable();
         names.dedup();
-        assert!(
-            names.len() <= 3 && rows > 10 * names.len(),
-            "users repeat once per day"
-        );
+        assert!(names.len() <= 3 && rows > 10 * names.len(), "users repeat once per day");
     }
     // What a client must compute: per account, the sum over clusters and rows.
     for (account, want) in accounts.iter().zip(&expected) {
@@ -677,43 +460,19 @@ async fn generated_answers_sum_up() {
             .flat_map(|e| e["users"].as_array().expect("users").iter())
             .map(|u| u["nodeHours"].as_f64().expect("number"))
             .sum();
-        assert!(
-            (node - want.node_hours).abs() < 1e-6,
-            "{account}: {node} vs {}",
-            want.node_hours
-        );
+        assert!((node - want.node_hours).abs() < 1e-6, "{account}: {node} vs {}", want.node_hours);
         assert!(want.node_hours > 0.0 && want.gpu_hours > 0.0);
     }
 
     // Two months give more than one; the day endpoint gives one day.
-    let two = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-02&account=project_001",
-        &token,
-    )
-    .await;
-    let jan = get(
-        &sim,
-        "/compute/usage-month/account?from=2024-01&to=2024-01&account=project_001",
-        &token,
-    )
-    .await;
+    let two = get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-02&account=project_001", &token).await;
+    let jan = get(&sim, "/compute/usage-month/account?from=2024-01&to=2024-01&account=project_001", &token).await;
     let total = |r: &Reply| entries(r)[0]["totalNodeHours"].as_f64().expect("total");
     assert!(total(&two) > total(&jan));
-    let day = get(
-        &sim,
-        "/compute/usage-day/account?from=2024-02-29&to=2024-02-29&account=project_001",
-        &token,
-    )
-    .await;
+    let day = get(&sim, "/compute/usage-day/account?from=2024-02-29&to=2024-02-29&account=project_001", &token).await;
     let rows = entries(&day)[0]["users"].as_array().expect("users").len();
     assert!((1..=3).contains(&rows));
-    let none = get(
-        &sim,
-        "/compute/usage-month/account?from=2023-12&to=2023-12&account=project_001",
-        &token,
-    )
-    .await;
+    let none = get(&sim, "/compute/usage-month/account?from=2023-12&to=2023-12&account=project_001", &token).await;
     assert!(entries(&none).is_empty());
     sim.shutdown().await;
 }
@@ -730,25 +489,12 @@ async fn cluster_filter_and_day_ranges() {
     let unknown = get(&sim, &format!("{base}&cluster=ALPS"), &token).await;
     assert!(entries(&unknown).is_empty(), "cluster names are exact");
 
-    let day = get(
-        &sim,
-        "/compute/usage-day/account?from=2024-01-04&to=2024-01-05&account=acct-a",
-        &token,
-    )
-    .await;
+    let day = get(&sim, "/compute/usage-day/account?from=2024-01-04&to=2024-01-05&account=acct-a", &token).await;
     let body = entries(&day);
-    assert_eq!(
-        pairs(&body),
-        [pair("acct-a", "alps"), pair("acct-a", "eiger")]
-    );
+    assert_eq!(pairs(&body), [pair("acct-a", "alps"), pair("acct-a", "eiger")]);
     assert_eq!(body[0]["totalNodeHours"], 0.25);
     // The bare reachability path answers like the account form when given parameters.
-    let bare = get(
-        &sim,
-        "/compute/usage-day?from=2024-01-04&to=2024-01-04&account=acct-a",
-        &token,
-    )
-    .await;
+    let bare = get(&sim, "/compute/usage-day?from=2024-01-04&to=2024-01-04&account=acct-a", &token).await;
     assert_eq!(entries(&bare).len(), 1);
     sim.shutdown().await;
 }
@@ -759,74 +505,18 @@ async fn cluster_filter_and_day_ranges() {
 
 fn storage_data() -> DwdiData {
     let mut data = DwdiData::new();
-    data.add_storage(
-        "lustre",
-        "projects",
-        Some("cscs"),
-        "/store/p1",
-        "2024-01-05",
-        100,
-        10,
-    );
-    data.add_storage(
-        "lustre",
-        "projects",
-        Some("cscs"),
-        "/store/p1",
-        "2024-01-20",
-        50,
-        5,
-    );
-    data.add_storage(
-        "lustre",
-        "projects",
-        Some("cscs"),
-        "/store/p1",
-        "2024-02-01",
-        999,
-        99,
-    );
-    data.add_storage(
-        "lustre",
-        "projects",
-        Some("other"),
-        "/store/p1",
-        "2024-01-25",
-        7,
-        7,
-    );
-    data.add_storage(
-        "lustre",
-        "scratch",
-        Some("cscs"),
-        "/store/p1",
-        "2024-01-28",
-        1,
-        1,
-    );
-    data.add_storage(
-        "lustre",
-        "projects",
-        Some("cscs"),
-        "/store/p2",
-        "2024-01-02",
-        2000,
-        20,
-    );
+    data.add_storage("lustre", "projects", Some("cscs"), "/store/p1", "2024-01-05", 100, 10);
+    data.add_storage("lustre", "projects", Some("cscs"), "/store/p1", "2024-01-20", 50, 5);
+    data.add_storage("lustre", "projects", Some("cscs"), "/store/p1", "2024-02-01", 999, 99);
+    data.add_storage("lustre", "projects", Some("other"), "/store/p1", "2024-01-25", 7, 7);
+    data.add_storage("lustre", "scratch", Some("cscs"), "/store/p1", "2024-01-28", 1, 1);
+    data.add_storage("lustre", "projects", Some("cscs"), "/store/p2", "2024-01-02", 2000, 20);
     data
 }
 
 fn rows(reply: &Reply) -> Vec<Value> {
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["storage"]
-        .as_array()
-        .expect("storage array")
-        .clone()
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    reply.json()["storage"].as_array().expect("storage array").clone()
 }
 
 #[tokio::test]
@@ -834,34 +524,37 @@ async fn storage_month_answers_the_latest_snapshot_per_path() {
     let sim = start(storage_data()).await;
     let token = token(&sim).await;
     let q = "/storage/usage-month?exact-month=2024-01&filesystem=lustre&data_type=projects";
-    let reply = get(
-        &sim,
-        &format!("{q}&tenant=cscs&paths=/store/p1&paths=/store/p2&paths=/store/none"),
-        &token,
-    )
-    .await;
+    let reply = get(&sim, &format!("{q}&tenant=cscs&paths=/store/p1&paths=/store/p2&paths=/store/none"), &token).await;
     let body = rows(&reply);
     assert_eq!(body.len(), 2, "paths without data are absent");
     assert_eq!(body[0]["path"], "/store/p1");
     assert_eq!(body[0]["filesystem"], "lustre");
     assert_eq!(body[0]["dataType"], "projects");
-    assert_eq!(
-        (
-            body[0]["spaceUsed"].as_u64(),
-            body[0]["inodesUsed"].as_u64()
-        ),
-        (Some(50), Some(5))
-    );
+    assert_eq!((body[0]["spaceUsed"].as_u64(), body[0]["inodesUsed"].as_u64()), (Some(50), Some(5)));
     assert_eq!(body[1]["spaceUsed"], 2000);
 
     // Without a tenant, any tenant's latest snapshot counts.
     let any = rows(&get(&sim, &format!("{q}&paths=/store/p1"), &token).await);
     assert_eq!(any[0]["spaceUsed"], 7);
-    let feb = rows(&get(&sim, "/storage/usage-month?exact-month=2024-02&filesystem=lustre&data_type=projects&paths=/store/p1", &token).await);
+    let feb = rows(
+        &get(
+            &sim,
+            "/storage/usage-month?exact-month=2024-02&filesystem=lustre&data_type=projects&paths=/store/p1",
+            &token,
+        )
+        .await,
+    );
     assert_eq!(feb[0]["spaceUsed"], 999);
     let comma = rows(&get(&sim, &format!("{q}&paths=/store/p1,/store/p2"), &token).await);
     assert!(comma.is_empty(), "paths are repeated keys, not comma lists");
-    let other_fs = rows(&get(&sim, "/storage/usage-month?exact-month=2024-01&filesystem=gpfs&data_type=projects&paths=/store/p1", &token).await);
+    let other_fs = rows(
+        &get(
+            &sim,
+            "/storage/usage-month?exact-month=2024-01&filesystem=gpfs&data_type=projects&paths=/store/p1",
+            &token,
+        )
+        .await,
+    );
     assert!(other_fs.is_empty());
     sim.shutdown().await;
 }
@@ -871,14 +564,8 @@ async fn storage_day_answers_the_snapshot_of_that_date() {
     let sim = start(storage_data()).await;
     let token = token(&sim).await;
     let q = "/storage/usage-day?filesystem=lustre&data_type=projects&tenant=cscs&paths=/store/p1";
-    assert_eq!(
-        rows(&get(&sim, &format!("{q}&exact-date=2024-01-05"), &token).await)[0]["spaceUsed"],
-        100
-    );
-    assert_eq!(
-        rows(&get(&sim, &format!("{q}&exact-date=2024-01-20"), &token).await)[0]["inodesUsed"],
-        5
-    );
+    assert_eq!(rows(&get(&sim, &format!("{q}&exact-date=2024-01-05"), &token).await)[0]["spaceUsed"], 100);
+    assert_eq!(rows(&get(&sim, &format!("{q}&exact-date=2024-01-20"), &token).await)[0]["inodesUsed"], 5);
     assert!(rows(&get(&sim, &format!("{q}&exact-date=2024-01-06"), &token).await).is_empty());
     sim.shutdown().await;
 }
@@ -887,19 +574,9 @@ async fn storage_day_answers_the_snapshot_of_that_date() {
 async fn generated_storage_matches_its_oracle() {
     let data = DwdiData::generated(2, 1, &[(2024, 3)]);
     let paths = data.storage_paths();
-    assert_eq!(
-        paths,
-        ["/store/projects/project_000", "/store/projects/project_001"]
-    );
+    assert_eq!(paths, ["/store/projects/project_000", "/store/projects/project_001"]);
     let want = data
-        .storage_snapshot(
-            "lustre",
-            "projects",
-            Some("cscs"),
-            &paths[1],
-            "2024-03-01",
-            "2024-03-31",
-        )
+        .storage_snapshot("lustre", "projects", Some("cscs"), &paths[1], "2024-03-01", "2024-03-31")
         .expect("snapshot");
     let sim = start(data).await;
     let token = token(&sim).await;
@@ -909,13 +586,7 @@ async fn generated_storage_matches_its_oracle() {
     );
     let body = rows(&get(&sim, &q, &token).await);
     assert_eq!(body.len(), 2);
-    assert_eq!(
-        (
-            body[1]["spaceUsed"].as_u64(),
-            body[1]["inodesUsed"].as_u64()
-        ),
-        (Some(want.0), Some(want.1))
-    );
+    assert_eq!((body[1]["spaceUsed"].as_u64(), body[1]["inodesUsed"].as_u64()), (Some(want.0), Some(want.1)));
     sim.shutdown().await;
 }
 
@@ -930,91 +601,30 @@ async fn bad_parameters_are_400_naming_the_parameter() {
     let cases: &[(&str, &str)] = &[
         ("/compute/usage-month/account?to=2024-01&account=a", "from"),
         ("/compute/usage-month/account?from=2024-01&account=a", "to"),
-        (
-            "/compute/usage-month/account?from=2024-01&to=2024-01",
-            "account",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-1&to=2024-01&account=a",
-            "from",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-01&to=2024-01-31&account=a",
-            "to",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-03&to=2024-01&account=a",
-            "from",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-01&from=2024-02&to=2024-03&account=a",
-            "from",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-01&to=2024-01&account=",
-            "account",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-01&to=2024-01&accounts=a",
-            "accounts",
-        ),
-        (
-            "/compute/usage-month/account?from=2024-01&to=2024-01&account=a&clusters=alps",
-            "clusters",
-        ),
-        (
-            "/compute/usage-day/account?from=2024-01&to=2024-01-02&account=a",
-            "from",
-        ),
-        (
-            "/compute/usage-day/account?from=2024-02-30&to=2024-03-01&account=a",
-            "from",
-        ),
-        (
-            "/compute/usage-day/account?from=2024-01-02&to=2024-01-01&account=a",
-            "from",
-        ),
-        (
-            "/storage/usage-month?filesystem=f&data_type=d&paths=/p",
-            "exact-month",
-        ),
-        (
-            "/storage/usage-month?exact-month=2024-01&data_type=d&paths=/p",
-            "filesystem",
-        ),
-        (
-            "/storage/usage-month?exact-month=2024-01&filesystem=f&paths=/p",
-            "data_type",
-        ),
-        (
-            "/storage/usage-month?exact-month=2024-01&filesystem=f&data_type=d",
-            "paths",
-        ),
-        (
-            "/storage/usage-month?exact-month=2024-01-01&filesystem=f&data_type=d&paths=/p",
-            "exact-month",
-        ),
-        (
-            "/storage/usage-month?exact-month=2024-01&filesystem=f&data_type=d&paths=/p&tenant=a&tenant=b",
-            "tenant",
-        ),
-        (
-            "/storage/usage-day?exact-date=2024-01&filesystem=f&data_type=d&paths=/p",
-            "exact-date",
-        ),
-        (
-            "/storage/usage-day?exact-month=2024-01&filesystem=f&data_type=d&paths=/p",
-            "exact-month",
-        ),
+        ("/compute/usage-month/account?from=2024-01&to=2024-01", "account"),
+        ("/compute/usage-month/account?from=2024-1&to=2024-01&account=a", "from"),
+        ("/compute/usage-month/account?from=2024-01&to=2024-01-31&account=a", "to"),
+        ("/compute/usage-month/account?from=2024-03&to=2024-01&account=a", "from"),
+        ("/compute/usage-month/account?from=2024-01&from=2024-02&to=2024-03&account=a", "from"),
+        ("/compute/usage-month/account?from=2024-01&to=2024-01&account=", "account"),
+        ("/compute/usage-month/account?from=2024-01&to=2024-01&accounts=a", "accounts"),
+        ("/compute/usage-month/account?from=2024-01&to=2024-01&account=a&clusters=alps", "clusters"),
+        ("/compute/usage-day/account?from=2024-01&to=2024-01-02&account=a", "from"),
+        ("/compute/usage-day/account?from=2024-02-30&to=2024-03-01&account=a", "from"),
+        ("/compute/usage-day/account?from=2024-01-02&to=2024-01-01&account=a", "from"),
+        ("/storage/usage-month?filesystem=f&data_type=d&paths=/p", "exact-month"),
+        ("/storage/usage-month?exact-month=2024-01&data_type=d&paths=/p", "filesystem"),
+        ("/storage/usage-month?exact-month=2024-01&filesystem=f&paths=/p", "data_type"),
+        ("/storage/usage-month?exact-month=2024-01&filesystem=f&data_type=d", "paths"),
+        ("/storage/usage-month?exact-month=2024-01-01&filesystem=f&data_type=d&paths=/p", "exact-month"),
+        ("/storage/usage-month?exact-month=2024-01&filesystem=f&data_type=d&paths=/p&tenant=a&tenant=b", "tenant"),
+        ("/storage/usage-day?exact-date=2024-01&filesystem=f&data_type=d&paths=/p", "exact-date"),
+        ("/storage/usage-day?exact-month=2024-01&filesystem=f&data_type=d&paths=/p", "exact-month"),
     ];
     for (target, param) in cases {
         let reply = get(&sim, target, &token).await;
         assert_eq!(reply.status, 400, "{target}");
-        assert!(
-            reply.detail().contains(param),
-            "{target}: {}",
-            reply.detail()
-        );
+        assert!(reply.detail().contains(param), "{target}: {}", reply.detail());
     }
     assert_eq!(sim.stats().api_bad_requests, cases.len() as u64);
     sim.shutdown().await;
@@ -1027,11 +637,7 @@ async fn reachability_paths_answer_400_when_authorised_and_401_when_not() {
     for path in ["/compute/usage-day", "/storage/usage-day"] {
         let reply = get(&sim, path, &token).await;
         assert_eq!(reply.status, 400, "{path}");
-        assert!(
-            reply.detail().contains("missing required query parameter"),
-            "{}",
-            reply.detail()
-        );
+        assert!(reply.detail().contains("missing required query parameter"), "{}", reply.detail());
         assert_eq!(get(&sim, path, "").await.status, 401, "{path}");
         assert_eq!(get(&sim, path, "stale").await.status, 401, "{path}");
     }
@@ -1042,51 +648,20 @@ async fn reachability_paths_answer_400_when_authorised_and_401_when_not() {
 async fn unknown_paths_methods_and_long_targets() {
     let sim = start(DwdiData::new()).await;
     let token = token(&sim).await;
-    assert_eq!(
-        get(&sim, "/compute/usage-week/account", &token)
-            .await
-            .status,
-        404
-    );
-    assert_eq!(
-        get(&sim, "/compute/usage-month/account/", &token)
-            .await
-            .status,
-        404
-    );
+    assert_eq!(get(&sim, "/compute/usage-week/account", &token).await.status, 404);
+    assert_eq!(get(&sim, "/compute/usage-month/account/", &token).await.status, 404);
     assert_eq!(get(&sim, "", &token).await.status, 404);
     let auth = format!("Bearer {token}");
-    let post = send(
-        "POST",
-        &format!("{}{ONE_ACCOUNT}", sim.api_url()),
-        &[("Authorization", &auth)],
-        b"",
-    )
-    .await;
+    let post = send("POST", &format!("{}{ONE_ACCOUNT}", sim.api_url()), &[("Authorization", &auth)], b"").await;
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow"), Some("GET"));
 
-    let many: String = (0..1000)
-        .map(|i| format!("&account=project_{i:04}"))
-        .collect();
-    let long = get(
-        &sim,
-        &format!("/compute/usage-month/account?from=2024-01&to=2024-01{many}"),
-        &token,
-    )
-    .await;
+    let many: String = (0..1000).map(|i| format!("&account=project_{i:04}")).collect();
+    let long = get(&sim, &format!("/compute/usage-month/account?from=2024-01&to=2024-01{many}"), &token).await;
     assert_eq!(long.status, 414);
-    let fits: String = (0..300)
-        .map(|i| format!("&account=project_{i:04}"))
-        .collect();
+    let fits: String = (0..300).map(|i| format!("&account=project_{i:04}")).collect();
     assert_eq!(
-        get(
-            &sim,
-            &format!("/compute/usage-month/account?from=2024-01&to=2024-01{fits}"),
-            &token
-        )
-        .await
-        .status,
+        get(&sim, &format!("/compute/usage-month/account?from=2024-01&to=2024-01{fits}"), &token).await.status,
         200
     );
     sim.shutdown().await;
@@ -1108,10 +683,7 @@ async fn fail_next_injects_failures_then_recovers() {
     // Injection comes before authentication.
     assert_eq!(get(&sim, ONE_ACCOUNT, "").await.status, 503);
     let garbage = get(&sim, ONE_ACCOUNT, &token).await;
-    assert_eq!(
-        (garbage.status, garbage.body.as_slice()),
-        (200, &b"{\"compute\": [tru"[..])
-    );
+    assert_eq!((garbage.status, garbage.body.as_slice()), (200, &b"{\"compute\": [tru"[..]));
     assert_eq!(get(&sim, ONE_ACCOUNT, &token).await.status, 200);
 
     sim.fail_next_token(1, 500);
@@ -1124,10 +696,7 @@ async fn fail_next_injects_failures_then_recovers() {
 
 #[tokio::test]
 async fn latency_applies_to_every_request() {
-    let options = DwdiOptions {
-        latency: Duration::from_millis(150),
-        ..DwdiOptions::default()
-    };
+    let options = DwdiOptions { latency: Duration::from_millis(150), ..DwdiOptions::default() };
     let sim = DwdiSim::start(small_data(), options).await.expect("start");
     let started = Instant::now();
     let token = token(&sim).await;
@@ -1150,11 +719,7 @@ async fn set_data_replaces_what_is_served() {
     sim.set_data(data);
     let body = entries(&get(&sim, ONE_ACCOUNT, &token).await);
     assert_eq!(body.len(), 1);
-    assert_eq!(
-        body[0]["users"].as_array().map(Vec::len),
-        Some(1),
-        "same key accumulates into one row"
-    );
+    assert_eq!(body[0]["users"].as_array().map(Vec::len), Some(1), "same key accumulates into one row");
     assert_eq!(body[0]["totalNodeHours"], 10.0);
     sim.shutdown().await;
 }
@@ -1165,20 +730,12 @@ async fn peers_and_request_targets_are_recorded() {
     let token = token(&sim).await;
     let reply = get(&sim, ONE_ACCOUNT, &token).await;
     let stats = sim.stats();
-    assert!(
-        stats.peers.contains(&reply.local),
-        "{:?} not in {:?}",
-        reply.local,
-        stats.peers
-    );
+    assert!(stats.peers.contains(&reply.local), "{:?} not in {:?}", reply.local, stats.peers);
     assert_eq!(stats.peers.len(), 2, "one per connection");
     assert_eq!(stats.peer_ips().len(), 1);
     let last = stats.recent.last().expect("recorded");
     assert_eq!(last.uri, format!("/api/v1{ONE_ACCOUNT}"));
-    assert_eq!(
-        (last.method.as_str(), last.status, last.peer),
-        ("GET", 200, Some(reply.local))
-    );
+    assert_eq!((last.method.as_str(), last.status, last.peer), ("GET", 200, Some(reply.local)));
     assert_eq!(stats.requests_by_path.get(dwdi_sim::TOKEN_PATH), Some(&1));
     sim.reset_stats();
     assert!(sim.stats().recent.is_empty());

@@ -177,17 +177,19 @@ async fn pass(client: TcpStream, shared: &Shared) {
             if budget != u64::MAX {
                 let allowed = budget.min(n as u64) as usize;
                 if allowed < n
-                    && shared
-                        .cut_budget
-                        .compare_exchange(budget, u64::MAX, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
+                    && shared.cut_budget.compare_exchange(budget, u64::MAX, Ordering::SeqCst, Ordering::SeqCst).is_ok()
                 {
                     let _ = client_write.write_all(&buffer[..allowed]).await;
                     shared.forwarded.fetch_add(allowed as u64, Ordering::SeqCst);
                     shared.cuts.fetch_add(1, Ordering::SeqCst);
                     return true;
                 }
-                let _ = shared.cut_budget.compare_exchange(budget, budget - allowed as u64, Ordering::SeqCst, Ordering::SeqCst);
+                let _ = shared.cut_budget.compare_exchange(
+                    budget,
+                    budget - allowed as u64,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
             }
             if buffer[..n].starts_with(b"HTTP/") {
                 let line = String::from_utf8_lossy(&buffer[..n]).lines().next().unwrap_or_default().to_owned();

@@ -83,7 +83,12 @@ pub fn compute_config_at(sim: &DwdiSim, options: &DwdiOptions, host: &str, extra
 
 /// The `probe` test component serving one offering named `name` on `sim`, with
 /// `probe_settings` lines (6-space indent) for its behaviour.
-pub async fn probe_backend(name: &str, sim: &DwdiSim, options: &DwdiOptions, probe_settings: &str) -> Result<usage_agent::runtime::OfferingBackend> {
+pub async fn probe_backend(
+    name: &str,
+    sim: &DwdiSim,
+    options: &DwdiOptions,
+    probe_settings: &str,
+) -> Result<usage_agent::runtime::OfferingBackend> {
     let text = format!(
         "offerings:\n  - name: {name}\n    backend_type: probe\n    backend_settings:\n{}{probe_settings}    backend_components:\n      status: {{unit_factor: 1}}\n",
         dwdi_access(sim, options)
@@ -111,7 +116,11 @@ pub async fn report_targets(text: &str) -> Result<Vec<usage_agent::report::Repor
 }
 
 /// One cycle of `target` with the options of config `text`, at the instant `now`.
-pub async fn cycle_at(target: &usage_agent::report::ReportTarget, text: &str, now: &str) -> Result<usage_agent::report::OfferingSummary> {
+pub async fn cycle_at(
+    target: &usage_agent::report::ReportTarget,
+    text: &str,
+    now: &str,
+) -> Result<usage_agent::report::OfferingSummary> {
     use usage_agent::report::{CycleOptions, FixedClock, StopFlag, report_offering};
     let options = CycleOptions::from_config(&usage_agent::config::AgentConfig::parse(text)?)?;
     Ok(report_offering(target, &options, &FixedClock(now.parse()?), &StopFlag::default()).await)
@@ -138,7 +147,13 @@ impl ComputeSims {
     /// DWDI serving `data` with default options; Waldur with the provider token `token`
     /// and the offering `name` (uuid `uuid_from(name)`, nodeHours and cpuHours) holding
     /// one OK resource per account, in `cluster`.
-    pub async fn start(data: &DwdiData, waldur_options: waldur_sim::WaldurOptions, name: &str, token: &str, cluster: &str) -> Result<Self> {
+    pub async fn start(
+        data: &DwdiData,
+        waldur_options: waldur_sim::WaldurOptions,
+        name: &str,
+        token: &str,
+        cluster: &str,
+    ) -> Result<Self> {
         use waldur_sim::{WaldurSim, uuid_from};
         let options = DwdiOptions::default();
         let dwdi = DwdiSim::start(data.clone(), options.clone()).await?;
@@ -256,7 +271,12 @@ pub mod log {
     fn install(format: LogFormat, filter: &str) {
         static INSTALLED: OnceLock<()> = OnceLock::new();
         INSTALLED.get_or_init(|| {
-            let _ = tracing::subscriber::set_global_default(usage_agent::cli::log_subscriber(format, filter, false, || Sink));
+            let _ = tracing::subscriber::set_global_default(usage_agent::cli::log_subscriber(
+                format,
+                filter,
+                false,
+                || Sink,
+            ));
         });
     }
 

@@ -332,10 +332,7 @@ fn socket_inode(local: SocketAddr, remote: SocketAddr) -> Result<Option<u64>> {
     Ok(table.lines().skip(1).find_map(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let ends_match = fields.get(1) == Some(&local.as_str()) && fields.get(2) == Some(&remote.as_str());
-        ends_match
-            .then(|| fields.get(9)?.parse::<u64>().ok())
-            .flatten()
-            .filter(|inode| *inode != 0)
+        ends_match.then(|| fields.get(9)?.parse::<u64>().ok()).flatten().filter(|inode| *inode != 0)
     }))
 }
 

@@ -13,7 +13,6 @@ use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
 use usage_agent::runtime::{OfferingBackend, Runtime, wit};
 
-
 async fn sim() -> Result<(DwdiSim, DwdiOptions, DwdiData)> {
     let data = DwdiData::generated(2, 2, &[(2024, 3)]);
     let options = DwdiOptions::default();
@@ -45,7 +44,8 @@ async fn ping(config: &ConfigFile) -> (bool, String) {
 /// output survives a failure.
 async fn ping_output(config: &ConfigFile) -> Result<(bool, String)> {
     use clap::Parser as _;
-    let cli = usage_agent::cli::Cli::try_parse_from(["usage-agent", "ping", "-c", config.arg(), "--offering", "compute"])?;
+    let cli =
+        usage_agent::cli::Cli::try_parse_from(["usage-agent", "ping", "-c", config.arg(), "--offering", "compute"])?;
     let mut out = Vec::new();
     let result = usage_agent::cli::run(cli, &mut out).await;
     let mut text = String::from_utf8(out)?;
@@ -137,7 +137,11 @@ async fn a_certificate_for_another_name_or_from_an_unknown_ca() -> Result<()> {
     let text = compute_config_at(&sim, &options, "127.0.0.1", &extra);
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
-    ensure!(error.contains("TLS handshake with 127.0.0.1 failed") && error.contains("certificate not valid for name \"127.0.0.1\""), "{error}");
+    ensure!(
+        error.contains("TLS handshake with 127.0.0.1 failed")
+            && error.contains("certificate not valid for name \"127.0.0.1\""),
+        "{error}"
+    );
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     ensure!(!ok && out.contains("  tls      FAILED") && out.contains("not valid for name"), "{out}");
 
@@ -154,7 +158,12 @@ async fn a_certificate_for_another_name_or_from_an_unknown_ca() -> Result<()> {
 async fn a_token_endpoint_that_answers_401() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let proxy = ProxyProcess::microsocks(None)?;
-    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
+    let text = compute_config_at(
+        &sim,
+        &options,
+        "127.0.0.1",
+        &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)),
+    );
     let backend = backend_for(&text).await?;
     sim.fail_next_token(1, 401);
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
@@ -164,8 +173,7 @@ async fn a_token_endpoint_that_answers_401() -> Result<()> {
 
     // Wrong credentials for real: invalid_client, with either client-auth style.
     for style in ["client_secret_post", "client_secret_basic"] {
-        let wrong = text.replace(&format!("{:?}", options.client_secret), "\"not-the-secret\"")
-            + "";
+        let wrong = text.replace(&format!("{:?}", options.client_secret), "\"not-the-secret\"") + "";
         let wrong = wrong.replace(
             "      cscs_dwdi_client_id",
             &format!("      cscs_dwdi_oidc_auth_method: {style}\n      cscs_dwdi_client_id"),
@@ -199,7 +207,10 @@ async fn token_answers_that_are_not_tokens() -> Result<()> {
     let text = compute_config_at(&sim, &options, "127.0.0.1", "")
         .replace(&format!("127.0.0.1:{}{TOKEN_PATH}", sim.addr().port()), &format!("127.0.0.1:{port}{TOKEN_PATH}"));
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
-    ensure!(!ok && out.contains("  connect  FAILED") && out.contains(&format!("token endpoint 127.0.0.1:{port}")), "{out}");
+    ensure!(
+        !ok && out.contains("  connect  FAILED") && out.contains(&format!("token endpoint 127.0.0.1:{port}")),
+        "{out}"
+    );
     // The same during a report: the token error names the endpoint.
     let backend = backend_for(&text).await?;
     let data = DwdiData::generated(1, 1, &[(2024, 3)]);
@@ -221,11 +232,12 @@ async fn an_api_that_never_answers_times_out() -> Result<()> {
             open.push(socket);
         }
     });
-    let text = compute_config_at(&sim, &options, "127.0.0.1", "      first_byte_timeout_seconds: 0.5\n      max_retries: 0\n")
-        .replace(
-            &format!("127.0.0.1:{}{API_PREFIX}", sim.addr().port()),
-            &format!("127.0.0.1:{silent_port}{API_PREFIX}"),
-        );
+    let text =
+        compute_config_at(&sim, &options, "127.0.0.1", "      first_byte_timeout_seconds: 0.5\n      max_retries: 0\n")
+            .replace(
+                &format!("127.0.0.1:{}{API_PREFIX}", sim.addr().port()),
+                &format!("127.0.0.1:{silent_port}{API_PREFIX}"),
+            );
     let backend = backend_for(&text).await?;
     let error = backend.usage_report(resources(&data), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
     ensure!(error.contains("no answer from") && error.contains("within 500ms"), "{error}");
@@ -237,7 +249,12 @@ async fn an_api_that_never_answers_times_out() -> Result<()> {
 async fn an_api_that_answers_503_twice_then_200() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let proxy = ProxyProcess::dante()?;
-    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)));
+    let text = compute_config_at(
+        &sim,
+        &options,
+        "127.0.0.1",
+        &format!("      socks_proxy: {:?}\n", proxy.url("socks5", None)),
+    );
     let backend = backend_for(&text).await?;
     sim.fail_next(2, 503);
     let report = backend.usage_report(resources(&data), PERIOD).await?;
@@ -258,7 +275,12 @@ async fn an_api_that_answers_503_twice_then_200() -> Result<()> {
 async fn a_401_after_token_expiry_refreshes_once_through_the_proxy() -> Result<()> {
     let (sim, options, data) = sim().await?;
     let tunnel = ProxyProcess::ssh_tunnel()?;
-    let text = compute_config_at(&sim, &options, "127.0.0.1", &format!("      socks_proxy: {:?}\n", tunnel.url("socks5", None)));
+    let text = compute_config_at(
+        &sim,
+        &options,
+        "127.0.0.1",
+        &format!("      socks_proxy: {:?}\n", tunnel.url("socks5", None)),
+    );
     let backend = backend_for(&text).await?;
     let first = backend.usage_report(resources(&data), PERIOD).await?;
     sim.expire_all_tokens();

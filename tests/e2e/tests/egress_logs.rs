@@ -4,8 +4,8 @@
 
 use anyhow::{Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
-use e2e::proxies::ProxyProcess;
 use e2e::NODE_AND_CPU;
+use e2e::proxies::ProxyProcess;
 use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
 use usage_agent::runtime::{Runtime, wit};
@@ -70,11 +70,19 @@ async fn no_secret_in_logs_errors_or_debug() -> Result<()> {
     // base64 of user:password, as a Proxy-Authorization header carries it.
     let basic = e2e::basic_credentials(user, password);
     let log = logged();
-    ensure!(log.contains("unauthorized") || log.contains("401") || log.lines().count() > 10, "the capture caught nothing:\n{log}");
+    ensure!(
+        log.contains("unauthorized") || log.contains("401") || log.lines().count() > 10,
+        "the capture caught nothing:\n{log}"
+    );
     let everything = format!("{log}\n{}", shown.join("\n"));
-    for secret in [options.client_secret.as_str(), password, basic.as_str(), &e2e::basic_credentials(&options.client_id, &options.client_secret)]
-        .into_iter()
-        .chain(tokens.iter().map(String::as_str))
+    for secret in [
+        options.client_secret.as_str(),
+        password,
+        basic.as_str(),
+        &e2e::basic_credentials(&options.client_id, &options.client_secret),
+    ]
+    .into_iter()
+    .chain(tokens.iter().map(String::as_str))
     {
         ensure!(!everything.contains(secret), "{secret:?} appears in:\n{everything}");
     }
@@ -87,15 +95,21 @@ async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> 
     let options = DwdiOptions::default();
     let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
     let other = format!("http://127.0.0.1:{}/elsewhere", e2e::proxies::free_port()?);
-    let backend = e2e::probe_backend("probe-offering", &sim, &options, &format!("      probe: fetch\n      url: \"{other}\"\n")).await?;
+    let backend =
+        e2e::probe_backend("probe-offering", &sim, &options, &format!("      probe: fetch\n      url: \"{other}\"\n"))
+            .await?;
     let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
     for _ in 0..3 {
-        let error = backend.usage_report(resources.clone(), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let error =
+            backend.usage_report(resources.clone(), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
         ensure!(error.contains("HttpRequestDenied"), "{error}");
     }
     let destination = other.trim_end_matches("/elsewhere");
-    let lines: Vec<String> =
-        logged().lines().filter(|l| l.contains("egress denied") && l.contains(destination)).map(str::to_owned).collect();
+    let lines: Vec<String> = logged()
+        .lines()
+        .filter(|l| l.contains("egress denied") && l.contains(destination))
+        .map(str::to_owned)
+        .collect();
     ensure!(lines.len() == 1, "{lines:#?}");
     ensure!(lines[0].contains("component=\"probe\"") || lines[0].contains("component=probe"), "{}", lines[0]);
     ensure!(lines[0].contains("probe-offering"), "{}", lines[0]);

@@ -42,9 +42,15 @@ async fn components_cannot_set_credentials() -> Result<()> {
     let options = DwdiOptions::default();
     let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
     for header in ["authorization", "proxy-authorization", "cookie"] {
-        let settings = format!("      probe: set-header\n      header: {header}\n      url: \"{}/compute/usage-day\"\n", sim.api_url());
+        let settings = format!(
+            "      probe: set-header\n      header: {header}\n      url: \"{}/compute/usage-day\"\n",
+            sim.api_url()
+        );
         let error = probe(&sim, &options, &settings).await?.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(error.contains(&format!("header {header} refused")) && error.contains("Forbidden"), "{header}: {error}");
+        assert!(
+            error.contains(&format!("header {header} refused")) && error.contains("Forbidden"),
+            "{header}: {error}"
+        );
     }
     assert_eq!(sim.stats().api_requests, 0, "no forged request may leave");
     Ok(())

@@ -61,7 +61,8 @@ impl World {
             api_url: self.dwdi.api_url(),
             token_url: self.dwdi.token_url(),
             waldur_url: self.waldur.url(),
-            settings: "      first_byte_timeout_seconds: 2\n      connect_timeout_seconds: 2\n      max_retries: 1\n".to_owned(),
+            settings: "      first_byte_timeout_seconds: 2\n      connect_timeout_seconds: 2\n      max_retries: 1\n"
+                .to_owned(),
             top: "waldur_timeout_seconds: 2\n".to_owned(),
         }
     }
@@ -122,7 +123,9 @@ impl World {
         self.waldur
             .user_usages()
             .into_iter()
-            .map(|u| ((ids.get(&u.resource_uuid).cloned().unwrap_or(u.resource_uuid), u.username, u.component_type), u.usage))
+            .map(|u| {
+                ((ids.get(&u.resource_uuid).cloned().unwrap_or(u.resource_uuid), u.username, u.component_type), u.usage)
+            })
             .collect()
     }
 
@@ -133,13 +136,21 @@ impl World {
         for (key, amount) in &stored {
             assert_eq!(totals.get(key), Some(amount), "{case}: wrong total stored for {key:?}");
         }
-        assert_eq!(stored.iter().map(|(k, _)| k).collect::<std::collections::BTreeSet<_>>().len(), stored.len(), "{case}: a total stored twice");
+        assert_eq!(
+            stored.iter().map(|(k, _)| k).collect::<std::collections::BTreeSet<_>>().len(),
+            stored.len(),
+            "{case}: a total stored twice"
+        );
         let users = self.expected_users();
         let stored = self.stored_users();
         for (key, amount) in &stored {
             assert_eq!(users.get(key), Some(amount), "{case}: wrong per-user usage stored for {key:?}");
         }
-        assert_eq!(stored.iter().map(|(k, _)| k).collect::<std::collections::BTreeSet<_>>().len(), stored.len(), "{case}: a user usage stored twice");
+        assert_eq!(
+            stored.iter().map(|(k, _)| k).collect::<std::collections::BTreeSet<_>>().len(),
+            stored.len(),
+            "{case}: a user usage stored twice"
+        );
     }
 
     /// Waldur holds exactly what a clean cycle stores.
@@ -156,7 +167,14 @@ async fn cycle(target: &ReportTarget, text: &str) -> Result<OfferingSummary> {
 
 /// A cycle under a fault: it fails with `want` in an error and stores nothing wrong
 /// (nothing at all if `nothing_stored`).
-async fn fails(world: &World, targets: &[ReportTarget], text: &str, case: &str, want: &str, nothing_stored: bool) -> Result<()> {
+async fn fails(
+    world: &World,
+    targets: &[ReportTarget],
+    text: &str,
+    case: &str,
+    want: &str,
+    nothing_stored: bool,
+) -> Result<()> {
     let first = cycle(&targets[0], text).await?;
     assert!(first.failed > 0, "{case}: the fault went unnoticed: {first:?}");
     let errors = first.errors.join("\n");
@@ -217,13 +235,32 @@ async fn dwdi_error_statuses_submit_nothing() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dwdi_answers_that_cannot_be_used_submit_nothing() -> Result<()> {
     let account = DwdiData::generated(ACCOUNTS, 3, &[(2024, 3)]).accounts()[0].clone();
-    let row = |node: &str| format!(r#"{{"compute":[{{"account":"{account}","cluster":"alps","totalNodeHours":{node},"totalCpuHours":1,"users":[]}}]}}"#);
+    let row = |node: &str| {
+        format!(
+            r#"{{"compute":[{{"account":"{account}","cluster":"alps","totalNodeHours":{node},"totalCpuHours":1,"users":[]}}]}}"#
+        )
+    };
     let cases: Vec<(&str, &'static str, String, &str)> = vec![
-        ("truncated JSON", "application/json", format!(r#"{{"compute":[{{"account":"{account}","totalNo"#), "not valid JSON"),
+        (
+            "truncated JSON",
+            "application/json",
+            format!(r#"{{"compute":[{{"account":"{account}","totalNo"#),
+            "not valid JSON",
+        ),
         ("an HTML page", "text/html", "<html><body>502 Bad Gateway</body></html>".to_owned(), "not valid JSON"),
         ("an empty body", "application/json", String::new(), "not valid JSON"),
-        ("the wrong shape", "application/json", format!(r#"{{"compute":{{"{account}":1}}}}"#), "compute: expected an array"),
-        ("a string for a number", "application/json", row("\"12\""), "totalNodeHours: expected a number, found a string"),
+        (
+            "the wrong shape",
+            "application/json",
+            format!(r#"{{"compute":{{"{account}":1}}}}"#),
+            "compute: expected an array",
+        ),
+        (
+            "a string for a number",
+            "application/json",
+            row("\"12\""),
+            "totalNodeHours: expected a number, found a string",
+        ),
         ("null for a number", "application/json", row("null"), "totalNodeHours: expected a number, found null"),
         ("NaN", "application/json", row("NaN"), "not valid JSON"),
         ("an infinite number", "application/json", row("1e999"), "not valid JSON"),
@@ -253,7 +290,8 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Stall);
-    fails_then_recovers(&world, &targets, &text, "DWDI stalls", "no answer from", true, || proxy.set_mode(Mode::Pass)).await?;
+    fails_then_recovers(&world, &targets, &text, "DWDI stalls", "no answer from", true, || proxy.set_mode(Mode::Pass))
+        .await?;
 
     // A connection cut in the middle of the answer.
     let world = World::new().await?;
@@ -272,7 +310,10 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Refuse);
-    fails_then_recovers(&world, &targets, &text, "DWDI refuses", "DWDI could not be reached", true, || proxy.set_mode(Mode::Pass)).await?;
+    fails_then_recovers(&world, &targets, &text, "DWDI refuses", "DWDI could not be reached", true, || {
+        proxy.set_mode(Mode::Pass)
+    })
+    .await?;
     Ok(())
 }
 
@@ -289,7 +330,9 @@ async fn token_endpoint_failures_submit_nothing() -> Result<()> {
         match case {
             "HTTP 500" => world.dwdi.fail_next_token(1, 500),
             "not JSON" => world.dwdi.respond_next_token(1, 200, "application/json", "{\"access_token\": "),
-            _ => world.dwdi.respond_next_token(1, 200, "application/json", r#"{"token_type":"Bearer","expires_in":300}"#),
+            _ => {
+                world.dwdi.respond_next_token(1, 200, "application/json", r#"{"token_type":"Bearer","expires_in":300}"#)
+            }
         }
         fails_then_recovers(&world, &targets, &text, &format!("token endpoint: {case}"), want, true, || {}).await?;
     }
@@ -323,7 +366,8 @@ async fn proxy_failures_submit_nothing() -> Result<()> {
     assert!(first.failed > 0 && world.waldur.usages().is_empty(), "{first:?}");
     assert!(first.errors.join("\n").contains("proxy"), "{:?}", first.errors);
     proxy.set_mode(Mode::Stall);
-    fails_then_recovers(&world, &targets, &text, "SOCKS proxy stalls", "proxy", true, || proxy.set_mode(Mode::Pass)).await?;
+    fails_then_recovers(&world, &targets, &text, "SOCKS proxy stalls", "proxy", true, || proxy.set_mode(Mode::Pass))
+        .await?;
     assert!(proxy.accepted() >= 3, "the traffic went through the proxy");
 
     // No proxy listening at all; the next cycle finds one there and recovers.
@@ -347,10 +391,30 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     let cases: Vec<(&str, Inject, &str, bool)> = vec![
         ("offering 500", Box::new(|w: &WaldurSim| w.fail_next(1, 500)), "answered HTTP 500", true),
         ("offering 403", Box::new(|w: &WaldurSim| w.fail_next(1, 403)), "answered HTTP 403", true),
-        ("usage listing 404", Box::new(move |w: &WaldurSim| w.fail_route(listing, 1, 404)), "cannot read Waldur's usages", true),
-        ("set_usage 500", Box::new(move |w: &WaldurSim| w.fail_route(set_usage, 2, 500)), "set_usage/ answered HTTP 500", false),
-        ("set_usage 400", Box::new(move |w: &WaldurSim| w.fail_route(set_usage, 1, 400)), "set_usage/ answered HTTP 400", false),
-        ("set_user_usages 502", Box::new(move |w: &WaldurSim| w.fail_route(set_user_usages, 3, 502)), "per-user usage of", false),
+        (
+            "usage listing 404",
+            Box::new(move |w: &WaldurSim| w.fail_route(listing, 1, 404)),
+            "cannot read Waldur's usages",
+            true,
+        ),
+        (
+            "set_usage 500",
+            Box::new(move |w: &WaldurSim| w.fail_route(set_usage, 2, 500)),
+            "set_usage/ answered HTTP 500",
+            false,
+        ),
+        (
+            "set_usage 400",
+            Box::new(move |w: &WaldurSim| w.fail_route(set_usage, 1, 400)),
+            "set_usage/ answered HTTP 400",
+            false,
+        ),
+        (
+            "set_user_usages 502",
+            Box::new(move |w: &WaldurSim| w.fail_route(set_user_usages, 3, 502)),
+            "per-user usage of",
+            false,
+        ),
     ];
     for (case, inject, want, nothing) in cases {
         let world = World::new().await?;
@@ -375,11 +439,15 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
 async fn waldur_timeouts_are_contained_and_the_next_cycle_recovers() -> Result<()> {
     let world = World::new().await?;
     let proxy = FaultProxy::start(world.waldur.addr()).await?;
-    let routes = Routes { waldur_url: proxy.url("/api/"), top: "waldur_timeout_seconds: 1\n".to_owned(), ..world.direct() };
+    let routes =
+        Routes { waldur_url: proxy.url("/api/"), top: "waldur_timeout_seconds: 1\n".to_owned(), ..world.direct() };
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Stall);
-    fails_then_recovers(&world, &targets, &text, "Waldur stalls", "no answer within", true, || proxy.set_mode(Mode::Pass)).await
+    fails_then_recovers(&world, &targets, &text, "Waldur stalls", "no answer within", true, || {
+        proxy.set_mode(Mode::Pass)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,7 +464,8 @@ async fn a_waldur_connection_dropped_halfway_loses_nothing() -> Result<()> {
         let targets = report_targets(&text).await?;
         let summary = cycle(&targets[0], &text).await?;
         assert_eq!(summary.failed, 0, "{summary:?}");
-        let writes: Vec<u64> = proxy.answer_starts().into_iter().filter(|(_, line)| line.contains(" 201 ")).map(|(at, _)| at).collect();
+        let writes: Vec<u64> =
+            proxy.answer_starts().into_iter().filter(|(_, line)| line.contains(" 201 ")).map(|(at, _)| at).collect();
         (proxy.forwarded(), writes)
     };
     assert_eq!(writes.len(), 18, "6 set_usage and 12 set_user_usages answers: {writes:?}");

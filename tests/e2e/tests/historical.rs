@@ -53,14 +53,20 @@ impl World {
 
     /// Runs `load-historical-usage` with the staff token and `args`.
     async fn load(&self, args: &[&str]) -> Result<String> {
-        let mut argv = vec!["load-historical-usage", "-c", self.config.arg(), "-o", &self.offering, "--user-token", STAFF];
+        let mut argv =
+            vec!["load-historical-usage", "-c", self.config.arg(), "-o", &self.offering, "--user-token", STAFF];
         argv.extend_from_slice(args);
         run_cli(&argv).await
     }
 
     fn backend_id(&self, resource_uuid: &str) -> String {
         let extra = ["ghost".to_owned(), "empty".to_owned()];
-        self.data.accounts().into_iter().chain(extra).find(|a| uuid_from(a) == resource_uuid).unwrap_or_else(|| resource_uuid.to_owned())
+        self.data
+            .accounts()
+            .into_iter()
+            .chain(extra)
+            .find(|a| uuid_from(a) == resource_uuid)
+            .unwrap_or_else(|| resource_uuid.to_owned())
     }
 
     /// Stored totals: (backend id, period, type) → amount.
@@ -82,7 +88,12 @@ impl World {
     }
 
     /// What DWDI says for `account` in a month: totals and per-user, as Waldur stores them.
-    fn expected(&self, account: &str, cluster: Option<&str>, (year, month): (i32, u32)) -> (String, String, BTreeMap<String, (String, String)>) {
+    fn expected(
+        &self,
+        account: &str,
+        cluster: Option<&str>,
+        (year, month): (i32, u32),
+    ) -> (String, String, BTreeMap<String, (String, String)>) {
         let (first, last) = month_days(year, month);
         let usage = self.data.compute_usage(account, cluster, &first, &last);
         let users = usage.users.iter().map(|(u, (node, cpu, _))| (u.clone(), (cents(*node), cents(*cpu)))).collect();
@@ -116,9 +127,17 @@ impl World {
     }
 
     /// The same run through the library API, to read the summary of a failing run.
-    async fn load_with(&self, token: &str, options: HistoricalOptions, stop: &StopFlag, observer: &dyn Observer) -> Result<HistoricalSummary> {
+    async fn load_with(
+        &self,
+        token: &str,
+        options: HistoricalOptions,
+        stop: &StopFlag,
+        observer: &dyn Observer,
+    ) -> Result<HistoricalSummary> {
         let config = AgentConfig::load(&self.config.path)?;
-        let target = historical::prepare(&config, &self.offering, Some(Secret::new(token)), &Backends::new(Runtime::new()?)).await?;
+        let target =
+            historical::prepare(&config, &self.offering, Some(Secret::new(token)), &Backends::new(Runtime::new()?))
+                .await?;
         historical::load(&target, &options, stop, observer).await
     }
 }
@@ -156,7 +175,10 @@ async fn three_months_with_user_usage() -> Result<()> {
     assert!(out.contains("compute 2024-01..2024-03: 3 months, 4 resources; 12 totals submitted,"), "{out}");
     let users = world.waldur.user_usages();
     assert!(users.iter().any(|u| u.username == "user_0000"));
-    assert!(users.iter().all(|u| (u.username == "user_0000") == (u.user.as_deref() == Some(linked.as_str()))), "linked to the offering user");
+    assert!(
+        users.iter().all(|u| (u.username == "user_0000") == (u.user.as_deref() == Some(linked.as_str()))),
+        "linked to the offering user"
+    );
     assert!(out.contains(" 0 failed;"), "{out}");
     world.assert_loaded(None, true);
     // Dated the first day of each month.
@@ -202,8 +224,14 @@ async fn a_dry_run_prints_and_submits_nothing() -> Result<()> {
     let (node, cpu, users) = world.expected(account, None, (2024, 2));
     assert!(out.contains(&format!("2024-02 {account} totals nodeHours={node} cpuHours={cpu}\n")), "{out}");
     let (user, (user_node, _)) = users.iter().next().ok_or_else(|| anyhow::anyhow!("no users"))?;
-    assert!(out.contains(&format!("2024-02 {account} users nodeHours")) && out.contains(&format!(" {user}={user_node}")), "{out}");
-    assert!(out.contains("dry run, nothing submitted: compute 2024-01..2024-03: 3 months, 3 resources; 9 totals to submit"), "{out}");
+    assert!(
+        out.contains(&format!("2024-02 {account} users nodeHours")) && out.contains(&format!(" {user}={user_node}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("dry run, nothing submitted: compute 2024-01..2024-03: 3 months, 3 resources; 9 totals to submit"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -237,7 +265,9 @@ async fn reconcile_zeroes_stale_values_and_nothing_else() -> Result<()> {
         .waldur
         .usages()
         .into_iter()
-        .find(|u| u.resource_uuid == uuid_from(&account) && u.billing_period == "2024-02-01" && u.component_type == "cpuHours")
+        .find(|u| {
+            u.resource_uuid == uuid_from(&account) && u.billing_period == "2024-02-01" && u.component_type == "cpuHours"
+        })
         .ok_or_else(|| anyhow::anyhow!("no February usage of {account}"))?;
     world.waldur.seed_user_usage(&held.uuid, "departed", "3.00");
 
@@ -261,7 +291,10 @@ async fn reconcile_zeroes_stale_values_and_nothing_else() -> Result<()> {
     let counts = world.waldur.requests();
     // One set_usage (ghost, January); two per-user writes (ghost's, and the departed user's).
     assert_eq!((counts.set_usage, counts.set_user_usages), (1, 2), "{out}\n{counts:?}");
-    assert!(!world.waldur.usages().iter().any(|u| u.resource_uuid == uuid_from("empty")), "nothing created for an empty resource");
+    assert!(
+        !world.waldur.usages().iter().any(|u| u.resource_uuid == uuid_from("empty")),
+        "nothing created for an empty resource"
+    );
 
     // Reconciled once, nothing left to write.
     world.waldur.reset_counters();
@@ -287,7 +320,12 @@ async fn one_resource_filter_loads_only_that_resource() -> Result<()> {
     // An id no resource has is refused before anything is read from DWDI or written.
     world.waldur.reset_counters();
     world.dwdi.reset_stats();
-    let error = world.load(&[&Q1[..], &["--resource-backend-id", "nope"]].concat()).await.map(|_| ()).err().map(|e| format!("{e:#}"));
+    let error = world
+        .load(&[&Q1[..], &["--resource-backend-id", "nope"]].concat())
+        .await
+        .map(|_| ())
+        .err()
+        .map(|e| format!("{e:#}"));
     assert!(error.as_deref().is_some_and(|e| e.contains("--resource-backend-id nope: no resource")), "{error:?}");
     assert_eq!(world.waldur.requests().writes, 0);
     assert_eq!(world.dwdi.stats().api_requests, 0);
@@ -306,7 +344,18 @@ async fn the_load_honours_waldur_timeout_seconds() -> Result<()> {
         sims.offering,
         dwdi_access(&sims.dwdi, &sims.options)
     ))?;
-    let args = ["load-historical-usage", "-c", config.arg(), "-o", &sims.offering, "--no-staff-check", "-s", "2024-01-01", "-e", "2024-01-31"];
+    let args = [
+        "load-historical-usage",
+        "-c",
+        config.arg(),
+        "-o",
+        &sims.offering,
+        "--no-staff-check",
+        "-s",
+        "2024-01-01",
+        "-e",
+        "2024-01-31",
+    ];
     let error = run_cli(&args).await.err().context("the load waited for the slow Waldur")?;
     assert!(format!("{error:#}").contains("no answer within 500ms"), "{error:#}");
     Ok(())
@@ -333,11 +382,21 @@ async fn bad_ranges_are_refused_before_any_call() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_non_staff_token_is_refused_unless_told_otherwise() -> Result<()> {
     let world = World::new(3, 2).await?;
-    let error = run_cli(&["load-historical-usage", "-c", world.config.arg(), "-o", &world.offering, "-s", "2024-01-01", "-e", "2024-03-31"])
-        .await
-        .map(|_| ())
-        .err()
-        .map(|e| format!("{e:#}"));
+    let error = run_cli(&[
+        "load-historical-usage",
+        "-c",
+        world.config.arg(),
+        "-o",
+        &world.offering,
+        "-s",
+        "2024-01-01",
+        "-e",
+        "2024-03-31",
+    ])
+    .await
+    .map(|_| ())
+    .err()
+    .map(|e| format!("{e:#}"));
     assert!(error.as_deref().is_some_and(|e| e.contains("\"provider\", who is not staff")), "{error:?}");
     let counts = world.waldur.requests();
     assert_eq!((counts.total, counts.route("GET /api/users/me/")), (1, 1), "only the staff check: {counts:?}");
@@ -350,9 +409,25 @@ async fn a_non_staff_token_is_refused_unless_told_otherwise() -> Result<()> {
     assert_eq!((summary.totals_submitted, summary.failed), (0, 9), "{summary}");
     assert_eq!(summary.errors.len(), 3, "{:?}", summary.errors);
     for (error, account) in summary.errors.iter().zip(world.data.accounts()) {
-        assert!(error.contains(&format!("resource {account}: Waldur refuses to back-fill")) && error.contains("use a staff token"), "{error}");
+        assert!(
+            error.contains(&format!("resource {account}: Waldur refuses to back-fill"))
+                && error.contains("use a staff token"),
+            "{error}"
+        );
     }
-    let out = run_cli(&["load-historical-usage", "-c", world.config.arg(), "-o", &world.offering, "-s", "2024-01-01", "-e", "2024-03-31", "--no-staff-check"]).await;
+    let out = run_cli(&[
+        "load-historical-usage",
+        "-c",
+        world.config.arg(),
+        "-o",
+        &world.offering,
+        "-s",
+        "2024-01-01",
+        "-e",
+        "2024-03-31",
+        "--no-staff-check",
+    ])
+    .await;
     assert!(out.is_err(), "a failed load exits non-zero");
     Ok(())
 }
@@ -364,7 +439,11 @@ async fn waldur_refusing_one_resource_does_not_stop_the_month() -> Result<()> {
     world.waldur.reject_resource(&uuid_from(&accounts[1]), 400, serde_json::json!({"detail": "locked for audit"}));
     let summary = world.load_with(STAFF, options()?, &StopFlag::default(), &historical::NoObserver).await?;
     assert_eq!((summary.months, summary.totals_submitted, summary.failed), (3, 9, 3), "{summary}");
-    assert!(summary.errors.iter().all(|e| e.contains(&accounts[1]) && e.contains("locked for audit")), "{:?}", summary.errors);
+    assert!(
+        summary.errors.iter().all(|e| e.contains(&accounts[1]) && e.contains("locked for audit")),
+        "{:?}",
+        summary.errors
+    );
     let stored = world.stored();
     for account in [&accounts[0], &accounts[2], &accounts[3]] {
         assert_eq!(stored.keys().filter(|(id, _, _)| id == account).count(), 6, "{account}");
@@ -406,7 +485,15 @@ async fn a_stopped_run_keeps_what_it_did_and_a_rerun_finishes_it() -> Result<()>
 async fn the_cluster_comes_from_cscs_dwdi_cluster() -> Result<()> {
     let world = World::with_settings(4, 2, "      cscs_dwdi_cluster: eiger\n").await?;
     world.load(&[&Q1[..], &["--skip-user-usage"]].concat()).await?;
-    assert!(world.dwdi.stats().recent_urls().iter().filter(|u| u.contains("usage-month")).all(|u| u.contains("cluster=eiger") && !u.contains("alps")));
+    assert!(
+        world
+            .dwdi
+            .stats()
+            .recent_urls()
+            .iter()
+            .filter(|u| u.contains("usage-month"))
+            .all(|u| u.contains("cluster=eiger") && !u.contains("alps"))
+    );
     // Only even accounts run on eiger; the odd ones are absent, and nothing is written for them.
     let stored = world.stored();
     for (i, account) in world.data.accounts().iter().enumerate() {
@@ -433,8 +520,16 @@ async fn one_by_one_stores_the_same_with_a_request_per_resource_and_user() -> Re
     let counts = single.waldur.requests();
     let user_values = single.waldur.user_usages().len() as u64;
     assert_eq!((counts.set_usage, counts.set_user_usages, counts.set_user_usage), (9, 0, user_values), "{counts:?}");
-    assert_eq!(single.dwdi.stats().api_count("/compute/usage-month/account"), 9, "a component call per resource and month");
-    assert_eq!(counts.route("GET /api/marketplace-component-usages/"), 18, "two listings per resource and month: {counts:?}");
+    assert_eq!(
+        single.dwdi.stats().api_count("/compute/usage-month/account"),
+        9,
+        "a component call per resource and month"
+    );
+    assert_eq!(
+        counts.route("GET /api/marketplace-component-usages/"),
+        18,
+        "two listings per resource and month: {counts:?}"
+    );
     Ok(())
 }
 

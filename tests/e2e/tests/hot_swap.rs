@@ -147,7 +147,10 @@ impl Agent {
     /// Waits for a cycle served by `name version` and returns its line.
     async fn wait_for_version(&self, version: &str) -> Result<String> {
         let wanted = format!("; {COMPUTE} {version}");
-        wait_for(&format!("a cycle served by {version}"), || self.summaries().into_iter().find(|l| l.ends_with(&wanted))).await
+        wait_for(&format!("a cycle served by {version}"), || {
+            self.summaries().into_iter().find(|l| l.ends_with(&wanted))
+        })
+        .await
     }
 
     /// The next `n` cycle lines from now.
@@ -219,14 +222,22 @@ async fn a_new_build_serves_the_next_cycle_and_bad_files_never_replace_it() -> R
             "setup of offerings[0] (compute) failed: backend_settings.refuser_key: missing",
         ),
     ];
-    let refusals = || log_lines(&format!("{} (sha256", file.display())).into_iter().filter(|l| l.contains("refused:")).collect::<Vec<_>>();
+    let refusals = || {
+        log_lines(&format!("{} (sha256", file.display()))
+            .into_iter()
+            .filter(|l| l.contains("refused:"))
+            .collect::<Vec<_>>()
+    };
     for (what, bytes, reason) in &bad {
         let before = refusals().len();
         drop_file(&file, bytes)?;
         let line = wait_for(&format!("the {what} file to be refused"), || refusals().get(before).cloned()).await?;
         assert!(line.contains("ERROR"), "{what}: {line}");
         assert!(line.contains(&sha256_hex(bytes)) && line.contains(reason), "{what}: {line}");
-        assert!(line.contains(&format!("{COMPUTE} {} (sha256 {}", components::COMPUTE_NEXT_VERSION, sha256_hex(&next))), "{what}: {line}");
+        assert!(
+            line.contains(&format!("{COMPUTE} {} (sha256 {}", components::COMPUTE_NEXT_VERSION, sha256_hex(&next))),
+            "{what}: {line}"
+        );
         assert_served_by(&agent.next_cycles(2).await?, components::COMPUTE_NEXT_VERSION);
         assert_eq!(refusals().len(), before + 1, "{what}: one error, not one per cycle or re-scan");
     }
@@ -258,7 +269,10 @@ async fn a_pinned_digest_refuses_another_build() -> Result<()> {
     let other = usage_agent::builtin::component(COMPUTE).context("no built-in compute")?;
     drop_file(&file, other)?;
     let wanted = format!("the config pins sha256 {pin}, the file has sha256 {}", sha256_hex(other));
-    let line = wait_for("the pin to refuse the file", || log_lines(&wanted).into_iter().find(|l| l.contains(&file.display().to_string()))).await?;
+    let line = wait_for("the pin to refuse the file", || {
+        log_lines(&wanted).into_iter().find(|l| l.contains(&file.display().to_string()))
+    })
+    .await?;
     assert!(line.contains("ERROR") && line.contains("refused"), "{line}");
     assert_served_by(&agent.next_cycles(2).await?, BUILTIN_VERSION);
 
@@ -328,7 +342,12 @@ async fn plugins_without_a_config_lists_every_built_in_type() -> Result<()> {
     let out = e2e::run_cli(&["plugins", "--plugins-dir", plugins.to_str().unwrap_or_default()]).await?;
     assert!(out.contains("(missing: the built-in components serve)"), "{out}");
     for backend_type in ["cscs-dwdi-compute", "cscs-dwdi-storage"] {
-        assert!(out.contains(&format!("\n{backend_type}\n  source:     default (built in)\n  component:  {backend_type} {BUILTIN_VERSION}")), "{out}");
+        assert!(
+            out.contains(&format!(
+                "\n{backend_type}\n  source:     default (built in)\n  component:  {backend_type} {BUILTIN_VERSION}"
+            )),
+            "{out}"
+        );
     }
     Ok(())
 }
@@ -354,13 +373,15 @@ async fn deleting_the_only_component_of_a_type_is_said_once() -> Result<()> {
         rescan: Duration::from_secs(3600),
     };
     let runtime = usage_agent::runtime::Runtime::new()?;
-    let agent = usage_agent::plugins::Plugins::new(usage_agent::backends::Backends::new(runtime), Some(&config), options);
+    let agent =
+        usage_agent::plugins::Plugins::new(usage_agent::backends::Backends::new(runtime), Some(&config), options);
     agent.start().await?;
     std::fs::remove_file(plugins.join("probe.wasm"))?;
     for _ in 0..3 {
         agent.rescan().await;
     }
-    let said = log_lines(&format!("{} was removed, but probe has no built-in default", plugins.join("probe.wasm").display()));
+    let said =
+        log_lines(&format!("{} was removed, but probe has no built-in default", plugins.join("probe.wasm").display()));
     assert_eq!(said.len(), 1, "{said:#?}");
     assert!(said[0].contains("probe 0.0.1") && said[0].contains("keeps serving"), "{}", said[0]);
     assert!(agent.backends().get("probe").is_some(), "the component still serves");

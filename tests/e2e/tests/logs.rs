@@ -60,13 +60,41 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     );
     let config = ConfigFile::new(&config_text)?;
 
-    let report = run_cli(&["report", "--once", "-c", config.arg(), "--plugins-dir", &config.dir.path().join("plugins").to_string_lossy()]).await;
+    let report = run_cli(&[
+        "report",
+        "--once",
+        "-c",
+        config.arg(),
+        "--plugins-dir",
+        &config.dir.path().join("plugins").to_string_lossy(),
+    ])
+    .await;
     let report_error = format!("{:#}", report.err().context("a refused write makes --once fail")?);
-    let historical = run_cli(&["load-historical-usage", "-c", config.arg(), "-o", &offering, "-s", "2024-03-01", "-e", "2024-03-31"]).await;
+    let historical = run_cli(&[
+        "load-historical-usage",
+        "-c",
+        config.arg(),
+        "-o",
+        &offering,
+        "-s",
+        "2024-03-01",
+        "-e",
+        "2024-03-31",
+    ])
+    .await;
     let historical_error = format!("{:#}", historical.err().context("a refused write makes the load fail")?);
     // An offering Waldur does not know fails as a whole: that error line names it too.
-    let lost = ConfigFile::new(&config_text.replace(&offering, &uuid_from("lost")).replace("name: logs", "name: lost"))?;
-    let lost_report = run_cli(&["report", "--once", "-c", lost.arg(), "--plugins-dir", &lost.dir.path().join("plugins").to_string_lossy()]).await;
+    let lost =
+        ConfigFile::new(&config_text.replace(&offering, &uuid_from("lost")).replace("name: logs", "name: lost"))?;
+    let lost_report = run_cli(&[
+        "report",
+        "--once",
+        "-c",
+        lost.arg(),
+        "--plugins-dir",
+        &lost.dir.path().join("plugins").to_string_lossy(),
+    ])
+    .await;
     anyhow::ensure!(lost_report.is_err(), "an unknown offering makes --once fail");
 
     let lines = json_lines()?;
@@ -85,7 +113,8 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
         }
     }
     // The cycle's summary line too, though it is said after the cycle.
-    let summary = lines.iter().find(|l| field(l, "message").starts_with("logs: 4 resources, ")).context("no summary line")?;
+    let summary =
+        lines.iter().find(|l| field(l, "message").starts_with("logs: 4 resources, ")).context("no summary line")?;
     assert_eq!((field(summary, "offering"), field(summary, "backend_type")), ("logs", COMPUTE), "{summary:?}");
     let lost_error = lines
         .iter()
@@ -94,12 +123,18 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     assert_eq!((field(lost_error, "offering"), field(lost_error, "backend_type")), ("lost", COMPUTE), "{lost_error:?}");
     let seen = |level: &str, resource: &str, text: &str, month: &str| {
         about_resources.iter().any(|l| {
-            field(l, "level") == level && field(l, "resource") == resource && field(l, "month") == month && field(l, "message").contains(text)
+            field(l, "level") == level
+                && field(l, "resource") == resource
+                && field(l, "month") == month
+                && field(l, "message").contains(text)
         })
     };
     let now = current.to_string();
     assert!(seen("ERROR", &refused, "Quota exceeded", &now), "the refused write in the cycle");
-    assert!(seen("WARN", ghost, "absent from DWDI; keeping the stored value", &now), "the absent resource in the cycle");
+    assert!(
+        seen("WARN", ghost, "absent from DWDI; keeping the stored value", &now),
+        "the absent resource in the cycle"
+    );
     assert!(seen("DEBUG", &accounts[0], "usage submitted", &now), "a submitted resource");
     assert!(seen("ERROR", &refused, "Quota exceeded", "2024-03"), "the refused write in the historical load");
     assert!(seen("DEBUG", ghost, "absent from DWDI", "2024-03"), "the absent resource in the historical load");
@@ -118,9 +153,15 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     let basic = e2e::basic_credentials(&options.client_id, SECRET);
     let tokens = dwdi.state().issued_tokens();
     assert!(!tokens.is_empty());
-    let secrets: Vec<&str> = [SECRET, TOKEN, basic.as_str()].into_iter().chain(tokens.iter().map(String::as_str)).collect();
+    let secrets: Vec<&str> =
+        [SECRET, TOKEN, basic.as_str()].into_iter().chain(tokens.iter().map(String::as_str)).collect();
     let metrics = usage_agent::metrics::global().render();
-    for (what, text) in [("log", e2e::log::text()), ("report error", report_error), ("historical error", historical_error), ("metrics", metrics)] {
+    for (what, text) in [
+        ("log", e2e::log::text()),
+        ("report error", report_error),
+        ("historical error", historical_error),
+        ("metrics", metrics),
+    ] {
         for secret in &secrets {
             assert!(!text.contains(secret), "{what} holds a secret: {text}");
         }

@@ -61,7 +61,11 @@ fn samples(text: &str) -> Result<Vec<(String, f64)>> {
         let (series, value) = line.rsplit_once(' ').with_context(|| format!("no value: {line}"))?;
         let value: f64 = value.parse().with_context(|| format!("not a number: {line}"))?;
         let name = series.split('{').next().unwrap_or_default();
-        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| typed.contains(*f)).unwrap_or(name);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| typed.contains(*f))
+            .unwrap_or(name);
         if !typed.contains(family) {
             bail!("sample before its # TYPE: {line}");
         }
@@ -91,12 +95,15 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let port = free_port()?;
     let file = ConfigFile::new(&s.config(dir.path(), &format!("metrics_listen: \"127.0.0.1:{port}\"\n")))?;
     let stop = StopFlag::default();
-    let cli = usage_agent::cli::Cli::try_parse_from(["usage-agent", "report", "-c", file.arg(), "--period-minutes", "0.01"])?;
+    let cli =
+        usage_agent::cli::Cli::try_parse_from(["usage-agent", "report", "-c", file.arg(), "--period-minutes", "0.01"])?;
     let usage_agent::cli::Command::Report(args) = cli.command else { bail!("not a report command") };
     let loop_stop = stop.clone();
     let task = tokio::spawn(async move {
         let mut out = Vec::new();
-        usage_agent::cli::run_report_until(args, &mut out, loop_stop).await.map(|_| String::from_utf8_lossy(&out).into_owned())
+        usage_agent::cli::run_report_until(args, &mut out, loop_stop)
+            .await
+            .map(|_| String::from_utf8_lossy(&out).into_owned())
     });
     let cycles = |text: &str| sample(text, "usage_agent_cycles_total{offering=\"ops\"}").unwrap_or(0.0);
 
@@ -105,7 +112,11 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let builtin = usage_agent::builtin::component(COMPUTE).context("no built-in compute component")?;
     let lines = serving(&text);
     assert_eq!(lines.len(), 1, "{text}");
-    assert!(lines[0].contains(&format!("sha256=\"{}\"", sha256_hex(builtin))) && lines[0].contains("source=\"builtin\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("sha256=\"{}\"", sha256_hex(builtin))) && lines[0].contains("source=\"builtin\""),
+        "{}",
+        lines[0]
+    );
 
     // A broken file is refused and counted; the built-in keeps serving.
     let plugin = dir.path().join("plugins").join(format!("{COMPUTE}.wasm"));
@@ -114,14 +125,24 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let refused = format!("usage_agent_plugin_rejections_total{{backend_type=\"{COMPUTE}\",reason=\"not_component\"}}");
     let text = scrape_until(port, "the refusal", |t| sample(t, &refused) == Some(1.0)).await?;
     assert_eq!(serving(&text), lines, "a refused file changed what serves");
-    assert_eq!(sample(&text, &format!("usage_agent_plugin_swaps_total{{backend_type=\"{COMPUTE}\"}}")), Some(0.0), "counted from zero");
+    assert_eq!(
+        sample(&text, &format!("usage_agent_plugin_swaps_total{{backend_type=\"{COMPUTE}\"}}")),
+        Some(0.0),
+        "counted from zero"
+    );
 
     // A good build is swapped in, and the info series follows it.
     std::fs::write(&plugin, &next)?;
-    let text = scrape_until(port, "the swap", |t| serving(t).iter().any(|l| l.contains(components::COMPUTE_NEXT_VERSION))).await?;
+    let text =
+        scrape_until(port, "the swap", |t| serving(t).iter().any(|l| l.contains(components::COMPUTE_NEXT_VERSION)))
+            .await?;
     let lines = serving(&text);
     assert_eq!(lines.len(), 1, "the replaced component is still listed: {lines:?}");
-    assert!(lines[0].contains(&format!("sha256=\"{}\"", sha256_hex(&next))) && lines[0].contains("source=\"file\""), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("sha256=\"{}\"", sha256_hex(&next))) && lines[0].contains("source=\"file\""),
+        "{}",
+        lines[0]
+    );
     assert_eq!(sample(&text, &format!("usage_agent_plugin_swaps_total{{backend_type=\"{COMPUTE}\"}}")), Some(1.0));
     let swapped_at = cycles(&text);
     scrape_until(port, "two cycles on the new build", |t| cycles(t) >= swapped_at + 2.0).await?;
@@ -135,14 +156,28 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let all = samples(&text)?;
     assert!(all.len() > 20, "{text}");
     assert_eq!(sample(&text, "usage_agent_cycles_failed_total{offering=\"ops\"}"), Some(0.0), "{text}");
-    assert_eq!(sample(&text, "usage_agent_resources_total{offering=\"ops\",outcome=\"submitted\"}"), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, "usage_agent_resources_total{offering=\"ops\",outcome=\"submitted\"}"),
+        Some(3.0),
+        "{text}"
+    );
     let unchanged = sample(&text, "usage_agent_resources_total{offering=\"ops\",outcome=\"unchanged\"}").unwrap_or(0.0);
     assert_eq!(unchanged, 3.0 * (cycles(&text) - 1.0), "{text}");
-    assert_eq!(sample(&text, "usage_agent_waldur_requests_total{method=\"POST\",endpoint=\"set_usage/\",status=\"201\"}"), Some(3.0), "{text}");
+    assert_eq!(
+        sample(&text, "usage_agent_waldur_requests_total{method=\"POST\",endpoint=\"set_usage/\",status=\"201\"}"),
+        Some(3.0),
+        "{text}"
+    );
     assert!(text.contains("# TYPE usage_agent_waldur_request_duration_seconds histogram"), "{text}");
-    let dwdi_calls = sample(&text, "usage_agent_dwdi_requests_total{offering=\"ops\",endpoint=\"/api/v1/compute/usage-month/account\",status=\"200\"}");
+    let dwdi_calls = sample(
+        &text,
+        "usage_agent_dwdi_requests_total{offering=\"ops\",endpoint=\"/api/v1/compute/usage-month/account\",status=\"200\"}",
+    );
     assert!(dwdi_calls.is_some_and(|v| v >= cycles(&text)), "{text}");
-    assert!(sample(&text, "usage_agent_last_success_timestamp_seconds{offering=\"ops\"}").is_some_and(|t| t > 1.7e9), "{text}");
+    assert!(
+        sample(&text, "usage_agent_last_success_timestamp_seconds{offering=\"ops\"}").is_some_and(|t| t > 1.7e9),
+        "{text}"
+    );
     assert!(text.contains("usage_agent_dwdi_token_fetches_total{"), "{text}");
     assert!(!text.contains("ops-token") && !text.contains(&s.options.client_secret), "a secret in the metrics");
     // The loop wrote its heartbeat.

@@ -17,7 +17,8 @@ async fn every_example_passes_check_config_and_a_broken_one_names_the_key() -> R
     let text = std::fs::read_to_string(examples_dir().join("cscs-dwdi-storage-config.yaml"))?
         .replace("      storage_data_type: \"projects\"\n", "");
     let broken = ConfigFile::new(&text)?;
-    let error = run_cli(&["check-config", "-c", broken.arg()]).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let error =
+        run_cli(&["check-config", "-c", broken.arg()]).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
     assert_eq!(error, "offerings[0].backend_settings.storage_data_type: missing");
     Ok(())
 }
@@ -35,7 +36,10 @@ async fn healthz_follows_the_heartbeat_and_the_services() -> Result<()> {
     // Fresh: alive, and both services answer.
     usage_agent::heartbeat::touch(&heartbeat)?;
     let out = run_cli(&["healthz", "-c", file.arg()]).await?;
-    assert!(out.contains("ok    liveness") && out.contains("ok    ops: Waldur") && out.contains("ok    ops: DWDI token"), "{out}");
+    assert!(
+        out.contains("ok    liveness") && out.contains("ok    ops: Waldur") && out.contains("ok    ops: DWDI token"),
+        "{out}"
+    );
     // Stale: written 10 minutes ago.
     let old = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() - 600;
     std::fs::write(&heartbeat, format!("{old}\n"))?;
@@ -63,7 +67,9 @@ async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<(
     let (serve_path, serve_stop) = (path.clone(), stop.clone());
     let demo = tokio::spawn(async move {
         let mut out = Vec::new();
-        usage_agent::cli::serve_demo_until(args, &serve_path, &mut out, serve_stop).await.map(|()| String::from_utf8_lossy(&out).into_owned())
+        usage_agent::cli::serve_demo_until(args, &serve_path, &mut out, serve_stop)
+            .await
+            .map(|()| String::from_utf8_lossy(&out).into_owned())
     });
     let mut waited = 0;
     while !dir.path().join("plugins").is_dir() {
@@ -82,8 +88,14 @@ async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<(
     let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
     let start = month.back(3)[0].first_day().to_string();
     let compute = waldur_sim::uuid_from("demo compute offering");
-    let loaded = run_cli(&["load-historical-usage", "-c", &config, "-o", &compute, "-s", &start, "-e", &start, "--dry-run"]).await?;
-    assert!(loaded.contains("dry run, nothing submitted") && loaded.contains("3 resources; 3 totals to submit, 12 user usages to submit"), "{loaded}");
+    let loaded =
+        run_cli(&["load-historical-usage", "-c", &config, "-o", &compute, "-s", &start, "-e", &start, "--dry-run"])
+            .await?;
+    assert!(
+        loaded.contains("dry run, nothing submitted")
+            && loaded.contains("3 resources; 3 totals to submit, 12 user usages to submit"),
+        "{loaded}"
+    );
     stop.stop();
     let printed = tokio::time::timeout(std::time::Duration::from_secs(30), demo).await???;
     assert!(printed.contains(&format!("Config written to {}", path.display())), "{printed}");

@@ -36,7 +36,6 @@ async fn start_sim(wire: Wire, ca: &TestCa, names: &[&str]) -> Result<(DwdiSim, 
     Ok((sim, options, data))
 }
 
-
 /// The built-in components, compiled once per test.
 async fn backends() -> Result<Backends> {
     let backends = Backends::new(Runtime::new()?);

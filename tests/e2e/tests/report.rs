@@ -24,7 +24,8 @@ struct World {
 impl World {
     async fn new(accounts: usize, users: usize, waldur_options: WaldurOptions) -> Result<Self> {
         let data = DwdiData::generated(accounts, users, &[(2024, 2), (2024, 3)]);
-        let ComputeSims { dwdi, options, waldur, offering } = ComputeSims::start(&data, waldur_options, "compute", TOKEN, "").await?;
+        let ComputeSims { dwdi, options, waldur, offering } =
+            ComputeSims::start(&data, waldur_options, "compute", TOKEN, "").await?;
         waldur.add_token(STAFF, "admin", true);
         waldur.set_today(2024, 3, 15);
         Ok(Self { dwdi, options, waldur, data, offering })
@@ -76,7 +77,9 @@ async fn a_cycle_submits_totals_and_users_and_a_second_writes_nothing() -> Resul
     for (user, (node, _, _)) in &expected.users {
         let found: Vec<_> = user_usages
             .iter()
-            .filter(|u| u.resource_uuid == uuid_from(&account) && &u.username == user && u.component_type == "nodeHours")
+            .filter(|u| {
+                u.resource_uuid == uuid_from(&account) && &u.username == user && u.component_type == "nodeHours"
+            })
             .collect();
         assert_eq!(found.len(), 1, "{user}");
         assert_eq!(found[0].usage, cents(*node));
@@ -120,14 +123,19 @@ async fn an_answer_that_knows_no_resource_is_pointed_out_once() -> Result<()> {
     e2e::log::capture();
     let world = World::new(3, 1, WaldurOptions::default()).await?;
     // A cluster with no data: every account comes back absent.
-    let text = world.config(TOKEN, 1, "").replace("    backend_components:", "      cscs_dwdi_cluster: nowhere\n    backend_components:");
+    let text = world
+        .config(TOKEN, 1, "")
+        .replace("    backend_components:", "      cscs_dwdi_cluster: nowhere\n    backend_components:");
     let targets = report_targets(&text).await?;
     for _ in 0..2 {
         let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
         assert_eq!(summary.failed, 0, "{summary:?}");
     }
-    let said: Vec<String> =
-        e2e::log::text().lines().filter(|l| l.contains("found none of the 3 resources upstream")).map(str::to_owned).collect();
+    let said: Vec<String> = e2e::log::text()
+        .lines()
+        .filter(|l| l.contains("found none of the 3 resources upstream"))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(said.len(), 1, "{said:#?}");
     assert!(said[0].contains("2024-03") && said[0].contains("storage_path_mapping"), "{}", said[0]);
     Ok(())
@@ -214,7 +222,11 @@ async fn waldur_rejecting_one_resource_does_not_stop_the_others() -> Result<()> 
     let text = world.config(TOKEN, 1, "");
     let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.submitted, summary.failed), (3, 1), "{summary:?}");
-    assert!(summary.errors.iter().any(|e| e.contains(&accounts[1]) && e.contains("locked for audit")), "{:?}", summary.errors);
+    assert!(
+        summary.errors.iter().any(|e| e.contains(&accounts[1]) && e.contains("locked for audit")),
+        "{:?}",
+        summary.errors
+    );
     Ok(())
 }
 
@@ -275,7 +287,11 @@ async fn listings_follow_pagination_and_users_link_to_offering_users() -> Result
     let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
     assert_eq!((summary.resources, summary.submitted, summary.failed), (330, 330, 0), "{summary:?}");
     let counts = world.waldur.requests();
-    assert_eq!(counts.route("GET /api/marketplace-provider-resources/"), 4, "330 resources in pages of 100: {counts:?}");
+    assert_eq!(
+        counts.route("GET /api/marketplace-provider-resources/"),
+        4,
+        "330 resources in pages of 100: {counts:?}"
+    );
     let users = world.waldur.user_usages();
     assert!(users.iter().filter(|u| u.username == "user_0000").all(|u| u.user.as_deref() == Some(linked.as_str())));
     assert!(users.iter().filter(|u| u.username != "user_0000").all(|u| u.user.is_none()));
@@ -308,7 +324,8 @@ async fn the_sequential_baseline_stores_the_same_and_costs_more_requests() -> Re
         let config = AgentConfig::parse(&text)?;
         let mut options = CycleOptions::from_config(&config)?;
         options.sequential = sequential;
-        let summary = report_offering(&targets[0], &options, &FixedClock(MID_MARCH.parse()?), &StopFlag::default()).await;
+        let summary =
+            report_offering(&targets[0], &options, &FixedClock(MID_MARCH.parse()?), &StopFlag::default()).await;
         assert_eq!((summary.submitted, summary.failed), (5, 0), "{summary:?}");
         let users: Vec<(String, String, String)> =
             world.waldur.user_usages().into_iter().map(|u| (u.resource_uuid, u.username, u.usage)).collect();

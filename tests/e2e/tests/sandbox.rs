@@ -25,7 +25,9 @@ const CALL_TIMEOUT: &str = "5";
 
 /// The limits every test here runs with.
 fn limits_yaml() -> String {
-    format!("component_limits:\n  memory_mib: 64\n  call_timeout_seconds: {CALL_TIMEOUT}\n  max_result_bytes: 1048576\n")
+    format!(
+        "component_limits:\n  memory_mib: 64\n  call_timeout_seconds: {CALL_TIMEOUT}\n  max_result_bytes: 1048576\n"
+    )
 }
 
 /// A DWDI and a Waldur simulator; a compute offering and a hostile `probe` offering.
@@ -83,15 +85,15 @@ impl World {
     /// Asserts the compute offering reported everything, exactly.
     fn assert_compute_reported(&self, good: &OfferingSummary) {
         assert_eq!((good.resources, good.submitted, good.failed), (3, 3, 0), "{good:?}");
-        let stored: BTreeMap<(String, String), String> = self
-            .waldur
-            .usages()
-            .into_iter()
-            .map(|u| ((u.resource_uuid, u.component_type), u.amount))
-            .collect();
+        let stored: BTreeMap<(String, String), String> =
+            self.waldur.usages().into_iter().map(|u| ((u.resource_uuid, u.component_type), u.amount)).collect();
         for account in self.data.accounts() {
             let expected = self.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
-            assert_eq!(stored.get(&(uuid_from(&account), "nodeHours".into())), Some(&cents(expected.node_hours)), "{account}");
+            assert_eq!(
+                stored.get(&(uuid_from(&account), "nodeHours".into())),
+                Some(&cents(expected.node_hours)),
+                "{account}"
+            );
         }
     }
 
@@ -101,11 +103,7 @@ impl World {
             .iter()
             .map(|id| (uuid_from(&format!("hostile {id}")), (*id).to_owned()))
             .collect();
-        self.waldur
-            .usages()
-            .into_iter()
-            .filter_map(|u| Some((ids.get(&u.resource_uuid)?.clone(), u.amount)))
-            .collect()
+        self.waldur.usages().into_iter().filter_map(|u| Some((ids.get(&u.resource_uuid)?.clone(), u.amount))).collect()
     }
 
     fn access(&self) -> String {
@@ -146,7 +144,10 @@ async fn an_endless_loop_is_stopped_at_the_deadline() -> Result<()> {
 async fn unbounded_memory_growth_is_stopped_at_the_memory_limit() -> Result<()> {
     contained(
         "      probe: grow\n",
-        &["component probe stopped: memory limit exceeded: linear memory would grow to", "limit 64 MiB (setting component_limits.memory_mib)"],
+        &[
+            "component probe stopped: memory limit exceeded: linear memory would grow to",
+            "limit 64 MiB (setting component_limits.memory_mib)",
+        ],
     )
     .await?;
     Ok(())
@@ -156,7 +157,10 @@ async fn unbounded_memory_growth_is_stopped_at_the_memory_limit() -> Result<()> 
 async fn a_huge_result_is_refused() -> Result<()> {
     contained(
         "      probe: huge-result\n      mib: 4\n",
-        &["component probe stopped: result size limit exceeded: returned 4.", "limit 1 MiB (setting component_limits.max_result_bytes)"],
+        &[
+            "component probe stopped: result size limit exceeded: returned 4.",
+            "limit 1 MiB (setting component_limits.max_result_bytes)",
+        ],
     )
     .await?;
     Ok(())
@@ -184,7 +188,8 @@ async fn http_futures_never_answered_are_stopped_and_their_connections_closed() 
     let stall = FaultProxy::start(world.dwdi.addr()).await?;
     stall.set_mode(Mode::Stall);
     let access = world.access().replace(&world.dwdi.api_url(), &stall.url("/api/v1"));
-    let settings = format!("      probe: hang-http\n      requests: 4\n      url: {:?}\n", stall.url("/api/v1/compute/usage-day"));
+    let settings =
+        format!("      probe: hang-http\n      requests: 4\n      url: {:?}\n", stall.url("/api/v1/compute/usage-day"));
     let (good, bad) = world.cycle(&world.config(&settings, &access)).await?;
     world.assert_compute_reported(&good);
     assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
@@ -203,7 +208,10 @@ async fn egress_violations_fail_only_their_offering() -> Result<()> {
     let mut first = None;
     for (settings, want) in [
         ("      probe: fetch\n      url: \"https://example.org/\"\n".to_owned(), "HttpRequestDenied"),
-        (format!("      probe: set-header\n      header: authorization\n      url: \"{api}/compute/usage-day\"\n"), "header authorization refused"),
+        (
+            format!("      probe: set-header\n      header: authorization\n      url: \"{api}/compute/usage-day\"\n"),
+            "header authorization refused",
+        ),
     ] {
         let (good, bad) = world.cycle(&world.config(&settings, &world.access())).await?;
         assert_eq!(good.failed, 0, "{good:?}");
@@ -260,7 +268,10 @@ async fn output_goes_to_the_log_bounded_and_prefixed() -> Result<()> {
     assert!(log.contains("[probe] probe says \\u{1b}[31mred\\u{1b}[0m on stderr"), "{log}");
     assert!(!log.contains('\u{1b}'));
     assert!(log.contains(&format!("[probe] {} […]", "long".repeat(256))), "a long line is cut");
-    assert!(log.contains("more bytes of stdout not logged") && log.contains("more bytes of stderr not logged"), "{log}");
+    assert!(
+        log.contains("more bytes of stdout not logged") && log.contains("more bytes of stderr not logged"),
+        "{log}"
+    );
     assert!(!log.contains("probe line 1999"), "output beyond the budget is dropped");
     Ok(())
 }
@@ -295,7 +306,10 @@ async fn a_component_needing_more_instances_than_allowed_is_refused_at_load() ->
         .err()
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
-    assert!(error.contains("instance count limit exceeded: needs at least 2, limit 1 (setting component_limits.instances)"), "{error}");
+    assert!(
+        error.contains("instance count limit exceeded: needs at least 2, limit 1 (setting component_limits.instances)"),
+        "{error}"
+    );
     Ok(())
 }
 
@@ -332,7 +346,8 @@ async fn a_setup_that_never_returns_is_refused_at_the_call_timeout() -> Result<(
     let bound = std::time::Duration::from_secs(60);
     // Nothing else serves `probe`: both commands end with the refusal as their error.
     for command in ["plugins", "check-config"] {
-        let outcome = tokio::time::timeout(bound, e2e::run_cli(&[command, "-c", config.arg(), "--plugins-dir", &dir])).await?;
+        let outcome =
+            tokio::time::timeout(bound, e2e::run_cli(&[command, "-c", config.arg(), "--plugins-dir", &dir])).await?;
         let error = format!("{:#}", outcome.err().context("nothing serves probe, so this cannot succeed")?);
         assert!(
             error.contains("probe.wasm was refused: setup of offerings[1] (hostile) failed: component probe stopped: time limit exceeded")

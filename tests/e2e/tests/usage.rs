@@ -58,7 +58,8 @@ async fn cluster_filter_and_gpu_component() -> Result<()> {
     );
     let config = ConfigFile::new(&compute_config(&sim, &options, "", &components))?;
     let with_cluster = format!("{account}@ALPS");
-    let out = run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", &with_cluster]).await?;
+    let out =
+        run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", &with_cluster]).await?;
     let json = parse_json(&out)?;
     let alps = data.compute_usage(&account, Some("alps"), "2024-03-01", "2024-03-31");
     let all = data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
@@ -76,7 +77,9 @@ async fn configured_cluster_applies_when_the_resource_has_none() -> Result<()> {
     let account = data.accounts()[0].clone();
     let (sim, options) = sim_with(data.clone()).await?;
     let config = ConfigFile::new(&compute_config(&sim, &options, "      cscs_dwdi_cluster: eiger\n", NODE_AND_CPU))?;
-    let json = parse_json(&run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", &account]).await?)?;
+    let json = parse_json(
+        &run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", &account]).await?,
+    )?;
     let eiger = data.compute_usage(&account, Some("eiger"), "2024-03-01", "2024-03-31");
     assert_eq!(total(&json, 0, &account, "nodeHours"), Some(cents(eiger.node_hours).as_str()));
     Ok(())
@@ -89,7 +92,16 @@ async fn compute_days_use_the_day_endpoint() -> Result<()> {
     let (sim, options) = sim_with(data.clone()).await?;
     let config = ConfigFile::new(&compute_config(&sim, &options, "", NODE_AND_CPU))?;
     let out = run_cli(&[
-        "usage", "-c", config.arg(), "--from", "2024-03-05", "--to", "2024-03-09", "--json", "--resource", &account,
+        "usage",
+        "-c",
+        config.arg(),
+        "--from",
+        "2024-03-05",
+        "--to",
+        "2024-03-09",
+        "--json",
+        "--resource",
+        &account,
     ])
     .await?;
     let expected = data.compute_usage(&account, None, "2024-03-05", "2024-03-09");
@@ -103,7 +115,9 @@ async fn an_account_without_data_reports_zero_and_not_found() -> Result<()> {
     let data = DwdiData::generated(1, 2, &[MONTH]);
     let (sim, options) = sim_with(data).await?;
     let config = ConfigFile::new(&compute_config(&sim, &options, "", NODE_AND_CPU))?;
-    let json = parse_json(&run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", "ghost"]).await?)?;
+    let json = parse_json(
+        &run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", "ghost"]).await?,
+    )?;
     assert_eq!(total(&json, 0, "ghost", "nodeHours"), Some("0.00"));
     assert_eq!(json[0]["resources"][0]["found"], false);
     // The table says so too.
@@ -123,15 +137,41 @@ fn storage_config(sim: &DwdiSim, options: &DwdiOptions, mapping: &[(&str, &str)]
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_maps_paths_both_ways_and_converts_bytes_to_gb() -> Result<()> {
     let mut data = DwdiData::new();
-    data.add_storage("lustre", "projects", Some("cscs"), "/store/projects/proj123", "2024-03-10", 1_500_000_000_000, 42);
-    data.add_storage("lustre", "projects", Some("cscs"), "/store/projects/proj123", "2024-03-20", 2_250_000_000_000, 50);
+    data.add_storage(
+        "lustre",
+        "projects",
+        Some("cscs"),
+        "/store/projects/proj123",
+        "2024-03-10",
+        1_500_000_000_000,
+        42,
+    );
+    data.add_storage(
+        "lustre",
+        "projects",
+        Some("cscs"),
+        "/store/projects/proj123",
+        "2024-03-20",
+        2_250_000_000_000,
+        50,
+    );
     data.add_storage("lustre", "projects", Some("cscs"), "/store/direct", "2024-03-02", 5_000_000_000, 7);
     data.add_storage("lustre", "scratch", Some("cscs"), "/store/projects/proj123", "2024-03-20", 9, 9);
     let (sim, options) = sim_with(data).await?;
     let settings = "      storage_filesystem: lustre\n      storage_data_type: projects\n      storage_tenant: cscs\n";
-    let config = ConfigFile::new(&storage_config(&sim, &options, &[("project_123", "/store/projects/proj123")], settings))?;
+    let config =
+        ConfigFile::new(&storage_config(&sim, &options, &[("project_123", "/store/projects/proj123")], settings))?;
     let out = run_cli(&[
-        "usage", "-c", config.arg(), "--month", "2024-03", "--json", "--resource", "project_123", "--resource", "/store/direct",
+        "usage",
+        "-c",
+        config.arg(),
+        "--month",
+        "2024-03",
+        "--json",
+        "--resource",
+        "project_123",
+        "--resource",
+        "/store/direct",
     ])
     .await?;
     let json = parse_json(&out)?;
@@ -145,7 +185,16 @@ async fn storage_maps_paths_both_ways_and_converts_bytes_to_gb() -> Result<()> {
 
     // Daily: the snapshot of the last day asked for.
     let out = run_cli(&[
-        "usage", "-c", config.arg(), "--from", "2024-03-01", "--to", "2024-03-15", "--json", "--resource", "project_123",
+        "usage",
+        "-c",
+        config.arg(),
+        "--from",
+        "2024-03-01",
+        "--to",
+        "2024-03-15",
+        "--json",
+        "--resource",
+        "project_123",
     ])
     .await?;
     assert!(sim.stats().recent_urls().iter().any(|u| u.contains("exact-date=2024-03-15")));
@@ -157,9 +206,12 @@ async fn storage_maps_paths_both_ways_and_converts_bytes_to_gb() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_component_that_maps_to_nothing_is_a_start_up_error() -> Result<()> {
     let (sim, options) = sim_with(DwdiData::new()).await?;
-    let components = format!("{NODE_AND_CPU}      licences: {{measured_unit: seats, unit_factor: 1, accounting_type: usage, label: Licences}}\n");
+    let components = format!(
+        "{NODE_AND_CPU}      licences: {{measured_unit: seats, unit_factor: 1, accounting_type: usage, label: Licences}}\n"
+    );
     let config = ConfigFile::new(&compute_config(&sim, &options, "", &components))?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
+    let err =
+        run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     let message = format!("{err:#}");
     assert!(message.starts_with("offerings[0].backend_components.licences"), "{message}");
     assert_eq!(sim.stats().api_requests, 0, "nothing may be asked before the config is valid");
@@ -170,12 +222,15 @@ async fn a_component_that_maps_to_nothing_is_a_start_up_error() -> Result<()> {
 async fn missing_settings_are_named_like_the_seed() -> Result<()> {
     let (sim, options) = sim_with(DwdiData::new()).await?;
     let config = ConfigFile::new(&storage_config(&sim, &options, &[], "      storage_data_type: projects\n"))?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
+    let err =
+        run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     assert_eq!(format!("{err:#}"), "offerings[0].backend_settings.storage_filesystem: missing");
 
-    let text = compute_config(&sim, &options, "", NODE_AND_CPU).replace("      cscs_dwdi_oidc_token_url", "      ignored");
+    let text =
+        compute_config(&sim, &options, "", NODE_AND_CPU).replace("      cscs_dwdi_oidc_token_url", "      ignored");
     let config = ConfigFile::new(&text)?;
-    let err = run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
+    let err =
+        run_cli(&["usage", "-c", config.arg(), "--resource", "a"]).await.err().context("the config must be refused")?;
     assert!(format!("{err:#}").ends_with("offerings[0].backend_settings.cscs_dwdi_oidc_token_url: missing"), "{err:#}");
     Ok(())
 }
@@ -223,12 +278,20 @@ async fn a_backend_type_from_the_plugins_folder_serves_every_command() -> Result
     std::fs::create_dir(&plugins)?;
     let plugins = plugins.to_str().context("temp path is not UTF-8")?;
 
-    let unknown = run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1"]).await.err().context("no component serves probe yet")?;
+    let unknown = run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1"])
+        .await
+        .err()
+        .context("no component serves probe yet")?;
     let unknown = format!("{unknown:#}");
-    assert!(unknown.contains("no component serves backend type \"probe\"") && unknown.contains("has no probe.wasm"), "{unknown}");
+    assert!(
+        unknown.contains("no component serves backend type \"probe\"") && unknown.contains("has no probe.wasm"),
+        "{unknown}"
+    );
 
     std::fs::copy(e2e::components::PROBE, config.dir.path().join("plugins/probe.wasm"))?;
-    let json = parse_json(&run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1", "--json"]).await?)?;
+    let json = parse_json(
+        &run_cli(&["usage", "-c", config.arg(), "--plugins-dir", plugins, "--resource", "r1", "--json"]).await?,
+    )?;
     assert_eq!(json[0]["backend_type"], "probe");
     assert_eq!(total(&json, 0, "r1", "status"), Some("0.00"), "{json}");
     let checked = run_cli(&["check-config", "-c", config.arg(), "--plugins-dir", plugins]).await?;
@@ -249,7 +312,11 @@ async fn a_filesystem_that_selects_nothing_gets_a_hint() -> Result<()> {
         run_cli(&["usage", "-c", config.arg(), "--month", "2024-03", "--resource", "p1", "--resource", "p2"]).await
     };
     let wrong = usage(ConfigFile::new(&storage_config(&sim, &options, &mapping, &settings("scratch")))?).await?;
-    assert!(wrong.contains("note: storage: the backend found none of the 2 resources upstream") && wrong.contains("storage_filesystem"), "{wrong}");
+    assert!(
+        wrong.contains("note: storage: the backend found none of the 2 resources upstream")
+            && wrong.contains("storage_filesystem"),
+        "{wrong}"
+    );
     // One resource with data is enough to say nothing.
     let right = usage(ConfigFile::new(&storage_config(&sim, &options, &mapping, &settings("lustre")))?).await?;
     assert!(right.contains("(no data)") && !right.contains("note:"), "{right}");

@@ -20,8 +20,8 @@ use crate::Shared;
 use crate::decimal::{format_cents, parse_amount};
 use crate::pagination::{last_value, paginate, window};
 use crate::state::{
-    OFFERING_USER_STATES, Offering, OfferingUser, RESOURCE_STATES, Resource, State,
-    USAGE_WRITABLE_STATES, UsageRecord, UserUsageRecord, fnv1a, normalize_uuid, uuid_from_bits,
+    OFFERING_USER_STATES, Offering, OfferingUser, RESOURCE_STATES, Resource, State, USAGE_WRITABLE_STATES, UsageRecord,
+    UserUsageRecord, fnv1a, normalize_uuid, uuid_from_bits,
 };
 use crate::time::{Date, Timestamp};
 
@@ -46,11 +46,7 @@ struct Reply {
 
 impl Reply {
     fn json(status: StatusCode, body: Value) -> Reply {
-        Reply {
-            status,
-            body: Some(body),
-            headers: Vec::new(),
-        }
+        Reply { status, body: Some(body), headers: Vec::new() }
     }
 
     fn detail(status: StatusCode, message: &str) -> Reply {
@@ -63,11 +59,7 @@ impl Reply {
 
     /// DRF's `Response(status=201)`: no body and no content type.
     fn created() -> Reply {
-        Reply {
-            status: StatusCode::CREATED,
-            body: None,
-            headers: Vec::new(),
-        }
+        Reply { status: StatusCode::CREATED, body: None, headers: Vec::new() }
     }
 
     fn invalid(errors: Errors) -> Reply {
@@ -91,9 +83,7 @@ impl IntoResponse for Reply {
             builder = builder.header(name, value);
         }
         let built = match self.body {
-            Some(body) => builder
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string())),
+            Some(body) => builder.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
             None => builder.body(Body::empty()),
         };
         built.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -133,12 +123,8 @@ impl Route {
             ["marketplace-component-usages"] => Route::Usages,
             ["marketplace-component-usages", "set_usage"] => Route::SetUsage,
             ["marketplace-component-usages", uuid] => Route::Usage(id(uuid)),
-            ["marketplace-component-usages", uuid, "set_user_usage"] => {
-                Route::SetUserUsage(id(uuid))
-            }
-            ["marketplace-component-usages", uuid, "set_user_usages"] => {
-                Route::SetUserUsages(id(uuid))
-            }
+            ["marketplace-component-usages", uuid, "set_user_usage"] => Route::SetUserUsage(id(uuid)),
+            ["marketplace-component-usages", uuid, "set_user_usages"] => Route::SetUserUsages(id(uuid)),
             ["marketplace-offering-users"] => Route::OfferingUsers,
             ["marketplace-offering-users", uuid] => Route::OfferingUser(id(uuid)),
             ["marketplace-component-user-usages"] => Route::UserUsages,
@@ -196,19 +182,12 @@ impl Ctx {
 
     /// Values of repeated `field=` parameters: Waldur's field selection.
     fn fields(&self) -> Vec<&str> {
-        self.query
-            .iter()
-            .filter(|(k, _)| k == "field")
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.query.iter().filter(|(k, _)| k == "field").map(|(_, v)| v.as_str()).collect()
     }
 }
 
 /// Serves every request.
-pub(crate) async fn handle(
-    AxumState(shared): AxumState<Arc<Shared>>,
-    request: Request,
-) -> Response {
+pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
     let latency = shared.options.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -240,12 +219,9 @@ pub(crate) async fn handle(
     };
     if parts.method != route.method() {
         let allow = route.method().to_string();
-        return Reply::detail(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &format!("Method \"{}\" not allowed.", parts.method),
-        )
-        .with_header(header::ALLOW, allow)
-        .into_response();
+        return Reply::detail(StatusCode::METHOD_NOT_ALLOWED, &format!("Method \"{}\" not allowed.", parts.method))
+            .with_header(header::ALLOW, allow)
+            .into_response();
     }
 
     let ctx = Ctx {
@@ -256,9 +232,7 @@ pub(crate) async fn handle(
             .map(|h| format!("http://{h}"))
             .unwrap_or_else(|| shared.origin.clone()),
         path,
-        query: form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
-            .into_owned()
-            .collect(),
+        query: form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect(),
         offset: shared.offset_secs(),
         max_page_size: shared.options.max_page_size,
         result_count: shared.options.result_count,
@@ -268,11 +242,7 @@ pub(crate) async fn handle(
         let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                return Reply::detail(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Could not read body: {e}"),
-                )
-                .into_response();
+                return Reply::detail(StatusCode::BAD_REQUEST, &format!("Could not read body: {e}")).into_response();
             }
         };
         match parse_body(&parts.headers, &bytes) {
@@ -322,30 +292,21 @@ fn lookup<'a, T>(raw: &str, find: impl FnOnce(&str) -> Option<&'a T>) -> Option<
 /// DRF's `TokenAuthentication`, then Waldur's "authenticated users only".
 fn authenticate(headers: &HeaderMap, state: &State) -> Result<Caller, Reply> {
     let unauthorized = |message: &str| {
-        Reply::detail(StatusCode::UNAUTHORIZED, message)
-            .with_header(header::WWW_AUTHENTICATE, "Token".to_owned())
+        Reply::detail(StatusCode::UNAUTHORIZED, message).with_header(header::WWW_AUTHENTICATE, "Token".to_owned())
     };
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized(
-            "Authentication credentials were not provided.",
-        ));
+        return Err(unauthorized("Authentication credentials were not provided."));
     };
     let Ok(value) = value.to_str() else {
-        return Err(unauthorized(
-            "Invalid token header. Token string should not contain invalid characters.",
-        ));
+        return Err(unauthorized("Invalid token header. Token string should not contain invalid characters."));
     };
     let words: Vec<&str> = value.split_whitespace().collect();
     match words.as_slice() {
-        [keyword, ..] if !keyword.eq_ignore_ascii_case("token") => Err(unauthorized(
-            "Authentication credentials were not provided.",
-        )),
-        [] => Err(unauthorized(
-            "Authentication credentials were not provided.",
-        )),
-        [_] => Err(unauthorized(
-            "Invalid token header. No credentials provided.",
-        )),
+        [keyword, ..] if !keyword.eq_ignore_ascii_case("token") => {
+            Err(unauthorized("Authentication credentials were not provided."))
+        }
+        [] => Err(unauthorized("Authentication credentials were not provided.")),
+        [_] => Err(unauthorized("Invalid token header. No credentials provided.")),
         [_, token] => match state.tokens.get(*token) {
             Some(account) => Ok(Caller {
                 uuid: account.uuid.clone(),
@@ -354,27 +315,15 @@ fn authenticate(headers: &HeaderMap, state: &State) -> Result<Caller, Reply> {
             }),
             None => Err(unauthorized("Invalid token.")),
         },
-        _ => Err(unauthorized(
-            "Invalid token header. Token string should not contain spaces.",
-        )),
+        _ => Err(unauthorized("Invalid token header. Token string should not contain spaces.")),
     }
 }
 
 /// DRF's parser choice: JSON is parsed; no content type (or no body) is empty data;
 /// anything else is 415 (the simulator does not take form posts).
 fn parse_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Value, Reply> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_owned();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media.is_empty() || bytes.is_empty() {
         return Ok(Value::Object(Map::new()));
     }
@@ -409,10 +358,7 @@ fn add_error(errors: &mut Errors, field: &str, message: &str) {
 }
 
 fn not_a_dict(value: &Value) -> String {
-    format!(
-        "Invalid data. Expected a dictionary, but got {}.",
-        py_type(value)
-    )
+    format!("Invalid data. Expected a dictionary, but got {}.", py_type(value))
 }
 
 /// DRF `CharField` (whitespace trimmed). `Ok(None)` when absent and optional.
@@ -437,19 +383,13 @@ fn char_field(
     if let Some(max) = max_length
         && text.chars().count() > max
     {
-        return Err(format!(
-            "Ensure this field has no more than {max} characters."
-        ));
+        return Err(format!("Ensure this field has no more than {max} characters."));
     }
     Ok(Some(text))
 }
 
 /// DRF `DateTimeField(required=False)`.
-fn datetime_field(
-    obj: &Map<String, Value>,
-    key: &str,
-    offset: i64,
-) -> Result<Option<Timestamp>, String> {
+fn datetime_field(obj: &Map<String, Value>, key: &str, offset: i64) -> Result<Option<Timestamp>, String> {
     match obj.get(key) {
         None => Ok(None),
         Some(Value::Null) => Err(NOT_NULL.into()),
@@ -458,11 +398,9 @@ fn datetime_field(
              YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
                 .to_owned()
         }),
-        Some(_) => Err(
-            "Datetime has wrong format. Use one of these formats instead: \
+        Some(_) => Err("Datetime has wrong format. Use one of these formats instead: \
                         YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
-                .to_owned(),
-        ),
+            .to_owned()),
     }
 }
 
@@ -489,10 +427,7 @@ fn offering_user_link(state: &State, value: &Value) -> Result<String, String> {
         Value::String(s) if s.is_empty() => return Err(NOT_NULL.into()),
         Value::String(s) => s,
         other => {
-            return Err(format!(
-                "Incorrect type. Expected URL string, received {}.",
-                py_type(other)
-            ));
+            return Err(format!("Incorrect type. Expected URL string, received {}.", py_type(other)));
         }
     };
     let path = match text.split_once("://") {
@@ -519,11 +454,9 @@ fn detail(ctx: &Ctx, value: Value) -> Reply {
 /// Waldur's `?field=a&field=b`: keep only those keys.
 fn select_fields(value: Value, fields: &[&str]) -> Value {
     match value {
-        Value::Object(map) if !fields.is_empty() => Value::Object(
-            map.into_iter()
-                .filter(|(k, _)| fields.contains(&k.as_str()))
-                .collect(),
-        ),
+        Value::Object(map) if !fields.is_empty() => {
+            Value::Object(map.into_iter().filter(|(k, _)| fields.contains(&k.as_str())).collect())
+        }
         other => other,
     }
 }
@@ -542,10 +475,7 @@ fn me_json(ctx: &Ctx, caller: &Caller) -> Value {
 
 fn component_uuid(offering: &Offering, component_type: &str) -> String {
     let seed = format!("{}/{component_type}", offering.uuid);
-    uuid_from_bits(
-        fnv1a(seed.as_bytes(), 0xcbf2_9ce4_8422_2325),
-        fnv1a(seed.as_bytes(), 0x8422_2325_cbf2_9ce4),
-    )
+    uuid_from_bits(fnv1a(seed.as_bytes(), 0xcbf2_9ce4_8422_2325), fnv1a(seed.as_bytes(), 0x8422_2325_cbf2_9ce4))
 }
 
 fn offering_json(ctx: &Ctx, offering: &Offering) -> Value {
@@ -579,9 +509,7 @@ fn offering_json(ctx: &Ctx, offering: &Offering) -> Value {
 }
 
 fn resource_json(ctx: &Ctx, state: &State, resource: &Resource) -> Value {
-    let offering_name = state
-        .offering(&resource.offering_uuid)
-        .map(|o| o.name.clone());
+    let offering_name = state.offering(&resource.offering_uuid).map(|o| o.name.clone());
     json!({
         "url": ctx.link("marketplace-provider-resources", &resource.uuid),
         "uuid": resource.uuid,
@@ -600,11 +528,7 @@ fn component_of<'a>(
     offering_uuid: &str,
     component_type: &str,
 ) -> Option<&'a crate::OfferingComponent> {
-    state
-        .offering(offering_uuid)?
-        .components
-        .iter()
-        .find(|c| c.component_type == component_type)
+    state.offering(offering_uuid)?.components.iter().find(|c| c.component_type == component_type)
 }
 
 fn usage_json(ctx: &Ctx, state: &State, usage: &UsageRecord) -> Value {
@@ -675,19 +599,11 @@ struct Filters<'a> {
 
 impl<'a> Filters<'a> {
     fn new(query: &'a [(String, String)]) -> Filters<'a> {
-        Filters {
-            query,
-            errors: Errors::new(),
-        }
+        Filters { query, errors: Errors::new() }
     }
 
     fn values(&self, key: &str) -> Vec<&'a str> {
-        self.query
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-            .collect()
+        self.query.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()).collect()
     }
 
     /// The last value, like a single-valued filter reads it; empty means "no filter".
@@ -758,11 +674,7 @@ impl<'a> Filters<'a> {
     }
 
     fn finish(self) -> Result<(), Reply> {
-        if self.errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Reply::invalid(self.errors))
-        }
+        if self.errors.is_empty() { Ok(()) } else { Err(Reply::invalid(self.errors)) }
     }
 }
 
@@ -771,9 +683,7 @@ fn matches<T: PartialEq>(filter: &Option<T>, value: &T) -> bool {
 }
 
 fn matches_any(filter: &Option<Vec<String>>, value: &str) -> bool {
-    filter
-        .as_ref()
-        .is_none_or(|list| list.iter().any(|f| f == value))
+    filter.as_ref().is_none_or(|list| list.iter().any(|f| f == value))
 }
 
 /// Paginates `rows` and renders only the requested page.
@@ -789,18 +699,9 @@ fn invalid_page() -> Reply {
 }
 
 /// One rendered page with its `Link` and `X-Result-Count` headers.
-fn page_reply<T>(
-    ctx: &Ctx,
-    link: String,
-    total: usize,
-    items: Vec<T>,
-    render: impl Fn(T) -> Value,
-) -> Reply {
+fn page_reply<T>(ctx: &Ctx, link: String, total: usize, items: Vec<T>, render: impl Fn(T) -> Value) -> Reply {
     let fields = ctx.fields();
-    let items = items
-        .into_iter()
-        .map(|row| select_fields(render(row), &fields))
-        .collect();
+    let items = items.into_iter().map(|row| select_fields(render(row), &fields)).collect();
     let reply = Reply::json(StatusCode::OK, Value::Array(items)).with_header(header::LINK, link);
     if ctx.result_count {
         reply.with_header(HeaderName::from_static("x-result-count"), total.to_string())
@@ -826,21 +727,10 @@ fn list_indexed(
         filtered = rows.iter().copied().filter(|&r| keep(r)).collect();
         &filtered
     };
-    match window(
-        rows.len(),
-        &ctx.origin,
-        &ctx.path,
-        &ctx.query,
-        ctx.max_page_size,
-    ) {
+    match window(rows.len(), &ctx.origin, &ctx.path, &ctx.query, ctx.max_page_size) {
         Err(()) => invalid_page(),
         Ok(w) => {
-            let page = rows
-                .iter()
-                .copied()
-                .skip(w.start)
-                .take(w.page_size)
-                .collect();
+            let page = rows.iter().copied().skip(w.start).take(w.page_size).collect();
             page_reply(ctx, w.link, w.total, page, render)
         }
     }
@@ -860,10 +750,7 @@ fn list_resources(state: &State, ctx: &Ctx) -> Reply {
         .into_iter()
         .filter(|r| matches_any(&states, &r.state))
         .filter(|r| matches(&backend_id, &r.backend_id))
-        .filter(|r| {
-            name.as_ref()
-                .is_none_or(|n| r.name.to_lowercase().contains(&n.to_lowercase()))
-        })
+        .filter(|r| name.as_ref().is_none_or(|n| r.name.to_lowercase().contains(&n.to_lowercase())))
         .collect();
     list_reply(ctx, rows, |r| resource_json(ctx, state, r))
 }
@@ -903,9 +790,7 @@ fn list_usages(state: &mut State, ctx: &Ctx) -> Reply {
             && matches(&month, &i64::from(u.billing_period.month))
             && ctype.as_deref().is_none_or(|t| t == &*u.component_type)
     };
-    list_indexed(ctx, &rows, exact, keep, |row| {
-        usage_json(ctx, state, &usages[row])
-    })
+    list_indexed(ctx, &rows, exact, keep, |row| usage_json(ctx, state, &usages[row]))
 }
 
 /// Waldur orders per-user usages by `("-component_usage__date",
@@ -940,11 +825,7 @@ fn list_user_usages(state: &mut State, ctx: &Ctx) -> Reply {
     };
     let state = &*state;
     let (usages, user_usages) = (state.usages(), state.user_usages());
-    let exact = resource.is_none()
-        && year.is_none()
-        && month.is_none()
-        && ctype.is_none()
-        && username.is_none();
+    let exact = resource.is_none() && year.is_none() && month.is_none() && ctype.is_none() && username.is_none();
     let keep = |row: usize| {
         let uu = &user_usages[row];
         let p = &usages[uu.parent];
@@ -956,9 +837,7 @@ fn list_user_usages(state: &mut State, ctx: &Ctx) -> Reply {
             && ctype.as_deref().is_none_or(|t| t == &*p.component_type)
             && matches(&username, &uu.username)
     };
-    list_indexed(ctx, &rows, exact, keep, |row| {
-        user_usage_json(ctx, state, &user_usages[row])
-    })
+    list_indexed(ctx, &rows, exact, keep, |row| user_usage_json(ctx, state, &user_usages[row]))
 }
 
 fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
@@ -968,11 +847,8 @@ fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
     if let Err(reply) = f.finish() {
         return reply;
     }
-    let rows: Vec<&OfferingUser> = state
-        .offering_users_of(offering.as_deref())
-        .into_iter()
-        .filter(|u| matches_any(&states, &u.state))
-        .collect();
+    let rows: Vec<&OfferingUser> =
+        state.offering_users_of(offering.as_deref()).into_iter().filter(|u| matches_any(&states, &u.state)).collect();
     list_reply(ctx, rows, |u| offering_user_json(ctx, state, u))
 }
 
@@ -981,10 +857,7 @@ fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
 
 /// The configured failure for writes touching `resource_uuid`, if any.
 fn rejection(state: &State, resource_uuid: &str) -> Option<Reply> {
-    state
-        .rejections
-        .get(resource_uuid)
-        .map(|r| Reply::json(r.status, r.body.clone()))
+    state.rejections.get(resource_uuid).map(|r| Reply::json(r.status, r.body.clone()))
 }
 
 /// Waldur's date rules for usage writes: never a future month; a past month only for
@@ -1017,11 +890,8 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
     let Some(obj) = data.as_object() else {
         return Reply::field_error("non_field_errors", &not_a_dict(data));
     };
-    if let Some(reply) = obj
-        .get("resource")
-        .and_then(Value::as_str)
-        .and_then(normalize_uuid)
-        .and_then(|uuid| rejection(state, &uuid))
+    if let Some(reply) =
+        obj.get("resource").and_then(Value::as_str).and_then(normalize_uuid).and_then(|uuid| rejection(state, &uuid))
     {
         return reply;
     }
@@ -1047,17 +917,13 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
                                 add_error(&mut e, "amount", REQUIRED);
                                 None
                             }
-                            Some(v) => parse_amount(v, false)
-                                .map_err(|m| add_error(&mut e, "amount", &m))
-                                .ok(),
+                            Some(v) => parse_amount(v, false).map_err(|m| add_error(&mut e, "amount", &m)).ok(),
                         };
                         let description = char_field(o, "description", false, true, None)
                             .map_err(|m| add_error(&mut e, "description", &m))
                             .ok()
                             .flatten();
-                        if let (Some(component_type), Some(cents), true) =
-                            (ctype, cents, e.is_empty())
-                        {
+                        if let (Some(component_type), Some(cents), true) = (ctype, cents, e.is_empty()) {
                             items.push(UsageItem {
                                 component_type,
                                 cents,
@@ -1068,10 +934,7 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
                 }
                 per_item.push(Value::Object(e));
             }
-            if per_item
-                .iter()
-                .any(|e| e.as_object().is_some_and(|m| !m.is_empty()))
-            {
+            if per_item.iter().any(|e| e.as_object().is_some_and(|m| !m.is_empty())) {
                 errors.insert("usages".into(), Value::Array(per_item));
             }
         }
@@ -1086,9 +949,9 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
     }
     let resource = match obj.get("resource") {
         None => None,
-        Some(v) => related_by_uuid(v, |u| state.resource(u).is_some())
-            .map_err(|m| add_error(&mut errors, "resource", &m))
-            .ok(),
+        Some(v) => {
+            related_by_uuid(v, |u| state.resource(u).is_some()).map_err(|m| add_error(&mut errors, "resource", &m)).ok()
+        }
     };
     if let Some(v) = obj.get("plan_period") {
         // Plan periods are not modelled: none exists.
@@ -1096,28 +959,20 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
             add_error(&mut errors, "plan_period", &m);
         }
     }
-    let date = datetime_field(obj, "date", ctx.offset)
-        .map_err(|m| add_error(&mut errors, "date", &m))
-        .ok()
-        .flatten();
+    let date = datetime_field(obj, "date", ctx.offset).map_err(|m| add_error(&mut errors, "date", &m)).ok().flatten();
     if !errors.is_empty() {
         return Reply::invalid(errors);
     }
 
     let Some(resource) = resource.and_then(|u| state.resource(&u)) else {
-        return Reply::field_error(
-            "non_field_errors",
-            "Either plan_period or resource should be provided.",
-        );
+        return Reply::field_error("non_field_errors", "Either plan_period or resource should be provided.");
     };
     if !USAGE_WRITABLE_STATES.contains(&resource.state.as_str()) {
         return Reply::field_error("resource", "Resource is not in valid state.");
     }
     let (resource_uuid, offering_uuid) = (resource.uuid.clone(), resource.offering_uuid.clone());
     let billing_type_of = |t: &str| {
-        component_of(state, &offering_uuid, t)
-            .map(|c| c.billing_type.clone())
-            .filter(|b| b == "usage" || b == "limit")
+        component_of(state, &offering_uuid, t).map(|c| c.billing_type.clone()).filter(|b| b == "usage" || b == "limit")
     };
     let invalid: BTreeSet<&str> = items
         .iter()
@@ -1126,19 +981,13 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
         .collect();
     if !invalid.is_empty() {
         let names: Vec<&str> = invalid.into_iter().collect();
-        return Reply::field_error(
-            "non_field_errors",
-            &format!("These components are invalid: {}.", names.join(", ")),
-        );
+        return Reply::field_error("non_field_errors", &format!("These components are invalid: {}.", names.join(", ")));
     }
 
     let now = state.now(ctx.offset);
     let date = date.unwrap_or(now);
     let period = date.local_date(ctx.offset).month_start();
-    let billing_type = if items
-        .iter()
-        .any(|i| billing_type_of(&i.component_type).as_deref() == Some("usage"))
-    {
+    let billing_type = if items.iter().any(|i| billing_type_of(&i.component_type).as_deref() == Some("usage")) {
         "usage"
     } else {
         "limit"
@@ -1176,47 +1025,26 @@ fn user_usage_item(state: &State, ctx: &Ctx, value: &Value) -> Result<UserUsageI
         add_error(&mut e, "non_field_errors", &not_a_dict(value));
         return Err(e);
     };
-    let username = char_field(o, "username", true, false, Some(100))
-        .map_err(|m| add_error(&mut e, "username", &m))
-        .ok()
-        .flatten();
+    let username =
+        char_field(o, "username", true, false, Some(100)).map_err(|m| add_error(&mut e, "username", &m)).ok().flatten();
     // The model default: a missing usage is zero.
     let cents = match o.get("usage") {
         None => Some(0),
-        Some(v) => parse_amount(v, false)
-            .map_err(|m| add_error(&mut e, "usage", &m))
-            .ok(),
+        Some(v) => parse_amount(v, false).map_err(|m| add_error(&mut e, "usage", &m)).ok(),
     };
     let user = match o.get("user") {
         None => None,
-        Some(v) => offering_user_link(state, v)
-            .map_err(|m| add_error(&mut e, "user", &m))
-            .ok(),
+        Some(v) => offering_user_link(state, v).map_err(|m| add_error(&mut e, "user", &m)).ok(),
     };
-    let date = datetime_field(o, "date", ctx.offset)
-        .map_err(|m| add_error(&mut e, "date", &m))
-        .ok()
-        .flatten();
+    let date = datetime_field(o, "date", ctx.offset).map_err(|m| add_error(&mut e, "date", &m)).ok().flatten();
     match (username, cents) {
-        (Some(username), Some(cents)) if e.is_empty() => Ok(UserUsageItem {
-            username,
-            cents,
-            user,
-            date,
-        }),
+        (Some(username), Some(cents)) if e.is_empty() => Ok(UserUsageItem { username, cents, user, date }),
         _ => Err(e),
     }
 }
 
 /// `POST /api/marketplace-component-usages/{uuid}/set_user_usage(s)/`.
-fn set_user_usages(
-    state: &mut State,
-    ctx: &Ctx,
-    caller: &Caller,
-    raw_uuid: &str,
-    data: &Value,
-    bulk: bool,
-) -> Reply {
+fn set_user_usages(state: &mut State, ctx: &Ctx, caller: &Caller, raw_uuid: &str, data: &Value, bulk: bool) -> Reply {
     let Some(parent_row) = normalize_uuid(raw_uuid).and_then(|u| state.usage_row(&u)) else {
         return Reply::not_found();
     };
@@ -1249,27 +1077,14 @@ fn set_user_usages(
     } else {
         vec![data]
     };
-    let results: Vec<Result<UserUsageItem, Errors>> = raw_items
-        .iter()
-        .map(|v| user_usage_item(state, ctx, v))
-        .collect();
+    let results: Vec<Result<UserUsageItem, Errors>> =
+        raw_items.iter().map(|v| user_usage_item(state, ctx, v)).collect();
     let report = |results: Vec<Result<(), Errors>>| -> Reply {
         if bulk {
-            let list = results
-                .into_iter()
-                .map(|r| Value::Object(r.err().unwrap_or_default()))
-                .collect();
-            Reply::invalid(Errors::from_iter([(
-                "usages".to_owned(),
-                Value::Array(list),
-            )]))
+            let list = results.into_iter().map(|r| Value::Object(r.err().unwrap_or_default())).collect();
+            Reply::invalid(Errors::from_iter([("usages".to_owned(), Value::Array(list))]))
         } else {
-            Reply::invalid(
-                results
-                    .into_iter()
-                    .find_map(Result::err)
-                    .unwrap_or_default(),
-            )
+            Reply::invalid(results.into_iter().find_map(Result::err).unwrap_or_default())
         }
     };
     if results.iter().any(Result::is_err) {

@@ -81,9 +81,7 @@ fn parse_decimal(text: &str) -> Option<Parsed> {
     if int_part.is_empty() && frac_part.is_empty() {
         return None;
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let exponent: i64 = match exponent {
@@ -94,25 +92,13 @@ fn parse_decimal(text: &str) -> Option<Parsed> {
                 return None;
             }
             // Absurd exponents saturate; they fail the precision check either way.
-            e.parse().unwrap_or(if e.starts_with('-') {
-                -1_000_000
-            } else {
-                1_000_000
-            })
+            e.parse().unwrap_or(if e.starts_with('-') { -1_000_000 } else { 1_000_000 })
         }
     };
     let all_digits = format!("{int_part}{frac_part}");
     let trimmed = all_digits.trim_start_matches('0');
-    let digits = if trimmed.is_empty() {
-        "0".to_owned()
-    } else {
-        trimmed.to_owned()
-    };
-    Some(Parsed {
-        negative,
-        digits,
-        exponent: exponent.saturating_sub(frac_part.len() as i64),
-    })
+    let digits = if trimmed.is_empty() { "0".to_owned() } else { trimmed.to_owned() };
+    Some(Parsed { negative, digits, exponent: exponent.saturating_sub(frac_part.len() as i64) })
 }
 
 /// DRF's `DecimalField.validate_precision`, with its messages.
@@ -128,14 +114,10 @@ fn check_precision(parsed: &Parsed) -> Result<(), String> {
         (exponent.saturating_neg(), 0, exponent.saturating_neg())
     };
     if total_digits > MAX_DIGITS {
-        return Err(format!(
-            "Ensure that there are no more than {MAX_DIGITS} digits in total."
-        ));
+        return Err(format!("Ensure that there are no more than {MAX_DIGITS} digits in total."));
     }
     if decimal_places > DECIMAL_PLACES {
-        return Err(format!(
-            "Ensure that there are no more than {DECIMAL_PLACES} decimal places."
-        ));
+        return Err(format!("Ensure that there are no more than {DECIMAL_PLACES} decimal places."));
     }
     if whole_digits > MAX_DIGITS - DECIMAL_PLACES {
         return Err(format!(
@@ -190,22 +172,13 @@ mod tests {
         assert_eq!(err(json!("1,5")), "A valid number is required.");
         assert_eq!(err(json!(true)), "A valid number is required.");
         assert_eq!(err(json!(null)), "This field may not be null.");
-        assert_eq!(
-            err(json!("-1.00")),
-            "Ensure this value is greater than or equal to 0."
-        );
-        assert_eq!(
-            err(json!("1e25")),
-            "Ensure that there are no more than 20 digits in total."
-        );
+        assert_eq!(err(json!("-1.00")), "Ensure this value is greater than or equal to 0.");
+        assert_eq!(err(json!("1e25")), "Ensure that there are no more than 20 digits in total.");
         assert_eq!(
             err(json!("1234567890123456789.0")),
             "Ensure that there are no more than 18 digits before the decimal point."
         );
-        assert_eq!(
-            err(json!("1e999999999999999999999")),
-            "Ensure that there are no more than 20 digits in total."
-        );
+        assert_eq!(err(json!("1e999999999999999999999")), "Ensure that there are no more than 20 digits in total.");
         assert_eq!(parse_amount(&json!("-1.5"), true), Ok(-150));
     }
 }

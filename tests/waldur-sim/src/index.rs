@@ -31,11 +31,7 @@ pub(crate) struct OrderKey {
 
 impl OrderKey {
     pub(crate) fn new(date: Timestamp, component_type: &Arc<str>, row: usize) -> OrderKey {
-        OrderKey {
-            date: Reverse(date),
-            component_type: Arc::clone(component_type),
-            row,
-        }
+        OrderKey { date: Reverse(date), component_type: Arc::clone(component_type), row }
     }
 }
 
@@ -60,18 +56,9 @@ static EMPTY: BTreeSet<OrderKey> = BTreeSet::new();
 impl Ordered {
     pub(crate) fn insert(&mut self, offering: &str, period: Date, key: OrderKey) {
         self.snapshots.clear();
-        self.by_offering
-            .entry(offering.to_owned())
-            .or_default()
-            .insert(key.clone());
-        self.by_period
-            .entry(period)
-            .or_default()
-            .insert(key.clone());
-        self.by_offering_period
-            .entry((offering.to_owned(), period))
-            .or_default()
-            .insert(key.clone());
+        self.by_offering.entry(offering.to_owned()).or_default().insert(key.clone());
+        self.by_period.entry(period).or_default().insert(key.clone());
+        self.by_offering_period.entry((offering.to_owned(), period)).or_default().insert(key.clone());
         self.all.insert(key);
     }
 
@@ -85,30 +72,19 @@ impl Ordered {
         if let Some(set) = self.by_period.get_mut(&period) {
             set.remove(key);
         }
-        if let Some(set) = self
-            .by_offering_period
-            .get_mut(&(offering.to_owned(), period))
-        {
+        if let Some(set) = self.by_offering_period.get_mut(&(offering.to_owned(), period)) {
             set.remove(key);
         }
     }
 
     /// The rows of `offering` and `period` (either may be unfiltered), in order; kept
     /// until the next change so that the pages of one listing do not walk the set again.
-    pub(crate) fn snapshot(
-        &mut self,
-        offering: Option<&str>,
-        period: Option<Date>,
-    ) -> Arc<[usize]> {
+    pub(crate) fn snapshot(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
         let key: BucketKey = (offering.map(str::to_owned), period);
         if let Some(rows) = self.snapshots.get(&key) {
             return Arc::clone(rows);
         }
-        let rows: Arc<[usize]> = self
-            .bucket(offering, period)
-            .iter()
-            .map(|k| k.row)
-            .collect();
+        let rows: Arc<[usize]> = self.bucket(offering, period).iter().map(|k| k.row).collect();
         self.snapshots.insert(key, Arc::clone(&rows));
         rows
     }
@@ -150,10 +126,7 @@ mod tests {
     #[test]
     fn buckets_follow_inserts_and_removals() {
         let t: Arc<str> = Arc::from("t");
-        let (march, april) = (
-            Date::new(2024, 3, 1).expect("date"),
-            Date::new(2024, 4, 1).expect("date"),
-        );
+        let (march, april) = (Date::new(2024, 3, 1).expect("date"), Date::new(2024, 4, 1).expect("date"));
         let mut ordered = Ordered::default();
         ordered.insert("o1", march, OrderKey::new(at(5), &t, 0));
         ordered.insert("o2", march, OrderKey::new(at(6), &t, 1));
@@ -182,10 +155,7 @@ mod tests {
         let first = ordered.snapshot(Some("o1"), None);
         assert_eq!(&*first, [0]);
         assert!(Arc::ptr_eq(&first, &ordered.snapshot(Some("o1"), None)));
-        assert_eq!(
-            &*ordered.snapshot(Some("o2"), Some(march)),
-            [] as [usize; 0]
-        );
+        assert_eq!(&*ordered.snapshot(Some("o2"), Some(march)), [] as [usize; 0]);
 
         ordered.insert("o1", march, OrderKey::new(at(6), &t, 1));
         assert_eq!(&*ordered.snapshot(Some("o1"), None), [1, 0]);

@@ -84,8 +84,8 @@ pub use state::{OfferingComponent, RequestCounts, StoredUsage, StoredUserUsage};
 
 use crate::decimal::parse_amount;
 use crate::state::{
-    Account, OFFERING_USER_STATES, Offering, OfferingUser, RESOURCE_STATES, Rejection, Resource,
-    State, fnv1a, normalize_uuid, uuid_from_bits,
+    Account, OFFERING_USER_STATES, Offering, OfferingUser, RESOURCE_STATES, Rejection, Resource, State, fnv1a,
+    normalize_uuid, uuid_from_bits,
 };
 use crate::time::{Date, Timestamp};
 
@@ -155,17 +155,10 @@ impl WaldurSim {
         let listener = tokio::net::TcpListener::bind(options.bind)
             .await
             .with_context(|| format!("binding the Waldur simulator to {}", options.bind))?;
-        let addr = listener
-            .local_addr()
-            .context("reading the Waldur simulator's address")?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
-            options,
-            origin: format!("http://{addr}"),
-        });
-        let app = axum::Router::new()
-            .fallback(api::handle)
-            .with_state(Arc::clone(&shared));
+        let addr = listener.local_addr().context("reading the Waldur simulator's address")?;
+        let shared =
+            Arc::new(Shared { state: Mutex::new(State::default()), options, origin: format!("http://{addr}") });
+        let app = axum::Router::new().fallback(api::handle).with_state(Arc::clone(&shared));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
@@ -177,12 +170,7 @@ impl WaldurSim {
                 tracing::warn!(target: "waldur_sim", "Waldur simulator stopped: {e}");
             }
         });
-        Ok(WaldurSim {
-            shared,
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        })
+        Ok(WaldurSim { shared, addr, shutdown: Some(tx), task: Some(task) })
     }
 
     /// The API root with its trailing slash, `http://127.0.0.1:PORT/api/`: the value for
@@ -210,31 +198,18 @@ impl WaldurSim {
     /// `GET /api/users/me/` reports and what allows back-filling past months.
     pub fn add_token(&self, token: &str, username: &str, is_staff: bool) {
         let uuid = uuid_from(&format!("user {username}"));
-        self.shared.lock().tokens.insert(
-            token.to_owned(),
-            Account {
-                uuid,
-                username: username.to_owned(),
-                is_staff,
-            },
-        );
+        self.shared.lock().tokens.insert(token.to_owned(), Account { uuid, username: username.to_owned(), is_staff });
     }
 
     /// Adds an offering whose components are usage-billed, named after their types.
     pub fn add_offering(&self, uuid: &str, name: &str, component_types: &[&str]) {
         let uuid = checked_uuid("add_offering", uuid);
         let mut state = self.shared.lock();
-        assert!(
-            state.offering(&uuid).is_none(),
-            "add_offering: offering {uuid} already exists"
-        );
+        assert!(state.offering(&uuid).is_none(), "add_offering: offering {uuid} already exists");
         state.add_offering(Offering {
             uuid,
             name: name.to_owned(),
-            components: component_types
-                .iter()
-                .map(|t| OfferingComponent::usage(t))
-                .collect(),
+            components: component_types.iter().map(|t| OfferingComponent::usage(t)).collect(),
         });
     }
 
@@ -243,12 +218,9 @@ impl WaldurSim {
     pub fn add_offering_component(&self, offering_uuid: &str, component: OfferingComponent) {
         let uuid = checked_uuid("add_offering_component", offering_uuid);
         let mut state = self.shared.lock();
-        let offering = state
-            .offering_mut(&uuid)
-            .unwrap_or_else(|| panic!("add_offering_component: unknown offering {uuid}"));
-        offering
-            .components
-            .retain(|c| c.component_type != component.component_type);
+        let offering =
+            state.offering_mut(&uuid).unwrap_or_else(|| panic!("add_offering_component: unknown offering {uuid}"));
+        offering.components.retain(|c| c.component_type != component.component_type);
         offering.components.push(component);
     }
 
@@ -265,19 +237,10 @@ impl WaldurSim {
     ) {
         let offering_uuid = checked_uuid("add_resource", offering_uuid);
         let uuid = checked_uuid("add_resource", uuid);
-        assert!(
-            RESOURCE_STATES.contains(&state),
-            "add_resource: Waldur has no resource state {state:?}"
-        );
+        assert!(RESOURCE_STATES.contains(&state), "add_resource: Waldur has no resource state {state:?}");
         let mut guard = self.shared.lock();
-        assert!(
-            guard.offering(&offering_uuid).is_some(),
-            "add_resource: unknown offering {offering_uuid}"
-        );
-        assert!(
-            guard.resource(&uuid).is_none(),
-            "add_resource: resource {uuid} already exists"
-        );
+        assert!(guard.offering(&offering_uuid).is_some(), "add_resource: unknown offering {offering_uuid}");
+        assert!(guard.resource(&uuid).is_none(), "add_resource: resource {uuid} already exists");
         guard.add_resource(Resource {
             uuid,
             name: backend_id.to_owned(),
@@ -291,14 +254,10 @@ impl WaldurSim {
     /// Changes a resource's state.
     pub fn set_resource_state(&self, uuid: &str, state: &str) {
         let uuid = checked_uuid("set_resource_state", uuid);
-        assert!(
-            RESOURCE_STATES.contains(&state),
-            "set_resource_state: Waldur has no resource state {state:?}"
-        );
+        assert!(RESOURCE_STATES.contains(&state), "set_resource_state: Waldur has no resource state {state:?}");
         let mut guard = self.shared.lock();
-        let resource = guard
-            .resource_mut(&uuid)
-            .unwrap_or_else(|| panic!("set_resource_state: unknown resource {uuid}"));
+        let resource =
+            guard.resource_mut(&uuid).unwrap_or_else(|| panic!("set_resource_state: unknown resource {uuid}"));
         resource.state = state.to_owned();
     }
 
@@ -310,22 +269,14 @@ impl WaldurSim {
 
     /// Adds an offering user in a given state (`Requested`, `Creating`, `OK`, ...) and
     /// returns its URL.
-    pub fn add_offering_user_in_state(
-        &self,
-        offering_uuid: &str,
-        username: &str,
-        state: &str,
-    ) -> String {
+    pub fn add_offering_user_in_state(&self, offering_uuid: &str, username: &str, state: &str) -> String {
         let offering_uuid = checked_uuid("add_offering_user", offering_uuid);
         assert!(
             OFFERING_USER_STATES.contains(&state),
             "add_offering_user: Waldur has no offering user state {state:?}"
         );
         let mut guard = self.shared.lock();
-        assert!(
-            guard.offering(&offering_uuid).is_some(),
-            "add_offering_user: unknown offering {offering_uuid}"
-        );
+        assert!(guard.offering(&offering_uuid).is_some(), "add_offering_user: unknown offering {offering_uuid}");
         let uuid = guard.new_uuid();
         guard.add_offering_user(OfferingUser {
             uuid: uuid.clone(),
@@ -333,16 +284,13 @@ impl WaldurSim {
             offering_uuid,
             state: state.to_owned(),
         });
-        format!(
-            "{}/api/marketplace-offering-users/{uuid}/",
-            self.shared.origin
-        )
+        format!("{}/api/marketplace-offering-users/{uuid}/", self.shared.origin)
     }
 
     /// Pins the simulator's local date; the current billing period follows it.
     pub fn set_today(&self, year: i32, month: u32, day: u32) {
-        let date = Date::new(year, month, day)
-            .unwrap_or_else(|| panic!("set_today: {year}-{month}-{day} is not a date"));
+        let date =
+            Date::new(year, month, day).unwrap_or_else(|| panic!("set_today: {year}-{month}-{day} is not a date"));
         self.shared.lock().today = Some(date);
     }
 
@@ -360,13 +308,7 @@ impl WaldurSim {
     /// Stores a component usage directly, as if written earlier (no request is counted),
     /// and returns its UUID. `amount` is validated like the API validates it;
     /// `billing_period` is any date in the month.
-    pub fn seed_usage(
-        &self,
-        resource_uuid: &str,
-        component_type: &str,
-        amount: &str,
-        billing_period: &str,
-    ) -> String {
+    pub fn seed_usage(&self, resource_uuid: &str, component_type: &str, amount: &str, billing_period: &str) -> String {
         let resource_uuid = checked_uuid("seed_usage", resource_uuid);
         let cents = parse_amount(&serde_json::Value::String(amount.to_owned()), false)
             .unwrap_or_else(|e| panic!("seed_usage: amount {amount:?}: {e}"));
@@ -382,16 +324,7 @@ impl WaldurSim {
             .clone();
         let date = Timestamp::from_local(period, 0, offset);
         let now = state.now(offset);
-        let row = state.upsert_usage(
-            &resource_uuid,
-            &offering_uuid,
-            component_type,
-            period,
-            cents,
-            date,
-            "",
-            now,
-        );
+        let row = state.upsert_usage(&resource_uuid, &offering_uuid, component_type, period, cents, date, "", now);
         state.usages()[row].uuid.clone()
     }
 
@@ -402,9 +335,8 @@ impl WaldurSim {
             .unwrap_or_else(|e| panic!("seed_user_usage: usage {usage:?}: {e}"));
         let offset = self.shared.offset_secs();
         let mut state = self.shared.lock();
-        let row = state
-            .usage_row(&parent)
-            .unwrap_or_else(|| panic!("seed_user_usage: unknown component usage {parent}"));
+        let row =
+            state.usage_row(&parent).unwrap_or_else(|| panic!("seed_user_usage: unknown component usage {parent}"));
         let now = state.now(offset);
         state.upsert_user_usage(row, username, cents, None, now);
     }
@@ -413,21 +345,13 @@ impl WaldurSim {
     pub fn usages(&self) -> Vec<StoredUsage> {
         let offset = self.shared.offset_secs();
         let state = self.shared.lock();
-        state
-            .usages()
-            .iter()
-            .map(|u| state.stored_usage(u, offset))
-            .collect()
+        state.usages().iter().map(|u| state.stored_usage(u, offset)).collect()
     }
 
     /// Every stored per-user usage, in creation order.
     pub fn user_usages(&self) -> Vec<StoredUserUsage> {
         let state = self.shared.lock();
-        state
-            .user_usages()
-            .iter()
-            .map(|u| state.stored_user_usage(u, &self.shared.origin))
-            .collect()
+        state.user_usages().iter().map(|u| state.stored_user_usage(u, &self.shared.origin)).collect()
     }
 
     /// Request counters since start or the last [`WaldurSim::reset_counters`].
@@ -444,19 +368,16 @@ impl WaldurSim {
     /// one of its component usages) answer `status` with the JSON `body`, and store nothing.
     pub fn reject_resource(&self, uuid: &str, status: u16, body: serde_json::Value) {
         let uuid = checked_uuid("reject_resource", uuid);
-        let status = StatusCode::from_u16(status)
-            .unwrap_or_else(|_| panic!("reject_resource: {status} is not an HTTP status"));
-        self.shared
-            .lock()
-            .rejections
-            .insert(uuid, Rejection { status, body });
+        let status =
+            StatusCode::from_u16(status).unwrap_or_else(|_| panic!("reject_resource: {status} is not an HTTP status"));
+        self.shared.lock().rejections.insert(uuid, Rejection { status, body });
     }
 
     /// Makes the next `n` requests, of any kind, answer `status` with
     /// `{"detail":"Simulated failure."}` before authentication or any other check.
     pub fn fail_next(&self, n: u32, status: u16) {
-        let status = StatusCode::from_u16(status)
-            .unwrap_or_else(|_| panic!("fail_next: {status} is not an HTTP status"));
+        let status =
+            StatusCode::from_u16(status).unwrap_or_else(|_| panic!("fail_next: {status} is not an HTTP status"));
         self.shared.lock().fail_next = (n > 0).then_some((n, status));
     }
 
@@ -465,8 +386,8 @@ impl WaldurSim {
     /// [`RequestCounts::route`] counts it, e.g.
     /// `"POST /api/marketplace-component-usages/set_usage/"`.
     pub fn fail_route(&self, route: &str, n: u32, status: u16) {
-        let status = StatusCode::from_u16(status)
-            .unwrap_or_else(|_| panic!("fail_route: {status} is not an HTTP status"));
+        let status =
+            StatusCode::from_u16(status).unwrap_or_else(|_| panic!("fail_route: {status} is not an HTTP status"));
         let mut state = self.shared.lock();
         if n == 0 {
             state.route_failures.remove(route);
@@ -495,19 +416,14 @@ impl Drop for WaldurSim {
 
 impl std::fmt::Debug for WaldurSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WaldurSim")
-            .field("url", &self.url())
-            .finish_non_exhaustive()
+        f.debug_struct("WaldurSim").field("url", &self.url()).finish_non_exhaustive()
     }
 }
 
 /// A stable Waldur-style UUID (32 hex digits) derived from a readable name, so tests can
 /// write `uuid_from("project 1")` instead of inventing hex.
 pub fn uuid_from(name: &str) -> String {
-    uuid_from_bits(
-        fnv1a(name.as_bytes(), 0xcbf2_9ce4_8422_2325),
-        fnv1a(name.as_bytes(), 0x6c62_272e_07bb_0142),
-    )
+    uuid_from_bits(fnv1a(name.as_bytes(), 0xcbf2_9ce4_8422_2325), fnv1a(name.as_bytes(), 0x6c62_272e_07bb_0142))
 }
 
 /// The normalised form of a UUID given to a setup method, or a panic naming the method.

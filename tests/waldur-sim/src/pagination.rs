@@ -39,16 +39,8 @@ pub(crate) fn paginate<T>(
     max_page_size: usize,
 ) -> Result<Page<T>, ()> {
     let window = window(items.len(), origin, path, query, max_page_size)?;
-    let items: Vec<T> = items
-        .into_iter()
-        .skip(window.start)
-        .take(window.page_size)
-        .collect();
-    Ok(Page {
-        items,
-        link: window.link,
-        total: window.total,
-    })
+    let items: Vec<T> = items.into_iter().skip(window.start).take(window.page_size).collect();
+    Ok(Page { items, link: window.link, total: window.total })
 }
 
 /// The page the query asks for in a listing of `total` rows, for listings that fetch only
@@ -76,41 +68,22 @@ pub(crate) fn window(
     };
 
     let with_page = |n: usize| -> String {
-        if n == 1 {
-            build_url(origin, path, query, None)
-        } else {
-            build_url(origin, path, query, Some(n))
-        }
+        if n == 1 { build_url(origin, path, query, None) } else { build_url(origin, path, query, Some(n)) }
     };
-    let mut links = vec![format!(
-        "<{}>; rel=\"first\"",
-        build_url(origin, path, query, None)
-    )];
+    let mut links = vec![format!("<{}>; rel=\"first\"", build_url(origin, path, query, None))];
     if page > 1 {
         links.push(format!("<{}>; rel=\"prev\"", with_page(page - 1)));
     }
     if page < pages {
-        links.push(format!(
-            "<{}>; rel=\"next\"",
-            build_url(origin, path, query, Some(page + 1))
-        ));
+        links.push(format!("<{}>; rel=\"next\"", build_url(origin, path, query, Some(page + 1))));
     }
     links.push(format!("<{}>; rel=\"last\"", with_page(pages)));
-    Ok(Window {
-        start: (page - 1) * page_size,
-        page_size,
-        link: links.join(", "),
-        total,
-    })
+    Ok(Window { start: (page - 1) * page_size, page_size, link: links.join(", "), total })
 }
 
 /// `QueryDict.get`: the last value of a repeated key.
 pub(crate) fn last_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    query
-        .iter()
-        .rev()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
+    query.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
 }
 
 /// DRF's `replace_query_param` / `remove_query_param`: keys sorted, repeated values kept
@@ -142,11 +115,7 @@ fn build_url(origin: &str, path: &str, query: &[(String, String)], page: Option<
         }
     }
     let encoded = serializer.finish();
-    if encoded.is_empty() {
-        format!("{origin}{path}")
-    } else {
-        format!("{origin}{path}?{encoded}")
-    }
+    if encoded.is_empty() { format!("{origin}{path}") } else { format!("{origin}{path}?{encoded}") }
 }
 
 #[cfg(test)]
@@ -155,10 +124,7 @@ mod tests {
     use serde_json::{Value, json};
 
     fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn items(n: usize) -> Vec<Value> {
@@ -167,12 +133,7 @@ mod tests {
 
     #[test]
     fn middle_page_links_everywhere() {
-        let query = q(&[
-            ("state", "OK"),
-            ("page", "2"),
-            ("page_size", "2"),
-            ("state", "Erred"),
-        ]);
+        let query = q(&[("state", "OK"), ("page", "2"), ("page_size", "2"), ("state", "Erred")]);
         let page = paginate(items(5), "http://h", "/api/x/", &query, 100).expect("valid");
         assert_eq!(page.items, vec![json!(2), json!(3)]);
         assert_eq!(page.total, 5);
@@ -187,33 +148,17 @@ mod tests {
 
     #[test]
     fn sizes_and_bounds() {
-        let page = paginate(
-            items(250),
-            "http://h",
-            "/p/",
-            &q(&[("page_size", "500")]),
-            100,
-        )
-        .expect("valid");
+        let page = paginate(items(250), "http://h", "/p/", &q(&[("page_size", "500")]), 100).expect("valid");
         assert_eq!(page.items.len(), 100);
-        let page = paginate(
-            items(25),
-            "http://h",
-            "/p/",
-            &q(&[("page_size", "-3")]),
-            100,
-        )
-        .expect("valid");
+        let page = paginate(items(25), "http://h", "/p/", &q(&[("page_size", "-3")]), 100).expect("valid");
         assert_eq!(page.items.len(), DEFAULT_PAGE_SIZE);
-        let page =
-            paginate(Vec::<Value>::new(), "http://h", "/p/", &q(&[]), 100).expect("page 1 exists");
+        let page = paginate(Vec::<Value>::new(), "http://h", "/p/", &q(&[]), 100).expect("page 1 exists");
         assert!(page.items.is_empty());
         assert!(!page.link.contains("next"));
         assert!(paginate(items(3), "http://h", "/p/", &q(&[("page", "2")]), 100).is_err());
         assert!(paginate(items(3), "http://h", "/p/", &q(&[("page", "0")]), 100).is_err());
         assert!(paginate(items(3), "http://h", "/p/", &q(&[("page", "x")]), 100).is_err());
-        let last =
-            paginate(items(25), "http://h", "/p/", &q(&[("page", "last")]), 100).expect("valid");
+        let last = paginate(items(25), "http://h", "/p/", &q(&[("page", "last")]), 100).expect("valid");
         assert_eq!(last.items.len(), 5);
     }
 }

@@ -15,14 +15,7 @@ use crate::index::{OrderKey, Ordered};
 use crate::time::{Date, Timestamp};
 
 /// Resource states as Waldur's API spells them (`Resource.States` representations).
-pub(crate) const RESOURCE_STATES: &[&str] = &[
-    "Creating",
-    "OK",
-    "Erred",
-    "Updating",
-    "Terminating",
-    "Terminated",
-];
+pub(crate) const RESOURCE_STATES: &[&str] = &["Creating", "OK", "Erred", "Updating", "Terminating", "Terminated"];
 
 /// Offering user states as Waldur's API spells them.
 pub(crate) const OFFERING_USER_STATES: &[&str] = &[
@@ -332,15 +325,12 @@ impl State {
 
     /// Adds an offering; the caller has checked that its UUID is new.
     pub(crate) fn add_offering(&mut self, offering: Offering) {
-        self.offering_rows
-            .insert(offering.uuid.clone(), self.offerings.len());
+        self.offering_rows.insert(offering.uuid.clone(), self.offerings.len());
         self.offerings.push(offering);
     }
 
     pub(crate) fn offering(&self, uuid: &str) -> Option<&Offering> {
-        self.offering_rows
-            .get(uuid)
-            .map(|&row| &self.offerings[row])
+        self.offering_rows.get(uuid).map(|&row| &self.offerings[row])
     }
 
     pub(crate) fn offering_mut(&mut self, uuid: &str) -> Option<&mut Offering> {
@@ -352,17 +342,12 @@ impl State {
     pub(crate) fn add_resource(&mut self, resource: Resource) {
         let row = self.resources.len();
         self.resource_rows.insert(resource.uuid.clone(), row);
-        self.resources_by_offering
-            .entry(resource.offering_uuid.clone())
-            .or_default()
-            .push(row);
+        self.resources_by_offering.entry(resource.offering_uuid.clone()).or_default().push(row);
         self.resources.push(resource);
     }
 
     pub(crate) fn resource(&self, uuid: &str) -> Option<&Resource> {
-        self.resource_rows
-            .get(uuid)
-            .map(|&row| &self.resources[row])
+        self.resource_rows.get(uuid).map(|&row| &self.resources[row])
     }
 
     /// For changes of fields no index covers (its state).
@@ -375,27 +360,21 @@ impl State {
     pub(crate) fn resources_of(&self, offerings: Option<&[String]>) -> Vec<&Resource> {
         match offerings {
             None => self.resources.iter().collect(),
-            Some(list) => rows_of(&self.resources_by_offering, list)
-                .into_iter()
-                .map(|row| &self.resources[row])
-                .collect(),
+            Some(list) => {
+                rows_of(&self.resources_by_offering, list).into_iter().map(|row| &self.resources[row]).collect()
+            }
         }
     }
 
     pub(crate) fn add_offering_user(&mut self, user: OfferingUser) {
         let row = self.offering_users.len();
         self.offering_user_rows.insert(user.uuid.clone(), row);
-        self.offering_users_by_offering
-            .entry(user.offering_uuid.clone())
-            .or_default()
-            .push(row);
+        self.offering_users_by_offering.entry(user.offering_uuid.clone()).or_default().push(row);
         self.offering_users.push(user);
     }
 
     pub(crate) fn offering_user(&self, uuid: &str) -> Option<&OfferingUser> {
-        self.offering_user_rows
-            .get(uuid)
-            .map(|&row| &self.offering_users[row])
+        self.offering_user_rows.get(uuid).map(|&row| &self.offering_users[row])
     }
 
     /// Offering users in creation order, of any of `offerings` when given.
@@ -432,26 +411,16 @@ impl State {
 
     /// The rows of a resource's component usages, in creation order.
     pub(crate) fn usage_rows_of_resource(&self, resource_uuid: &str) -> &[usize] {
-        self.usages_by_resource
-            .get(resource_uuid)
-            .map_or(&[], Vec::as_slice)
+        self.usages_by_resource.get(resource_uuid).map_or(&[], Vec::as_slice)
     }
 
     /// Rows of component usages in listing order, of an offering and/or billing period.
-    pub(crate) fn usages_in_order(
-        &mut self,
-        offering: Option<&str>,
-        period: Option<Date>,
-    ) -> Arc<[usize]> {
+    pub(crate) fn usages_in_order(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
         self.usage_order.snapshot(offering, period)
     }
 
     /// Rows of per-user usages in listing order, of an offering and/or billing period.
-    pub(crate) fn user_usages_in_order(
-        &mut self,
-        offering: Option<&str>,
-        period: Option<Date>,
-    ) -> Arc<[usize]> {
+    pub(crate) fn user_usages_in_order(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
         self.user_usage_order.snapshot(offering, period)
     }
 
@@ -469,11 +438,7 @@ impl State {
         now: Timestamp,
     ) -> usize {
         let seq = self.next_write_seq();
-        let key = (
-            resource_uuid.to_owned(),
-            component_type.to_owned(),
-            billing_period,
-        );
+        let key = (resource_uuid.to_owned(), component_type.to_owned(), billing_period);
         if let Some(&row) = self.usage_keys.get(&key) {
             self.move_usage(row, date);
             let existing = &mut self.usages[row];
@@ -500,14 +465,10 @@ impl State {
             writes: 1,
             user_usages: Vec::new(),
         };
-        self.usage_order
-            .insert(offering_uuid, billing_period, record.order_key(row));
+        self.usage_order.insert(offering_uuid, billing_period, record.order_key(row));
         self.usage_rows.insert(uuid, row);
         self.usage_keys.insert(key, row);
-        self.usages_by_resource
-            .entry(resource_uuid.to_owned())
-            .or_default()
-            .push(row);
+        self.usages_by_resource.entry(resource_uuid.to_owned()).or_default().push(row);
         self.usages.push(record);
         row
     }
@@ -519,19 +480,15 @@ impl State {
             return;
         }
         let (offering, period) = (usage.offering_uuid.clone(), usage.billing_period);
-        self.usage_order
-            .remove(&offering, period, &usage.order_key(row));
+        self.usage_order.remove(&offering, period, &usage.order_key(row));
         for &child in &usage.user_usages {
-            self.user_usage_order
-                .remove(&offering, period, &usage.order_key(child));
+            self.user_usage_order.remove(&offering, period, &usage.order_key(child));
         }
         let usage = &mut self.usages[row];
         usage.date = date;
-        self.usage_order
-            .insert(&offering, period, usage.order_key(row));
+        self.usage_order.insert(&offering, period, usage.order_key(row));
         for &child in &usage.user_usages {
-            self.user_usage_order
-                .insert(&offering, period, usage.order_key(child));
+            self.user_usage_order.insert(&offering, period, usage.order_key(child));
         }
     }
 
@@ -554,22 +511,10 @@ impl State {
             template_usage.offering_uuid.clone(),
             template_usage.component_type.to_string(),
         );
-        if let Some(&row) = self
-            .usage_keys
-            .get(&(resource.clone(), ctype.clone(), billing_period))
-        {
+        if let Some(&row) = self.usage_keys.get(&(resource.clone(), ctype.clone(), billing_period)) {
             return row;
         }
-        self.upsert_usage(
-            &resource,
-            &offering,
-            &ctype,
-            billing_period,
-            0,
-            date,
-            "",
-            now,
-        )
+        self.upsert_usage(&resource, &offering, &ctype, billing_period, 0, date, "", now)
     }
 
     /// Creates or updates the per-user usage of (component usage row, username). The
@@ -599,11 +544,7 @@ impl State {
         let uuid = self.new_uuid();
         let usage = &mut self.usages[parent];
         usage.user_usages.push(row);
-        self.user_usage_order.insert(
-            &usage.offering_uuid,
-            usage.billing_period,
-            usage.order_key(row),
-        );
+        self.user_usage_order.insert(&usage.offering_uuid, usage.billing_period, usage.order_key(row));
         self.user_usage_keys.insert(key, row);
         self.user_usages.push(UserUsageRecord {
             uuid,
@@ -645,10 +586,7 @@ impl State {
             component_type: parent.component_type.to_string(),
             username: rec.username.clone(),
             usage: format_cents(rec.cents),
-            user: rec
-                .user
-                .as_ref()
-                .map(|u| format!("{origin}/api/marketplace-offering-users/{u}/")),
+            user: rec.user.as_ref().map(|u| format!("{origin}/api/marketplace-offering-users/{u}/")),
             billing_period: parent.billing_period.to_string(),
             created_seq: rec.created_seq,
             modified_seq: rec.modified_seq,
@@ -678,8 +616,7 @@ fn rows_of(index: &HashMap<String, Vec<usize>>, keys: &[String]) -> Vec<usize> {
 pub(crate) fn normalize_uuid(text: &str) -> Option<String> {
     let hex = text.replace("urn:", "").replace("uuid:", "");
     let hex = hex.trim_matches(|c| c == '{' || c == '}').replace('-', "");
-    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| hex.to_ascii_lowercase())
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
 }
 
 /// A version-4-shaped UUID rendered as 32 hex digits.
@@ -698,9 +635,7 @@ fn splitmix64(seed: u64) -> u64 {
 
 /// FNV-1a over `bytes`, from `basis`.
 pub(crate) fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
-    bytes.iter().fold(basis, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    bytes.iter().fold(basis, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 #[cfg(test)]
@@ -711,14 +646,8 @@ mod tests {
     fn uuids_normalise_like_django() {
         let hex = "0123456789abcdef0123456789abcdef";
         assert_eq!(normalize_uuid(hex).as_deref(), Some(hex));
-        assert_eq!(
-            normalize_uuid("{01234567-89AB-CDEF-0123-456789ABCDEF}").as_deref(),
-            Some(hex)
-        );
-        assert_eq!(
-            normalize_uuid("urn:uuid:01234567-89ab-cdef-0123-456789abcdef").as_deref(),
-            Some(hex)
-        );
+        assert_eq!(normalize_uuid("{01234567-89AB-CDEF-0123-456789ABCDEF}").as_deref(), Some(hex));
+        assert_eq!(normalize_uuid("urn:uuid:01234567-89ab-cdef-0123-456789abcdef").as_deref(), Some(hex));
         assert!(normalize_uuid("res-1").is_none());
         assert!(normalize_uuid("0123456789abcdef0123456789abcdeg").is_none());
     }
@@ -735,10 +664,7 @@ mod tests {
 
     #[test]
     fn failures_are_consumed() {
-        let mut state = State {
-            fail_next: Some((2, StatusCode::BAD_GATEWAY)),
-            ..State::default()
-        };
+        let mut state = State { fail_next: Some((2, StatusCode::BAD_GATEWAY)), ..State::default() };
         assert_eq!(state.take_failure(), Some(StatusCode::BAD_GATEWAY));
         assert_eq!(state.take_failure(), Some(StatusCode::BAD_GATEWAY));
         assert_eq!(state.take_failure(), None);

@@ -112,21 +112,13 @@ pub(crate) struct Timestamp {
 impl Timestamp {
     /// The wall clock.
     pub(crate) fn now() -> Timestamp {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp {
-            secs: since.as_secs() as i64,
-            micros: since.subsec_micros(),
-        }
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Timestamp { secs: since.as_secs() as i64, micros: since.subsec_micros() }
     }
 
     /// Local midnight plus `seconds_of_day` of `date`, in a zone `offset_secs` east of UTC.
     pub(crate) fn from_local(date: Date, seconds_of_day: i64, offset_secs: i64) -> Timestamp {
-        Timestamp {
-            secs: date.days_since_epoch() * 86_400 + seconds_of_day - offset_secs,
-            micros: 0,
-        }
+        Timestamp { secs: date.days_since_epoch() * 86_400 + seconds_of_day - offset_secs, micros: 0 }
     }
 
     /// The civil date of this instant in a zone `offset_secs` east of UTC.
@@ -140,12 +132,7 @@ impl Timestamp {
         let local = self.secs + offset_secs;
         let date = Date::from_days_since_epoch(local.div_euclid(86_400));
         let sod = local.rem_euclid(86_400);
-        let mut out = format!(
-            "{date}T{:02}:{:02}:{:02}",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        );
+        let mut out = format!("{date}T{:02}:{:02}:{:02}", sod / 3600, (sod / 60) % 60, sod % 60);
         if self.micros != 0 {
             out.push_str(&format!(".{:06}", self.micros));
         }
@@ -251,10 +238,7 @@ mod tests {
             assert_eq!(Date::from_days_since_epoch(days).days_since_epoch(), days);
         }
         assert_eq!(date(1970, 1, 1).days_since_epoch(), 0);
-        assert_eq!(
-            date(2024, 3, 1).days_since_epoch() - date(2024, 2, 1).days_since_epoch(),
-            29
-        );
+        assert_eq!(date(2024, 3, 1).days_since_epoch() - date(2024, 2, 1).days_since_epoch(), 29);
     }
 
     #[test]
@@ -269,35 +253,13 @@ mod tests {
     #[test]
     fn parses_drf_datetimes() {
         let utc = |s| Timestamp::parse(s, 0).map(|t| t.format(0));
-        assert_eq!(
-            utc("2024-01-15T00:00:00Z").as_deref(),
-            Some("2024-01-15T00:00:00Z")
-        );
+        assert_eq!(utc("2024-01-15T00:00:00Z").as_deref(), Some("2024-01-15T00:00:00Z"));
         assert_eq!(utc("2024-01-15").as_deref(), Some("2024-01-15T00:00:00Z"));
-        assert_eq!(
-            utc("2024-01-15 10:30").as_deref(),
-            Some("2024-01-15T10:30:00Z")
-        );
-        assert_eq!(
-            utc("2024-02-01T00:00:00+01:00").as_deref(),
-            Some("2024-01-31T23:00:00Z")
-        );
-        assert_eq!(
-            utc("2024-01-15T10:00:00.5-0130").as_deref(),
-            Some("2024-01-15T11:30:00.500000Z")
-        );
-        assert_eq!(
-            utc("2024-01-15T10:00:00.123456789Z").as_deref(),
-            Some("2024-01-15T10:00:00.123456Z")
-        );
-        for bad in [
-            "",
-            "yesterday",
-            "2024-01-15T25:00",
-            "2024-01-15T10",
-            "2024-01-15T10:00+1",
-            "2024-01-32",
-        ] {
+        assert_eq!(utc("2024-01-15 10:30").as_deref(), Some("2024-01-15T10:30:00Z"));
+        assert_eq!(utc("2024-02-01T00:00:00+01:00").as_deref(), Some("2024-01-31T23:00:00Z"));
+        assert_eq!(utc("2024-01-15T10:00:00.5-0130").as_deref(), Some("2024-01-15T11:30:00.500000Z"));
+        assert_eq!(utc("2024-01-15T10:00:00.123456789Z").as_deref(), Some("2024-01-15T10:00:00.123456Z"));
+        for bad in ["", "yesterday", "2024-01-15T25:00", "2024-01-15T10", "2024-01-15T10:00+1", "2024-01-32"] {
             assert_eq!(utc(bad), None, "{bad}");
         }
     }

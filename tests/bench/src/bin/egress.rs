@@ -18,7 +18,8 @@ use usage_agent::config::AgentConfig;
 use usage_agent::egress::Egress;
 use usage_agent::runtime::{Runtime, wit};
 
-const NODE: &str = "      nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}\n";
+const NODE: &str =
+    "      nodeHours: {measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}\n";
 
 fn config_text(sim: &DwdiSim, options: &DwdiOptions, extra: &str) -> String {
     let base = format!("{}://127.0.0.1:{}", sim.scheme(), sim.addr().port());
@@ -111,7 +112,9 @@ async fn main() -> Result<()> {
     println!(
         "Per request: sequential GETs over one keep-alive connection, answer read to the end, median of {ROUNDS} rounds of {n}; small = the reachability check ({small_size} B answer), large = one account-month ({large_size} B). New connection: TCP + proxy handshake (+ TLS), median of 50.\n"
     );
-    println!("| route | plain small (µs) | plain large (µs) | plain new conn. (µs) | TLS small (µs) | TLS large (µs) | TLS new conn. (µs) |");
+    println!(
+        "| route | plain small (µs) | plain large (µs) | plain new conn. (µs) | TLS small (µs) | TLS large (µs) | TLS new conn. (µs) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for (name, proxy) in &routes {
         let proxy_line = proxy.as_ref().map(|p| format!("      socks_proxy: {p:?}\n")).unwrap_or_default();
@@ -141,7 +144,9 @@ async fn main() -> Result<()> {
     let second = start.elapsed().as_secs_f64();
     let (fetched, served) = backend.egress().tokens().counts();
     let stats = sim.stats();
-    println!("\nToken cache, two reports of 5000 accounts through socks5 (microsocks), all tokens expired between them:\n");
+    println!(
+        "\nToken cache, two reports of 5000 accounts through socks5 (microsocks), all tokens expired between them:\n"
+    );
     println!("| DWDI requests | token look-ups | tokens fetched | hit rate | 401 retries | report 1 | report 2 |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     println!(

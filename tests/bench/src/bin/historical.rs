@@ -54,7 +54,11 @@ struct Row {
 }
 
 /// A fresh Waldur with the offering and its resources, and a config pointing at it.
-async fn fresh_waldur(dwdi: &DwdiSim, options: &DwdiOptions, data: &DwdiData) -> Result<(WaldurSim, String, AgentConfig)> {
+async fn fresh_waldur(
+    dwdi: &DwdiSim,
+    options: &DwdiOptions,
+    data: &DwdiData,
+) -> Result<(WaldurSim, String, AgentConfig)> {
     let waldur = WaldurSim::start(WaldurOptions { latency: LATENCY, ..WaldurOptions::default() }).await?;
     waldur.add_token(STAFF, "admin", true);
     waldur.set_today(2024, 6, 15);
@@ -74,7 +78,14 @@ async fn fresh_waldur(dwdi: &DwdiSim, options: &DwdiOptions, data: &DwdiData) ->
     Ok((waldur, offering, AgentConfig::parse(&text)?))
 }
 
-async fn measure(label: &str, waldur: &WaldurSim, dwdi: &DwdiSim, config: &AgentConfig, offering: &str, options: &HistoricalOptions) -> Result<Row> {
+async fn measure(
+    label: &str,
+    waldur: &WaldurSim,
+    dwdi: &DwdiSim,
+    config: &AgentConfig,
+    offering: &str,
+    options: &HistoricalOptions,
+) -> Result<Row> {
     let backends = Backends::new(Runtime::new()?);
     let target = historical::prepare(config, offering, Some(Secret::new(STAFF)), &backends).await?;
     waldur.reset_counters();
@@ -86,7 +97,13 @@ async fn measure(label: &str, waldur: &WaldurSim, dwdi: &DwdiSim, config: &Agent
     }
     let stats = dwdi.stats();
     eprintln!("{label}: {summary}");
-    Ok(Row { label: label.to_owned(), summary, seconds, waldur: waldur.requests(), dwdi_requests: stats.api_requests + stats.token_requests })
+    Ok(Row {
+        label: label.to_owned(),
+        summary,
+        seconds,
+        waldur: waldur.requests(),
+        dwdi_requests: stats.api_requests + stats.token_requests,
+    })
 }
 
 #[tokio::main]
@@ -116,7 +133,10 @@ async fn main() -> Result<()> {
             rows.push(measure(&format!("{what}, {how}"), &waldur, &dwdi, &config, &offering, &options).await?);
             stored.push((what, how, waldur.usages().len(), waldur.user_usages().len()));
             if strategy == Strategy::Batched {
-                rows.push(measure(&format!("{what}, {how}, second run"), &waldur, &dwdi, &config, &offering, &options).await?);
+                rows.push(
+                    measure(&format!("{what}, {how}, second run"), &waldur, &dwdi, &config, &offering, &options)
+                        .await?,
+                );
                 if rows.last().is_some_and(|r| r.waldur.writes > 0) {
                     bail!("a second run wrote to Waldur");
                 }
@@ -139,7 +159,9 @@ async fn main() -> Result<()> {
         LATENCY.as_millis(),
         DEFAULT_CONCURRENCY
     );
-    println!("| run | wall time | Waldur requests (reads / writes) | DWDI requests | totals written | user usages written |");
+    println!(
+        "| run | wall time | Waldur requests (reads / writes) | DWDI requests | totals written | user usages written |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for row in &rows {
         println!(

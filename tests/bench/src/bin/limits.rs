@@ -93,10 +93,14 @@ async fn main() -> Result<()> {
         if fits { high = mid } else { low = mid + 1 }
     }
 
-    println!("Compute usage report, {accounts} accounts × {users} users (one month, per-day rows), {runs} runs each, interleaved:\n");
+    println!(
+        "Compute usage report, {accounts} accounts × {users} users (one month, per-day rows), {runs} runs each, interleaved:\n"
+    );
     println!("| call | runtime | median ms | min ms |");
     println!("|---|---|---|---|");
-    for (label, series) in [(format!("{accounts} accounts"), &mut big), ("3 accounts (×10 per run)".to_owned(), &mut small)] {
+    for (label, series) in
+        [(format!("{accounts} accounts"), &mut big), ("3 accounts (×10 per run)".to_owned(), &mut small)]
+    {
         for (i, (name, _)) in backends.iter().enumerate() {
             let min = series[i].iter().copied().fold(f64::INFINITY, f64::min);
             println!("| {label} | {name} | {:.2} | {:.2} |", median(&mut series[i]), min);

@@ -77,8 +77,9 @@ async fn remove(plugins: &Plugins, file: &Path) -> Result<()> {
     let mut events = plugins.subscribe();
     std::fs::remove_file(file)?;
     loop {
-        if let PluginEvent::Swapped { new, .. } =
-            tokio::time::timeout(Duration::from_secs(120), events.recv()).await.context("no fallback within 120 s")??
+        if let PluginEvent::Swapped { new, .. } = tokio::time::timeout(Duration::from_secs(120), events.recv())
+            .await
+            .context("no fallback within 120 s")??
             && matches!(new.loaded.source, usage_agent::runtime::Source::Builtin)
         {
             return Ok(());

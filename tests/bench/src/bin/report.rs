@@ -29,7 +29,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { resources: 100, users: 10, latency: Duration::from_millis(5), concurrency: 8, baseline: true };
+    let mut args =
+        Args { resources: 100, users: 10, latency: Duration::from_millis(5), concurrency: 8, baseline: true };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));

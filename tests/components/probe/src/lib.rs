@@ -50,7 +50,10 @@ mod component {
     fn hang(url: &str, count: usize) -> Result<f64, wit::BackendError> {
         let mut futures = Vec::new();
         for _ in 0..count {
-            futures.push(outgoing_handler::handle(request(url, &[])?, None).map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?);
+            futures.push(
+                outgoing_handler::handle(request(url, &[])?, None)
+                    .map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?,
+            );
         }
         futures[0].subscribe().block();
         Ok(0.0)
@@ -61,7 +64,12 @@ mod component {
         let users = ((mib * 1024.0) as usize).max(1);
         let mut resources: Vec<wit::ResourceUsage> = resources
             .into_iter()
-            .map(|r| wit::ResourceUsage { backend_id: r.backend_id, found: true, totals: Vec::new(), users: Vec::new() })
+            .map(|r| wit::ResourceUsage {
+                backend_id: r.backend_id,
+                found: true,
+                totals: Vec::new(),
+                users: Vec::new(),
+            })
             .collect();
         if let Some(first) = resources.first_mut() {
             first.users = (0..users)
@@ -98,9 +106,8 @@ mod component {
 
     /// An outgoing GET of `url` with extra headers.
     fn request(url: &str, headers: &[(&str, &str)]) -> Result<OutgoingRequest, wit::BackendError> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| wit::BackendError::InvalidConfig(format!("bad url {url}")))?;
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| wit::BackendError::InvalidConfig(format!("bad url {url}")))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -143,7 +150,9 @@ mod component {
 
         fn setup(config: wit::Config) -> Result<(), wit::BackendError> {
             match text(&settings(&config), "probe") {
-                "setup-fails" => Err(wit::BackendError::InvalidConfig("backend_settings.probe: setup refused on purpose".to_owned())),
+                "setup-fails" => {
+                    Err(wit::BackendError::InvalidConfig("backend_settings.probe: setup refused on purpose".to_owned()))
+                }
                 "setup-sleeps" => {
                     wasi::clocks::monotonic_clock::subscribe_duration(3_600_000_000_000).block();
                     Ok(())

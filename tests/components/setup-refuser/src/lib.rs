@@ -12,7 +12,9 @@ mod component {
     struct Refuser;
 
     fn refused() -> wit::BackendError {
-        wit::BackendError::InvalidConfig("backend_settings.refuser_key: missing (this test component refuses every config)".to_owned())
+        wit::BackendError::InvalidConfig(
+            "backend_settings.refuser_key: missing (this test component refuses every config)".to_owned(),
+        )
     }
 
     impl wit::Guest for Refuser {
@@ -33,11 +35,20 @@ mod component {
             Err(refused())
         }
 
-        fn usage_report(_: wit::Config, _: Vec<wit::WaldurResource>, _: wit::BillingPeriod) -> Result<wit::Report, wit::BackendError> {
+        fn usage_report(
+            _: wit::Config,
+            _: Vec<wit::WaldurResource>,
+            _: wit::BillingPeriod,
+        ) -> Result<wit::Report, wit::BackendError> {
             Err(refused())
         }
 
-        fn daily_report(_: wit::Config, _: Vec<wit::WaldurResource>, _: wit::Date, _: wit::Date) -> Result<wit::Report, wit::BackendError> {
+        fn daily_report(
+            _: wit::Config,
+            _: Vec<wit::WaldurResource>,
+            _: wit::Date,
+            _: wit::Date,
+        ) -> Result<wit::Report, wit::BackendError> {
             Err(refused())
         }
 
