@@ -3,7 +3,8 @@
 //! One fallback handler serves every path so that the simulator, not a router, decides
 //! what an unknown path, a missing trailing slash or a wrong method answers, and so that
 //! each request is counted under its route template. Order of checks follows Django and
-//! DRF: unknown path (404, no authentication) → authentication (401) → method (405) →
+//! DRF: unknown path (404, no authentication; Django's HTML page in Waldur 7, which also
+//! lacks the bulk `set_user_usages`) → authentication (401) → method (405) →
 //! body parsing (400/415) → field validation (400 with every field error) → object
 //! validation (400, first failure) → write.
 
@@ -16,7 +17,6 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::Shared;
 use crate::decimal::{format_cents, parse_amount};
 use crate::pagination::{last_value, paginate, window};
 use crate::state::{
@@ -24,6 +24,7 @@ use crate::state::{
     UserUsageRecord, fnv1a, normalize_uuid, uuid_from_bits,
 };
 use crate::time::{Date, Timestamp};
+use crate::{Shared, WaldurVersion};
 
 /// Waldur's refusal of a non-staff backfill, word for word: the Python site agent
 /// recognises it by the phrase "backfilling past billing periods".
@@ -34,19 +35,30 @@ const REQUIRED: &str = "This field is required.";
 const NOT_NULL: &str = "This field may not be null.";
 /// Largest request body read.
 const MAX_BODY: usize = 8 << 20;
+/// Django's `page_not_found` without a `404.html` template, byte for byte (the leading
+/// newline included): what a URL no route matches answers when DRF is not involved.
+const DJANGO_NOT_FOUND: &str = "\n<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n\
+    </head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n\
+    </body>\n</html>\n";
 
 type Errors = Map<String, Value>;
+
+/// A response body.
+enum Content {
+    Json(Value),
+    Html(&'static str),
+}
 
 /// A response under construction.
 struct Reply {
     status: StatusCode,
-    body: Option<Value>,
+    body: Option<Content>,
     headers: Vec<(HeaderName, String)>,
 }
 
 impl Reply {
     fn json(status: StatusCode, body: Value) -> Reply {
-        Reply { status, body: Some(body), headers: Vec::new() }
+        Reply { status, body: Some(Content::Json(body)), headers: Vec::new() }
     }
 
     fn detail(status: StatusCode, message: &str) -> Reply {
@@ -55,6 +67,15 @@ impl Reply {
 
     fn not_found() -> Reply {
         Reply::detail(StatusCode::NOT_FOUND, "Not found.")
+    }
+
+    /// A path no route of `version` matches.
+    fn no_route(version: WaldurVersion) -> Reply {
+        if version.json_not_found() {
+            Reply::not_found()
+        } else {
+            Reply { status: StatusCode::NOT_FOUND, body: Some(Content::Html(DJANGO_NOT_FOUND)), headers: Vec::new() }
+        }
     }
 
     /// DRF's `Response(status=201)`: no body and no content type.
@@ -83,7 +104,10 @@ impl IntoResponse for Reply {
             builder = builder.header(name, value);
         }
         let built = match self.body {
-            Some(body) => builder.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string())),
+            Some(Content::Json(body)) => {
+                builder.header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_string()))
+            }
+            Some(Content::Html(page)) => builder.header(header::CONTENT_TYPE, "text/html").body(Body::from(page)),
             None => builder.body(Body::empty()),
         };
         built.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
@@ -132,6 +156,11 @@ impl Route {
         })
     }
 
+    /// Whether `version` has the endpoint (Waldur 7 has no bulk `set_user_usages`).
+    fn served_in(&self, version: WaldurVersion) -> bool {
+        !matches!(self, Route::SetUserUsages(_)) || version.bulk_user_usages()
+    }
+
     fn method(&self) -> Method {
         match self {
             Route::SetUsage | Route::SetUserUsage(_) | Route::SetUserUsages(_) => Method::POST,
@@ -173,6 +202,7 @@ struct Ctx {
     offset: i64,
     max_page_size: usize,
     result_count: bool,
+    version: WaldurVersion,
 }
 
 impl Ctx {
@@ -194,11 +224,14 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
     }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let route = Route::recognise(&path);
-    let key = match &route {
+    let version = shared.options.version;
+    let recognised = Route::recognise(&path);
+    // An endpoint the version lacks is still counted under its template.
+    let key = match &recognised {
         Some(r) => format!("{} {}", parts.method, r.template()),
         None => format!("{} {}", parts.method, path),
     };
+    let route = recognised.filter(|r| r.served_in(version));
     tracing::debug!(target: "waldur_sim", "{} {}", parts.method, parts.uri);
 
     let admitted = {
@@ -210,7 +243,7 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
         } else if let Some(route) = route {
             authenticate(&parts.headers, &state).map(|caller| (route, caller))
         } else {
-            Err(Reply::not_found())
+            Err(Reply::no_route(version))
         }
     };
     let (route, caller) = match admitted {
@@ -236,6 +269,7 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
         offset: shared.offset_secs(),
         max_page_size: shared.options.max_page_size,
         result_count: shared.options.result_count,
+        version,
     };
 
     let data = if route.method() == Method::POST {
@@ -404,6 +438,12 @@ fn datetime_field(obj: &Map<String, Value>, key: &str, offset: i64) -> Result<Op
     }
 }
 
+/// The `date` of a usage write; Waldur 7's serializers have no such field, so there the
+/// key is ignored and the write is "now".
+fn date_field(obj: &Map<String, Value>, ctx: &Ctx) -> Result<Option<Timestamp>, String> {
+    if ctx.version.dated_usage() { datetime_field(obj, "date", ctx.offset) } else { Ok(None) }
+}
+
 /// DRF `SlugRelatedField(slug_field="uuid")` input: the normalised UUID of an object that
 /// `exists` says is there.
 fn related_by_uuid(value: &Value, exists: impl Fn(&str) -> bool) -> Result<String, String> {
@@ -421,7 +461,7 @@ fn related_by_uuid(value: &Value, exists: impl Fn(&str) -> bool) -> Result<Strin
 
 /// DRF `HyperlinkedRelatedField` to `marketplace-offering-user-detail`: the offering
 /// user's UUID. The host part of the URL is ignored, as DRF ignores it.
-fn offering_user_link(state: &State, value: &Value) -> Result<String, String> {
+fn offering_user_link(state: &State, ctx: &Ctx, value: &Value) -> Result<String, String> {
     let text = match value {
         Value::Null => return Err(NOT_NULL.into()),
         Value::String(s) if s.is_empty() => return Err(NOT_NULL.into()),
@@ -435,7 +475,7 @@ fn offering_user_link(state: &State, value: &Value) -> Result<String, String> {
         None => text.as_str(),
     };
     let path = path.split(['?', '#']).next().unwrap_or("");
-    match Route::recognise(path) {
+    match Route::recognise(path).filter(|r| r.served_in(ctx.version)) {
         Some(Route::OfferingUser(raw)) => normalize_uuid(&raw)
             .filter(|uuid| state.offering_user(uuid).is_some())
             .ok_or_else(|| "Invalid hyperlink - Object does not exist.".to_owned()),
@@ -462,7 +502,7 @@ fn select_fields(value: Value, fields: &[&str]) -> Value {
 }
 
 fn me_json(ctx: &Ctx, caller: &Caller) -> Value {
-    json!({
+    let me = json!({
         "url": ctx.link("users", &caller.uuid),
         "uuid": caller.uuid,
         "username": caller.username,
@@ -470,7 +510,21 @@ fn me_json(ctx: &Ctx, caller: &Caller) -> Value {
         "is_staff": caller.is_staff,
         "is_support": false,
         "is_active": true,
-    })
+    });
+    // Waldur 7's `UserSerializer.get_fields` deletes these for a caller neither staff nor
+    // support.
+    without(me, !caller.is_staff && !ctx.version.staff_fields_for_all(), &["is_staff", "is_active", "is_support"])
+}
+
+/// `value` without `keys` when `drop` holds: fields one Waldur version has and another
+/// lacks.
+fn without(mut value: Value, drop: bool, keys: &[&str]) -> Value {
+    if drop && let Value::Object(map) = &mut value {
+        for key in keys {
+            map.remove(*key);
+        }
+    }
+    value
 }
 
 fn component_uuid(offering: &Offering, component_type: &str) -> String {
@@ -510,7 +564,7 @@ fn offering_json(ctx: &Ctx, offering: &Offering) -> Value {
 
 fn resource_json(ctx: &Ctx, state: &State, resource: &Resource) -> Value {
     let offering_name = state.offering(&resource.offering_uuid).map(|o| o.name.clone());
-    json!({
+    let value = json!({
         "url": ctx.link("marketplace-provider-resources", &resource.uuid),
         "uuid": resource.uuid,
         "name": resource.name,
@@ -520,7 +574,8 @@ fn resource_json(ctx: &Ctx, state: &State, resource: &Resource) -> Value {
         "offering_uuid": resource.offering_uuid,
         "offering_name": offering_name,
         "offering_backend_id": resource.offering_backend_id,
-    })
+    });
+    without(value, !ctx.version.resource_offering_backend_id(), &["offering_backend_id"])
 }
 
 fn component_of<'a>(
@@ -577,7 +632,7 @@ fn user_usage_json(ctx: &Ctx, state: &State, user_usage: &UserUsageRecord) -> Va
 }
 
 fn offering_user_json(ctx: &Ctx, state: &State, user: &OfferingUser) -> Value {
-    json!({
+    let value = json!({
         "url": ctx.link("marketplace-offering-users", &user.uuid),
         "uuid": user.uuid,
         "username": user.username,
@@ -585,7 +640,8 @@ fn offering_user_json(ctx: &Ctx, state: &State, user: &OfferingUser) -> Value {
         "offering_uuid": user.offering_uuid,
         "offering_name": state.offering(&user.offering_uuid).map(|o| o.name.clone()),
         "state": user.state,
-    })
+    });
+    without(value, !ctx.version.offering_user_state(), &["state"])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -843,7 +899,8 @@ fn list_user_usages(state: &mut State, ctx: &Ctx) -> Reply {
 fn list_offering_users(state: &State, ctx: &Ctx) -> Reply {
     let mut f = Filters::new(&ctx.query);
     let offering = f.uuids("offering_uuid");
-    let states = f.choices("state", OFFERING_USER_STATES);
+    // Waldur 7 has no such filter: the key is ignored like any unknown one.
+    let states = if ctx.version.offering_user_state() { f.choices("state", OFFERING_USER_STATES) } else { None };
     if let Err(reply) = f.finish() {
         return reply;
     }
@@ -959,7 +1016,7 @@ fn set_usage(state: &mut State, ctx: &Ctx, caller: &Caller, data: &Value) -> Rep
             add_error(&mut errors, "plan_period", &m);
         }
     }
-    let date = datetime_field(obj, "date", ctx.offset).map_err(|m| add_error(&mut errors, "date", &m)).ok().flatten();
+    let date = date_field(obj, ctx).map_err(|m| add_error(&mut errors, "date", &m)).ok().flatten();
     if !errors.is_empty() {
         return Reply::invalid(errors);
     }
@@ -1034,9 +1091,9 @@ fn user_usage_item(state: &State, ctx: &Ctx, value: &Value) -> Result<UserUsageI
     };
     let user = match o.get("user") {
         None => None,
-        Some(v) => offering_user_link(state, v).map_err(|m| add_error(&mut e, "user", &m)).ok(),
+        Some(v) => offering_user_link(state, ctx, v).map_err(|m| add_error(&mut e, "user", &m)).ok(),
     };
-    let date = datetime_field(o, "date", ctx.offset).map_err(|m| add_error(&mut e, "date", &m)).ok().flatten();
+    let date = date_field(o, ctx).map_err(|m| add_error(&mut e, "date", &m)).ok().flatten();
     match (username, cents) {
         (Some(username), Some(cents)) if e.is_empty() => Ok(UserUsageItem { username, cents, user, date }),
         _ => Err(e),
@@ -1117,7 +1174,9 @@ fn set_user_usages(state: &mut State, ctx: &Ctx, caller: &Caller, raw_uuid: &str
                 state.usage_for_period(parent_row, period, date, now)
             }
         };
-        state.upsert_user_usage(target, &item.username, item.cents, item.user, now);
+        // Waldur 7 updates only `usage` of an existing row; its `user` link stays.
+        let relink = ctx.version.relinks_user_usage() || state.user_usage_row(target, &item.username).is_none();
+        state.upsert_user_usage(target, &item.username, item.cents, item.user.filter(|_| relink), now);
     }
     Reply::created()
 }

@@ -26,6 +26,27 @@
 //!   "…when backfilling past billing periods." message);
 //! - writes answer `201` with an empty body, as Waldur does.
 //!
+//! # Waldur 7
+//!
+//! [`WaldurOptions::version`] picks the release modelled. The default,
+//! [`WaldurVersion::V8`], is everything above. [`WaldurVersion::V7`] behaves as Waldur
+//! MasterMind 7.0.7 (measured on a real server, checked against its source), so the
+//! agent can be tested against an older Waldur in seconds; only these differ:
+//!
+//! - usage writes take no `date`: the key is ignored like any unknown key (a malformed
+//!   one is no error), every write is filed under the current billing period and there
+//!   is no back-filling, so no "backfilling" refusal either;
+//! - there is no bulk `set_user_usages` endpoint; the singular `set_user_usage` writes
+//!   under the component usage named in its path, and when the username already has a
+//!   row there it updates only `usage`, never the `user` link;
+//! - a path no route matches answers Django's own HTML "Not Found" page
+//!   (`text/html`), not DRF's JSON — the bulk endpoint included; `{"detail":"Not
+//!   found."}` still answers an unknown object on a known route;
+//! - resources have no `offering_backend_id`, offering users no `state` (and the
+//!   `state=` filter of their listing is ignored, not validated);
+//! - `GET /api/users/me/` omits `is_staff`, `is_active` and `is_support` for non-staff
+//!   callers (Waldur 7's `UserSerializer` deletes them).
+//!
 //! It also has to stay cheap at the benchmark's scale (tens of thousands of usages, a
 //! thousand listing pages), or the benchmark measures the simulator: records are indexed
 //! for writes and kept in listing order for reads (see `index.rs`).
@@ -105,6 +126,8 @@ pub struct WaldurOptions {
     /// Send `X-Result-Count` with every page, as Waldur does. Off, a client can only
     /// follow the `Link: rel="next"` chain (what a proxy that strips the header leaves).
     pub result_count: bool,
+    /// The Waldur release to behave as; [`WaldurVersion::V8`] unless set.
+    pub version: WaldurVersion,
 }
 
 impl Default for WaldurOptions {
@@ -115,7 +138,62 @@ impl Default for WaldurOptions {
             utc_offset_minutes: 0,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             result_count: true,
+            version: WaldurVersion::V8,
         }
+    }
+}
+
+/// The Waldur MasterMind release the simulator behaves as (see the crate docs, "Waldur 7",
+/// for every difference).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WaldurVersion {
+    /// Waldur 8.x, the default: dated usage writes with back-filling, the bulk
+    /// `set_user_usages`, `offering_backend_id`, offering user states.
+    #[default]
+    V8,
+    /// Waldur MasterMind 7.0.7: no `date` on usage writes (always the current billing
+    /// period), no bulk `set_user_usages`, HTML 404 pages for unknown paths, none of the
+    /// newer fields.
+    V7,
+}
+
+/// What differs between the versions, asked where the behaviour branches, so each
+/// difference is decided in one place.
+impl WaldurVersion {
+    /// Usage writes read a `date` (and so back-fill and refuse future months).
+    pub(crate) fn dated_usage(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// `POST /api/marketplace-component-usages/{uuid}/set_user_usages/` exists.
+    pub(crate) fn bulk_user_usages(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// Rewriting an existing per-user usage replaces its `user` link when one is sent.
+    pub(crate) fn relinks_user_usage(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// Resources show `offering_backend_id`.
+    pub(crate) fn resource_offering_backend_id(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// Offering users have a `state`, shown and filtered on.
+    pub(crate) fn offering_user_state(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// `GET /api/users/me/` shows `is_staff`, `is_active` and `is_support` to everyone,
+    /// not only to staff.
+    pub(crate) fn staff_fields_for_all(self) -> bool {
+        self == WaldurVersion::V8
+    }
+
+    /// A path no route matches answers DRF-style JSON, not Django's HTML page.
+    pub(crate) fn json_not_found(self) -> bool {
+        self == WaldurVersion::V8
     }
 }
 
@@ -184,6 +262,11 @@ impl WaldurSim {
         self.addr
     }
 
+    /// The Waldur release it behaves as ([`WaldurOptions::version`]).
+    pub fn version(&self) -> WaldurVersion {
+        self.shared.options.version
+    }
+
     /// Stops accepting connections and waits for the server task to end.
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -195,7 +278,8 @@ impl WaldurSim {
     }
 
     /// Accepts `token` for a user named `username`; `is_staff` is what
-    /// `GET /api/users/me/` reports and what allows back-filling past months.
+    /// `GET /api/users/me/` reports (Waldur 7 omits the key for non-staff) and what allows
+    /// back-filling past months (Waldur 8).
     pub fn add_token(&self, token: &str, username: &str, is_staff: bool) {
         let uuid = uuid_from(&format!("user {username}"));
         self.shared.lock().tokens.insert(token.to_owned(), Account { uuid, username: username.to_owned(), is_staff });
@@ -225,8 +309,8 @@ impl WaldurSim {
     }
 
     /// Adds a resource of an offering. Its name is its `backend_id`; `offering_backend_id`
-    /// is the cluster (any case); `state` is one of Waldur's (`OK`, `Erred`, `Creating`,
-    /// `Updating`, `Terminating`, `Terminated`).
+    /// is the cluster (any case; Waldur 7 does not show it); `state` is one of Waldur's
+    /// (`OK`, `Erred`, `Creating`, `Updating`, `Terminating`, `Terminated`).
     pub fn add_resource(
         &self,
         offering_uuid: &str,
@@ -261,14 +345,15 @@ impl WaldurSim {
         resource.state = state.to_owned();
     }
 
-    /// Adds an offering user in state `OK` and returns its URL, the value `set_user_usages`
-    /// accepts as `user`.
+    /// Adds an offering user in state `OK` and returns its URL, the value
+    /// `set_user_usage(s)` accepts as `user`.
     pub fn add_offering_user(&self, offering_uuid: &str, username: &str) -> String {
         self.add_offering_user_in_state(offering_uuid, username, "OK")
     }
 
     /// Adds an offering user in a given state (`Requested`, `Creating`, `OK`, ...) and
-    /// returns its URL.
+    /// returns its URL. Waldur 7 has no offering user states: there the state is kept but
+    /// neither shown nor filtered on.
     pub fn add_offering_user_in_state(&self, offering_uuid: &str, username: &str, state: &str) -> String {
         let offering_uuid = checked_uuid("add_offering_user", offering_uuid);
         assert!(

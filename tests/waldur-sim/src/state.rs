@@ -123,18 +123,21 @@ pub struct RequestCounts {
     pub total: u64,
     /// `GET` requests.
     pub reads: u64,
-    /// Calls of the three usage-writing endpoints, accepted or not.
+    /// Calls of the three usage-writing endpoints, accepted or not (Waldur 7's 404s for the
+    /// bulk endpoint it lacks included).
     pub writes: u64,
     /// Calls of `POST /api/marketplace-component-usages/set_usage/`.
     pub set_usage: u64,
-    /// Calls of `POST /api/marketplace-component-usages/{uuid}/set_user_usages/`.
+    /// Calls of `POST /api/marketplace-component-usages/{uuid}/set_user_usages/` (in
+    /// Waldur 7, which lacks it, each answered 404).
     pub set_user_usages: u64,
     /// Calls of `POST /api/marketplace-component-usages/{uuid}/set_user_usage/`.
     pub set_user_usage: u64,
     /// Counts per `"METHOD /api/route/template/"`, for example
     /// `"GET /api/marketplace-provider-resources/"` or
     /// `"POST /api/marketplace-component-usages/{uuid}/set_user_usages/"`. A path the
-    /// simulator does not serve is counted under its literal path.
+    /// simulator does not serve is counted under its literal path, except an endpoint the
+    /// simulated version lacks (Waldur 7's `set_user_usages`), counted under its template.
     pub by_route: BTreeMap<String, u64>,
 }
 
@@ -515,6 +518,11 @@ impl State {
             return row;
         }
         self.upsert_usage(&resource, &offering, &ctype, billing_period, 0, date, "", now)
+    }
+
+    /// The row of the per-user usage of (component usage row, username), if any.
+    pub(crate) fn user_usage_row(&self, parent: usize, username: &str) -> Option<usize> {
+        self.user_usage_keys.get(&(parent, username.to_owned())).copied()
     }
 
     /// Creates or updates the per-user usage of (component usage row, username). The
