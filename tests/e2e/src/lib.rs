@@ -7,6 +7,7 @@ pub mod components {
 }
 
 pub mod proxies;
+pub mod real_waldur;
 pub mod tls;
 
 use std::path::{Path, PathBuf};
