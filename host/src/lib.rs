@@ -25,4 +25,5 @@ pub mod plugins;
 pub mod report;
 mod run_errors;
 pub mod runtime;
+pub mod sync;
 pub mod waldur;

@@ -5,8 +5,9 @@
 //! request per resource. Idempotent requests are retried on connection errors and
 //! 502/503/504. Every error names the method, endpoint, status and Waldur's message.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -150,6 +151,45 @@ fn de_cents<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cents, 
     parsed.ok_or_else(|| serde::de::Error::custom(format!("{value} is not an amount")))
 }
 
+/// What one Waldur server can do, learnt once per API URL for the life of the process
+/// (every offering on that URL shares it).
+#[derive(Debug)]
+pub struct Capabilities {
+    /// Whether `set_usage` files a write under the month of its `date` (Waldur 8) or
+    /// ignores `date` and files everything under its current month (Waldur 7).
+    dated_writes: tokio::sync::OnceCell<bool>,
+    /// False once the bulk `set_user_usages` answered 404 or 405 (Waldur 7 has only
+    /// the singular `set_user_usage`).
+    bulk_user_usages: AtomicBool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self { dated_writes: tokio::sync::OnceCell::new(), bulk_user_usages: AtomicBool::new(true) }
+    }
+}
+
+impl Capabilities {
+    /// Whether the bulk per-user endpoint is still believed to exist.
+    pub fn bulk_user_usages(&self) -> bool {
+        self.bulk_user_usages.load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the bulk per-user endpoint does not exist; true the first time.
+    pub fn lose_bulk_user_usages(&self) -> bool {
+        self.bulk_user_usages.swap(false, Ordering::Relaxed)
+    }
+
+    /// Whether a write can change the offering-user link of a stored per-user usage:
+    /// the bulk endpoint sets it, the singular one only when it creates the record.
+    pub fn can_relink_users(&self) -> bool {
+        self.bulk_user_usages()
+    }
+}
+
+/// The capabilities of every Waldur API URL this process has talked to.
+static CAPABILITIES: LazyLock<Mutex<HashMap<String, Arc<Capabilities>>>> = LazyLock::new(Mutex::default);
+
 /// Counts of requests made, for summaries and benchmarks.
 #[derive(Debug, Default)]
 pub struct WaldurStats {
@@ -196,6 +236,45 @@ impl WaldurClient {
     /// Requests made so far.
     pub fn request_count(&self) -> u64 {
         self.stats.requests.load(Ordering::Relaxed)
+    }
+
+    /// The API URL, for messages.
+    pub fn api_url(&self) -> &str {
+        self.base.as_str()
+    }
+
+    /// What this Waldur can do, shared by every client of the same API URL.
+    pub fn capabilities(&self) -> Arc<Capabilities> {
+        let mut known = CAPABILITIES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(known.entry(self.base.as_str().to_owned()).or_default())
+    }
+
+    /// Whether `set_usage` honours `date`, asked once per API URL. The question is a
+    /// `set_usage` that no Waldur can accept (no resource) with a `date` no Waldur can
+    /// read: a Waldur whose `set_usage` has a `date` field refuses that field by name,
+    /// one without it ignores it and refuses only the missing resource. Nothing can
+    /// be written either way.
+    pub async fn honours_date(&self) -> Result<bool, WaldurError> {
+        let capabilities = self.capabilities();
+        capabilities.dated_writes.get_or_try_init(|| self.probe_dated_writes()).await.copied()
+    }
+
+    async fn probe_dated_writes(&self) -> Result<bool, WaldurError> {
+        let path = "marketplace-component-usages/set_usage/";
+        let body = serde_json::json!({"usages": [], "date": "not-a-date"});
+        match self.post(path, &body).await {
+            Err(WaldurError::Status { status: 400, message, .. }) => {
+                let honoured = message.contains("\"date\"");
+                tracing::debug!(waldur = %self.base, honoured, answer = %message, "asked whether set_usage honours date");
+                Ok(honoured)
+            }
+            Err(error) => Err(error),
+            Ok(()) => Err(WaldurError::Decode {
+                method: Method::POST,
+                endpoint: format!("/{path}"),
+                reason: "accepted a usage without a resource; cannot tell whether it honours `date`".to_owned(),
+            }),
+        }
     }
 
     pub async fn offering(&self, uuid: &str) -> Result<Offering, WaldurError> {
@@ -548,8 +627,42 @@ fn waldur_message(body: &[u8]) -> String {
             let text = value.to_string();
             snippet(text.as_bytes())
         }
-        Err(_) => snippet(body),
+        Err(_) => snippet(one_line(&String::from_utf8_lossy(body)).as_bytes()),
     }
+}
+
+/// A non-JSON error body on one line: an HTML page (Django's 404) by its title or its
+/// text, anything else with its line breaks folded.
+fn one_line(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let html = lower.trim_start().starts_with('<') && lower.contains("<html");
+    let text = if html {
+        let title = lower.find("<title>").zip(lower.find("</title>")).filter(|(a, b)| a + 7 <= *b);
+        match title {
+            Some((open, close)) => text[open + 7..close].to_owned(),
+            None => {
+                let mut plain = String::new();
+                let mut in_tag = false;
+                for c in text.chars() {
+                    match c {
+                        '<' => in_tag = true,
+                        '>' => {
+                            in_tag = false;
+                            plain.push(' ');
+                        }
+                        c if !in_tag => plain.push(c),
+                        _ => {}
+                    }
+                }
+                plain
+            }
+        }
+    } else {
+        text.to_owned()
+    };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let line = words.join(" ");
+    if html { format!("{line} (an HTML page)") } else { line }
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -647,7 +760,10 @@ mod tests {
     fn flattens_drf_errors() {
         assert_eq!(waldur_message(br#"{"detail":"Invalid token."}"#), "Invalid token.");
         assert!(waldur_message(br#"{"usages":[{"amount":["too many"]}]}"#).contains("too many"));
-        assert_eq!(waldur_message(b"<html>oops</html>"), "<html>oops</html>");
+        assert_eq!(waldur_message(b"<html>oops</html>"), "oops (an HTML page)");
+        let django_404 = b"<!doctype html>\n<html lang=\"en\">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n";
+        assert_eq!(waldur_message(django_404), "Not Found (an HTML page)");
+        assert_eq!(waldur_message(b"line one\r\nline two"), "line one line two");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use jiff::civil::Date;
 use super::progress::Progress;
 use super::{ConfigArg, PluginsDirArg};
 use crate::config::{AgentConfig, Secret};
-use crate::historical::{self, HistoricalOptions, Observer, Planned, Strategy};
+use crate::historical::{self, HistoricalOptions, Observer, Planned};
 use crate::period::{self, Month};
 use crate::report::{DEFAULT_CONCURRENCY, StopFlag};
 
@@ -60,10 +60,6 @@ pub struct HistoricalArgs {
     /// Waldur writes in flight (overrides `waldur_max_concurrency`, default 8).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
-    /// One resource and one user at a time, as the Python tool does: the benchmark's
-    /// baseline.
-    #[arg(long, hide = true)]
-    pub one_by_one: bool,
     #[command(flatten)]
     pub plugins: PluginsDirArg,
 }
@@ -138,7 +134,6 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
         reconcile_stale: args.reconcile_stale,
         resources: args.resource_backend_ids.clone(),
         concurrency: args.concurrency.map(usize::from).or(config.waldur_max_concurrency).unwrap_or(DEFAULT_CONCURRENCY),
-        strategy: if args.one_by_one { Strategy::OneByOne } else { Strategy::Batched },
         time_zone,
     };
     tracing::info!(
@@ -166,10 +161,11 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
     let summary = loaded?;
     tracing::info!(offering = %summary.offering, "{summary}");
     writeln!(out, "{summary}")?;
-    if summary.failed > 0 {
+    if summary.has_failures() {
         bail!(
-            "{} resource-month(s) failed; see the errors above (months already loaded are not written again on a re-run)",
-            summary.failed
+            "{} resource-month(s) failed, {} error(s); see the errors above (months already loaded are not written again on a re-run)",
+            summary.failed,
+            summary.errors.len()
         );
     }
     if summary.interrupted {

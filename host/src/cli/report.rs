@@ -95,7 +95,9 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
             tracing::info!(offering = %summary.offering, backend_type = %summary.backend_type, "{summary}");
             writeln!(out, "{summary}")?;
             crate::report::record_metrics(summary);
-            failed += summary.failed;
+            if summary.has_failures() {
+                failed += summary.failed.max(summary.errors.len());
+            }
         }
         if !args.once
             && let Err(error) = crate::heartbeat::touch(&heartbeat)

@@ -103,7 +103,7 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
     } else {
         write_table(out, &printed)?;
         for usage in printed.iter().filter(|u| u.resources.len() > 1 && u.resources.iter().all(|r| !r.found)) {
-            writeln!(out, "\nnote: {}: {}", usage.offering, crate::report::none_found_hint(usage.resources.len()))?;
+            writeln!(out, "\nnote: {}: {}", usage.offering, crate::sync::none_found_hint(usage.resources.len()))?;
         }
     }
     Ok(())

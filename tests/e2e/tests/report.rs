@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, dwdi_access, report_targets};
-use usage_agent::config::AgentConfig;
-use usage_agent::report::{CycleOptions, FixedClock, StopFlag, report_offering};
 use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
 
 const TOKEN: &str = "provider-token";
@@ -310,31 +308,5 @@ async fn report_once_from_the_command_line() -> Result<()> {
     let config = e2e::ConfigFile::new(&world.config(TOKEN, 1, ""))?;
     let out = e2e::run_cli(&["report", "--config-file", config.arg(), "--once"]).await?;
     assert!(out.contains("compute: 2 resources, 2 submitted"), "{out}");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_sequential_baseline_stores_the_same_and_costs_more_requests() -> Result<()> {
-    let mut stored = Vec::new();
-    let mut requests = Vec::new();
-    for sequential in [false, true] {
-        let world = World::new(5, 3, WaldurOptions::default()).await?;
-        let text = world.config(TOKEN, 1, "");
-        let targets = report_targets(&text).await?;
-        let config = AgentConfig::parse(&text)?;
-        let mut options = CycleOptions::from_config(&config)?;
-        options.sequential = sequential;
-        let summary =
-            report_offering(&targets[0], &options, &FixedClock(MID_MARCH.parse()?), &StopFlag::default()).await;
-        assert_eq!((summary.submitted, summary.failed), (5, 0), "{summary:?}");
-        let users: Vec<(String, String, String)> =
-            world.waldur.user_usages().into_iter().map(|u| (u.resource_uuid, u.username, u.usage)).collect();
-        stored.push((world.stored(), users.into_iter().collect::<std::collections::BTreeSet<_>>()));
-        requests.push((world.dwdi.stats().api_requests, world.waldur.requests().total));
-    }
-    assert_eq!(stored[0], stored[1], "both modes must store the same");
-    assert_eq!(requests[0].0, 1, "one DWDI request for all resources");
-    assert_eq!(requests[1].0, 5, "the baseline asks DWDI once per resource");
-    assert!(requests[1].1 > requests[0].1, "{requests:?}");
     Ok(())
 }

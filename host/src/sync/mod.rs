@@ -1,0 +1,1122 @@
+//! The sync engine: an offering's usage for a list of months, from its component into
+//! Waldur. `report` and `load-historical-usage` both run it; a [`Policy`] holds what
+//! differs between them.
+//!
+//! Per month: one component call for all resources, its answer checked
+//! ([`answer`]), one paginated listing of what Waldur holds, the plan of writes
+//! ([`plan`]), the writes, and a read-back: what Waldur then lists for the month must
+//! be what was written, or the run stops writing past months and says why. Per-user
+//! usage follows the same way. Months overlap ([`MONTHS_IN_FLIGHT`]) and share one
+//! bound on writes in flight, so the write slots stay busy while a month waits for
+//! its component call or a listing.
+//!
+//! Writes land where they are meant or not at all: a past month is written only where
+//! Waldur honours `date` (asked once per Waldur, see
+//! [`WaldurClient::honours_date`]), every date keeps [`dates::EDGE`] away from the
+//! edges of its month, and a read-back that finds a value filed elsewhere is an error.
+
+mod answer;
+pub mod dates;
+mod plan;
+mod summary;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow, bail};
+use futures::StreamExt as _;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tokio::sync::{OnceCell, Semaphore};
+
+pub use answer::{CheckedReport, check_usage};
+pub use plan::Zeros;
+pub use summary::{Summary, record_metrics};
+
+use crate::amount::Cents;
+use crate::backends::Backends;
+use crate::config::{OfferingConfig, Secret};
+use crate::period::Month;
+use crate::run_errors::RunErrors;
+use crate::runtime::{OfferingBackend, wit};
+use crate::waldur::{
+    Capabilities, ComponentUsage, ComponentUserUsage, Resource, UserUsageInput, WaldurClient, WaldurError,
+};
+
+/// Default bound on concurrent Waldur writes per offering.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+
+/// Months worked on at the same time. Two keep the writes going while the next month
+/// waits for its component call and listings; more would only hold more answers.
+pub const MONTHS_IN_FLIGHT: usize = 2;
+
+/// The clock, injectable so tests can stand on the 1st of a month.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that always says the same time.
+pub struct FixedClock(pub Timestamp);
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
+/// Raised when the process is asked to stop: the writes in flight finish, no new one
+/// starts.
+#[derive(Debug, Default, Clone)]
+pub struct StopFlag(tokio_util::sync::CancellationToken);
+
+impl StopFlag {
+    pub fn stop(&self) {
+        self.0.cancel();
+    }
+    pub fn is_stopped(&self) -> bool {
+        self.0.is_cancelled()
+    }
+    /// Returns once [`StopFlag::stop`] has been called.
+    pub async fn stopped(&self) {
+        self.0.cancelled().await;
+    }
+}
+
+/// An offering ready to sync: its component binding and its Waldur client.
+pub struct Target {
+    pub index: usize,
+    pub name: String,
+    pub offering_uuid: String,
+    pub backend_type: String,
+    /// Component types configured for the offering, in config order.
+    pub components: Vec<String>,
+    pub config: OfferingConfig,
+    pub backend: OfferingBackend,
+    pub waldur: WaldurClient,
+    /// Where the component in service for the backend type is looked up at the start
+    /// of each run; `None`: always `backend`.
+    serving: Option<Backends>,
+    /// Warnings already given, so each is logged once per process.
+    warned: Mutex<HashSet<String>>,
+}
+
+impl Target {
+    /// Binds offering `index` to Waldur, with `token` instead of the config's
+    /// `waldur_api_token` when given; errors name the missing key.
+    pub fn new(index: usize, config: &OfferingConfig, backend: OfferingBackend, token: Option<Secret>) -> Result<Self> {
+        let at = |key: &str| anyhow!("offerings[{index}].{key}: missing (needed to write usage into Waldur)");
+        let url = config.waldur_api_url.as_deref().ok_or_else(|| at("waldur_api_url"))?;
+        let token = token.or_else(|| config.waldur_api_token.clone()).ok_or_else(|| at("waldur_api_token"))?;
+        let offering_uuid = config.waldur_offering_uuid.clone().ok_or_else(|| at("waldur_offering_uuid"))?;
+        let waldur = WaldurClient::new(url, token, config.verify_ssl)
+            .map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+        Ok(Self {
+            index,
+            name: config.display_name(index),
+            offering_uuid: offering_uuid.trim().to_owned(),
+            backend_type: config.usage_backend().unwrap_or_default().to_owned(),
+            components: config.backend_components.keys().cloned().collect(),
+            config: config.clone(),
+            backend,
+            waldur,
+            serving: None,
+            warned: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Makes each run use the component `backends` has in service for the offering's
+    /// backend type at that moment, so a hot swap takes effect at the next cycle.
+    pub fn follow(mut self, backends: &Backends) -> Self {
+        self.serving = Some(backends.clone());
+        self
+    }
+
+    /// The binding for a run starting now: the component in service, with the
+    /// offering's egress and config. A swap while the run goes on does not affect it.
+    pub fn backend_now(&self) -> OfferingBackend {
+        let current = self.serving.as_ref().and_then(|backends| backends.get(&self.backend_type));
+        match current {
+            Some(current) if !Arc::ptr_eq(&current, self.backend.backend()) => self.backend.with_backend(current),
+            _ => self.backend.clone(),
+        }
+    }
+
+    /// Logs `message` the first time `key` is seen; `resource` is the backend id the
+    /// line is about, if any.
+    fn warn_once(&self, key: String, resource: Option<&str>, message: impl FnOnce() -> String) {
+        if self.first_time(key) {
+            tracing::warn!(offering = %self.name, resource, "{}", message());
+        }
+    }
+
+    fn first_time(&self, key: String) -> bool {
+        self.warned.lock().map(|mut seen| seen.insert(key)).unwrap_or(true)
+    }
+}
+
+/// What to do with past months where Waldur cannot be trusted to file them right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PastMonths {
+    /// Leave them out, with one warning per offering (`report`).
+    SkipUnlessDated,
+    /// Refuse the run before any write (`load-historical-usage`).
+    RefuseUnlessDated,
+}
+
+/// What differs between the commands that run the engine.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The months, oldest first.
+    pub months: Vec<Month>,
+    pub past_months: PastMonths,
+    pub zeros: Zeros,
+    /// An absent resource reports zero in the current month where Waldur holds nothing.
+    pub absent_is_zero_in_current_month: bool,
+    /// Lower stored values to zero where the upstream now says zero or nothing.
+    pub reconcile_stale: bool,
+    pub user_usage: bool,
+    /// Pass each resource's cluster (`offering_backend_id`) to the component.
+    pub clusters_from_waldur: bool,
+    /// Only these resource backend ids (empty: every resource with a backend id).
+    pub resources: Vec<String>,
+    /// Waldur writes in flight.
+    pub concurrency: usize,
+    /// Plan and tell the observer; write nothing.
+    pub dry_run: bool,
+    /// The configured time zone: billing months and dates.
+    pub time_zone: TimeZone,
+}
+
+impl Policy {
+    fn rules(&self) -> plan::Rules {
+        plan::Rules {
+            zeros: self.zeros,
+            absent_is_zero_in_current_month: self.absent_is_zero_in_current_month,
+            reconcile_stale: self.reconcile_stale,
+        }
+    }
+}
+
+/// A write a dry run would make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Planned {
+    /// `set_usage` of a resource in a month.
+    Totals { month: Month, backend_id: String, amounts: Vec<(String, Cents)> },
+    /// Per-user usage of one component of a resource in a month.
+    Users { month: Month, backend_id: String, component: String, users: Vec<(String, Cents)> },
+}
+
+impl fmt::Display for Planned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Planned::Totals { month, backend_id, amounts } => {
+                write!(f, "{month} {backend_id} totals")?;
+                for (component, amount) in amounts {
+                    write!(f, " {component}={amount}")?;
+                }
+                Ok(())
+            }
+            Planned::Users { month, backend_id, component, users } => {
+                write!(f, "{month} {backend_id} users {component}")?;
+                for (username, amount) in users {
+                    write!(f, " {username}={amount}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Watches a run: progress, and what a dry run would write. Called from the run's own
+/// task, possibly from several of its futures at once.
+pub trait Observer: Send + Sync {
+    /// The run knows its size: months and resources per month.
+    fn started(&self, _months: usize, _resources: usize) {}
+    /// One resource is done for one month (whatever its outcome).
+    fn resource_done(&self) {}
+    /// A month is done.
+    fn month_done(&self, _month: Month) {}
+    /// A dry run would write this.
+    fn planned(&self, _planned: &Planned) {}
+}
+
+/// An observer that watches nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
+/// Said when an upstream answer knows none of an offering's resources: usually a
+/// setting that selects nothing rather than a month without usage.
+pub(crate) fn none_found_hint(resources: usize) -> String {
+    format!(
+        "the backend found none of the {resources} resources upstream; if that is unexpected, check the resource ids and the settings that select them (the cluster; storage_filesystem, storage_data_type, storage_path_mapping)."
+    )
+}
+
+/// Runs `policy` over `target`. Fails as a whole only when nothing can start (the
+/// offering or its resources cannot be read, a resource filter names an unknown
+/// resource, past months are asked of a Waldur that cannot take them); from then on
+/// every failure is counted and described in the summary.
+pub async fn run(
+    target: &Target,
+    policy: &Policy,
+    clock: &dyn Clock,
+    stop: &StopFlag,
+    observer: &dyn Observer,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let waldur_before = target.waldur.request_count();
+    let upstream_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
+    // One component version for the whole run, even if another is swapped in meanwhile.
+    let backend = target.backend_now();
+    let info = &backend.backend().info;
+    let mut summary = Summary {
+        offering: target.name.clone(),
+        backend_type: target.backend_type.clone(),
+        backend: format!("{} {}", info.name, info.version),
+        range: policy.months.first().zip(policy.months.last()).map(|(a, b)| (*a, *b)),
+        dry_run: policy.dry_run,
+        ..Summary::default()
+    };
+    // Every log line of the run carries the offering and its backend type.
+    let span = tracing::info_span!("sync", offering = %target.name, backend_type = %target.backend_type);
+    let run =
+        tracing::Instrument::instrument(setup(target, backend, policy, clock, stop, observer), span.clone()).await;
+    let fill = |summary: &mut Summary, tally: &Tally| {
+        tally.fill(summary);
+        summary.waldur_calls = target.waldur.request_count() - waldur_before;
+        summary.upstream_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - upstream_before;
+        summary.duration = started.elapsed();
+    };
+    let run = run?;
+    summary.resources = run.resources.len();
+    observer.started(policy.months.len(), run.resources.len());
+    if !run.resources.is_empty() {
+        summary.months = tracing::Instrument::instrument(run.all_months(), span).await;
+    } else {
+        summary.months = policy.months.len();
+    }
+    fill(&mut summary, &run.tally);
+    summary.interrupted = summary.months < policy.months.len();
+    Ok(summary)
+}
+
+/// Reads what the run needs from Waldur before the first month.
+async fn setup<'a>(
+    target: &'a Target,
+    backend: OfferingBackend,
+    policy: &'a Policy,
+    clock: &'a dyn Clock,
+    stop: &'a StopFlag,
+    observer: &'a dyn Observer,
+) -> Result<Run<'a>> {
+    let current = Month::containing(clock.now(), &policy.time_zone);
+    if let Some(future) = policy.months.iter().find(|m| **m > current) {
+        bail!("{future} is after the current month {current}; Waldur refuses usage for future months");
+    }
+    let offering = target.waldur.offering(&target.offering_uuid).await?;
+    let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
+    for name in target.components.iter().filter(|name| !offered.contains(*name)) {
+        target.warn_once(format!("component:{name}"), None, || {
+            format!(
+                "component {name:?} is configured but the Waldur offering has no such component; it is not submitted"
+            )
+        });
+    }
+    let mut resources: Vec<Resource> = target
+        .waldur
+        .resources(&target.offering_uuid)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            let has_id = r.backend_id.as_deref().is_some_and(|id| !id.trim().is_empty());
+            if !has_id {
+                tracing::debug!(resource_uuid = %r.uuid, "resource has no backend_id; skipped");
+            }
+            has_id
+        })
+        .collect();
+    resources.sort_by(|a, b| a.backend_id.cmp(&b.backend_id));
+    if !policy.resources.is_empty() {
+        let unknown: Vec<&str> = policy
+            .resources
+            .iter()
+            .filter(|id| !resources.iter().any(|r| r.backend_id.as_deref() == Some(id.as_str())))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "--resource-backend-id {}: no resource of offering {} in state OK or Erred has this backend_id",
+                unknown.join(", "),
+                target.offering_uuid
+            );
+        }
+        resources.retain(|r| r.backend_id.as_ref().is_some_and(|id| policy.resources.contains(id)));
+    }
+    if resources.is_empty() {
+        tracing::warn!("the offering has no resource with a backend_id in state OK or Erred; nothing to write");
+    }
+    let capabilities = target.waldur.capabilities();
+    if policy.past_months == PastMonths::RefuseUnlessDated
+        && !resources.is_empty()
+        && policy.months.iter().any(|m| *m < current)
+        && !target.waldur.honours_date().await?
+    {
+        bail!(
+            "{}: this Waldur cannot back-fill past months: its set_usage ignores `date` and files every write under its current month (Waldur before 8.0); nothing was written. Load only the current month, or upgrade Waldur.",
+            target.waldur.api_url()
+        );
+    }
+    Ok(Run {
+        target,
+        backend,
+        policy,
+        clock,
+        stop,
+        observer,
+        current,
+        offered,
+        resources,
+        links: OnceCell::new(),
+        permits: Semaphore::new(policy.concurrency.max(1)),
+        tally: Tally::default(),
+        capabilities,
+        misfiled: AtomicBool::new(false),
+    })
+}
+
+/// Outcome of one resource in one month; a later, worse outcome wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Outcome {
+    Unchanged,
+    Absent,
+    Submitted,
+    Skipped,
+    Failed,
+}
+
+/// Counters of a run, shared by its concurrent writes.
+#[derive(Default)]
+struct Tally {
+    submitted: AtomicU64,
+    unchanged: AtomicU64,
+    absent: AtomicU64,
+    skipped: AtomicU64,
+    failed: AtomicU64,
+    totals: AtomicU64,
+    user_writes: AtomicU64,
+    user_values: AtomicU64,
+    errors: RunErrors,
+}
+
+impl Tally {
+    fn count(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Submitted => &self.submitted,
+            Outcome::Unchanged => &self.unchanged,
+            Outcome::Absent => &self.absent,
+            Outcome::Skipped => &self.skipped,
+            Outcome::Failed => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn fill(&self, summary: &mut Summary) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed) as usize;
+        summary.submitted = get(&self.submitted);
+        summary.unchanged = get(&self.unchanged);
+        summary.absent = get(&self.absent);
+        summary.skipped = get(&self.skipped);
+        summary.failed = get(&self.failed);
+        summary.totals_submitted = get(&self.totals);
+        summary.user_usage_writes = get(&self.user_writes);
+        summary.user_usages_submitted = get(&self.user_values);
+        summary.errors = self.errors.lines();
+    }
+}
+
+/// `(resource uuid, component type)` → stored usage.
+type StoredTotals = HashMap<(String, String), ComponentUsage>;
+/// Component usage uuid → username → stored per-user usage.
+type StoredUsers = HashMap<String, HashMap<String, ComponentUserUsage>>;
+
+/// One resource through one month.
+struct Slot<'r> {
+    resource: &'r Resource,
+    backend_id: &'r str,
+    usage: Option<&'r wit::ResourceUsage>,
+    /// Totals to write.
+    send: Vec<(String, Cents)>,
+    /// Writing them creates component usages Waldur does not have yet.
+    creates: bool,
+    outcome: Outcome,
+    /// Totals are stored (written now or already there), so per-user usage may follow.
+    totals_in_place: bool,
+}
+
+impl Slot<'_> {
+    fn worsen(&mut self, outcome: Outcome) {
+        self.outcome = self.outcome.max(outcome);
+    }
+}
+
+/// Per-user values of one component usage to write.
+struct UserJob {
+    slot: usize,
+    component_usage: String,
+    usages: Vec<UserUsageInput>,
+}
+
+/// A write that did not happen.
+enum WriteError {
+    /// Left out: the run was asked to stop, or the month can no longer be written
+    /// safely.
+    Skipped,
+    Waldur(WaldurError),
+}
+
+/// One run over one offering.
+struct Run<'a> {
+    target: &'a Target,
+    backend: OfferingBackend,
+    policy: &'a Policy,
+    clock: &'a dyn Clock,
+    stop: &'a StopFlag,
+    observer: &'a dyn Observer,
+    /// The current month when the run started.
+    current: Month,
+    /// Component types the Waldur offering has.
+    offered: HashSet<String>,
+    resources: Vec<Resource>,
+    /// Offering users: username → URL, to link per-user usage; listed when first needed.
+    links: OnceCell<HashMap<String, String>>,
+    /// Waldur writes in flight, across months.
+    permits: Semaphore,
+    tally: Tally,
+    capabilities: Arc<Capabilities>,
+    /// A read-back found a value under another billing period: no more past-month writes.
+    misfiled: AtomicBool,
+}
+
+impl Run<'_> {
+    /// Every month, [`MONTHS_IN_FLIGHT`] at a time; the number of months completed.
+    async fn all_months(&self) -> usize {
+        // Collected first: a stream over a mapping closure is not provably `Send`.
+        let months: Vec<_> = self.policy.months.iter().map(|&month| self.month_observed(month)).collect();
+        let mut results = futures::stream::iter(months).buffered(MONTHS_IN_FLIGHT);
+        let mut completed = 0;
+        while let Some(done) = results.next().await {
+            completed += usize::from(done);
+        }
+        completed
+    }
+
+    async fn month_observed(&self, month: Month) -> bool {
+        let done = tracing::Instrument::instrument(self.month(month), tracing::info_span!("month", %month)).await;
+        if done {
+            self.observer.month_done(month);
+        }
+        done
+    }
+
+    /// Counts each resource failed, with one error line.
+    fn fail_all(&self, message: String) {
+        self.tally.errors.push(message);
+        for _ in &self.resources {
+            self.tally.count(Outcome::Failed);
+            self.observer.resource_done();
+        }
+    }
+
+    /// The date for writes into `month`, or `None` when the month cannot be written
+    /// safely now (said once per offering and reason).
+    async fn date_for(&self, month: Month) -> Result<Option<String>, WaldurError> {
+        let name = &self.target.name;
+        let tz = &self.policy.time_zone;
+        let unsafe_month = |key: &str, message: String| {
+            self.target.warn_once(format!("{key}:{month}"), None, || message);
+            Ok(None)
+        };
+        if month < self.current {
+            if self.misfiled.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if !self.target.waldur.honours_date().await? {
+                self.target.warn_once("undated".to_owned(), None, || {
+                    format!(
+                        "{}: this Waldur ignores `date` in set_usage and files every write under its current month (Waldur before 8.0): past months are not written, only the current month ({}); set reporting_periods: 1 to say so",
+                        self.target.waldur.api_url(),
+                        self.current
+                    )
+                });
+                return Ok(None);
+            }
+            return Ok(dates::past_month(month, tz));
+        }
+        match dates::current_month(month, self.clock.now(), tz) {
+            dates::CurrentDate::Now(date) => Ok(Some(date)),
+            dates::CurrentDate::HeldBack(date) if self.target.waldur.honours_date().await? => Ok(Some(date)),
+            dates::CurrentDate::HeldBack(_) => unsafe_month(
+                "month-end",
+                format!(
+                    "offering {name} {month}: the month ends in less than 12 hours and this Waldur files writes by its own clock; not written until the next month (then as a past month where Waldur allows it)"
+                ),
+            ),
+            dates::CurrentDate::TooEarly => unsafe_month(
+                "month-start",
+                format!(
+                    "offering {name} {month}: the month began less than 12 hours ago, so a Waldur in another time zone may still be in the previous one; not written until then"
+                ),
+            ),
+        }
+    }
+
+    /// One month, all resources; false when a stop request cut it short.
+    async fn month(&self, month: Month) -> bool {
+        if self.stop.is_stopped() {
+            return false;
+        }
+        let name = &self.target.name;
+        let requested = self
+            .resources
+            .iter()
+            .map(|r| wit::WaldurResource {
+                backend_id: r.backend_id.clone().unwrap_or_default(),
+                cluster: if self.policy.clusters_from_waldur { cluster(r) } else { None },
+            })
+            .collect();
+        let report = match self.backend.usage_report(requested, month.billing_period()).await {
+            Ok(report) => report,
+            Err(error) => {
+                self.fail_all(format!("offering {name} {month}: usage call failed, nothing submitted: {error}"));
+                return true;
+            }
+        };
+        let checked =
+            CheckedReport::new(self.resources.iter().map(|r| r.backend_id.as_deref().unwrap_or_default()), &report);
+        if !checked.unrequested.is_empty() {
+            let shown: Vec<&str> = checked.unrequested.iter().take(5).map(String::as_str).collect();
+            self.tally.errors.push(format!(
+                "offering {name} {month}: the backend reported {} resource(s) nobody asked for ({}{}); ignored",
+                checked.unrequested.len(),
+                shown.join(", "),
+                if checked.unrequested.len() > shown.len() { ", …" } else { "" }
+            ));
+        }
+        if self.resources.len() > 1 && report.resources.iter().all(|r| !r.found) {
+            self.target.warn_once(format!("none-found:{month}"), None, || {
+                format!(
+                    "{month}: {} `usage-agent usage` shows what the backend answers.",
+                    none_found_hint(self.resources.len())
+                )
+            });
+        }
+        let billing_period = month.first_day().to_string();
+        let stored = match self.list_totals(&billing_period).await {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.fail_all(format!("offering {name} {month}: cannot read Waldur's usages: {error}"));
+                return true;
+            }
+        };
+        let rules = self.policy.rules();
+        let mut slots: Vec<Slot<'_>> = self
+            .resources
+            .iter()
+            .map(|resource| {
+                let backend_id = resource.backend_id.as_deref().unwrap_or_default();
+                let mut slot = Slot {
+                    resource,
+                    backend_id,
+                    usage: None,
+                    send: Vec::new(),
+                    creates: false,
+                    outcome: Outcome::Unchanged,
+                    totals_in_place: false,
+                };
+                match checked.usage(backend_id) {
+                    Err(reason) => {
+                        self.tally.errors.push_resource(
+                            backend_id,
+                            format!("offering {name} {month}: resource {backend_id}: {reason}; nothing submitted for it"),
+                        );
+                        slot.outcome = Outcome::Failed;
+                    }
+                    Ok(usage) => {
+                        slot.usage = Some(usage);
+                        if !usage.found {
+                            slot.outcome = Outcome::Absent;
+                        }
+                        let held = |component: &str| {
+                            stored.get(&(resource.uuid.clone(), component.to_owned())).map(|u| u.amount)
+                        };
+                        let plan = plan::plan_totals(usage, &self.offered, held, rules, month == self.current);
+                        for (component, kept) in &plan.kept {
+                            tracing::warn!(resource = backend_id, component = %component, stored = %kept, "absent upstream; keeping the stored value");
+                        }
+                        (slot.send, slot.creates) = (plan.send, plan.creates);
+                    }
+                }
+                slot
+            })
+            .collect();
+        let wants_writes = slots.iter().any(|s| s.outcome != Outcome::Failed && !s.send.is_empty())
+            || (self.policy.user_usage
+                && slots.iter().any(|s| s.usage.is_some_and(|u| u.found && !u.users.is_empty())));
+        let date = if wants_writes {
+            match self.date_for(month).await {
+                Ok(date) => date,
+                Err(error) => {
+                    self.fail_all(format!(
+                        "offering {name} {month}: cannot tell whether this Waldur honours `date`: {error}"
+                    ));
+                    return true;
+                }
+            }
+        } else {
+            None
+        };
+        let complete = match &date {
+            Some(date) => self.write_month(month, &mut slots, &stored, &billing_period, date).await,
+            None => {
+                for slot in slots.iter_mut().filter(|s| s.outcome != Outcome::Failed && !s.send.is_empty()) {
+                    slot.worsen(Outcome::Skipped);
+                }
+                true
+            }
+        };
+        for slot in &slots {
+            self.tally.count(slot.outcome);
+            self.observer.resource_done();
+        }
+        complete
+    }
+
+    /// The writes of one month, their read-back, then per-user usage; false when a
+    /// stop request cut it short.
+    async fn write_month(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        stored: &StoredTotals,
+        billing_period: &str,
+        date: &str,
+    ) -> bool {
+        let written = self.write_totals(month, slots, date).await;
+        let relisted = if written { self.read_back_totals(month, slots, billing_period).await } else { None };
+        if !self.policy.user_usage {
+            return !self.stop.is_stopped();
+        }
+        if self.stop.is_stopped() {
+            // Totals without their per-user usage: the month is not done.
+            return false;
+        }
+        let usages = relisted.as_ref().unwrap_or(stored);
+        self.user_usages(month, slots, stored, usages, billing_period, date).await;
+        !self.stop.is_stopped()
+    }
+
+    async fn list_totals(&self, billing_period: &str) -> Result<StoredTotals, WaldurError> {
+        let list = self.target.waldur.component_usages(&self.target.offering_uuid, billing_period).await?;
+        Ok(list.into_iter().map(|u| ((u.resource_uuid.clone(), u.component_type.clone()), u)).collect())
+    }
+
+    async fn list_users(&self, billing_period: &str) -> Result<StoredUsers, WaldurError> {
+        let list = self.target.waldur.component_user_usages(&self.target.offering_uuid, billing_period).await?;
+        let mut stored = StoredUsers::new();
+        for usage in list {
+            stored.entry(usage.component_usage_uuid().to_owned()).or_default().insert(usage.username.clone(), usage);
+        }
+        Ok(stored)
+    }
+
+    /// Runs one write under the bound on writes in flight, unless the run was asked to
+    /// stop or the month can no longer be written safely.
+    async fn guarded<F, Fut>(&self, month: Month, write: F) -> Result<(), WriteError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), WaldurError>>,
+    {
+        let _permit = self.permits.acquire().await;
+        if self.stop.is_stopped() {
+            return Err(WriteError::Skipped);
+        }
+        if month < self.current && self.misfiled.load(Ordering::SeqCst) {
+            return Err(WriteError::Skipped);
+        }
+        if month == self.current && Month::containing(self.clock.now(), &self.policy.time_zone) != self.current {
+            // Fetched in one month, would land in the next: left to the next cycle.
+            tracing::info!("month changed during the run; write skipped");
+            return Err(WriteError::Skipped);
+        }
+        write().await.map_err(WriteError::Waldur)
+    }
+
+    /// `set_usage` for every slot with totals to send (a dry run tells the observer
+    /// instead); true when anything reached Waldur.
+    async fn write_totals(&self, month: Month, slots: &mut [Slot<'_>], date: &str) -> bool {
+        let writes = slots.iter().enumerate().filter(|(_, s)| s.outcome != Outcome::Failed && !s.send.is_empty()).map(
+            |(index, slot)| async move {
+                if self.policy.dry_run {
+                    self.observer.planned(&Planned::Totals {
+                        month,
+                        backend_id: slot.backend_id.to_owned(),
+                        amounts: slot.send.clone(),
+                    });
+                    return (index, Ok(()));
+                }
+                let waldur = &self.target.waldur;
+                let result = self.guarded(month, || waldur.set_usage(&slot.resource.uuid, &slot.send, date)).await;
+                (index, result)
+            },
+        );
+        let results = futures::future::join_all(writes).await;
+        for slot in slots.iter_mut() {
+            if slot.outcome != Outcome::Failed && slot.send.is_empty() {
+                slot.totals_in_place = true;
+            }
+        }
+        let mut written = false;
+        for (index, result) in results {
+            let slot = &mut slots[index];
+            match result {
+                Ok(()) => {
+                    if !self.policy.dry_run {
+                        self.tally.totals.fetch_add(1, Ordering::Relaxed);
+                        written = true;
+                        tracing::debug!(resource = slot.backend_id, usage = %describe_amounts(&slot.send), "usage submitted");
+                    }
+                    slot.worsen(Outcome::Submitted);
+                    slot.totals_in_place = true;
+                }
+                Err(error) => {
+                    let outcome = self.write_failed(slot.resource, month, "totals", error);
+                    slot.worsen(outcome);
+                }
+            }
+        }
+        written
+    }
+
+    /// Lists the month again and checks that every value written is there. A value
+    /// that is not was filed under another billing period: an error, and no more
+    /// past-month writes for the offering. Returns the new listing (it holds the
+    /// component usages just created, which per-user usage goes under).
+    async fn read_back_totals(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        billing_period: &str,
+    ) -> Option<StoredTotals> {
+        let name = &self.target.name;
+        let relisted = match self.list_totals(billing_period).await {
+            Ok(relisted) => relisted,
+            Err(error) => {
+                self.tally.errors.push(format!("offering {name} {month}: cannot read back what was written: {error}"));
+                for slot in slots.iter_mut().filter(|s| s.outcome == Outcome::Submitted) {
+                    slot.worsen(Outcome::Failed);
+                }
+                return None;
+            }
+        };
+        let mut missing = Vec::new();
+        for slot in slots.iter_mut().filter(|s| s.outcome == Outcome::Submitted && !s.send.is_empty()) {
+            let before = missing.len();
+            for (component, written) in &slot.send {
+                let listed = relisted.get(&(slot.resource.uuid.clone(), component.clone())).map(|u| u.amount);
+                if listed != Some(*written) {
+                    let listed = listed.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
+                    missing.push(format!(
+                        "resource {} {component}: wrote {written}, Waldur lists {listed}",
+                        slot.backend_id
+                    ));
+                }
+            }
+            if missing.len() > before {
+                slot.worsen(Outcome::Failed);
+                slot.totals_in_place = false;
+            }
+        }
+        if !missing.is_empty() {
+            self.misfiled.store(true, Ordering::SeqCst);
+            self.tally.errors.push(format!(
+                "offering {name} {month}: {} written value(s) are not under billing period {billing_period} (first: {}): the writes went to another month. Either this Waldur ignores `date` (before 8.0 it files every write under its current month) or its time zone differs from `timezone` ({}) by more than 12 hours. No more past months are written for this offering.",
+                missing.len(),
+                missing[0],
+                self.policy.time_zone.iana_name().unwrap_or("UTC"),
+            ));
+        }
+        Some(relisted)
+    }
+
+    /// What a refused write means for its resource.
+    fn write_failed(&self, resource: &Resource, month: Month, what: &str, error: WriteError) -> Outcome {
+        let error = match error {
+            WriteError::Skipped => return Outcome::Skipped,
+            WriteError::Waldur(error) => error,
+        };
+        let backend_id = resource.backend_id.as_deref().unwrap_or_default();
+        let name = &self.target.name;
+        if error.is_backfill_refusal() {
+            let message = format!(
+                "offering {name} {month}: resource {backend_id}: Waldur refuses to back-fill a past billing period with this token; use a staff token, or reporting_periods: 1 ({error})"
+            );
+            match self.policy.past_months {
+                PastMonths::SkipUnlessDated => {
+                    self.target.warn_once(format!("backfill:{}:{month}", resource.uuid), Some(backend_id), || message);
+                    return Outcome::Skipped;
+                }
+                PastMonths::RefuseUnlessDated => {
+                    if self.target.first_time(format!("backfill:{}", resource.uuid)) {
+                        self.tally.errors.push_resource(backend_id, message);
+                    }
+                    return Outcome::Failed;
+                }
+            }
+        }
+        if resource.state == "Erred" {
+            self.target.warn_once(format!("erred:{}", resource.uuid), Some(backend_id), || {
+                format!("resource {backend_id} is Erred and Waldur refuses its usage; skipped: {error}")
+            });
+            return Outcome::Skipped;
+        }
+        self.tally
+            .errors
+            .push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: {what}: {error}"));
+        Outcome::Failed
+    }
+
+    /// The offering users, listed once per run.
+    async fn links(&self) -> Result<&HashMap<String, String>, WaldurError> {
+        self.links
+            .get_or_try_init(|| async {
+                let users = self.target.waldur.offering_users(&self.target.offering_uuid).await?;
+                Ok(users.into_iter().filter_map(|u| Some((u.username?, u.url))).collect())
+            })
+            .await
+    }
+
+    /// Per-user usage of the slots whose totals are in place: the values that differ
+    /// from what Waldur holds, in one bulk write per component usage (or one write per
+    /// user, where Waldur has no bulk endpoint), then read back.
+    async fn user_usages(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        before: &StoredTotals,
+        usages: &StoredTotals,
+        billing_period: &str,
+        date: &str,
+    ) {
+        let name = &self.target.name;
+        let eligible: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].totals_in_place && slots[i].outcome != Outcome::Failed && slots[i].usage.is_some())
+            .collect();
+        let any_users = eligible.iter().any(|&i| slots[i].usage.is_some_and(|u| u.found && !u.users.is_empty()));
+        if eligible.is_empty() || (!any_users && !self.policy.reconcile_stale) {
+            return;
+        }
+        let fail = |slots: &mut [Slot<'_>], message: String| {
+            self.tally.errors.push(message);
+            for &i in &eligible {
+                slots[i].worsen(Outcome::Failed);
+            }
+        };
+        // Per-user records live under component usages: where none existed before this
+        // month's writes, there is nothing to read.
+        let eligible_uuids: HashSet<&str> = eligible.iter().map(|&i| slots[i].resource.uuid.as_str()).collect();
+        let stored_users = if before.keys().any(|(resource, _)| eligible_uuids.contains(resource.as_str())) {
+            match self.list_users(billing_period).await {
+                Ok(users) => users,
+                Err(error) => {
+                    return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}"));
+                }
+            }
+        } else {
+            StoredUsers::new()
+        };
+        let links = match self.links().await {
+            Ok(links) => links,
+            Err(error) => return fail(slots, format!("offering {name}: cannot list offering users: {error}")),
+        };
+        let rules = self.policy.rules();
+        let can_relink = self.capabilities.can_relink_users();
+        let mut jobs = Vec::new();
+        let mut unfixable = 0;
+        for &index in &eligible {
+            let slot = &slots[index];
+            let Some(usage) = slot.usage else { continue };
+            let measured = plan::measured_users(usage, &self.offered);
+            for component in self.target.components.iter().filter(|c| self.offered.contains(*c)) {
+                let values = measured.get(component.as_str()).map(Vec::as_slice).unwrap_or_default();
+                let component_usage = usages.get(&(slot.resource.uuid.clone(), component.clone()));
+                let held = component_usage.and_then(|cu| stored_users.get(&cu.uuid));
+                let plan = plan::plan_users(values, held, links, rules, can_relink);
+                unfixable += plan.unfixable_links.len();
+                if plan.send.is_empty() {
+                    continue;
+                }
+                if self.policy.dry_run {
+                    self.observer.planned(&Planned::Users {
+                        month,
+                        backend_id: slot.backend_id.to_owned(),
+                        component: component.clone(),
+                        users: plan.send.iter().map(|u| (u.username.clone(), u.usage)).collect(),
+                    });
+                    self.tally.user_values.fetch_add(plan.send.len() as u64, Ordering::Relaxed);
+                    jobs.push(UserJob { slot: index, component_usage: String::new(), usages: Vec::new() });
+                    continue;
+                }
+                match component_usage {
+                    Some(cu) => jobs.push(UserJob { slot: index, component_usage: cu.uuid.clone(), usages: plan.send }),
+                    None => self.target.warn_once(format!("no-total:{}:{component}:{month}", slot.resource.uuid), Some(slot.backend_id), || {
+                        format!("offering {name} {month}: resource {}: per-user usage of {component} not written: Waldur holds no total for it", slot.backend_id)
+                    }),
+                }
+            }
+        }
+        if unfixable > 0 {
+            self.target.warn_once(format!("unfixable-links:{month}"), None, || {
+                format!("offering {name} {month}: {unfixable} per-user usage(s) have a missing or wrong offering-user link that this Waldur cannot change (its set_user_usage updates only the value of a stored record)")
+            });
+        }
+        if self.policy.dry_run {
+            for job in &jobs {
+                slots[job.slot].worsen(Outcome::Submitted);
+            }
+            return;
+        }
+        let writes = jobs.iter().map(|job| async move { (job, self.write_users(month, job, date).await) });
+        let results = futures::future::join_all(writes).await;
+        let mut written = Vec::new();
+        for (job, result) in results {
+            let slot = &mut slots[job.slot];
+            match result {
+                Ok(()) => {
+                    slot.worsen(Outcome::Submitted);
+                    written.push(job);
+                }
+                Err(error) => {
+                    let outcome = self.write_failed(slot.resource, month, "per-user usage", error);
+                    slot.worsen(outcome);
+                }
+            }
+        }
+        if !written.is_empty() {
+            self.read_back_users(month, slots, &written, billing_period).await;
+        }
+    }
+
+    /// The per-user values of one job: one bulk request, or one request per user where
+    /// this Waldur has no bulk endpoint (learnt from its 404 or 405, once per Waldur).
+    async fn write_users(&self, month: Month, job: &UserJob, date: &str) -> Result<(), WriteError> {
+        let waldur = &self.target.waldur;
+        if self.capabilities.bulk_user_usages() {
+            match self.guarded(month, || waldur.set_user_usages(&job.component_usage, &job.usages, date)).await {
+                Ok(()) => {
+                    self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
+                    self.tally.user_values.fetch_add(job.usages.len() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(WriteError::Waldur(error)) if matches!(error.status(), Some(404 | 405)) => {
+                    if self.capabilities.lose_bulk_user_usages() {
+                        tracing::warn!(
+                            "{}: this Waldur has no bulk set_user_usages ({error}); per-user usage goes one user at a time (set_user_usage) from now on",
+                            waldur.api_url()
+                        );
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        for usage in &job.usages {
+            self.guarded(month, || waldur.set_user_usage(&job.component_usage, usage, date)).await?;
+            self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
+            self.tally.user_values.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Lists the month's per-user usages again and checks every value written.
+    async fn read_back_users(&self, month: Month, slots: &mut [Slot<'_>], written: &[&UserJob], billing_period: &str) {
+        let name = &self.target.name;
+        let listed = match self.list_users(billing_period).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                self.tally.errors.push(format!("offering {name} {month}: cannot read back per-user usage: {error}"));
+                for job in written {
+                    slots[job.slot].worsen(Outcome::Failed);
+                }
+                return;
+            }
+        };
+        let mut wrong = Vec::new();
+        for job in written {
+            for usage in &job.usages {
+                let held =
+                    listed.get(&job.component_usage).and_then(|users| users.get(&usage.username)).map(|u| u.usage);
+                if held != Some(usage.usage) {
+                    let held = held.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
+                    wrong.push(format!(
+                        "resource {} user {}: wrote {}, Waldur lists {held}",
+                        slots[job.slot].backend_id, usage.username, usage.usage
+                    ));
+                    slots[job.slot].worsen(Outcome::Failed);
+                }
+            }
+        }
+        if !wrong.is_empty() {
+            self.tally.errors.push(format!(
+                "offering {name} {month}: {} per-user value(s) written are not what Waldur lists under billing period {billing_period} (first: {})",
+                wrong.len(),
+                wrong[0]
+            ));
+        }
+    }
+}
+
+/// A resource's cluster for the component: its `offering_backend_id`, lower-cased.
+fn cluster(resource: &Resource) -> Option<String> {
+    resource.offering_backend_id.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_ascii_lowercase)
+}
+
+/// `nodeHours=12.5 cpuHours=300` for a log line.
+fn describe_amounts(amounts: &[(String, Cents)]) -> String {
+    amounts.iter().map(|(component, amount)| format!("{component}={amount}")).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_lines_read_well() -> Result<()> {
+        let month = Month::new(2024, 2)?;
+        let totals = Planned::Totals {
+            month,
+            backend_id: "p1".into(),
+            amounts: vec![("nodeHours".into(), Cents(1234)), ("cpuHours".into(), Cents(5))],
+        };
+        assert_eq!(totals.to_string(), "2024-02 p1 totals nodeHours=12.34 cpuHours=0.05");
+        let users = Planned::Users {
+            month,
+            backend_id: "p1".into(),
+            component: "nodeHours".into(),
+            users: vec![("u1".into(), Cents(100))],
+        };
+        assert_eq!(users.to_string(), "2024-02 p1 users nodeHours u1=1.00");
+        Ok(())
+    }
+}
