@@ -108,6 +108,9 @@ class Serve:
         pg_kwargs = {}
         if self.pg_user:
             os.chmod(self.state, 0o711)  # postgres must reach its folders
+            reach = subprocess.run(["test", "-x", self.state], user=self.pg_user.pw_uid, check=False)
+            if reach.returncode != 0:
+                raise RuntimeError(f"the postgres user cannot reach {self.state}: choose a STATE_DIR under world-searchable folders")
             os.chown(sockets, self.pg_user.pw_uid, self.pg_user.pw_gid)
             pg_log = os.path.join(self.state, "postgres.log")
             open(pg_log, "ab").close()
