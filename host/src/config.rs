@@ -5,15 +5,23 @@
 //! host adds are optional. Loading checks shapes and host-owned settings (credentials,
 //! proxy, time zone); backend-specific settings are checked by the component's own
 //! `setup`, whose errors the runtime prefixes with the offering's path.
+//!
+//! The YAML is read as the Python agent reads it: PyYAML follows YAML 1.1, so `yes`,
+//! `no`, `on`, `off` (any case) are booleans beside `true`/`false`, `y`/`n` are booleans
+//! where a boolean is expected (as pydantic reads PyYAML's string), `~`, `null`, `Null`,
+//! `NULL` and nothing at all are null, `0755` is octal, and a repeated key keeps its last
+//! value ([`from_yaml`]). `host/tests/pyyaml.rs` compares the reading of every example
+//! with PyYAML's.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use indexmap::IndexMap;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::egress::connect::Proxy;
 
@@ -268,6 +276,28 @@ pub struct DwdiAccess {
     pub ca_bundle: Option<PathBuf>,
 }
 
+/// Reads YAML text as PyYAML does (see the module docs). An error names the key path
+/// and the line: `offerings[0].verify_ssl: invalid boolean at line 3, column 17`.
+pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T> {
+    let options = serde_saphyr::options! {
+        // One line per error, as every other error of the agent.
+        with_snippet: false,
+        legacy_octal_numbers: true,
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::LastWins,
+    };
+    let mut path = None;
+    serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            path = Some(error.path().to_string());
+            error.into_inner()
+        })
+    })
+    .map_err(|error| match path.filter(|path| path != ".") {
+        Some(path) => anyhow!("{path}: {error}"),
+        None => anyhow!("{error}"),
+    })
+}
+
 impl AgentConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -278,7 +308,7 @@ impl AgentConfig {
 
     /// Parses and checks YAML text.
     pub fn parse(text: &str) -> Result<Self> {
-        let config: AgentConfig = serde_yaml::from_str(text)?;
+        let config: AgentConfig = from_yaml(text)?;
         config.check()?;
         Ok(config)
     }
@@ -608,6 +638,48 @@ offerings:
         let text = format!("waldur_timeout_seconds: -1\n{MINIMAL}");
         let err = error_of(&text);
         assert!(err.starts_with("waldur_timeout_seconds: must be"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_1_1_booleans_and_nulls_read_as_pyyaml_and_pydantic_read_them() -> Result<()> {
+        let spellings = [
+            (["yes", "Yes", "YES", "on", "On", "ON", "y", "True", "TRUE"], true),
+            (["no", "No", "NO", "off", "Off", "OFF", "n", "False", "FALSE"], false),
+        ];
+        for (written, read) in spellings.iter().flat_map(|(words, read)| words.iter().map(move |w| (w, *read))) {
+            let text = MINIMAL.replace("    backend_type:", &format!("    verify_ssl: {written}\n    backend_type:"));
+            assert_eq!(AgentConfig::parse(&text)?.offerings[0].verify_ssl, read, "verify_ssl: {written}");
+        }
+        for null in ["~", "null", "Null", "NULL", ""] {
+            let text = format!("timezone: {null}\nlog_level: {null}\n{MINIMAL}")
+                .replace("    backend_type:", &format!("    waldur_api_token: {null}\n    backend_type:"))
+                .replace("      storage_tenant: cscs", &format!("      cscs_dwdi_oidc_scope: {null}"));
+            let config = AgentConfig::parse(&text)?;
+            assert_eq!((config.timezone, config.log_level), (None, None), "{null:?}");
+            assert_eq!(config.offerings[0].waldur_api_token, None, "{null:?}");
+            let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+            assert_eq!(access.scope, "openid", "a null scope is the default: {null:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn yaml_errors_name_the_key_path_and_the_line() {
+        let text = MINIMAL.replace("    backend_type:", "    verify_ssl: maybe\n    backend_type:");
+        assert_eq!(error_of(&text), "offerings[0].verify_ssl: invalid boolean at line 4, column 17");
+        let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
+        assert_eq!(
+            error_of(&text),
+            "offerings[0].backend_components.nodeHours.unit_factor: invalid floating point at line 13, column 59"
+        );
+        assert_eq!(error_of("offerings: [\n"), "unclosed bracket '[' at line 1, column 12");
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_as_in_pyyaml() -> Result<()> {
+        let text = format!("reporting_periods: 3\nreporting_periods: 1\n{MINIMAL}");
+        assert_eq!(AgentConfig::parse(&text)?.reporting_periods, 1);
         Ok(())
     }
 

@@ -22,9 +22,13 @@ use super::LogFormat;
 /// before anything else so start-up is logged at that level. A config that cannot be
 /// read is left for the command to report.
 pub fn config_log_level(path: &std::path::Path) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct LogLevel {
+        log_level: Option<String>,
+    }
     let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_yaml::Value = serde_yaml::from_str(&text).ok()?;
-    let level = value.get("log_level")?.as_str()?.trim().to_ascii_lowercase();
+    let read: LogLevel = crate::config::from_yaml(&text).ok()?;
+    let level = read.log_level?.trim().to_ascii_lowercase();
     let level = if level == "warning" { "warn".to_owned() } else { level };
     ["error", "warn", "info", "debug", "trace"].contains(&level.as_str()).then_some(level)
 }
