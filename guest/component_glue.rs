@@ -36,8 +36,9 @@ impl wit::Guest for Component {
             .map_err(error_to)
     }
 
-    fn ping(config: wit::Config) -> Result<(), wit::BackendError> {
-        let request = dwdi_core::plan_ping(BACKEND, &config_from(config)).map_err(error_to)?;
+    fn ping(config: wit::Config, today: wit::Date) -> Result<(), wit::BackendError> {
+        let request = dwdi_core::plan_ping(BACKEND, &config_from(config), date_from(today))
+            .map_err(error_to)?;
         dwdi_core::fetch::ping(&request).map_err(error_to)
     }
 

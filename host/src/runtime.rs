@@ -47,7 +47,7 @@ use bindings::{Backend as BackendBindings, BackendPre};
 /// The WIT package this host implements; components must share its major version.
 pub const WIT_PACKAGE: &str = "waldur:usage";
 /// The WIT version the host was built against.
-pub const WIT_VERSION: &str = "1.0.0";
+pub const WIT_VERSION: &str = "2.0.0";
 
 /// What one call's store holds.
 pub(crate) struct CallState {
@@ -432,10 +432,10 @@ impl OfferingBackend {
         self.call(move |guest, store| Box::pin(async move { guest.call_setup(store, &config).await })).await
     }
 
-    /// Checks that DWDI answers.
-    pub async fn ping(&self) -> Result<(), CallError> {
+    /// Checks that DWDI answers its reachability request about `today` with a success.
+    pub async fn ping(&self, today: wit::Date) -> Result<(), CallError> {
         let config = self.config.clone();
-        self.call(move |guest, store| Box::pin(async move { guest.call_ping(store, &config).await })).await
+        self.call(move |guest, store| Box::pin(async move { guest.call_ping(store, &config, today).await })).await
     }
 
     /// Usage of `resources` in a billing month.

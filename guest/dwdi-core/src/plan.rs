@@ -109,15 +109,26 @@ pub fn plan_daily_report(
     plan(setup(backend, config)?, resources, Window::Days(first, last))
 }
 
-/// The reachability request: the day endpoint without a query. Only the settings are
-/// checked, so an operator can test connectivity before the components are right.
-pub fn plan_ping(backend: Backend, config: &Config) -> Result<Request, BackendError> {
+/// The reachability request, as the upstream Python client sends it: the usage of
+/// `today` (`/compute/usage-day?from=…&to=…`, `/storage/usage-day?exact-date=…`), for no
+/// account or path in particular. Only the settings are checked, so an operator can test
+/// connectivity before the components are right.
+pub fn plan_ping(backend: Backend, config: &Config, today: Date) -> Result<Request, BackendError> {
+    check_date("today", today)?;
     let settings = Settings::parse(backend, &config.settings_json)?;
-    let path = match backend {
-        Backend::Compute => "/compute/usage-day",
-        Backend::Storage => "/storage/usage-day",
-    };
-    Ok(Request { url: format!("{}{path}", settings.api_url), keys: Vec::new() })
+    let mut url = settings.api_url;
+    match backend {
+        Backend::Compute => {
+            url.push_str("/compute/usage-day?from=");
+            url.push_str(&ymd(today));
+            push_param(&mut url, "to", &ymd(today));
+        }
+        Backend::Storage => {
+            url.push_str("/storage/usage-day?exact-date=");
+            url.push_str(&ymd(today));
+        }
+    }
+    Ok(Request { url, keys: Vec::new() })
 }
 
 /// The error every management call gets: these backends only read.

@@ -311,25 +311,34 @@ fn bad_answers_name_endpoint_and_path() {
 }
 
 #[test]
-fn ping_request_and_verdicts() {
-    let request = match plan_ping(Backend::Storage, &storage_config("")) {
+fn ping_asks_for_today_as_the_python_client_does_and_needs_a_success() {
+    let today = Date { year: 2024, month: 2, day: 29 };
+    let request = match plan_ping(Backend::Storage, &storage_config(""), today) {
         Ok(r) => r,
         Err(e) => panic!("{e}"),
     };
-    assert_eq!(request.url(), format!("{BASE}/storage/usage-day"));
+    assert_eq!(request.url(), format!("{BASE}/storage/usage-day?exact-date=2024-02-29"));
+    assert_eq!(request.endpoint(), format!("{BASE}/storage/usage-day"));
     // Ping needs no components.
     let bare = Config { settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}"}}"#), components: vec![] };
-    let compute = plan_ping(Backend::Compute, &bare).map(|r| r.url().to_owned());
-    assert_eq!(compute, Ok(format!("{BASE}/compute/usage-day")));
+    let compute = plan_ping(Backend::Compute, &bare, today).map(|r| r.url().to_owned());
+    assert_eq!(compute, Ok(format!("{BASE}/compute/usage-day?from=2024-02-29&to=2024-02-29")));
+    let not_a_day = plan_ping(Backend::Compute, &bare, Date { year: 2023, month: 2, day: 29 });
+    assert!(matches!(not_a_day, Err(BackendError::InvalidConfig(_))), "{not_a_day:?}");
 
     let verdict = |status: u16| check_ping(&request, &HttpAnswer { status, body: b"nope".to_vec() });
-    for status in [200, 204, 400, 404, 405, 422] {
+    for status in [200, 204] {
         assert_eq!(verdict(status), Ok(()), "{status}");
     }
     assert!(matches!(verdict(401), Err(BackendError::Unauthorized(_))));
     assert!(matches!(verdict(403), Err(BackendError::Unauthorized(_))));
-    for status in [301, 500, 502, 503] {
-        assert!(matches!(verdict(status), Err(BackendError::UpstreamStatus { .. })), "{status}");
+    for status in [301, 400, 404, 405, 422, 500, 502, 503] {
+        match verdict(status) {
+            Err(BackendError::UpstreamStatus { endpoint, status: got, .. }) => {
+                assert_eq!((endpoint.as_str(), got), (request.endpoint(), status));
+            }
+            other => panic!("{status}: {other:?}"),
+        }
     }
 }
 

@@ -178,13 +178,15 @@ async fn ping_offering(
     line(out, Step::Token, "ok", &format!("issued by {} ({} ms)", access.token_url, started.elapsed().as_millis()))
         .map_err(io)?;
 
+    // The upstream client asks about the current day in UTC.
+    let today = super::usage::wit_date(jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date());
     let started = Instant::now();
-    backend.ping().await.map_err(|e| (Step::Api, e.to_string()))?;
+    backend.ping(today).await.map_err(|e| (Step::Api, e.to_string()))?;
     line(
         out,
         Step::Api,
         "ok",
-        &format!("{} answers the backend's check ({} ms)", access.api_url, started.elapsed().as_millis()),
+        &format!("{} answers the backend's request for today ({} ms)", access.api_url, started.elapsed().as_millis()),
     )
     .map_err(io)?;
     Ok(())

@@ -144,7 +144,7 @@ pub(crate) async fn fetch(
     }
 }
 
-fn wit_date(date: jiff::civil::Date) -> wit::Date {
+pub(super) fn wit_date(date: jiff::civil::Date) -> wit::Date {
     wit::Date { year: date.year() as u16, month: date.month() as u8, day: date.day() as u8 }
 }
 

@@ -703,8 +703,8 @@ mod tests {
         let refusal = check_export(runtime.engine(), &empty).err();
         assert_eq!(refusal, Some(Refusal::NoExport { exports: "nothing".to_owned() }));
         assert_eq!(
-            Refusal::WitVersion { found: "2.1.0".to_owned() }.to_string(),
-            "built against waldur:usage@2.1.0, but this host supports waldur:usage 1.x (it implements waldur:usage@1.0.0)"
+            Refusal::WitVersion { found: "3.1.0".to_owned() }.to_string(),
+            "built against waldur:usage@3.1.0, but this host supports waldur:usage 2.x (it implements waldur:usage@2.0.0)"
         );
         Ok(())
     }

@@ -27,17 +27,20 @@
 //!   (`/storage/usage-day?exact-date=…`).
 //! - Parameters are validated: missing, malformed, repeated single-valued or empty
 //!   parameters and `from` after `to` are 400 with a `{"detail": …}` naming the parameter.
-//!   The bare `/compute/usage-day` and `/storage/usage-day` (the clients' reachability
-//!   check) therefore answer 400 when authorised and 401 when not.
+//! - The clients' reachability check, as the upstream Python client sends it —
+//!   `/compute/usage-day?from=D&to=D` without accounts, `/storage/usage-day?exact-date=D`
+//!   alone — answers 200 (with no rows: it names no account or path) when authorised and
+//!   401 when not; without its parameters it is 400 like any other request.
 //!
 //! Endpoints (below [`DwdiSim::api_url`], which already ends in `/api/v1`):
 //!
 //! | path | parameters |
 //! |---|---|
 //! | `/compute/usage-month/account` | `from`, `to` (`YYYY-MM`), `account`+, `cluster`* |
-//! | `/compute/usage-day/account` (and `/compute/usage-day`) | `from`, `to` (`YYYY-MM-DD`), `account`+, `cluster`* |
+//! | `/compute/usage-day/account` | `from`, `to` (`YYYY-MM-DD`), `account`+, `cluster`* |
+//! | `/compute/usage-day` | `from`, `to` (`YYYY-MM-DD`), `account`*, `cluster`* |
 //! | `/storage/usage-month` | `exact-month` (`YYYY-MM`), `filesystem`, `data_type`, `paths`+, `tenant`? |
-//! | `/storage/usage-day` | `exact-date` (`YYYY-MM-DD`), `filesystem`, `data_type`, `paths`+, `tenant`? |
+//! | `/storage/usage-day` | `exact-date` (`YYYY-MM-DD`), `filesystem`, `data_type`, `paths`+, `tenant`?; or `exact-date` alone |
 //!
 //! Tests observe and steer it through [`Stats`] (token and API counts, rejections, peer
 //! addresses, recent request targets), fault injection ([`DwdiSim::fail_next`],

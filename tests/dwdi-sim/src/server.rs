@@ -348,6 +348,8 @@ enum Kind {
 enum Endpoint {
     ComputeMonth,
     ComputeDay,
+    /// The bare `/compute/usage-day`: the clients' reachability check.
+    ComputeDayBare,
     StorageMonth,
     StorageDay,
 }
@@ -356,9 +358,8 @@ impl Endpoint {
     fn from_path(path: &str) -> Option<Self> {
         match path.strip_prefix(API_PREFIX)? {
             "/compute/usage-month/account" => Some(Self::ComputeMonth),
-            // The bare day path is the clients' reachability check; it takes the same
-            // parameters as the account form.
-            "/compute/usage-day/account" | "/compute/usage-day" => Some(Self::ComputeDay),
+            "/compute/usage-day/account" => Some(Self::ComputeDay),
+            "/compute/usage-day" => Some(Self::ComputeDayBare),
             "/storage/usage-month" => Some(Self::StorageMonth),
             "/storage/usage-day" => Some(Self::StorageDay),
             _ => None,
@@ -571,7 +572,7 @@ fn api(state: &SimState, endpoint: Endpoint, request: &Request<Body>) -> Respons
     }
     let query = Query::parse(request.uri().query());
     let answer = match endpoint {
-        Endpoint::ComputeMonth | Endpoint::ComputeDay => {
+        Endpoint::ComputeMonth | Endpoint::ComputeDay | Endpoint::ComputeDayBare => {
             compute(state, endpoint, &query).map(|compute| axum::Json(ComputeAnswer { compute }).into_response())
         }
         Endpoint::StorageMonth | Endpoint::StorageDay => {
@@ -671,7 +672,12 @@ struct StorageAnswer {
 }
 
 fn compute(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<ComputeEntry>, String> {
-    query.check(&["from", "to"], &["account"], &[], &["cluster"])?;
+    if endpoint == Endpoint::ComputeDayBare {
+        // The reachability check asks about every account.
+        query.check(&["from", "to"], &[], &[], &["account", "cluster"])?;
+    } else {
+        query.check(&["from", "to"], &["account"], &[], &["cluster"])?;
+    }
     let from = query.single("from").unwrap_or_default();
     let to = query.single("to").unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::ComputeMonth {
@@ -696,7 +702,13 @@ fn compute(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<Co
 
 fn storage(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<StorageRow>, String> {
     let period_key = if endpoint == Endpoint::StorageMonth { "exact-month" } else { "exact-date" };
-    query.check(&[period_key, "filesystem", "data_type"], &["paths"], &["tenant"], &[])?;
+    let reachability = endpoint == Endpoint::StorageDay && query.pairs.iter().all(|(key, _)| key == period_key);
+    if reachability {
+        // The clients' reachability check: `exact-date` alone asks about every path.
+        query.check(&[period_key], &[], &[], &[])?;
+    } else {
+        query.check(&[period_key, "filesystem", "data_type"], &["paths"], &["tenant"], &[])?;
+    }
     let period = query.single(period_key).unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::StorageMonth {
         let (year, month) = parse_month(period)

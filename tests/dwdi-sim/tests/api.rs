@@ -631,15 +631,27 @@ async fn bad_parameters_are_400_naming_the_parameter() {
 }
 
 #[tokio::test]
-async fn reachability_paths_answer_400_when_authorised_and_401_when_not() {
-    let sim = start(DwdiData::new()).await;
+async fn reachability_checks_answer_200_when_authorised_and_401_when_not() {
+    let sim = start(small_data()).await;
     let token = token(&sim).await;
-    for path in ["/compute/usage-day", "/storage/usage-day"] {
-        let reply = get(&sim, path, &token).await;
-        assert_eq!(reply.status, 400, "{path}");
-        assert!(reply.detail().contains("missing required query parameter"), "{}", reply.detail());
-        assert_eq!(get(&sim, path, "").await.status, 401, "{path}");
-        assert_eq!(get(&sim, path, "stale").await.status, 401, "{path}");
+    // What the upstream Python client's ping and ping_storage send.
+    for target in ["/compute/usage-day?from=2024-01-04&to=2024-01-04", "/storage/usage-day?exact-date=2024-01-04"] {
+        let reply = get(&sim, target, &token).await;
+        assert_eq!(reply.status, 200, "{target}: {}", reply.detail());
+        assert_eq!(get(&sim, target, "").await.status, 401, "{target}");
+        assert_eq!(get(&sim, target, "stale").await.status, 401, "{target}");
+    }
+    // Without their parameters, or with others, they are checked like any request.
+    for (target, param) in [
+        ("/compute/usage-day", "from, to"),
+        ("/storage/usage-day", "exact-date"),
+        ("/storage/usage-day?exact-date=2024-01-04&paths=/p", "filesystem, data_type"),
+        ("/compute/usage-day?from=2024-01&to=2024-01", "date YYYY-MM-DD"),
+        ("/compute/usage-day/account?from=2024-01-04&to=2024-01-04", "account"),
+    ] {
+        let reply = get(&sim, target, &token).await;
+        assert_eq!(reply.status, 400, "{target}");
+        assert!(reply.detail().contains(param), "{target}: {}", reply.detail());
     }
     sim.shutdown().await;
 }

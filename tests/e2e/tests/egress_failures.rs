@@ -75,6 +75,68 @@ async fn ping_walks_every_step_through_a_proxy_and_tls() -> Result<()> {
     Ok(())
 }
 
+/// Today's date in UTC, as the ping request carries it.
+fn today_utc() -> String {
+    jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_sends_what_the_python_client_sends() -> Result<()> {
+    let (sim, options, _) = sim().await?;
+    let compute = compute_config_at(&sim, &options, "127.0.0.1", "");
+    let storage = compute
+        .replace("backend_type: cscs-dwdi-compute", "backend_type: cscs-dwdi-storage")
+        .replace(
+            "    backend_components:\n",
+            "      storage_filesystem: lustre\n      storage_data_type: projects\n    backend_components:\n",
+        )
+        .replace("nodeHours:", "storage_space:")
+        .replace("cpuHours:", "storage_inodes:");
+    let (before, today) = (today_utc(), today_utc());
+    for (text, want) in [
+        (compute, format!("{API_PREFIX}/compute/usage-day?from={today}&to={today}")),
+        (storage, format!("{API_PREFIX}/storage/usage-day?exact-date={today}")),
+    ] {
+        let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
+        ensure!(ok, "{out}");
+        ensure!(out.contains("  api      ok") && out.contains("answers the backend's request for today"), "{out}");
+        let sent = sim.stats().recent_urls().last().cloned().unwrap_or_default();
+        // A ping at midnight UTC may ask about the next day.
+        ensure!(sent == want || before != today_utc(), "sent {sent}, want {want}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ping_fails_on_any_answer_but_a_success_naming_url_and_status() -> Result<()> {
+    let (sim, options, _) = sim().await?;
+    // A mistyped API URL: the simulator, strict as DWDI, answers 404.
+    let base = format!("http://127.0.0.1:{}", sim.addr().port());
+    let (right, wrong) = (format!("{base}{API_PREFIX}"), format!("{base}/api/v2"));
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "").replace(&right, &wrong);
+    ensure!(text.contains(&wrong), "{text}");
+    let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
+    ensure!(!ok, "a 404 passed: {out}");
+    let endpoint = format!("{wrong}/compute/usage-day");
+    ensure!(out.contains(&format!("  api      FAILED  DWDI answered HTTP 404 at {endpoint}: ")), "{out}");
+    ensure!(!out.contains(&format!("{endpoint}?")), "the query is left out: {out}");
+    ensure!(out.contains("step api failed"), "{out}");
+
+    // Any other answer but a success fails too, with its status.
+    let text = compute_config_at(&sim, &options, "127.0.0.1", "");
+    for status in [400, 422, 500] {
+        sim.fail_next(1, status);
+        let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
+        ensure!(!ok && out.contains(&format!("  api      FAILED  DWDI answered HTTP {status} at ")), "{status}: {out}");
+    }
+    // A 401 is retried once with a fresh token; refused twice, it fails.
+    sim.fail_next(2, 401);
+    let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
+    let refused = format!("(HTTP 401) at {right}/compute/usage-day");
+    ensure!(!ok && out.contains("  api      FAILED  DWDI refused the credentials") && out.contains(&refused), "{out}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_that_is_down() -> Result<()> {
     let (sim, options, data) = sim().await?;

@@ -214,7 +214,7 @@ async fn a_new_build_serves_the_next_cycle_and_bad_files_never_replace_it() -> R
         (
             "another WIT major",
             std::fs::read(components::WIT_NEXT)?,
-            "built against waldur:usage@2.0.0, but this host supports waldur:usage 1.x",
+            "built against waldur:usage@3.0.0, but this host supports waldur:usage 2.x",
         ),
         (
             "setup fails",
@@ -302,7 +302,7 @@ async fn a_restart_with_a_warm_cache_loads_without_compiling() -> Result<()> {
         format!("compiled cache: {}", world.cache_dir().display()),
         format!("source:     file {}", world.compute_file().display()),
         format!("component:  {COMPUTE} {}", components::COMPUTE_NEXT_VERSION),
-        "wit:        waldur:usage@1.0.0".to_owned(),
+        format!("wit:        waldur:usage@{}", usage_agent::runtime::WIT_VERSION),
         format!("sha256:     {}", sha256_hex(&next)),
         format!("size:       {} bytes", next.len()),
         "compiled in".to_owned(),

@@ -161,7 +161,7 @@ mod component {
             }
         }
 
-        fn ping(_: wit::Config) -> Result<(), wit::BackendError> {
+        fn ping(_: wit::Config, _: wit::Date) -> Result<(), wit::BackendError> {
             Ok(())
         }
 

@@ -31,7 +31,7 @@ mod component {
             Err(refused())
         }
 
-        fn ping(_: wit::Config) -> Result<(), wit::BackendError> {
+        fn ping(_: wit::Config, _: wit::Date) -> Result<(), wit::BackendError> {
             Err(refused())
         }
 
