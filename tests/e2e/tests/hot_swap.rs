@@ -189,7 +189,7 @@ async fn a_new_build_serves_the_next_cycle_and_bad_files_never_replace_it() -> R
     let world = World::new().await?;
     let agent = Agent::start(&world.config("")?)?;
     let first = agent.wait_for_version(BUILTIN_VERSION).await?;
-    assert!(first.contains("3 resources, 3 submitted"), "{first}");
+    assert!(first.contains("3 resources × 1 months: 3 written"), "{first}");
 
     // A second build of the compute component, dropped into the running agent's folder.
     let next = std::fs::read(components::COMPUTE_NEXT)?;
