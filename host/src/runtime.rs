@@ -432,6 +432,15 @@ impl OfferingBackend {
         self.call(move |guest, store| Box::pin(async move { guest.call_setup(store, &config).await })).await
     }
 
+    /// Whether the component measures `component` of the offering's config: its setup
+    /// with that component alone. A component that is not `usage` and that the backend
+    /// cannot measure is left out of reports, not refused.
+    pub async fn measures(&self, component: &str) -> bool {
+        let mut alone = self.clone();
+        alone.config.components.retain(|c| c.name == component);
+        alone.setup().await.is_ok()
+    }
+
     /// Checks that DWDI answers its reachability request about `today` with a success.
     pub async fn ping(&self, today: wit::Date) -> Result<(), CallError> {
         let config = self.config.clone();

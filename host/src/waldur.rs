@@ -6,7 +6,7 @@
 //! 502/503/504. Every error names the method, endpoint, status and Waldur's message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -153,38 +153,14 @@ fn de_cents<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Cents, 
 
 /// What one Waldur server can do, learnt once per API URL for the life of the process
 /// (every offering on that URL shares it).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Capabilities {
     /// Whether `set_usage` files a write under the month of its `date` (Waldur 8) or
     /// ignores `date` and files everything under its current month (Waldur 7).
     dated_writes: tokio::sync::OnceCell<bool>,
-    /// False once the bulk `set_user_usages` answered 404 or 405 (Waldur 7 has only
-    /// the singular `set_user_usage`).
-    bulk_user_usages: AtomicBool,
-}
-
-impl Default for Capabilities {
-    fn default() -> Self {
-        Self { dated_writes: tokio::sync::OnceCell::new(), bulk_user_usages: AtomicBool::new(true) }
-    }
-}
-
-impl Capabilities {
-    /// Whether the bulk per-user endpoint is still believed to exist.
-    pub fn bulk_user_usages(&self) -> bool {
-        self.bulk_user_usages.load(Ordering::Relaxed)
-    }
-
-    /// Remembers that the bulk per-user endpoint does not exist; true the first time.
-    pub fn lose_bulk_user_usages(&self) -> bool {
-        self.bulk_user_usages.swap(false, Ordering::Relaxed)
-    }
-
-    /// Whether a write can change the offering-user link of a stored per-user usage:
-    /// the bulk endpoint sets it, the singular one only when it creates the record.
-    pub fn can_relink_users(&self) -> bool {
-        self.bulk_user_usages()
-    }
+    /// Whether the bulk `set_user_usages` exists: known from its first answer (a 404
+    /// or 405 says no: Waldur 7 has only the singular `set_user_usage`).
+    pub bulk_user_usages: tokio::sync::OnceCell<bool>,
 }
 
 /// The capabilities of every Waldur API URL this process has talked to.
@@ -263,7 +239,12 @@ impl WaldurClient {
         let path = "marketplace-component-usages/set_usage/";
         let body = serde_json::json!({"usages": [], "date": "not-a-date"});
         match self.post(path, &body).await {
-            Err(WaldurError::Status { status: 400, message, .. }) => {
+            // Refused by name: the field exists. Refused only for the missing resource
+            // (Waldur 7: "Either plan_period or resource should be provided."): it does
+            // not. Any other answer proves neither.
+            Err(WaldurError::Status { status: 400, message, .. })
+                if message.contains("\"date\"") || message.contains("resource") =>
+            {
                 let honoured = message.contains("\"date\"");
                 tracing::debug!(waldur = %self.base, honoured, answer = %message, "asked whether set_usage honours date");
                 Ok(honoured)

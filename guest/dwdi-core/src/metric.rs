@@ -162,7 +162,14 @@ pub fn map_components(backend: Backend, components: &[Component]) -> Result<Vec<
         if mapped.iter().any(|m| &m.name == name) {
             return Err(invalid(format!("backend_components.{name}: listed twice")));
         }
-        let metric = component_metric(backend, component)?;
+        let metric = match component_metric(backend, component) {
+            Ok(metric) => metric,
+            // A limit or prepaid component the backend cannot measure (a storage quota on
+            // a compute offering) is the site's business, not a usage to report: left
+            // out. A usage component, or one given a `dwdi_metric`, must map.
+            Err(_) if component.accounting_type != "usage" && component.dwdi_metric.is_none() => continue,
+            Err(error) => return Err(error),
+        };
         let (factor, key) = match component.reporting_factor {
             Some(f) => (f, "unit_factor_reporting"),
             None => (component.unit_factor, "unit_factor"),
@@ -174,6 +181,13 @@ pub fn map_components(backend: Backend, components: &[Component]) -> Result<Vec<
             )));
         }
         mapped.push(MappedComponent { name: name.clone(), metric, factor });
+    }
+    if mapped.is_empty() {
+        return Err(invalid(format!(
+            "backend_components: {} measures none of them ({}); a component that is not `usage` is left out when it maps to nothing",
+            backend.name(),
+            backend.metric_list()
+        )));
     }
     Ok(mapped)
 }
@@ -225,6 +239,22 @@ mod tests {
             Err(BackendError::InvalidConfig(m)) => m,
             other => panic!("expected InvalidConfig, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn components_that_are_not_usage_and_map_to_nothing_are_left_out() {
+        let mut quota = Component::named("storage", 1.0);
+        quota.accounting_type = "limit".to_owned();
+        let node = Component::named("nodeHours", 1.0);
+        let mapped = map_components(Backend::Compute, &[node.clone(), quota.clone()]).expect("maps");
+        assert_eq!(mapped.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(), ["nodeHours"]);
+        // Alone it leaves nothing to report: an error, as an empty list is.
+        assert!(err(Backend::Compute, std::slice::from_ref(&quota)).contains("measures none of them"));
+        // A usage component of the same name, or an explicit metric, still must map.
+        let usage = Component::named("storage", 1.0);
+        assert!(err(Backend::Compute, &[node.clone(), usage]).contains("does not serve"));
+        quota.dwdi_metric = Some("spaceUsed".to_owned());
+        assert!(err(Backend::Compute, &[node, quota]).contains("not served"));
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
             &backend.sha256[..12]
         )?;
         writeln!(out, "  components {}", components.join(", "))?;
+        for (name, component) in target.config.backend_components.iter().filter(|(_, c)| c.accounting_type != "usage") {
+            if !target.backend.measures(name).await {
+                writeln!(
+                    out,
+                    "  left out   {name} (accounting_type {}): {} does not measure it; not reported",
+                    component.accounting_type, backend.info.name
+                )?;
+            }
+        }
         writeln!(out, "  dwdi       {} (token {})", access.api_url, access.token_url)?;
         writeln!(
             out,

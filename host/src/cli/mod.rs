@@ -5,6 +5,7 @@
 //! run them in-process and read what an operator would see.
 
 mod check_config;
+#[cfg(feature = "demo")]
 mod demo;
 mod healthz;
 mod historical;
@@ -27,6 +28,7 @@ use crate::plugins::{PluginOptions, Plugins};
 use crate::runtime::Runtime;
 
 pub use check_config::CheckConfigArgs;
+#[cfg(feature = "demo")]
 pub use demo::{DemoArgs, serve_until as serve_demo_until};
 pub use healthz::HealthzArgs;
 pub use historical::{HistoricalArgs, USER_TOKEN_VARIABLE};
@@ -65,6 +67,7 @@ pub enum Command {
     /// Load past months of one offering into Waldur (bulk back-fill, resumable).
     LoadHistoricalUsage(HistoricalArgs),
     /// Start the bundled simulators on loopback and run the main job against them.
+    #[cfg(feature = "demo")]
     Demo(DemoArgs),
     /// Validate a config as `report` would, without any request; non-zero on the first error.
     CheckConfig(CheckConfigArgs),
@@ -114,6 +117,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> Result<()> {
         Command::Usage(args) => usage::run(args, out).await,
         Command::Report(args) => report::run(args, out).await,
         Command::LoadHistoricalUsage(args) => historical::run(args, out).await,
+        #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args, out).await,
         Command::CheckConfig(args) => check_config::run(args, out).await,
         Command::Healthz(args) => healthz::run(args, out).await,
@@ -133,6 +137,7 @@ impl Cli {
             Command::Plugins(a) => a.config.as_deref(),
             Command::Ping(a) => Some(&a.config.config),
             Command::LoadHistoricalUsage(a) => Some(&a.config.config),
+            #[cfg(feature = "demo")]
             Command::Demo(_) => None,
         }
     }

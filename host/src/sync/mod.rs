@@ -110,6 +110,9 @@ pub struct Target {
     serving: Option<Backends>,
     /// Warnings already given, so each is logged once per process.
     warned: Mutex<HashSet<String>>,
+    /// A read-back found a value under another billing period: no more past-month
+    /// writes for this offering while the process lives.
+    misfiled: AtomicBool,
 }
 
 impl Target {
@@ -133,6 +136,7 @@ impl Target {
             waldur,
             serving: None,
             warned: Mutex::new(HashSet::new()),
+            misfiled: AtomicBool::new(false),
         })
     }
 
@@ -393,7 +397,6 @@ async fn setup<'a>(
         permits: Semaphore::new(policy.concurrency.max(1)),
         tally: Tally::default(),
         capabilities,
-        misfiled: AtomicBool::new(false),
     })
 }
 
@@ -475,6 +478,7 @@ impl Slot<'_> {
 /// Per-user values of one component usage to write.
 struct UserJob {
     slot: usize,
+    component: String,
     component_usage: String,
     usages: Vec<UserUsageInput>,
 }
@@ -506,8 +510,6 @@ struct Run<'a> {
     permits: Semaphore,
     tally: Tally,
     capabilities: Arc<Capabilities>,
-    /// A read-back found a value under another billing period: no more past-month writes.
-    misfiled: AtomicBool,
 }
 
 impl Run<'_> {
@@ -550,7 +552,7 @@ impl Run<'_> {
             Ok(None)
         };
         if month < self.current {
-            if self.misfiled.load(Ordering::SeqCst) {
+            if self.target.misfiled.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             if !self.target.waldur.honours_date().await? {
@@ -753,7 +755,7 @@ impl Run<'_> {
         if self.stop.is_stopped() {
             return Err(WriteError::Skipped);
         }
-        if month < self.current && self.misfiled.load(Ordering::SeqCst) {
+        if month < self.current && self.target.misfiled.load(Ordering::SeqCst) {
             return Err(WriteError::Skipped);
         }
         if month == self.current && Month::containing(self.clock.now(), &self.policy.time_zone) != self.current {
@@ -793,8 +795,9 @@ impl Run<'_> {
             let slot = &mut slots[index];
             match result {
                 Ok(()) => {
+                    // Counted in a dry run too: the summary says what would be written.
+                    self.tally.totals.fetch_add(1, Ordering::Relaxed);
                     if !self.policy.dry_run {
-                        self.tally.totals.fetch_add(1, Ordering::Relaxed);
                         written = true;
                         tracing::debug!(resource = slot.backend_id, usage = %describe_amounts(&slot.send), "usage submitted");
                     }
@@ -850,7 +853,7 @@ impl Run<'_> {
             }
         }
         if !missing.is_empty() {
-            self.misfiled.store(true, Ordering::SeqCst);
+            self.target.misfiled.store(true, Ordering::SeqCst);
             self.tally.errors.push(format!(
                 "offering {name} {month}: {} written value(s) are not under billing period {billing_period} (first: {}): the writes went to another month. Either this Waldur ignores `date` (before 8.0 it files every write under its current month) or its time zone differs from `timezone` ({}) by more than 12 hours. No more past months are written for this offering.",
                 missing.len(),
@@ -952,7 +955,8 @@ impl Run<'_> {
             Err(error) => return fail(slots, format!("offering {name}: cannot list offering users: {error}")),
         };
         let rules = self.policy.rules();
-        let can_relink = self.capabilities.can_relink_users();
+        // Bulk writes set the link; the singular endpoint only when it creates a record.
+        let can_relink = self.capabilities.bulk_user_usages.get().copied().unwrap_or(true);
         let mut jobs = Vec::new();
         let mut unfixable = 0;
         for &index in &eligible {
@@ -976,11 +980,22 @@ impl Run<'_> {
                         users: plan.send.iter().map(|u| (u.username.clone(), u.usage)).collect(),
                     });
                     self.tally.user_values.fetch_add(plan.send.len() as u64, Ordering::Relaxed);
-                    jobs.push(UserJob { slot: index, component_usage: String::new(), usages: Vec::new() });
+                    self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
+                    jobs.push(UserJob {
+                        slot: index,
+                        component: component.clone(),
+                        component_usage: String::new(),
+                        usages: Vec::new(),
+                    });
                     continue;
                 }
                 match component_usage {
-                    Some(cu) => jobs.push(UserJob { slot: index, component_usage: cu.uuid.clone(), usages: plan.send }),
+                    Some(cu) => jobs.push(UserJob {
+                        slot: index,
+                        component: component.clone(),
+                        component_usage: cu.uuid.clone(),
+                        usages: plan.send,
+                    }),
                     None => self.target.warn_once(format!("no-total:{}:{component}:{month}", slot.resource.uuid), Some(slot.backend_id), || {
                         format!("offering {name} {month}: resource {}: per-user usage of {component} not written: Waldur holds no total for it", slot.backend_id)
                     }),
@@ -1009,7 +1024,8 @@ impl Run<'_> {
                     written.push(job);
                 }
                 Err(error) => {
-                    let outcome = self.write_failed(slot.resource, month, "per-user usage", error);
+                    let what = format!("per-user usage of {}", job.component);
+                    let outcome = self.write_failed(slot.resource, month, &what, error);
                     slot.worsen(outcome);
                 }
             }
@@ -1023,23 +1039,38 @@ impl Run<'_> {
     /// this Waldur has no bulk endpoint (learnt from its 404 or 405, once per Waldur).
     async fn write_users(&self, month: Month, job: &UserJob, date: &str) -> Result<(), WriteError> {
         let waldur = &self.target.waldur;
-        if self.capabilities.bulk_user_usages() {
-            match self.guarded(month, || waldur.set_user_usages(&job.component_usage, &job.usages, date)).await {
-                Ok(()) => {
-                    self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
-                    self.tally.user_values.fetch_add(job.usages.len() as u64, Ordering::Relaxed);
-                    return Ok(());
-                }
-                Err(WriteError::Waldur(error)) if matches!(error.status(), Some(404 | 405)) => {
-                    if self.capabilities.lose_bulk_user_usages() {
+        let bulk_write = || self.guarded(month, || waldur.set_user_usages(&job.component_usage, &job.usages, date));
+        // Until one bulk write has been answered, writes try it one at a time, so a
+        // Waldur without the endpoint sees one 404, not one per write in flight.
+        let this_one = AtomicBool::new(false);
+        let bulk = self
+            .capabilities
+            .bulk_user_usages
+            .get_or_try_init(|| async {
+                match bulk_write().await {
+                    Ok(()) => {
+                        this_one.store(true, Ordering::Relaxed);
+                        Ok(true)
+                    }
+                    Err(WriteError::Waldur(error)) if matches!(error.status(), Some(404 | 405)) => {
                         tracing::warn!(
                             "{}: this Waldur has no bulk set_user_usages ({error}); per-user usage goes one user at a time (set_user_usage) from now on",
                             waldur.api_url()
                         );
+                        Ok(false)
                     }
+                    Err(error) => Err(error),
                 }
-                Err(error) => return Err(error),
+            })
+            .await
+            .copied()?;
+        if bulk {
+            if !this_one.load(Ordering::Relaxed) {
+                bulk_write().await?;
             }
+            self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
+            self.tally.user_values.fetch_add(job.usages.len() as u64, Ordering::Relaxed);
+            return Ok(());
         }
         for usage in &job.usages {
             self.guarded(month, || waldur.set_user_usage(&job.component_usage, usage, date)).await?;

@@ -12,7 +12,7 @@ use usage_agent::historical::{self, HistoricalOptions, HistoricalSummary, Observ
 use usage_agent::period::Month;
 use usage_agent::report::StopFlag;
 use usage_agent::runtime::Runtime;
-use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+use waldur_sim::{WaldurOptions, WaldurSim, WaldurVersion, uuid_from};
 
 const PROVIDER: &str = "provider-token";
 const STAFF: &str = "staff-token";
@@ -35,11 +35,15 @@ impl World {
 
     /// `settings`: extra `backend_settings` lines (6-space indent).
     async fn with_settings(accounts: usize, users: usize, settings: &str) -> Result<Self> {
+        Self::with_waldur(accounts, users, settings, WaldurOptions::default()).await
+    }
+
+    async fn with_waldur(accounts: usize, users: usize, settings: &str, waldur: WaldurOptions) -> Result<Self> {
         let data = DwdiData::generated(accounts, users, &MONTHS);
         // The cluster Waldur knows ("alps") is not used for past months: the seed's
         // loader filters by `cscs_dwdi_cluster` only.
         let ComputeSims { dwdi, options, waldur, offering } =
-            ComputeSims::start(&data, WaldurOptions::default(), "compute", PROVIDER, "alps").await?;
+            ComputeSims::start(&data, waldur, "compute", PROVIDER, "alps").await?;
         waldur.add_token(STAFF, "admin", true);
         waldur.set_today(2024, 12, 15);
         let text = format!(
@@ -521,5 +525,61 @@ async fn an_offering_without_resources_loads_nothing() -> Result<()> {
     assert!(out.contains("compute 2024-01..2024-03: 0 resources × 3 months: 0 written"), "{out}");
     assert_eq!(world.dwdi.stats().api_requests, 0);
     assert_eq!(world.waldur.requests().writes, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waldur_7_refuses_past_months_before_any_write() -> Result<()> {
+    let world =
+        World::with_waldur(3, 2, "", WaldurOptions { version: WaldurVersion::V7, ..WaldurOptions::default() }).await?;
+    let error = world.load(&Q1).await.map(|_| ()).err().map(|e| format!("{e:#}"));
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("cannot back-fill past months") && e.contains("nothing was written")),
+        "{error:?}"
+    );
+    // The only POST was the question, which Waldur 7 refuses for the missing resource.
+    let counts = world.waldur.requests();
+    assert_eq!((counts.writes, counts.set_usage), (1, 1), "{counts:?}");
+    assert!(world.waldur.usages().is_empty() && world.waldur.user_usages().is_empty());
+    assert_eq!(world.dwdi.stats().api_count("/compute/usage-month/account"), 0, "refused before any component call");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waldur_in_utc_files_zurich_months_where_they_belong() -> Result<()> {
+    let world = World::new(3, 2).await?;
+    world.waldur.add_offering_user(&world.offering, "user_0000");
+    let zurich = ConfigFile::new(
+        &std::fs::read_to_string(&world.config.path)?.replace("timezone: UTC", "timezone: Europe/Zurich"),
+    )?;
+    let argv = ["load-historical-usage", "-c", zurich.arg(), "-o", &world.offering, "--user-token", STAFF];
+    let out = run_cli(&[&argv[..], &Q1[..]].concat()).await?;
+    assert!(out.contains(" 0 failed;"), "{out}");
+    // Midnight of the 1st in Zurich is the last day of the month before in UTC; noon is not.
+    world.assert_loaded(None, true);
+    assert!(world.waldur.usages().iter().all(|u| u.date == format!("{}T11:00:00Z", u.billing_period)));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_value_filed_under_another_month_stops_the_run_with_the_likely_cause() -> Result<()> {
+    // 25 hours apart: no date in a month is safe for both, and the read-back must notice.
+    let world =
+        World::with_waldur(2, 1, "", WaldurOptions { utc_offset_minutes: -11 * 60, ..WaldurOptions::default() })
+            .await?;
+    let mut options = options()?;
+    options.time_zone = jiff::tz::TimeZone::get("Pacific/Kiritimati")?;
+    options.user_usage = false;
+    let summary = world.load_with(STAFF, options, &StopFlag::default(), &historical::NoObserver).await?;
+    assert!(summary.has_failures(), "{summary}");
+    let error = summary.errors.iter().find(|e| e.contains("not under billing period")).cloned().unwrap_or_default();
+    assert!(error.contains("ignores `date`") && error.contains("Pacific/Kiritimati"), "{:?}", summary.errors);
+    // January's writes went to December; once seen, no later month is written (March
+    // never; February only if it was already in flight beside January).
+    let periods: std::collections::BTreeSet<String> =
+        world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
+    assert!(periods.contains("2023-12-01") && periods.iter().all(|p| p.as_str() < "2024-02-01"), "{periods:?}");
     Ok(())
 }

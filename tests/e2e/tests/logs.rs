@@ -113,8 +113,10 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
         }
     }
     // The cycle's summary line too, though it is said after the cycle.
-    let summary =
-        lines.iter().find(|l| field(l, "message").starts_with("logs: 4 resources, ")).context("no summary line")?;
+    let summary = lines
+        .iter()
+        .find(|l| field(l, "message").starts_with("logs ") && field(l, "message").contains(": 4 resources × "))
+        .context("no summary line")?;
     assert_eq!((field(summary, "offering"), field(summary, "backend_type")), ("logs", COMPUTE), "{summary:?}");
     let lost_error = lines
         .iter()

@@ -24,6 +24,29 @@ async fn every_example_passes_check_config_and_a_broken_one_names_the_key() -> R
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_limit_component_the_backend_cannot_measure_is_left_out_with_one_line() -> Result<()> {
+    // As in waldur-site-agent's own combined example: a storage quota on a compute offering.
+    let text = std::fs::read_to_string(examples_dir().join("cscs-dwdi-compute-config.yaml"))?.replace(
+        "    backend_components:\n",
+        "    backend_components:\n      storage:\n        measured_unit: \"TB\"\n        accounting_type: \"limit\"\n        label: \"Storage Allocation\"\n        unit_factor: 1\n",
+    );
+    let config = ConfigFile::new(&text)?;
+    let out = run_cli(&["check-config", "-c", config.arg()]).await?;
+    assert!(out.contains(": valid;"), "{out}");
+    let left_out: Vec<&str> = out.lines().filter(|l| l.contains("left out")).collect();
+    assert_eq!(
+        left_out,
+        ["  left out   storage (accounting_type limit): cscs-dwdi-compute does not measure it; not reported"],
+        "{out}"
+    );
+    // As a usage component the same name is a configuration error naming it.
+    let usage = ConfigFile::new(&text.replace("accounting_type: \"limit\"", "accounting_type: \"usage\""))?;
+    let error = run_cli(&["check-config", "-c", usage.arg()]).await.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(error.contains("backend_components.storage"), "{error}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn healthz_follows_the_heartbeat_and_the_services() -> Result<()> {
     let s = OpsWorld::start().await?;
     let dir = tempfile::tempdir()?;
@@ -82,8 +105,20 @@ async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<(
     assert!(checked.contains(": valid;") && checked.contains("metrics    http://127.0.0.1:"), "{checked}");
     assert!(checked.contains(&format!("plugins    {}", dir.path().join("plugins").display())), "{checked}");
     let reported = run_cli(&["report", "--once", "-c", &config]).await?;
-    assert!(reported.contains("DWDI compute (demo): 3 resources, 6 submitted"), "{reported}");
-    assert!(reported.contains("DWDI storage (demo): 3 resources, 6 submitted"), "{reported}");
+    // Both months, unless this is the first 12 hours of a month (see sync::dates).
+    let now = jiff::Timestamp::now();
+    let current = usage_agent::period::Month::containing(now, &jiff::tz::TimeZone::UTC);
+    let written = match usage_agent::sync::dates::current_month(current, now, &jiff::tz::TimeZone::UTC) {
+        usage_agent::sync::dates::CurrentDate::TooEarly => 3,
+        _ => 6,
+    };
+    for offering in ["DWDI compute (demo)", "DWDI storage (demo)"] {
+        let line = reported.lines().find(|l| l.starts_with(offering)).unwrap_or_default();
+        assert!(
+            line.contains(&format!(": 3 resources × 2 months: {written} written,")) && line.contains(" 0 failed;"),
+            "{reported}"
+        );
+    }
     // The data reaches back a year: a dry historical load of a month before the report's two.
     let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
     let start = month.back(3)[0].first_day().to_string();
@@ -93,7 +128,8 @@ async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<(
             .await?;
     assert!(
         loaded.contains("dry run, nothing submitted")
-            && loaded.contains("3 resources; 3 totals to submit, 12 user usages to submit"),
+            && loaded.contains("3 resources × 1 months: 3 to write")
+            && loaded.contains("Waldur writes: 3 set_usage, 6 per-user (12 user values)"),
         "{loaded}"
     );
     stop.stop();

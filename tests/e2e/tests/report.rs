@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, dwdi_access, report_targets};
-use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+use waldur_sim::{WaldurOptions, WaldurSim, WaldurVersion, uuid_from};
 
 const TOKEN: &str = "provider-token";
 const STAFF: &str = "staff-token";
@@ -250,13 +250,19 @@ async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> R
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_zone_east_of_utc_on_the_first_reports_the_new_month() -> Result<()> {
+async fn a_zone_east_of_utc_writes_the_new_month_once_it_is_twelve_hours_old() -> Result<()> {
     // Waldur runs in UTC+1 too; it is already March 1st there.
     let world = World::new(2, 2, WaldurOptions { utc_offset_minutes: 60, ..WaldurOptions::default() }).await?;
     world.waldur.set_today(2024, 3, 1);
     let text = world.config(TOKEN, 1, "").replace("timezone: UTC", "timezone: Europe/Zurich");
-    let summary = cycle_at(&report_targets(&text).await?[0], &text, "2024-02-29T23:30:00Z").await?;
-    assert_eq!(summary.failed, 0, "{summary:?}");
+    let target = &report_targets(&text).await?[0];
+    // 00:30 in Zurich: a Waldur in UTC would still file a write under February.
+    let summary = cycle_at(target, &text, "2024-02-29T23:30:00Z").await?;
+    assert_eq!((summary.failed, summary.skipped, summary.submitted), (0, 2, 0), "{summary:?}");
+    assert!(world.waldur.usages().is_empty());
+    // 12:30 in Zurich: written, under March.
+    let summary = cycle_at(target, &text, "2024-03-01T11:30:00Z").await?;
+    assert_eq!((summary.failed, summary.submitted), (0, 2), "{summary:?}");
     let periods: Vec<String> = world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
     assert!(!periods.is_empty() && periods.iter().all(|p| p == "2024-03-01"), "{periods:?}");
     assert!(world.dwdi.stats().recent_urls().iter().any(|u| u.contains("from=2024-03&to=2024-03")));
@@ -307,6 +313,66 @@ async fn report_once_from_the_command_line() -> Result<()> {
     world.dwdi.set_data(DwdiData::generated(2, 2, &[(i32::from(month.year), month.month as u32)]));
     let config = e2e::ConfigFile::new(&world.config(TOKEN, 1, ""))?;
     let out = e2e::run_cli(&["report", "--config-file", config.arg(), "--once"]).await?;
-    assert!(out.contains("compute: 2 resources, 2 submitted"), "{out}");
+    // In the first 12 hours of a month nothing is written yet (see sync::dates).
+    let expected = match usage_agent::sync::dates::current_month(month, now, &jiff::tz::TimeZone::UTC) {
+        usage_agent::sync::dates::CurrentDate::TooEarly => {
+            "2 resources × 1 months: 0 written, 0 unchanged, 0 absent, 2 skipped"
+        }
+        _ => "2 resources × 1 months: 2 written, 0 unchanged",
+    };
+    assert!(out.contains(expected), "{out}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waldur_7_gets_the_current_month_only_and_users_one_at_a_time() -> Result<()> {
+    let world = World::new(3, 2, WaldurOptions { version: WaldurVersion::V7, ..WaldurOptions::default() }).await?;
+    let linked = world.waldur.add_offering_user(&world.offering, "user_0000");
+    let text = world.config(STAFF, 2, "");
+    let target = &report_targets(&text).await?[0];
+    let summary = cycle_at(target, &text, MID_MARCH).await?;
+    assert!(!summary.has_failures(), "{summary:?}");
+    // February cannot be dated on this Waldur: left out, not written into March.
+    assert_eq!((summary.submitted, summary.skipped), (3, 3), "{summary:?}");
+    let stored = world.stored();
+    assert!(stored.keys().all(|(_, period, _)| period == "2024-03-01"), "{stored:?}");
+    for account in world.data.accounts() {
+        let march = world.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+        assert_eq!(
+            stored.get(&(account.clone(), "2024-03-01".into(), "nodeHours".into())),
+            Some(&cents(march.node_hours))
+        );
+    }
+    // The bulk endpoint answered 404 once; then one set_user_usage per user and component.
+    let counts = world.waldur.requests();
+    assert_eq!(counts.set_user_usages, 1, "{counts:?}");
+    assert_eq!(counts.set_user_usage, 3 * 2 * 2, "{counts:?}");
+    let users = world.waldur.user_usages();
+    assert_eq!(users.len(), 12);
+    assert!(
+        users.iter().all(|u| (u.username == "user_0000") == (u.user.as_deref() == Some(linked.as_str()))),
+        "{users:?}"
+    );
+    // A second cycle writes nothing at all, the question included.
+    world.waldur.reset_counters();
+    let again = cycle_at(target, &text, MID_MARCH).await?;
+    assert!(!again.has_failures(), "{again:?}");
+    assert_eq!(world.waldur.requests().writes, 0, "{:?}", world.waldur.requests());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_misfiled_write_no_later_cycle_writes_a_past_month() -> Result<()> {
+    // Waldur 25 hours behind the agent: February's date falls in January there.
+    let world = World::new(2, 1, WaldurOptions { utc_offset_minutes: -11 * 60, ..WaldurOptions::default() }).await?;
+    let text = world.config(STAFF, 2, "").replace("timezone: UTC", "timezone: Pacific/Kiritimati");
+    let target = &report_targets(&text).await?[0];
+    let first = cycle_at(target, &text, MID_MARCH).await?;
+    assert!(first.has_failures(), "{first:?}");
+    assert!(first.errors.iter().any(|e| e.contains("not under billing period 2024-02-01")), "{:?}", first.errors);
+    world.waldur.reset_counters();
+    let second = cycle_at(target, &text, MID_MARCH).await?;
+    assert_eq!(world.waldur.requests().set_usage, 0, "{second:?}");
+    assert!(second.skipped >= 2, "{second:?}");
     Ok(())
 }
