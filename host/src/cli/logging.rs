@@ -39,7 +39,9 @@ pub fn init_logging(format: LogFormat, config_level: Option<&str>) {
     let filter = filter.as_deref().or(config_level).unwrap_or("info");
     // Colours only for a person at a terminal, never into journald.
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, ansi, super::progress::log_writer));
+    // Through the screen the progress bar shares, so a line and the bar never mix.
+    let screen = super::progress::stderr_screen();
+    let _ = tracing::subscriber::set_global_default(subscriber(format, filter, ansi, screen));
 }
 
 /// The subscriber `--log-format` asks for, writing to `writer`, filtered by `filter`

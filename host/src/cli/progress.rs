@@ -1,31 +1,120 @@
 //! Progress of long commands: a bar redrawn in place on a terminal, plain log lines
 //! otherwise (journald and CI logs do not want carriage returns).
 //!
-//! Deliberately dependency-free: one `\r`-redrawn line on stderr. Log lines share
-//! stderr, so the log writer ([`log_writer`]) clears the bar before each line and the
-//! next tick draws it again below.
+//! Deliberately dependency-free: one `\r`-redrawn line on stderr. The bar and the log
+//! lines share stderr through one [`Screen`]: its lock is held while a log line clears
+//! the bar, is written whole and redraws the bar below it, so a line is never cut by a
+//! redraw (which the ticker does from another thread) nor by another line.
 
 use std::io::{IsTerminal, Write};
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::period::Month;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Set while a bar is on screen.
-static BAR_SHOWN: AtomicBool = AtomicBool::new(false);
+use crate::period::Month;
 
 /// How often the bar is redrawn.
 const TICK: Duration = Duration::from_millis(200);
 
-/// The writer of log lines: stderr, with the bar cleared first when one is shown.
-pub(crate) fn log_writer() -> std::io::Stderr {
-    let stderr = std::io::stderr();
-    if BAR_SHOWN.swap(false, Ordering::SeqCst) {
-        let _ = stderr.lock().write_all(b"\r\x1b[2K");
+/// Clears the line the cursor is on.
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
+
+/// The process's stderr, for log lines and the bar.
+static STDERR: LazyLock<Screen> = LazyLock::new(|| Screen::new(Box::new(std::io::stderr())));
+
+/// The screen log lines and the bar are written to: stderr (or, in tests, a buffer).
+pub(crate) fn stderr_screen() -> Screen {
+    STDERR.clone()
+}
+
+/// One output shared by log lines and a bar, behind one lock.
+#[derive(Clone)]
+pub(crate) struct Screen(Arc<Mutex<ScreenState>>);
+
+struct ScreenState {
+    out: Box<dyn Write + Send>,
+    /// The bar on screen, if one is shown: redrawn after every log line.
+    bar: Option<String>,
+}
+
+impl Screen {
+    pub(crate) fn new(out: Box<dyn Write + Send>) -> Self {
+        Self(Arc::new(Mutex::new(ScreenState { out, bar: None })))
     }
-    stderr
+
+    fn lock(&self) -> MutexGuard<'_, ScreenState> {
+        // A writer that panicked mid-line leaves nothing worth refusing output for.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes one whole log line (or several), above the bar when one is shown.
+    fn write_lines(&self, lines: &[u8]) {
+        let mut screen = self.lock();
+        let ScreenState { out, bar } = &mut *screen;
+        // Output errors (a closed stderr) have nowhere to be reported.
+        if bar.is_some() {
+            let _ = out.write_all(CLEAR_LINE);
+        }
+        let _ = out.write_all(lines);
+        if let Some(bar) = bar {
+            let _ = out.write_all(bar.as_bytes());
+        }
+        let _ = out.flush();
+    }
+
+    /// Shows `bar` in place of the one shown, if any.
+    fn draw(&self, bar: String) {
+        let mut screen = self.lock();
+        let _ = screen.out.write_all(CLEAR_LINE);
+        let _ = screen.out.write_all(bar.as_bytes());
+        let _ = screen.out.flush();
+        screen.bar = Some(bar);
+    }
+
+    /// Removes the bar, if one is shown.
+    fn clear(&self) {
+        let mut screen = self.lock();
+        if screen.bar.take().is_some() {
+            let _ = screen.out.write_all(CLEAR_LINE);
+            let _ = screen.out.flush();
+        }
+    }
+}
+
+/// What `tracing` writes one event to: the event's text is collected, then written
+/// whole under the screen's lock when the event is done.
+pub(crate) struct LogLine<'a> {
+    screen: &'a Screen,
+    text: Vec<u8>,
+}
+
+impl Write for LogLine<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine<'_> {
+    fn drop(&mut self) {
+        if !self.text.is_empty() {
+            self.screen.write_lines(&self.text);
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Screen {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogLine { screen: self, text: Vec::with_capacity(256) }
+    }
 }
 
 /// Counters of a run measured in resource-months.
@@ -34,6 +123,8 @@ pub(crate) struct Progress {
 }
 
 struct Counters {
+    screen: Screen,
+    /// Whether the screen is a terminal: a bar, rather than a log line per month.
     terminal: bool,
     started: Mutex<Option<Instant>>,
     months: AtomicU64,
@@ -44,10 +135,17 @@ struct Counters {
 }
 
 impl Progress {
+    /// Progress on stderr: a bar when it is a terminal.
     pub(crate) fn new() -> Self {
+        Self::on(stderr_screen(), std::io::stderr().is_terminal())
+    }
+
+    /// Progress on `screen`, with a bar if `terminal`.
+    fn on(screen: Screen, terminal: bool) -> Self {
         Self {
             inner: Arc::new(Counters {
-                terminal: std::io::stderr().is_terminal(),
+                screen,
+                terminal,
                 started: Mutex::new(None),
                 months: AtomicU64::new(0),
                 resources: AtomicU64::new(0),
@@ -101,9 +199,7 @@ impl Progress {
         if let Some(ticker) = ticker {
             ticker.abort();
         }
-        if BAR_SHOWN.swap(false, Ordering::SeqCst) {
-            let _ = std::io::stderr().lock().write_all(b"\r\x1b[2K");
-        }
+        self.inner.screen.clear();
     }
 }
 
@@ -131,10 +227,7 @@ impl Counters {
         const WIDTH: u64 = 24;
         let filled = (done * WIDTH / total) as usize;
         let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
-        let mut stderr = std::io::stderr().lock();
-        let _ = write!(stderr, "\r\x1b[2K{bar} {}", self.line());
-        let _ = stderr.flush();
-        BAR_SHOWN.store(true, Ordering::SeqCst);
+        self.screen.draw(format!("{bar} {}", self.line()));
     }
 }
 
@@ -157,6 +250,100 @@ mod tests {
         assert_eq!(clock(0.4), "0:00");
         assert_eq!(clock(75.0), "1:15");
         assert_eq!(clock(3725.0), "1:02:05");
+    }
+
+    /// A buffer standing in for the terminal.
+    #[derive(Clone, Default)]
+    struct Output(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Output {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The lines a terminal shows for `bytes`: `\r` + erase-line empties the line the
+    /// cursor is on, `\n` ends it; what is left unended is the bar.
+    fn terminal_lines(bytes: &[u8]) -> (Vec<String>, String) {
+        let (mut lines, mut current, mut rest) = (Vec::new(), Vec::new(), bytes);
+        while let Some(&byte) = rest.first() {
+            if rest.starts_with(CLEAR_LINE) {
+                current.clear();
+                rest = &rest[CLEAR_LINE.len()..];
+                continue;
+            }
+            if byte == b'\n' {
+                lines.push(String::from_utf8_lossy(&current).into_owned());
+                current.clear();
+            } else {
+                current.push(byte);
+            }
+            rest = &rest[1..];
+        }
+        (lines, String::from_utf8_lossy(&current).into_owned())
+    }
+
+    #[test]
+    fn log_lines_from_many_threads_and_a_redrawn_bar_never_cut_each_other() -> anyhow::Result<()> {
+        const THREADS: usize = 8;
+        const LINES: usize = 300;
+        let output = Output::default();
+        let screen = Screen::new(Box::new(output.clone()));
+        let progress = Progress::on(screen.clone(), true);
+        progress.start(2, THREADS * LINES / 2);
+        let dispatch = tracing::Dispatch::new(super::super::logging::subscriber(
+            super::super::LogFormat::Text,
+            "info",
+            false,
+            screen,
+        ));
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // The ticker's work, as fast as it goes.
+            scope.spawn(|| {
+                while !done.load(Ordering::Relaxed) {
+                    progress.inner.draw();
+                }
+            });
+            let writers: Vec<_> = (0..THREADS)
+                .map(|thread| {
+                    let (dispatch, progress) = (&dispatch, &progress);
+                    scope.spawn(move || {
+                        tracing::dispatcher::with_default(dispatch, || {
+                            for line in 0..LINES {
+                                progress.resource_done();
+                                tracing::info!("thread {thread} line {line} {}", "x".repeat(line % 97));
+                            }
+                        });
+                    })
+                })
+                .collect();
+            for writer in writers {
+                let _ = writer.join();
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        progress.finish(None);
+
+        let bytes = output.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let (lines, left) = terminal_lines(&bytes);
+        assert_eq!(left, "", "the finished bar is cleared");
+        assert_eq!(lines.len(), THREADS * LINES, "every line once, no bar on a line of its own");
+        let mut seen = std::collections::BTreeSet::new();
+        for line in &lines {
+            let (head, text) = line.split_once("INFO ").unwrap_or_default();
+            assert!(!head.contains('[') && !head.contains("months"), "a bar in a log line: {line:?}");
+            let words: Vec<&str> = text.split_once(": ").map_or(text, |(_, message)| message).split(' ').collect();
+            let [_, thread, _, number, tail] = words[..] else { panic!("a cut line: {line:?}") };
+            let number: usize = number.parse()?;
+            assert_eq!(tail, "x".repeat(number % 97), "a cut line: {line:?}");
+            assert!(seen.insert((thread.to_owned(), number)), "twice: {line:?}");
+        }
+        Ok(())
     }
 
     #[test]
