@@ -18,8 +18,13 @@
 //! `metric` maps components to DWDI fields, `url` builds and splits URLs, `plan`
 //! decides the requests, `json` + `parse` read answers row by row, `report` builds
 //! the result, `synthetic` makes benchmark answers.
+//!
+//! Every map hashes with FNV-1a, unseeded (`fnv`): `std`'s default `RandomState` asks
+//! the platform for a random seed, which on `wasm32-wasip2` makes the component import
+//! `wasi:random/insecure-seed` — a capability it otherwise does not need — and makes
+//! iteration order vary between runs. The keys are accounts, paths and usernames from
+//! the site's own warehouse, short and not adversarial, which is what FNV is good at.
 
-mod fixed_hash;
 mod json;
 mod metric;
 mod model;

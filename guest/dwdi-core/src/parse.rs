@@ -4,7 +4,8 @@
 //! paths the request did not ask for are skipped before anything else in them is
 //! checked. Every error names the JSON path of the offending value.
 
-use crate::fixed_hash::FixedMap;
+use fnv::FnvHashMap;
+
 use crate::json::{Json, for_each_row};
 use crate::metric::Metric;
 use crate::model::{BackendError, bad};
@@ -17,7 +18,7 @@ pub(crate) type Values = [f64; Metric::ALL.len()];
 pub(crate) struct Usage {
     pub(crate) totals: Values,
     /// Per user, summed over every row of the user; always empty for storage.
-    pub(crate) users: FixedMap<String, Values>,
+    pub(crate) users: FnvHashMap<String, Values>,
 }
 
 /// Parses a compute answer for a request that asked for `keys` (accounts). The
@@ -92,7 +93,7 @@ fn collect<'a>(
     Ok(found)
 }
 
-fn index(keys: &[String]) -> FixedMap<&str, usize> {
+fn index(keys: &[String]) -> FnvHashMap<&str, usize> {
     keys.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect()
 }
 

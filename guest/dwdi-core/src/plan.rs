@@ -4,7 +4,8 @@
 //! before anything is sent, so a bad setting fails without a request and the whole
 //! request set can be sent at once. [`crate::assemble`] later maps the answers back.
 
-use crate::fixed_hash::FixedMap;
+use fnv::FnvHashMap;
+
 use crate::metric::{Backend, MappedComponent, map_components};
 use crate::model::{BackendError, BillingPeriod, Config, Date, Resource, invalid};
 use crate::settings::{BackendSettings, Settings, StorageSettings};
@@ -249,12 +250,12 @@ fn storage_requests(
 struct Group<'r> {
     cluster: Option<String>,
     keys: Vec<&'r str>,
-    positions: FixedMap<&'r str, usize>,
+    positions: FnvHashMap<&'r str, usize>,
 }
 
 impl<'r> Group<'r> {
     fn new(cluster: Option<String>) -> Self {
-        Group { cluster, keys: Vec::new(), positions: FixedMap::default() }
+        Group { cluster, keys: Vec::new(), positions: FnvHashMap::default() }
     }
 
     /// Adds `key` unless present; returns its position. An empty key names no DWDI

@@ -6,8 +6,14 @@
 //! exact in `f64` and a test can compare totals with `==`.
 
 use std::fmt::Write as _;
+use std::hash::Hasher as _;
 
-use crate::fixed_hash::fnv1a;
+/// FNV-1a of a string's bytes: stable across platforms and releases, so the data is.
+fn fnv1a(s: &str) -> u64 {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(s.as_bytes());
+    hasher.finish()
+}
 
 /// The account name [`synthetic_compute_answer`] uses at position `i`.
 pub fn synthetic_account(i: usize) -> String {
@@ -77,6 +83,13 @@ pub fn synthetic_compute_answer_for<S: AsRef<str>>(accounts: &[S], users: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_account_hash_is_fnv1a_and_never_changes() {
+        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a("foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn answers_are_deterministic_valid_json() {
