@@ -10,6 +10,16 @@
 //!
 //! This module is the only place in the host that uses `unsafe`: wasmtime cannot check
 //! that precompiled machine code is what it claims to be, so loading it is `unsafe`.
+//!
+//! Why not wasmtime's own cache (its `cache` feature, `Config::cache`): it is keyed by
+//! content too and works offline, but it stores entries zstd-compressed without a
+//! checksum and loads whatever they decompress to, so a damaged entry can become code
+//! that runs (one flipped bit decoded silently to other bytes at 191 of 200 positions
+//! of a 346 KB zstd frame); it cannot say whether a given load was a hit, which the
+//! plugins log and `a_restart_with_a_warm_cache_loads_without_compiling` rely on; and it
+//! adds 19 crates, zstd's C library among them (about a minute of CPU for a debug build here).
+//! Neither guards against a deliberate rewrite of an entry (that takes the agent's own
+//! user): the folder must be writable by the agent alone.
 
 use std::hash::{Hash as _, Hasher};
 use std::io::Write as _;
