@@ -286,7 +286,8 @@ fn the_report_unit_validates_then_loops_and_stops_cleanly_on_sigterm() -> Result
             .with_context(|| format!("no cycle summary:\n{}", seen.join("\n")))?;
         let parsed: Value = serde_json::from_str(&line).with_context(|| format!("not JSON: {line}"))?;
         seen.push(line);
-        if parsed["message"].as_str().is_some_and(|m| m.starts_with("compute: ")) {
+        // The cycle's summary: `compute 2026-11..2026-12: 0 resources × 0 months: …`.
+        if parsed["message"].as_str().is_some_and(|m| m.starts_with("compute ") && m.contains(" resources × ")) {
             break parsed;
         }
     };
