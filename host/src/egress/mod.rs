@@ -1,13 +1,15 @@
 //! Outbound HTTP for components: the only door out of the sandbox.
 //!
 //! Every `wasi:http` request a component makes arrives at [`ComponentHooks::send_request`].
-//! In order, the host: checks the destination against the allow-list (the scheme, host
-//! and port of `cscs_dwdi_api_url`), attaches the bearer token, sends it through the
-//! proxy with TLS and timeouts, retries what is safe to retry, and caps the answer.
+//! In order, the host: checks the request against the egress policy ([`policy`]: the
+//! scheme, host, port and base path of `cscs_dwdi_api_url`, GET or HEAD without a body,
+//! allow-listed headers), attaches the bearer token, sends it through the proxy with TLS
+//! and timeouts, retries what is safe to retry, and caps the answer.
 //! The component sees none of the credentials, the proxy or the token.
 
 pub mod connect;
 pub mod oidc;
+pub mod policy;
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -30,6 +32,7 @@ use wasmtime_wasi_http::{
 use crate::config::{DwdiAccess, OfferingConfig};
 use connect::Connector;
 use oidc::TokenSource;
+use policy::{Denial, Policy};
 
 /// The pooled HTTP/1.1 client every outbound request of an offering goes through.
 pub type HttpClient = Client<Connector, WasiBody>;
@@ -126,48 +129,10 @@ pub struct EgressStats {
     pub unauthorized_retries: AtomicU64,
 }
 
-/// The allowed destination: scheme, host and port of the API URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Destination {
-    scheme: String,
-    host: String,
-    port: u16,
-}
-
-impl Destination {
-    fn of_url(url: &url::Url) -> Option<Self> {
-        Some(Self {
-            scheme: url.scheme().to_owned(),
-            host: url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
-            port: url.port_or_known_default()?,
-        })
-    }
-
-    fn of_uri(uri: &http::Uri) -> Option<Self> {
-        let scheme = uri.scheme_str()?.to_owned();
-        let default_port = match scheme.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => return None,
-        };
-        Some(Self {
-            host: uri.host()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
-            port: uri.port_u16().unwrap_or(default_port),
-            scheme,
-        })
-    }
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
-    }
-}
-
 /// Outbound access of one offering: allow-list, token, client, limits.
 pub struct Egress {
     offering: String,
-    allowed: Destination,
+    policy: Policy,
     client: HttpClient,
     connector: Connector,
     tokens: Arc<TokenSource>,
@@ -197,8 +162,8 @@ impl Egress {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(16)
             .build(connector.clone());
-        let allowed =
-            Destination::of_url(&access.api_url).context("backend_settings.cscs_dwdi_api_url: no host or port")?;
+        let policy = Policy::from_api_url(&access.api_url)
+            .map_err(|e| anyhow::anyhow!("backend_settings.cscs_dwdi_api_url: {e}"))?;
         let proxy_authorization = connector.http_proxy_authorization().map(crate::config::Secret::new);
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
         // A token exchange is one small request: it gets the whole-request timeout.
@@ -206,7 +171,7 @@ impl Egress {
             TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
-            allowed,
+            policy,
             client,
             connector,
             tokens,
@@ -248,37 +213,49 @@ impl Egress {
         request: http::Request<WasiBody>,
     ) -> Result<http::Response<WasiBody>, SendError> {
         let (parts, body) = request.into_parts();
-        let destination = Destination::of_uri(&parts.uri);
-        if destination.as_ref() != Some(&self.allowed) {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            let shown = destination.map(|d| d.to_string()).unwrap_or_else(|| shown_uri(&parts.uri));
-            let first = self
-                .denied_logged
-                .lock()
-                .map(|mut seen| seen.insert((component.to_owned(), shown.clone())))
-                .unwrap_or(true);
-            if first {
-                tracing::warn!(
-                    offering = %self.offering, component, destination = %shown, allowed = %self.allowed,
-                    "egress denied: the component may reach only its cscs_dwdi_api_url"
-                );
+        let allowed = match self.policy.check(&parts.method, &parts.uri, &parts.headers) {
+            Ok(allowed) => allowed,
+            Err(denial) => return Err(self.deny(component, denial)),
+        };
+        // GET and HEAD carry no body: any byte of one is refused before a connection.
+        if !body.is_end_stream() {
+            let empty = http_body_util::Limited::new(body, 0).collect().await.is_ok_and(|b| b.to_bytes().is_empty());
+            if !empty {
+                return Err(self.deny(component, Denial::Body));
             }
-            return Err(SendError::Denied(shown));
         }
-        if let Some(name) = [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].iter().find(|h| parts.headers.contains_key(*h))
-        {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(offering = %self.offering, component, header = %name, "egress denied: components may not set credentials");
-            return Err(SendError::Denied(format!("header {name}")));
+        let head = RequestHead { method: parts.method, uri: allowed.uri, headers: allowed.headers };
+        self.send_with_token(head, Bytes::new()).await
+    }
+
+    /// Counts a denied request and logs it once per component and rule (and, for
+    /// another destination, per destination, as before): a component repeating a
+    /// denied request does not repeat the warning.
+    fn deny(&self, component: &str, denial: Denial) -> SendError {
+        self.stats.denied.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().inc(
+            "usage_agent_egress_denied_total",
+            "Component requests the egress policy refused, by rule.",
+            &[("offering", &self.offering), ("rule", denial.kind())],
+        );
+        let key = match &denial {
+            Denial::Destination(shown) => shown.clone(),
+            other => other.kind().to_owned(),
+        };
+        let first = self.denied_logged.lock().map(|mut seen| seen.insert((component.to_owned(), key))).unwrap_or(true);
+        if first {
+            match &denial {
+                Denial::Destination(shown) => tracing::warn!(
+                    offering = %self.offering, component, destination = %shown, allowed = %self.policy.destination(),
+                    "egress denied: the component may reach only its cscs_dwdi_api_url"
+                ),
+                other => tracing::warn!(
+                    offering = %self.offering, component, rule = other.kind(), allowed = %self.policy.destination(),
+                    "egress denied: {other} (logged once per component and rule)"
+                ),
+            }
         }
-        // Components send GETs; a body is buffered (bounded) so a retry can resend it.
-        let body = http_body_util::Limited::new(body, 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| SendError::Refused(format!("request body: {e}")))?
-            .to_bytes();
-        let head = RequestHead { method: parts.method, uri: parts.uri, headers: parts.headers };
-        self.send_with_token(head, body).await
+        SendError::Denied(denial.to_string())
     }
 
     /// Sends with the bearer token; a 401 gets one retry with a fresh token, and
@@ -448,7 +425,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 /// Why a request got no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("request to {0} denied by the egress allow-list")]
+    #[error("request denied by the egress allow-list: {0}")]
     Denied(String),
     #[error("no DWDI token: {0}")]
     Token(#[from] oidc::TokenError),
@@ -574,6 +551,12 @@ impl WasiHttpHooks for ComponentHooks {
 
     fn forbidden_header_filter(&mut self) -> ForbiddenHeaderFilter {
         Arc::new(forbidden)
+    }
+
+    /// `Host` comes from the allowed destination (the policy rebuilds the URI), never
+    /// from the authority a component wrote.
+    fn set_host_header(&mut self) -> bool {
+        false
     }
 
     fn send_request(

@@ -1,0 +1,380 @@
+//! What a component's request may be: the egress policy, apart from the send path.
+//!
+//! The allow-list is parsed once, when an offering's egress is built, from its
+//! `cscs_dwdi_api_url`: scheme, host, port and base path. [`Policy::check`] then decides
+//! each request a component hands to `wasi:http` before anything else happens (no
+//! token, no connection): it is a pure function of the request head, so the send path
+//! (`super::Egress::send_for`) only has to act on its answer. A request leaves when
+//!
+//! - it goes to the scheme, host and port of the API URL, with no userinfo;
+//! - its method is GET or HEAD (the body is checked by the send path: it must be empty);
+//! - its path lies under the API URL's path, segment by segment, with no empty segment
+//!   (`//`), no dot-segment and no percent-encoded `/`, `\`, `.` or control character:
+//!   such paths are refused, never resolved, so what the upstream sees is what was checked;
+//! - its headers are all on [`ALLOWED_HEADERS`], at most [`MAX_HEADERS`] of them and
+//!   [`MAX_HEADER_BYTES`] together.
+//!
+//! What leaves is rebuilt from the allowed destination: the URI's authority (hence
+//! `Host`) is the API URL's, never the component's. The policy deliberately knows
+//! nothing about tokens, proxies or retries (`super`), nor the token endpoint, which
+//! only the host talks to.
+
+use http::HeaderMap;
+use http::header::HeaderName;
+
+/// Request headers a component may send: what a JSON GET needs. `accept-encoding` is
+/// not among them: the host does not decode compressed answers.
+pub const ALLOWED_HEADERS: &[&str] =
+    &["accept", "accept-language", "user-agent", "if-none-match", "if-modified-since", "cache-control"];
+/// Most headers one request may carry.
+pub const MAX_HEADERS: usize = 32;
+/// Most bytes of header names and values one request may carry.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Longest part of a component-chosen path quoted in a denial.
+const SHOWN_PATH_CHARS: usize = 120;
+
+/// The allowed destination: scheme, host and port of the API URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Destination {
+    fn of_url(url: &url::Url) -> Option<Self> {
+        Some(Self {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            port: url.port_or_known_default()?,
+        })
+    }
+
+    fn of_uri(uri: &http::Uri) -> Option<Self> {
+        let scheme = uri.scheme_str()?.to_owned();
+        let default_port = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => return None,
+        };
+        Some(Self {
+            host: uri.host()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase(),
+            port: uri.port_u16().unwrap_or(default_port),
+            scheme,
+        })
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// Why a request may not leave. Each kind is one of a fixed set ([`Denial::kind`]), so
+/// logs and metrics keyed by it stay bounded whatever a component sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// Another scheme, host or port (shown as the component gave it).
+    Destination(String),
+    /// `user[:password]@` in the authority.
+    Userinfo,
+    /// A method other than GET and HEAD.
+    Method(String),
+    /// A request body.
+    Body,
+    /// A path outside the API base path, or not in normal form.
+    Path { path: String, why: &'static str },
+    /// A header not on the allow-list.
+    Header(HeaderName),
+    /// More than [`MAX_HEADERS`] headers.
+    HeaderCount(usize),
+    /// More than [`MAX_HEADER_BYTES`] of headers.
+    HeaderBytes(usize),
+}
+
+impl Denial {
+    /// The rule broken, as a fixed word (log key and metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Denial::Destination(_) => "destination",
+            Denial::Userinfo => "userinfo",
+            Denial::Method(_) => "method",
+            Denial::Body => "body",
+            Denial::Path { .. } => "path",
+            Denial::Header(_) => "header",
+            Denial::HeaderCount(_) => "header-count",
+            Denial::HeaderBytes(_) => "header-bytes",
+        }
+    }
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denial::Destination(shown) => write!(f, "destination {shown} is not the cscs_dwdi_api_url"),
+            Denial::Userinfo => write!(f, "userinfo in the authority"),
+            Denial::Method(method) => write!(f, "method {method} (only GET and HEAD)"),
+            Denial::Body => write!(f, "a request body"),
+            Denial::Path { path, why } => write!(f, "path {path}: {why}"),
+            Denial::Header(name) => write!(f, "header {name} is not allowed"),
+            Denial::HeaderCount(n) => write!(f, "{n} headers, at most {MAX_HEADERS}"),
+            Denial::HeaderBytes(n) => write!(f, "{n} bytes of headers, at most {MAX_HEADER_BYTES}"),
+        }
+    }
+}
+
+/// A request the policy lets out: the URI rebuilt on the allowed authority, and the
+/// component's allowed headers.
+#[derive(Debug)]
+pub struct Allowed {
+    pub uri: http::Uri,
+    pub headers: HeaderMap,
+}
+
+/// The egress policy of one offering, parsed once from its API URL.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    destination: Destination,
+    /// `host[:port]` of the API URL, as the rebuilt requests carry it.
+    authority: http::uri::Authority,
+    scheme: http::uri::Scheme,
+    /// The API URL's path segments, as written (percent-encoding kept).
+    base: Vec<String>,
+}
+
+impl Policy {
+    /// The policy of `api_url`; the error says what the URL lacks.
+    pub fn from_api_url(api_url: &url::Url) -> Result<Self, String> {
+        let destination = Destination::of_url(api_url).ok_or("no host or port")?;
+        let host = api_url.host_str().ok_or("no host")?;
+        let authority = match api_url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        let authority = authority.parse().map_err(|e| format!("host {host}: {e}"))?;
+        let scheme = api_url.scheme().parse().map_err(|e| format!("scheme: {e}"))?;
+        let base = api_url.path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        Ok(Self { destination, authority, scheme, base })
+    }
+
+    /// The allowed destination, for messages.
+    pub(crate) fn destination(&self) -> &Destination {
+        &self.destination
+    }
+
+    /// Decides a request head (the body is the caller's to check: it must be empty).
+    pub fn check(&self, method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> Result<Allowed, Denial> {
+        if Destination::of_uri(uri).as_ref() != Some(&self.destination) {
+            return Err(Denial::Destination(shown_destination(uri)));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(Denial::Userinfo);
+        }
+        if method != http::Method::GET && method != http::Method::HEAD {
+            return Err(Denial::Method(cut(method.as_str())));
+        }
+        let path = uri.path();
+        self.check_path(path).map_err(|why| Denial::Path { path: cut(path), why })?;
+        let allowed = check_headers(headers)?;
+        let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        let uri = http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Denial::Path { path: cut(path), why: "not a valid request target" })?;
+        Ok(Allowed { uri, headers: allowed })
+    }
+
+    fn check_path(&self, path: &str) -> Result<(), &'static str> {
+        let rest = path.strip_prefix('/').ok_or("not absolute")?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        let last = segments.len() - 1;
+        for (i, segment) in segments.iter().enumerate() {
+            if segment.is_empty() {
+                // One trailing slash is a path of its own; `//` anywhere is not.
+                if i == last {
+                    continue;
+                }
+                return Err("empty segment (//)");
+            }
+            if *segment == "." || *segment == ".." {
+                return Err("dot-segment");
+            }
+            check_segment(segment)?;
+        }
+        let named = if segments[last].is_empty() { &segments[..last] } else { &segments[..] };
+        if named.len() < self.base.len() || named.iter().zip(&self.base).any(|(a, b)| a != b) {
+            return Err("outside the cscs_dwdi_api_url path");
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a backslash and percent-encoded separators, dots, controls and bad escapes.
+fn check_segment(segment: &str) -> Result<(), &'static str> {
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err("backslash"),
+            b'%' => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                let (Some(hi), Some(lo)) =
+                    (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+                else {
+                    return Err("malformed percent-escape");
+                };
+                let decoded = (hi * 16 + lo) as u8;
+                if matches!(decoded, b'/' | b'\\' | b'.') || decoded < 0x20 || decoded == 0x7f {
+                    return Err("percent-encoded separator, dot or control character");
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The allowed headers of a request; `host` is dropped (it comes from the destination).
+fn check_headers(headers: &HeaderMap) -> Result<HeaderMap, Denial> {
+    if headers.len() > MAX_HEADERS {
+        return Err(Denial::HeaderCount(headers.len()));
+    }
+    let bytes: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(Denial::HeaderBytes(bytes));
+    }
+    let mut allowed = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if *name == http::header::HOST {
+            continue;
+        }
+        if !ALLOWED_HEADERS.contains(&name.as_str()) {
+            return Err(Denial::Header(name.clone()));
+        }
+        allowed.append(name.clone(), value.clone());
+    }
+    Ok(allowed)
+}
+
+/// Scheme, host and port of `uri` as a denial shows it (no userinfo, no path).
+fn shown_destination(uri: &http::Uri) -> String {
+    match Destination::of_uri(uri) {
+        Some(destination) => destination.to_string(),
+        None => cut(&super::shown_uri(uri)),
+    }
+}
+
+/// `text` cut to [`SHOWN_PATH_CHARS`] characters (URI text is ASCII).
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(SHOWN_PATH_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(api: &str) -> Policy {
+        Policy::from_api_url(&url::Url::parse(api).expect("a URL")).expect("a policy")
+    }
+
+    fn get(policy: &Policy, uri: &str) -> Result<Allowed, Denial> {
+        policy.check(&http::Method::GET, &uri.parse().expect("a URI"), &HeaderMap::new())
+    }
+
+    #[test]
+    fn paths_under_the_base_pass_and_others_are_refused() {
+        let p = policy("https://dwdi.example:8443/api/v1");
+        for ok in [
+            "https://dwdi.example:8443/api/v1",
+            "https://dwdi.example:8443/api/v1/",
+            "https://DWDI.example:8443/api/v1/compute/usage-day?from=a&account=x%2Fy",
+            "https://dwdi.example:8443/api/v1/compute/usage-month/account",
+            "https://dwdi.example:8443/api/v1/a%20b/...",
+        ] {
+            assert!(get(&p, ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("https://dwdi.example:8443/oidc/token", "outside"),
+            ("https://dwdi.example:8443/api/v10/x", "outside"),
+            ("https://dwdi.example:8443/api", "outside"),
+            ("https://dwdi.example:8443/", "outside"),
+            ("https://dwdi.example:8443/api/v1/../../oidc", "dot-segment"),
+            ("https://dwdi.example:8443/api/v1/./x", "dot-segment"),
+            ("https://dwdi.example:8443/api/v1/%2e%2e/x", "percent"),
+            ("https://dwdi.example:8443/api/v1/%2E./x", "percent"),
+            ("https://dwdi.example:8443/api/v1/a%2fb", "percent"),
+            ("https://dwdi.example:8443/api/v1/a%5Cb", "percent"),
+            ("https://dwdi.example:8443/api/v1/a%00b", "percent"),
+            ("https://dwdi.example:8443/api/v1/a%zz", "malformed"),
+            ("https://dwdi.example:8443/api/v1//x", "empty"),
+            ("https://dwdi.example:8443//api/v1/x", "empty"),
+        ] {
+            match get(&p, bad) {
+                Err(Denial::Path { why: reason, .. }) => assert!(reason.contains(why), "{bad}: {reason}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_root_base_allows_every_normal_path() {
+        let p = policy("http://127.0.0.1:9000");
+        assert!(get(&p, "http://127.0.0.1:9000/").is_ok());
+        assert!(get(&p, "http://127.0.0.1:9000/x/y").is_ok());
+        assert!(matches!(get(&p, "http://127.0.0.1:9000//x"), Err(Denial::Path { .. })));
+    }
+
+    #[test]
+    fn destination_userinfo_and_method_are_checked() {
+        let p = policy("https://dwdi.example/api/v1");
+        assert!(get(&p, "https://dwdi.example:443/api/v1/x").is_ok());
+        assert!(matches!(get(&p, "https://dwdi.example:8443/api/v1/x"), Err(Denial::Destination(_))));
+        assert!(matches!(get(&p, "http://dwdi.example/api/v1/x"), Err(Denial::Destination(_))));
+        assert_eq!(get(&p, "https://user:pw@dwdi.example/api/v1/x").err(), Some(Denial::Userinfo));
+        let uri: http::Uri = "https://dwdi.example/api/v1/x".parse().expect("a URI");
+        assert!(p.check(&http::Method::HEAD, &uri, &HeaderMap::new()).is_ok());
+        for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE, http::Method::PATCH] {
+            assert!(matches!(p.check(&method, &uri, &HeaderMap::new()), Err(Denial::Method(_))), "{method}");
+        }
+    }
+
+    #[test]
+    fn the_authority_comes_from_the_api_url() {
+        let p = policy("https://dwdi.example/api/v1");
+        let allowed = get(&p, "https://DWDI.EXAMPLE:443/api/v1/x?a=1").expect("allowed");
+        assert_eq!(allowed.uri.to_string(), "https://dwdi.example/api/v1/x?a=1");
+    }
+
+    #[test]
+    fn headers_are_allow_listed_and_bounded() {
+        let p = policy("https://dwdi.example/api/v1");
+        let uri: http::Uri = "https://dwdi.example/api/v1/x".parse().expect("a URI");
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", "application/json".parse().expect("a value"));
+        headers.insert("host", "evil.example".parse().expect("a value"));
+        let allowed = p.check(&http::Method::GET, &uri, &headers).expect("allowed");
+        assert_eq!(allowed.headers.len(), 1, "host is dropped");
+        for spoof in ["x-forwarded-for", "forwarded", "x-http-method-override", "content-length", "authorization"] {
+            let mut headers = HeaderMap::new();
+            headers.insert(HeaderName::from_static(spoof), "1".parse().expect("a value"));
+            assert!(matches!(p.check(&http::Method::GET, &uri, &headers), Err(Denial::Header(_))), "{spoof}");
+        }
+        let mut many = HeaderMap::new();
+        for _ in 0..=MAX_HEADERS {
+            many.append("accept", "a".parse().expect("a value"));
+        }
+        assert!(matches!(p.check(&http::Method::GET, &uri, &many), Err(Denial::HeaderCount(33))));
+        let mut big = HeaderMap::new();
+        big.insert("user-agent", "u".repeat(MAX_HEADER_BYTES).parse().expect("a value"));
+        assert!(matches!(p.check(&http::Method::GET, &uri, &big), Err(Denial::HeaderBytes(_))));
+    }
+}
