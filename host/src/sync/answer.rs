@@ -29,8 +29,14 @@ impl<'r> CheckedReport<'r> {
             }
             by_id
                 .entry(id)
-                .and_modify(|seen| *seen = Err("the backend reported it more than once".to_owned()))
-                .or_insert_with(|| check_usage(usage).map(|()| usage));
+                .and_modify(|seen| {
+                    *seen = Err("the backend reported it more than once; nothing submitted for it".to_owned())
+                })
+                .or_insert_with(|| {
+                    check_usage(usage).map(|()| usage).map_err(|problem| {
+                        format!("unusable answer from the backend, nothing submitted for it: {problem}")
+                    })
+                });
         }
         unrequested.sort();
         unrequested.dedup();
@@ -42,7 +48,7 @@ impl<'r> CheckedReport<'r> {
         match self.by_id.get(backend_id) {
             Some(Ok(usage)) => Ok(usage),
             Some(Err(reason)) => Err(reason.clone()),
-            None => Err("the backend did not report it".to_owned()),
+            None => Err("the backend did not report it; nothing submitted for it".to_owned()),
         }
     }
 }

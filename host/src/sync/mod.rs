@@ -652,7 +652,7 @@ impl Run<'_> {
                     Err(reason) => {
                         self.tally.errors.push_resource(
                             backend_id,
-                            format!("offering {name} {month}: resource {backend_id}: {reason}; nothing submitted for it"),
+                            format!("offering {name} {month}: resource {backend_id}: {reason}"),
                         );
                         slot.outcome = Outcome::Failed;
                     }
@@ -700,6 +700,9 @@ impl Run<'_> {
             }
         };
         for slot in &slots {
+            if slot.outcome == Outcome::Absent {
+                tracing::debug!(resource = slot.backend_id, "absent upstream; nothing written");
+            }
             self.tally.count(slot.outcome);
             self.observer.resource_done();
         }

@@ -133,13 +133,13 @@ async fn json_lines_name_offering_backend_type_and_resource_and_hold_no_secret()
     };
     let now = current.to_string();
     assert!(seen("ERROR", &refused, "Quota exceeded", &now), "the refused write in the cycle");
-    assert!(
-        seen("WARN", ghost, "absent from DWDI; keeping the stored value", &now),
-        "the absent resource in the cycle"
-    );
+    assert!(seen("WARN", ghost, "absent upstream; keeping the stored value", &now), "the absent resource in the cycle");
     assert!(seen("DEBUG", &accounts[0], "usage submitted", &now), "a submitted resource");
     assert!(seen("ERROR", &refused, "Quota exceeded", "2024-03"), "the refused write in the historical load");
-    assert!(seen("DEBUG", ghost, "absent from DWDI", "2024-03"), "the absent resource in the historical load");
+    assert!(
+        seen("DEBUG", ghost, "absent upstream; nothing written", "2024-03"),
+        "the absent resource in the historical load"
+    );
     let submitted: BTreeMap<&str, &str> = about_resources
         .iter()
         .filter(|l| field(l, "message") == "usage submitted" && field(l, "month") == now)

@@ -152,7 +152,7 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let text = usage_agent::metrics::global().render();
 
     // What the cycles imply: three resources submitted once, unchanged afterwards.
-    assert!(out.contains("ops: 3 resources"), "{out}");
+    assert!(out.contains(": 3 resources × 1 months: 3 written,"), "{out}");
     let all = samples(&text)?;
     assert!(all.len() > 20, "{text}");
     assert_eq!(sample(&text, "usage_agent_cycles_failed_total{offering=\"ops\"}"), Some(0.0), "{text}");
