@@ -127,6 +127,8 @@ pub struct EgressStats {
     pub retries: AtomicU64,
     pub denied: AtomicU64,
     pub unauthorized_retries: AtomicU64,
+    /// 401s not retried: the token refresh rate limit held.
+    pub unauthorized_final: AtomicU64,
 }
 
 /// Outbound access of one offering: allow-list, token, client, limits.
@@ -278,7 +280,12 @@ impl Egress {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.limits.first_byte, self.client.request(request)).await;
-            record_dwdi_request(&self.offering, &head.uri, &outcome, started.elapsed());
+            record_dwdi_request(
+                &self.offering,
+                self.policy.endpoint_family(head.uri.path()),
+                &outcome,
+                started.elapsed(),
+            );
             let retry_reason = match outcome {
                 Err(_) => {
                     if !idempotent || attempt >= self.limits.max_retries {
@@ -300,12 +307,16 @@ impl Egress {
                 }
                 Ok(Ok(response)) => {
                     let status = response.status().as_u16();
+                    // The token may have been revoked or expired early: one try with a
+                    // fresh one. A 401 to that fresh token is final, and so is one
+                    // within the refresh rate limit (`oidc::UNAUTHORIZED_REFRESH_INTERVAL`).
                     if status == 401 && !refreshed {
-                        // The token may have been revoked or expired early: one fresh try.
                         refreshed = true;
-                        self.stats.unauthorized_retries.fetch_add(1, Ordering::Relaxed);
-                        self.tokens.invalidate(&token).await;
-                        continue;
+                        if self.tokens.after_unauthorized(&token).await == oidc::AfterUnauthorized::Retry {
+                            self.stats.unauthorized_retries.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        self.stats.unauthorized_final.fetch_add(1, Ordering::Relaxed);
                     }
                     if idempotent && matches!(status, 502..=504) && attempt < self.limits.max_retries {
                         format!("HTTP {status}")
@@ -382,11 +393,13 @@ struct RequestHead {
     headers: http::HeaderMap,
 }
 
-/// Counts a DWDI request in the metrics: offering, endpoint path (no query: it holds
-/// account lists) and status, with the time to the answer's head.
+/// Counts a DWDI request in the metrics: offering, endpoint family (one of
+/// [`policy::ENDPOINT_FAMILIES`] under the API path, or `other`: never the component's
+/// own path) and status,
+/// with the time to the answer's head. Every label comes from a bounded set.
 fn record_dwdi_request<B, E>(
     offering: &str,
-    uri: &http::Uri,
+    endpoint: &str,
     outcome: &Result<Result<http::Response<B>, E>, tokio::time::error::Elapsed>,
     elapsed: std::time::Duration,
 ) {
@@ -396,7 +409,7 @@ fn record_dwdi_request<B, E>(
         Err(_) => "timeout".to_owned(),
     };
     let metrics = crate::metrics::global();
-    let labels = [("offering", offering), ("endpoint", uri.path()), ("status", status.as_str())];
+    let labels = [("offering", offering), ("endpoint", endpoint), ("status", status.as_str())];
     metrics.inc("usage_agent_dwdi_requests_total", "DWDI API requests, by endpoint and status.", &labels);
     metrics.observe(
         "usage_agent_dwdi_request_duration_seconds",

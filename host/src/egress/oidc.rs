@@ -19,6 +19,9 @@ use crate::config::{ClientAuth, DwdiAccess, Secret};
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
 /// `expires_in` when the token endpoint does not say.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(300);
+/// After a 401 has forced a refresh, the next forced refresh waits this long: a token
+/// the API refuses again is not refetched for every request.
+pub const UNAUTHORIZED_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 /// Token answers are small; anything larger is not a token endpoint.
 const MAX_TOKEN_ANSWER: usize = 64 * 1024;
 
@@ -44,6 +47,18 @@ pub enum TokenError {
 struct Cached {
     token: Secret,
     refresh_at: Instant,
+    /// The API answered 401 to it: the next [`TokenSource::bearer`] fetches a new one.
+    rejected: bool,
+}
+
+/// What a request that got a 401 does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterUnauthorized {
+    /// Ask again with the token [`TokenSource::bearer`] gives now (a new one).
+    Retry,
+    /// The 401 stands: a refresh after a 401 happened less than
+    /// [`UNAUTHORIZED_REFRESH_INTERVAL`] ago.
+    Final,
 }
 
 /// `url` as it may be shown in messages and metric labels: without a user, password
@@ -66,6 +81,8 @@ pub struct TokenSource {
     via_http_proxy: bool,
     timeout: Duration,
     cached: Mutex<Option<Cached>>,
+    /// When a 401 last forced a refresh (the rate limit of such refreshes).
+    forced_at: std::sync::Mutex<Option<Instant>>,
     fetched: AtomicU64,
     served: AtomicU64,
 }
@@ -89,6 +106,7 @@ impl TokenSource {
             via_http_proxy,
             timeout,
             cached: Mutex::new(None),
+            forced_at: std::sync::Mutex::new(None),
             fetched: AtomicU64::new(0),
             served: AtomicU64::new(0),
         })
@@ -100,6 +118,7 @@ impl TokenSource {
         let mut cached = self.cached.lock().await;
         self.served.fetch_add(1, Ordering::Relaxed);
         if let Some(entry) = cached.as_ref()
+            && !entry.rejected
             && Instant::now() < entry.refresh_at
         {
             return Ok(entry.token.clone());
@@ -113,16 +132,32 @@ impl TokenSource {
         );
         // A lifetime shorter than twice the margin would never be reused; halve it instead.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
-        *cached = Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - margin });
+        *cached =
+            Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - margin, rejected: false });
         Ok(token)
     }
 
-    /// Forgets `token` if it is still the cached one (the API refused it).
-    pub async fn invalidate(&self, token: &Secret) {
+    /// The API answered 401 to `token`. When another token has replaced it, or a refresh
+    /// for it is already due, the request retries with the current one; otherwise the
+    /// token is marked for refresh, at most once per [`UNAUTHORIZED_REFRESH_INTERVAL`]
+    /// per offering, and when that interval has not passed the 401 is final.
+    pub async fn after_unauthorized(&self, token: &Secret) -> AfterUnauthorized {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|entry| &entry.token == token) {
-            *cached = None;
+        let Some(entry) = cached.as_mut() else { return AfterUnauthorized::Retry };
+        if &entry.token != token || entry.rejected {
+            return AfterUnauthorized::Retry;
         }
+        let now = Instant::now();
+        let mut forced_at = match self.forced_at.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if forced_at.is_some_and(|at| now.duration_since(at) < UNAUTHORIZED_REFRESH_INTERVAL) {
+            return AfterUnauthorized::Final;
+        }
+        *forced_at = Some(now);
+        entry.rejected = true;
+        AfterUnauthorized::Retry
     }
 
     /// Tokens fetched from the endpoint and tokens handed out, for metrics.

@@ -30,6 +30,16 @@ pub const ALLOWED_HEADERS: &[&str] =
 pub const MAX_HEADERS: usize = 32;
 /// Most bytes of header names and values one request may carry.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The endpoint families of the DWDI API, relative to the API URL's path: under that
+/// path, the only `endpoint` label values of the request metrics besides `other`, so a component
+/// choosing paths cannot grow the number of series.
+pub const ENDPOINT_FAMILIES: &[&str] = &[
+    "/compute/usage-month/account",
+    "/compute/usage-day/account",
+    "/compute/usage-day",
+    "/storage/usage-month",
+    "/storage/usage-day",
+];
 /// Longest part of a component-chosen path quoted in a denial.
 const SHOWN_PATH_CHARS: usize = 120;
 
@@ -141,6 +151,8 @@ pub struct Policy {
     scheme: http::uri::Scheme,
     /// The API URL's path segments, as written (percent-encoding kept).
     base: Vec<String>,
+    /// [`ENDPOINT_FAMILIES`] under the API URL's path: the metric labels.
+    families: Vec<String>,
 }
 
 impl Policy {
@@ -154,8 +166,10 @@ impl Policy {
         };
         let authority = authority.parse().map_err(|e| format!("host {host}: {e}"))?;
         let scheme = api_url.scheme().parse().map_err(|e| format!("scheme: {e}"))?;
-        let base = api_url.path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        Ok(Self { destination, authority, scheme, base })
+        let base: Vec<String> = api_url.path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let prefix: String = base.iter().map(|segment| format!("/{segment}")).collect();
+        let families = ENDPOINT_FAMILIES.iter().map(|family| format!("{prefix}{family}")).collect();
+        Ok(Self { destination, authority, scheme, base, families })
     }
 
     /// The allowed destination, for messages.
@@ -185,6 +199,13 @@ impl Policy {
             .build()
             .map_err(|_| Denial::Path { path: cut(path), why: "not a valid request target" })?;
         Ok(Allowed { uri, headers: allowed })
+    }
+
+    /// The metric label of a request path: the API URL's path followed by its family in
+    /// [`ENDPOINT_FAMILIES`] (`/api/v1/compute/usage-day`), or `other`.
+    pub fn endpoint_family(&self, path: &str) -> &str {
+        let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
+        self.families.iter().find(|family| family.as_str() == path).map(String::as_str).unwrap_or("other")
     }
 
     fn check_path(&self, path: &str) -> Result<(), &'static str> {
@@ -322,6 +343,16 @@ mod tests {
                 Err(Denial::Path { why: reason, .. }) => assert!(reason.contains(why), "{bad}: {reason}"),
                 other => panic!("{bad}: {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn paths_map_to_a_fixed_set_of_endpoint_families() {
+        let p = policy("https://dwdi.example/api/v1");
+        assert_eq!(p.endpoint_family("/api/v1/compute/usage-day"), "/api/v1/compute/usage-day");
+        assert_eq!(p.endpoint_family("/api/v1/storage/usage-month/"), "/api/v1/storage/usage-month");
+        for other in ["/api/v1/x1", "/api/v1/compute/usage-day/x", "/api/v10/compute/usage-day", "/", "/api"] {
+            assert_eq!(p.endpoint_family(other), "other", "{other}");
         }
     }
 
