@@ -55,3 +55,71 @@ async fn components_cannot_set_credentials() -> Result<()> {
     assert_eq!(sim.stats().api_requests, 0, "no forged request may leave");
     Ok(())
 }
+
+/// `probe: request` settings (6-space indent) with a method, a URL, headers and a body.
+fn request(method: &str, url: &str, headers: &str, body: Option<&str>) -> String {
+    let body = body.map(|b| format!("      body: {b:?}\n")).unwrap_or_default();
+    format!("      probe: request\n      method: {method}\n      url: {url:?}\n      headers: {{{headers}}}\n{body}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_bodiless_gets_under_the_api_path_with_allowed_headers_leave() -> Result<()> {
+    let options = DwdiOptions::default();
+    let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+    let api = sim.api_url();
+    let origin = api.trim_end_matches(dwdi_sim::API_PREFIX).to_owned();
+    let authority = origin.trim_start_matches("http://").to_owned();
+    let cases = [
+        request("POST", &format!("{api}/compute/usage-day"), "", Some("x=1")),
+        request("DELETE", &format!("{api}/compute/usage-day"), "", None),
+        request("GET", &format!("{api}/compute/usage-day"), "", Some("payload")),
+        request("GET", &format!("{origin}{}", dwdi_sim::TOKEN_PATH), "", None),
+        request("GET", &format!("{api}/../../realms/x"), "", None),
+        request("GET", &format!("{api}/%2e%2e/%2e%2e/realms"), "", None),
+        request("GET", &format!("{api}//compute/usage-day"), "", None),
+        request("GET", &format!("http://user:pw@{authority}{}/compute/usage-day", dwdi_sim::API_PREFIX), "", None),
+        request("GET", &format!("{api}/compute/usage-day"), "x-forwarded-for: 10.0.0.1", None),
+        request("GET", &format!("{api}/compute/usage-day"), "x-http-method-override: DELETE", None),
+    ];
+    for settings in &cases {
+        let error = probe(&sim, &options, settings).await?.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("HttpRequestDenied") && error.contains("denied by the egress allow-list"),
+            "{settings}: {error}"
+        );
+    }
+    // The upstream saw none of them, and no token was fetched for them.
+    let stats = sim.stats();
+    assert_eq!(stats.requests_by_path.len(), 0, "{:?}", stats.requests_by_path);
+    assert_eq!(stats.tokens_issued, 0);
+
+    // An allowed GET with an allowed header still goes out, with the token.
+    let ok = request("GET", &format!("{api}/compute/usage-day"), "accept: application/json", None);
+    let report = probe(&sim, &options, &ok).await??;
+    assert_eq!(report.resources[0].totals[0].value, 400.0);
+    assert_eq!(sim.stats().api_requests, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_path_answering_401_fetches_two_tokens_not_one_per_request() -> Result<()> {
+    let options = DwdiOptions::default();
+    let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+    sim.fail_next(1000, 401);
+    let settings =
+        format!("      probe: many-401\n      count: 50\n      url: \"{}/compute/usage-day\"\n", sim.api_url());
+    let backend = probe_backend("probe", &sim, &options, &settings).await?;
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let report = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
+    assert_eq!(report.resources[0].totals[0].value, 50.0);
+    // Upstream: one retry with a fresh token, then every 401 final.
+    let stats = sim.stats();
+    assert_eq!(stats.tokens_issued, 2, "{stats:?}");
+    assert_eq!(stats.api_requests, 51);
+    // Host: one 401 retried, 49 left final by the refresh rate limit.
+    let egress = backend.egress().stats();
+    assert_eq!(egress.unauthorized_retries.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(egress.unauthorized_final.load(std::sync::atomic::Ordering::Relaxed), 49);
+    assert_eq!(backend.egress().tokens().counts().0, 2);
+    Ok(())
+}

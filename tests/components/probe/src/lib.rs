@@ -7,6 +7,9 @@
 //!
 //! - `fetch`: GET `url`; the value is the status.
 //! - `set-header`: GET `url` with header `header` set by the component.
+//! - `request`: sends `method` (default GET) to `url` with the `headers` map and, if
+//!   `body` is given, that body; the value is the status.
+//! - `many-401`: GETs `url` `count` times (a path answering 401); the value counts 401s.
 //! - `setup-fails`: setup answers invalid-config.
 //! - `loop`: spins forever without calling the host.
 //! - `grow`: allocates 1 MiB blocks until something stops it.
@@ -29,7 +32,7 @@ mod component {
 
     use exports::waldur::usage::usage_backend as wit;
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 
     struct Probe;
 
@@ -138,6 +141,46 @@ mod component {
         }
     }
 
+    /// Sends `method` to `url` with `headers` and an optional body; the status.
+    fn send(settings: &serde_json::Value) -> Result<u16, wit::BackendError> {
+        let headers: Vec<(String, String)> = settings
+            .get("headers")
+            .and_then(|h| h.as_object())
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned())).collect())
+            .unwrap_or_default();
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let outgoing = request(text(settings, "url"), &pairs)?;
+        let method = match text(settings, "method") {
+            "" | "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            other => Method::Other(other.to_owned()),
+        };
+        let _ = outgoing.set_method(&method);
+        let body = settings.get("body").and_then(|b| b.as_str());
+        let outgoing_body = match body {
+            Some(_) => Some(outgoing.body().map_err(|()| wit::BackendError::Transport("no body".to_owned()))?),
+            None => None,
+        };
+        let future = outgoing_handler::handle(outgoing, None)
+            .map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?;
+        if let (Some(bytes), Some(outgoing_body)) = (body, outgoing_body) {
+            if let Ok(stream) = outgoing_body.write() {
+                let _ = stream.blocking_write_and_flush(bytes.as_bytes());
+            }
+            let _ = OutgoingBody::finish(outgoing_body, None);
+        }
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Ok(response))) => Ok(response.status()),
+            Some(Ok(Err(code))) => Err(wit::BackendError::Transport(format!("{code:?}"))),
+            _ => Err(wit::BackendError::Transport("no response".to_owned())),
+        }
+    }
+
     impl wit::Guest for Probe {
         fn describe() -> wit::BackendInfo {
             wit::BackendInfo {
@@ -177,6 +220,16 @@ mod component {
                 "set-header" => {
                     let header = text(&settings, "header");
                     f64::from(get(text(&settings, "url"), &[(header, "Bearer forged")])?)
+                }
+                "request" => f64::from(send(&settings)?),
+                "many-401" => {
+                    let mut refused = 0;
+                    for _ in 0..number(&settings, "count") as usize {
+                        if get(text(&settings, "url"), &[])? == 401 {
+                            refused += 1;
+                        }
+                    }
+                    f64::from(refused)
                 }
                 "loop" => {
                     let mut n = 0u64;
