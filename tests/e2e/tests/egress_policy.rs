@@ -123,3 +123,28 @@ async fn a_path_answering_401_fetches_two_tokens_not_one_per_request() -> Result
     assert_eq!(backend.egress().tokens().counts().0, 2);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn distinct_paths_do_not_grow_the_metrics() -> Result<()> {
+    let options = DwdiOptions::default();
+    let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+    let settings = format!("      probe: paths\n      count: 200\n      url: \"{}/compute\"\n", sim.api_url());
+    let backend = probe_backend("probe-paths", &sim, &options, &settings).await?;
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let report = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
+    assert_eq!(report.resources[0].totals[0].value, 200.0);
+    // Upstream: 200 distinct API paths (and the token endpoint).
+    let stats = sim.stats();
+    assert_eq!(stats.requests_by_path.keys().filter(|p| p.starts_with(dwdi_sim::API_PREFIX)).count(), 200);
+    // Host: one series, endpoint "other".
+    let text = usage_agent::metrics::global().render();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("usage_agent_dwdi_requests_total{") && l.contains("offering=\"probe-paths\""))
+        .collect();
+    assert_eq!(
+        series,
+        ["usage_agent_dwdi_requests_total{offering=\"probe-paths\",endpoint=\"other\",status=\"404\"} 200"]
+    );
+    Ok(())
+}

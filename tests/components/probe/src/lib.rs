@@ -10,6 +10,7 @@
 //! - `request`: sends `method` (default GET) to `url` with the `headers` map and, if
 //!   `body` is given, that body; the value is the status.
 //! - `many-401`: GETs `url` `count` times (a path answering 401); the value counts 401s.
+//! - `paths`: GETs `url/p0` … `url/p<count-1>`, each path once; the value counts answers.
 //! - `setup-fails`: setup answers invalid-config.
 //! - `loop`: spins forever without calling the host.
 //! - `grow`: allocates 1 MiB blocks until something stops it.
@@ -230,6 +231,14 @@ mod component {
                         }
                     }
                     f64::from(refused)
+                }
+                "paths" => {
+                    let mut answered = 0;
+                    for i in 0..number(&settings, "count") as usize {
+                        get(&format!("{}/p{i}", text(&settings, "url")), &[])?;
+                        answered += 1;
+                    }
+                    f64::from(answered)
                 }
                 "loop" => {
                     let mut n = 0u64;
