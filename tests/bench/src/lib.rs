@@ -3,6 +3,10 @@
 
 use std::time::Instant;
 
+pub mod baseline;
+pub mod store;
+pub mod timeline;
+
 /// Runs `f` and returns its result and wall time in seconds.
 pub async fn timed<T, F: std::future::Future<Output = T>>(f: F) -> (T, f64) {
     let start = Instant::now();
