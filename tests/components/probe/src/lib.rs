@@ -166,8 +166,8 @@ mod component {
             Some(_) => Some(outgoing.body().map_err(|()| wit::BackendError::Transport("no body".to_owned()))?),
             None => None,
         };
-        let future = outgoing_handler::handle(outgoing, None)
-            .map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?;
+        let future =
+            outgoing_handler::handle(outgoing, None).map_err(|e| wit::BackendError::Transport(format!("{e:?}")))?;
         if let (Some(bytes), Some(outgoing_body)) = (body, outgoing_body) {
             if let Ok(stream) = outgoing_body.write() {
                 let _ = stream.blocking_write_and_flush(bytes.as_bytes());
