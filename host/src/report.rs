@@ -93,17 +93,7 @@ pub async fn report_offering(
             let span = tracing::info_span!("cycle", offering = %target.name, backend_type = %target.backend_type);
             let message = format!("offering {}: {error:#}", target.name);
             span.in_scope(|| tracing::error!("{message}"));
-            let backend = target.backend_now();
-            let info = &backend.backend().info;
-            OfferingSummary {
-                offering: target.name.clone(),
-                backend_type: target.backend_type.clone(),
-                backend: format!("{} {}", info.name, info.version),
-                range: policy.months.first().zip(policy.months.last()).map(|(a, b)| (*a, *b)),
-                failed: 1,
-                errors: vec![message],
-                ..OfferingSummary::default()
-            }
+            OfferingSummary { failed: 1, errors: vec![message], ..target.summary(&target.backend_now(), &policy) }
         }
     }
 }

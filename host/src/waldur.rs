@@ -25,6 +25,7 @@ use crate::config::Secret;
 use crate::egress::connect::Connector;
 use crate::egress::oidc::snippet;
 use crate::egress::{HttpClient, error_chain, full_body};
+use crate::runtime::one_line;
 
 /// Waldur's page size limit.
 const PAGE_SIZE: u32 = 100;
@@ -608,42 +609,42 @@ fn waldur_message(body: &[u8]) -> String {
             let text = value.to_string();
             snippet(text.as_bytes())
         }
-        Err(_) => snippet(one_line(&String::from_utf8_lossy(body)).as_bytes()),
+        Err(_) => snippet(plain_text(&String::from_utf8_lossy(body)).as_bytes()),
     }
 }
 
-/// A non-JSON error body on one line: an HTML page (Django's 404) by its title or its
-/// text, anything else with its line breaks folded.
-fn one_line(text: &str) -> String {
+/// A non-JSON error body on one line: an HTML page (Django's 404) by its title or, when
+/// it has none, its text without tags; anything else as it is.
+fn plain_text(text: &str) -> String {
     let lower = text.to_ascii_lowercase();
-    let html = lower.trim_start().starts_with('<') && lower.contains("<html");
-    let text = if html {
-        let title = lower.find("<title>").zip(lower.find("</title>")).filter(|(a, b)| a + 7 <= *b);
-        match title {
-            Some((open, close)) => text[open + 7..close].to_owned(),
-            None => {
-                let mut plain = String::new();
-                let mut in_tag = false;
-                for c in text.chars() {
-                    match c {
-                        '<' => in_tag = true,
-                        '>' => {
-                            in_tag = false;
-                            plain.push(' ');
-                        }
-                        c if !in_tag => plain.push(c),
-                        _ => {}
+    if !(lower.trim_start().starts_with('<') && lower.contains("<html")) {
+        return one_line(text);
+    }
+    // ASCII lower-casing keeps byte offsets, so positions in `lower` index `text`.
+    let title = lower.find("<title>").zip(lower.find("</title>")).filter(|(open, close)| open + 7 <= *close);
+    let shown = match title {
+        Some((open, close)) => one_line(&text[open + 7..close]),
+        None => {
+            let mut in_tag = false;
+            let untagged: String = text
+                .chars()
+                .map(|c| match c {
+                    '<' => {
+                        in_tag = true;
+                        ' '
                     }
-                }
-                plain
-            }
+                    '>' => {
+                        in_tag = false;
+                        ' '
+                    }
+                    _ if in_tag => ' ',
+                    c => c,
+                })
+                .collect();
+            one_line(&untagged)
         }
-    } else {
-        text.to_owned()
     };
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let line = words.join(" ");
-    if html { format!("{line} (an HTML page)") } else { line }
+    format!("{shown} (an HTML page)")
 }
 
 /// The `rel="next"` target of a `Link` header.

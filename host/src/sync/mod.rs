@@ -100,8 +100,6 @@ pub struct Target {
     pub name: String,
     pub offering_uuid: String,
     pub backend_type: String,
-    /// Component types configured for the offering, in config order.
-    pub components: Vec<String>,
     pub config: OfferingConfig,
     pub backend: OfferingBackend,
     pub waldur: WaldurClient,
@@ -130,7 +128,6 @@ impl Target {
             name: config.display_name(index),
             offering_uuid: offering_uuid.trim().to_owned(),
             backend_type: config.usage_backend().unwrap_or_default().to_owned(),
-            components: config.backend_components.keys().cloned().collect(),
             config: config.clone(),
             backend,
             waldur,
@@ -154,6 +151,24 @@ impl Target {
         match current {
             Some(current) if !Arc::ptr_eq(&current, self.backend.backend()) => self.backend.with_backend(current),
             _ => self.backend.clone(),
+        }
+    }
+
+    /// Component types configured for the offering, in config order.
+    pub fn components(&self) -> impl Iterator<Item = &String> {
+        self.config.backend_components.keys()
+    }
+
+    /// The summary of a run of `policy` served by `backend`, before anything is counted.
+    pub(crate) fn summary(&self, backend: &OfferingBackend, policy: &Policy) -> Summary {
+        let info = &backend.backend().info;
+        Summary {
+            offering: self.name.clone(),
+            backend_type: self.backend_type.clone(),
+            backend: format!("{} {}", info.name, info.version),
+            range: policy.months.first().zip(policy.months.last()).map(|(a, b)| (*a, *b)),
+            dry_run: policy.dry_run,
+            ..Summary::default()
         }
     }
 
@@ -285,25 +300,11 @@ pub async fn run(
     let upstream_before = target.backend.egress().stats().requests.load(Ordering::Relaxed);
     // One component version for the whole run, even if another is swapped in meanwhile.
     let backend = target.backend_now();
-    let info = &backend.backend().info;
-    let mut summary = Summary {
-        offering: target.name.clone(),
-        backend_type: target.backend_type.clone(),
-        backend: format!("{} {}", info.name, info.version),
-        range: policy.months.first().zip(policy.months.last()).map(|(a, b)| (*a, *b)),
-        dry_run: policy.dry_run,
-        ..Summary::default()
-    };
+    let mut summary = target.summary(&backend, policy);
     // Every log line of the run carries the offering and its backend type.
     let span = tracing::info_span!("sync", offering = %target.name, backend_type = %target.backend_type);
     let run =
         tracing::Instrument::instrument(setup(target, backend, policy, clock, stop, observer), span.clone()).await;
-    let fill = |summary: &mut Summary, tally: &Tally| {
-        tally.fill(summary);
-        summary.waldur_calls = target.waldur.request_count() - waldur_before;
-        summary.upstream_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - upstream_before;
-        summary.duration = started.elapsed();
-    };
     let run = run?;
     summary.resources = run.resources.len();
     observer.started(policy.months.len(), run.resources.len());
@@ -312,7 +313,10 @@ pub async fn run(
     } else {
         summary.months = policy.months.len();
     }
-    fill(&mut summary, &run.tally);
+    run.tally.fill(&mut summary);
+    summary.waldur_calls = target.waldur.request_count() - waldur_before;
+    summary.upstream_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - upstream_before;
+    summary.duration = started.elapsed();
     summary.interrupted = summary.months < policy.months.len();
     Ok(summary)
 }
@@ -332,7 +336,7 @@ async fn setup<'a>(
     }
     let offering = target.waldur.offering(&target.offering_uuid).await?;
     let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
-    for name in target.components.iter().filter(|name| !offered.contains(*name)) {
+    for name in target.components().filter(|name| !offered.contains(*name)) {
         target.warn_once(format!("component:{name}"), None, || {
             format!(
                 "component {name:?} is configured but the Waldur offering has no such component; it is not submitted"
@@ -966,7 +970,7 @@ impl Run<'_> {
             let slot = &slots[index];
             let Some(usage) = slot.usage else { continue };
             let measured = plan::measured_users(usage, &self.offered);
-            for component in self.target.components.iter().filter(|c| self.offered.contains(*c)) {
+            for component in self.target.components().filter(|c| self.offered.contains(*c)) {
                 let values = measured.get(component.as_str()).map(Vec::as_slice).unwrap_or_default();
                 let component_usage = usages.get(&(slot.resource.uuid.clone(), component.clone()));
                 let held = component_usage.and_then(|cu| stored_users.get(&cu.uuid));

@@ -116,8 +116,7 @@ pub async fn run(target: &Target, options: &Options) -> Result<Summary> {
     } else {
         HashMap::new()
     };
-    let user_components: Vec<&str> =
-        target.components.iter().filter(|c| offered.contains(*c)).map(String::as_str).collect();
+    let user_components: Vec<&str> = target.components().filter(|c| offered.contains(*c)).map(String::as_str).collect();
     let one = OneByOne {
         waldur,
         backend: target.backend_now(),
