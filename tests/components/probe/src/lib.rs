@@ -25,6 +25,20 @@
 //!   terminal escape; the value is 1.
 //! - `bad-numbers`: one resource per misbehaviour, in request order: a good value 1.5,
 //!   NaN, -5, 1e300, a component reported twice, a resource reported twice.
+//! - `contract`: breaks the result contract, in request order: a good value 1.5, not
+//!   found yet with usage 5 and a user, reported twice, not found with zeros (allowed);
+//!   and reports `stranger`, which nobody asked for.
+//! - `forged-text`: strings that would forge log lines (CR, LF, ESC), `bytes` long:
+//!   with `kind: message` a bad-response error, `kind: status` an upstream-status
+//!   error with such an endpoint and message, `kind: ids` a report whose user and an
+//!   unrequested resource hold them.
+//! - `deny-flood`: GETs `url` with `{i}` replaced by 0 … `count`-1, going on after
+//!   every error; the value counts the errors, or with `fail: true` the call fails
+//!   with a transport error.
+//!
+//! `describe` answers what a real component does, unless the build sets
+//! `PROBE_DESCRIBE` to one of the broken descriptions of `describe_variant` (the e2e
+//! build script builds one probe per variant).
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
@@ -182,14 +196,103 @@ mod component {
         }
     }
 
+    /// Text that would start a new, forged log line and clear the operator's screen,
+    /// padded to about `bytes` bytes.
+    fn forged(bytes: usize) -> String {
+        let mut text = "probe\r\n2026-01-01T00:00:00Z ERROR forged: all is well\u{1b}[2J".to_owned();
+        while text.len() < bytes {
+            text.push('x');
+        }
+        text
+    }
+
+    /// `describe` as the build's `PROBE_DESCRIBE` says: each variant breaks one rule.
+    pub(crate) fn describe_variant(variant: Option<&str>) -> wit::BackendInfo {
+        let mut info = wit::BackendInfo {
+            name: "probe".to_owned(),
+            version: "0.0.1".to_owned(),
+            backend_types: vec!["probe".to_owned()],
+            operations: vec![wit::Operation::UsageReport],
+        };
+        // Every variant also claims the built-in compute type, so it can be dropped in
+        // as `cscs-dwdi-compute.wasm` and only its broken rule refuses it.
+        if variant.is_some() {
+            info.backend_types = vec!["cscs-dwdi-compute".to_owned()];
+        }
+        match variant {
+            Some("huge-version") => info.version = format!("1.0.0-{}", "x".repeat(4 << 20)),
+            Some("many-operations") => info.operations = vec![wit::Operation::UsageReport; 100_000],
+            Some("not-semver") => info.version = "latest".to_owned(),
+            Some("forged-name") => info.name = "probe\n2026-01-01T00:00:00Z ERROR forged\u{1b}[2J".to_owned(),
+            Some("repeated-operation") => {
+                info.operations = vec![wit::Operation::UsageReport, wit::Operation::Ping, wit::Operation::UsageReport]
+            }
+            Some("unknown-type") => info.backend_types.push("definitely-not-configured".to_owned()),
+            _ => {}
+        }
+        info
+    }
+
+    /// The contract broken in every way a report can break it, in request order.
+    fn contract(component: &str, resources: Vec<wit::WaldurResource>) -> wit::Report {
+        let amount = |value: f64| vec![wit::Amount { component: component.to_owned(), value }];
+        let mut out = Vec::new();
+        for (i, r) in resources.into_iter().enumerate() {
+            let (found, totals, users) = match i {
+                0 => (true, amount(1.5), Vec::new()),
+                1 => (false, amount(5.0), vec![wit::UserUsage { username: "alice".to_owned(), amounts: amount(5.0) }]),
+                3 => (false, amount(0.0), Vec::new()),
+                _ => (true, amount(2.0), Vec::new()),
+            };
+            let usage = wit::ResourceUsage { backend_id: r.backend_id, found, totals, users };
+            if i == 2 {
+                out.push(usage.clone());
+            }
+            out.push(usage);
+        }
+        out.push(wit::ResourceUsage {
+            backend_id: "stranger".to_owned(),
+            found: true,
+            totals: amount(9.0),
+            users: Vec::new(),
+        });
+        wit::Report { resources: out, upstream_requests: 0 }
+    }
+
+    /// A report or an error whose strings would forge log lines.
+    fn forged_text(
+        settings: &serde_json::Value,
+        component: &str,
+        resources: Vec<wit::WaldurResource>,
+    ) -> Result<wit::Report, wit::BackendError> {
+        let evil = forged(number(settings, "bytes") as usize);
+        match text(settings, "kind") {
+            "status" => Err(wit::BackendError::UpstreamStatus(wit::UpstreamStatus {
+                status: 500,
+                endpoint: evil.clone(),
+                message: evil,
+            })),
+            "ids" => {
+                let amount = |value: f64| vec![wit::Amount { component: component.to_owned(), value }];
+                let mut out: Vec<wit::ResourceUsage> = resources
+                    .into_iter()
+                    .map(|r| wit::ResourceUsage {
+                        backend_id: r.backend_id,
+                        found: true,
+                        totals: amount(1.0),
+                        users: vec![wit::UserUsage { username: evil.clone(), amounts: amount(1.0) }],
+                    })
+                    .collect();
+                out.push(wit::ResourceUsage { backend_id: evil, found: true, totals: amount(1.0), users: Vec::new() });
+                Ok(wit::Report { resources: out, upstream_requests: 0 })
+            }
+            _ => Err(wit::BackendError::BadResponse(evil)),
+        }
+    }
+
     impl wit::Guest for Probe {
         fn describe() -> wit::BackendInfo {
-            wit::BackendInfo {
-                name: "probe".to_owned(),
-                version: "0.0.1".to_owned(),
-                backend_types: vec!["probe".to_owned()],
-                operations: vec![wit::Operation::UsageReport],
-            }
+            describe_variant(option_env!("PROBE_DESCRIBE"))
         }
 
         fn setup(config: wit::Config) -> Result<(), wit::BackendError> {
@@ -303,6 +406,20 @@ mod component {
                     1.0
                 }
                 "bad-numbers" => return Ok(bad_numbers(&component, resources)),
+                "contract" => return Ok(contract(&component, resources)),
+                "forged-text" => return forged_text(&settings, &component, resources),
+                "deny-flood" => {
+                    let mut failed = 0;
+                    for i in 0..number(&settings, "count") as usize {
+                        if get(&text(&settings, "url").replace("{i}", &i.to_string()), &[]).is_err() {
+                            failed += 1;
+                        }
+                    }
+                    if settings.get("fail").and_then(|f| f.as_bool()) == Some(true) {
+                        return Err(wit::BackendError::Transport(format!("probe: {failed} requests failed")));
+                    }
+                    f64::from(failed)
+                }
                 other => return Err(wit::BackendError::Unsupported(format!("probe {other:?}"))),
             };
             Ok(wit::Report {
