@@ -21,8 +21,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ComponentLimits;
-use crate::egress::{ComponentHooks, Egress};
+use crate::egress::{CallTally, ComponentHooks, Egress};
 use limits::CallGuard;
+pub(crate) use limits::size as size_text;
 pub use limits::{Limit, LimitExceeded, ResultSize};
 use output::{ComponentOutput, Stream};
 
@@ -30,8 +31,15 @@ use output::{ComponentOutput, Stream};
 /// after its deadline, and yields to other tasks this often.
 const EPOCH_TICK: Duration = Duration::from_millis(100);
 
-/// Longest error message of a component kept; a component must not fill the log.
+/// Longest error message of a component kept, and longest composed error line made of
+/// one: a component must not fill the log.
 const MAX_MESSAGE_BYTES: usize = 4096;
+/// Longest `endpoint` of an upstream-status error kept.
+const MAX_ENDPOINT_BYTES: usize = 512;
+/// Longest backend id, component name or username of a report kept. Waldur's own fields
+/// are far shorter (a `backend_id` has at most 255 characters), so a longer one can only
+/// be refused or unmatched downstream, never a value that lands.
+const MAX_IDENTIFIER_BYTES: usize = 1024;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -149,8 +157,10 @@ pub enum CallError {
     Sandbox(anyhow::Error),
 }
 
+/// The operator's line for a component's error, capped after it is composed (each part
+/// was already escaped and capped by [`safe_error`] when it was lifted).
 fn describe_backend_error(error: &wit::BackendError) -> String {
-    match error {
+    let mut composed = match error {
         wit::BackendError::InvalidConfig(m) => format!("invalid configuration: {m}"),
         wit::BackendError::Unauthorized(m) => format!("DWDI refused the credentials: {m}"),
         wit::BackendError::UpstreamStatus(s) => {
@@ -159,7 +169,9 @@ fn describe_backend_error(error: &wit::BackendError) -> String {
         wit::BackendError::BadResponse(m) => format!("DWDI sent an answer the backend cannot use: {m}"),
         wit::BackendError::Transport(m) => format!("DWDI could not be reached: {m}"),
         wit::BackendError::Unsupported(m) => format!("unsupported: {m}"),
-    }
+    };
+    cap(&mut composed, MAX_MESSAGE_BYTES);
+    composed
 }
 
 /// A digest as lowercase hex.
@@ -334,30 +346,76 @@ fn instantiate_error(error: anyhow::Error) -> CallError {
     }
 }
 
-/// Cuts a component's error message to [`MAX_MESSAGE_BYTES`].
-fn bound_message(error: wit::BackendError) -> wit::BackendError {
-    fn cut(mut message: String) -> String {
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut end = MAX_MESSAGE_BYTES;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            let more = message.len() - end;
-            message.truncate(end);
-            message.push_str(&format!("… ({more} more bytes)"));
-        }
-        message
+/// Makes a string a component handed the host safe to log or print, in place: control
+/// and invisible characters escaped (`output::escape_controls`: a `\n` or an ESC can
+/// no longer forge a log line or drive a terminal), then cut to `max` bytes. Every
+/// component-supplied string passes here once, where the host lifts a call's result
+/// ([`Lifted`]), so nothing downstream (the sync engine, the CLI, the logs) needs to.
+/// Strings that need nothing are left as they are, without a copy.
+pub(crate) fn make_safe(text: &mut String, max: usize) {
+    if text.chars().any(output::needs_escape) {
+        *text = output::escape_controls(text);
     }
+    cap(text, max);
+}
+
+/// Cuts `text` to at most `max` bytes (on a character boundary), saying how much went.
+fn cap(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let more = text.len() - end;
+    text.truncate(end);
+    text.push_str(&format!("… ({more} more bytes)"));
+}
+
+/// A component's error with every string made safe ([`make_safe`]).
+fn safe_error(error: wit::BackendError) -> wit::BackendError {
+    let safe = |mut message: String, max: usize| {
+        make_safe(&mut message, max);
+        message
+    };
     match error {
-        wit::BackendError::InvalidConfig(m) => wit::BackendError::InvalidConfig(cut(m)),
-        wit::BackendError::Unauthorized(m) => wit::BackendError::Unauthorized(cut(m)),
-        wit::BackendError::BadResponse(m) => wit::BackendError::BadResponse(cut(m)),
-        wit::BackendError::Transport(m) => wit::BackendError::Transport(cut(m)),
-        wit::BackendError::Unsupported(m) => wit::BackendError::Unsupported(cut(m)),
+        wit::BackendError::InvalidConfig(m) => wit::BackendError::InvalidConfig(safe(m, MAX_MESSAGE_BYTES)),
+        wit::BackendError::Unauthorized(m) => wit::BackendError::Unauthorized(safe(m, MAX_MESSAGE_BYTES)),
+        wit::BackendError::BadResponse(m) => wit::BackendError::BadResponse(safe(m, MAX_MESSAGE_BYTES)),
+        wit::BackendError::Transport(m) => wit::BackendError::Transport(safe(m, MAX_MESSAGE_BYTES)),
+        wit::BackendError::Unsupported(m) => wit::BackendError::Unsupported(safe(m, MAX_MESSAGE_BYTES)),
         wit::BackendError::UpstreamStatus(mut s) => {
-            s.endpoint = cut(s.endpoint);
-            s.message = cut(s.message);
+            s.endpoint = safe(s.endpoint, MAX_ENDPOINT_BYTES);
+            s.message = safe(s.message, MAX_MESSAGE_BYTES);
             wit::BackendError::UpstreamStatus(s)
+        }
+    }
+}
+
+/// A call's successful result, lifted from the component: its strings made safe before
+/// the host uses them.
+pub trait Lifted {
+    fn make_safe(&mut self);
+}
+
+impl Lifted for () {
+    fn make_safe(&mut self) {}
+}
+
+impl Lifted for wit::Report {
+    fn make_safe(&mut self) {
+        for resource in &mut self.resources {
+            make_safe(&mut resource.backend_id, MAX_IDENTIFIER_BYTES);
+            for amount in &mut resource.totals {
+                make_safe(&mut amount.component, MAX_IDENTIFIER_BYTES);
+            }
+            for user in &mut resource.users {
+                make_safe(&mut user.username, MAX_IDENTIFIER_BYTES);
+                for amount in &mut user.amounts {
+                    make_safe(&mut amount.component, MAX_IDENTIFIER_BYTES);
+                }
+            }
         }
     }
 }
@@ -415,7 +473,7 @@ impl OfferingBackend {
     /// [`Runtime::call_export`]), with the offering's egress.
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
-        T: ResultSize,
+        T: ResultSize + Lifted,
         F: for<'a> FnOnce(
             &'a wit::Guest,
             &'a mut Store<CallState>,
@@ -477,13 +535,15 @@ impl OfferingBackend {
 
 use std::future::Future;
 
-fn enrich(error: wit::BackendError, failures: &Mutex<Vec<String>>) -> wit::BackendError {
-    let seen = failures.lock().map(|list| list.clone()).unwrap_or_default();
-    match error {
-        wit::BackendError::Transport(message) if !seen.is_empty() => {
-            wit::BackendError::Transport(format!("{message} (host: {})", seen.join("; ")))
+/// A transport error with the host's view of the call's failed requests (the first few,
+/// and how many more), composed before [`safe_error`] escapes and caps it.
+fn enrich(error: wit::BackendError, tally: &Mutex<CallTally>) -> wit::BackendError {
+    let seen = tally.lock().ok().and_then(|tally| tally.failures_text());
+    match (error, seen) {
+        (wit::BackendError::Transport(message), Some(seen)) => {
+            wit::BackendError::Transport(format!("{message} (host: {seen})"))
         }
-        other => other,
+        (other, _) => other,
     }
 }
 
@@ -550,7 +610,7 @@ impl Runtime {
         call: F,
     ) -> Result<T, CallError>
     where
-        T: ResultSize,
+        T: ResultSize + Lifted,
         F: for<'a> FnOnce(
             &'a wit::Guest,
             &'a mut Store<CallState>,
@@ -559,8 +619,8 @@ impl Runtime {
         >,
     {
         let name = &backend.info.name;
-        let hooks = ComponentHooks::new(name, egress);
-        let failures = hooks.failures();
+        let hooks = ComponentHooks::new(name, egress.clone());
+        let tally = hooks.tally();
         let run = async {
             let mut instance = self.instantiate(&backend.linked, hooks).await.map_err(instantiate_error)?;
             let guest = instance.bindings.waldur_usage_usage_backend();
@@ -573,15 +633,28 @@ impl Runtime {
         // The epoch stops guest code; this stops everything else, such as a component
         // waiting forever on an HTTP answer or a clock.
         let outcome = match limits {
-            Some(limits) => tokio::time::timeout(limits.call_timeout(), run).await.map_err(|_| {
+            Some(limits) => tokio::time::timeout(limits.call_timeout(), run).await.unwrap_or_else(|_| {
                 let exceeded = LimitExceeded::time(name, limits.call_timeout());
                 exceeded.warn();
-                CallError::Limit(exceeded)
-            })??,
-            None => run.await?,
+                Err(CallError::Limit(exceeded))
+            }),
+            None => run.await,
         };
+        // However the call ended: what its requests ran into beyond the first few lines.
+        if let (Some(egress), Ok(tally)) = (&egress, tally.lock()) {
+            egress.log_call(name, &tally);
+        }
+        let outcome = outcome?;
         limits::check_result_size(name, limits, &outcome).map_err(CallError::Limit)?;
-        outcome.map_err(|error| CallError::Backend(enrich(bound_message(error), &failures)))
+        // The boundary: from here on every string the component returned is safe to
+        // log and print.
+        match outcome {
+            Ok(mut value) => {
+                value.make_safe();
+                Ok(value)
+            }
+            Err(error) => Err(CallError::Backend(safe_error(enrich(error, &tally)))),
+        }
     }
 }
 
@@ -590,5 +663,56 @@ impl OfferingBackend {
     /// token cache and counters) is shared with `self`.
     pub fn with_backend(&self, backend: Arc<LoadedBackend>) -> Self {
         Self { backend, ..self.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_text_is_escaped_then_capped() {
+        let mut clean = "plain text, grüße".to_owned();
+        make_safe(&mut clean, 100);
+        assert_eq!(clean, "plain text, grüße");
+        let mut forged = "ok\r\n2026-01-01 ERROR forged\u{1b}[2J".to_owned();
+        make_safe(&mut forged, 100);
+        assert_eq!(forged, "ok\\r\\n2026-01-01 ERROR forged\\u{1b}[2J");
+        // Cut after escaping, on a character boundary, saying how much went.
+        let mut long = format!("{}\n", "é".repeat(10));
+        make_safe(&mut long, 5);
+        assert_eq!(long, "éé… (18 more bytes)");
+    }
+
+    #[test]
+    fn errors_are_safe_parts_and_capped_once_composed() {
+        let big = format!("a\nb{}", "x".repeat(10_000));
+        let status = wit::UpstreamStatus { status: 500, endpoint: big.clone(), message: big.clone() };
+        let safe = safe_error(wit::BackendError::UpstreamStatus(status));
+        let wit::BackendError::UpstreamStatus(parts) = &safe else { panic!("{safe:?}") };
+        assert!(parts.endpoint.starts_with("a\\nb") && parts.endpoint.len() < MAX_ENDPOINT_BYTES + 30);
+        assert!(parts.message.len() < MAX_MESSAGE_BYTES + 30);
+        let line = describe_backend_error(&safe);
+        assert!(line.starts_with("DWDI answered HTTP 500 at a\\nbxxx"), "{line}");
+        assert!(line.len() < MAX_MESSAGE_BYTES + 30 && line.ends_with("more bytes)"), "{} bytes", line.len());
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn report_strings_are_made_safe() {
+        let amount = |c: &str| wit::Amount { component: c.to_owned(), value: 1.0 };
+        let mut report = wit::Report {
+            resources: vec![wit::ResourceUsage {
+                backend_id: "r\n0".to_owned(),
+                found: true,
+                totals: vec![amount("node\u{1b}")],
+                users: vec![wit::UserUsage { username: "u\r".to_owned(), amounts: vec![amount("cpu\u{7}")] }],
+            }],
+            upstream_requests: 1,
+        };
+        report.make_safe();
+        let r = &report.resources[0];
+        assert_eq!((r.backend_id.as_str(), r.totals[0].component.as_str()), ("r\\n0", "node\\u{1b}"));
+        assert_eq!((r.users[0].username.as_str(), r.users[0].amounts[0].component.as_str()), ("u\\r", "cpu\\u{7}"));
     }
 }

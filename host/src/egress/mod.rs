@@ -11,7 +11,7 @@ pub mod connect;
 pub mod oidc;
 pub mod policy;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -131,6 +131,70 @@ pub struct EgressStats {
     pub unauthorized_final: AtomicU64,
 }
 
+/// Denials logged one by one per component and rule (distinct ones; the rest are counted
+/// and summed up in one line per call): a component repeating or varying a denied
+/// request cannot flood the log.
+pub const DENIALS_LOGGED: usize = 3;
+/// Failed requests of one call quoted in its transport error (the rest are counted).
+const FAILURES_KEPT: usize = 3;
+/// Longest failure message kept (it quotes the component's URL).
+const FAILURE_BYTES: usize = 512;
+
+/// What one component call's requests ran into, bounded whatever the component sends:
+/// the first few failures in the host's words (for the call's error), and counts of
+/// what is not logged request by request (for one line when the call ends,
+/// [`Egress::log_call`]).
+#[derive(Debug, Default)]
+pub struct CallTally {
+    failures: Vec<String>,
+    more_failures: u64,
+    /// Denials past the first few per component and rule, by rule.
+    unlogged_denials: BTreeMap<&'static str, u64>,
+    /// 401s handed to the component: the host had already retried with a fresh token,
+    /// or the refresh rate limit held, so each was final.
+    final_unauthorized: u64,
+}
+
+impl CallTally {
+    fn fail(&mut self, mut message: String) {
+        if self.failures.len() < FAILURES_KEPT {
+            if message.len() > FAILURE_BYTES {
+                let mut end = FAILURE_BYTES;
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                message.truncate(end);
+                message.push('…');
+            }
+            self.failures.push(message);
+        } else {
+            self.more_failures += 1;
+        }
+    }
+
+    /// The failures as one clause (`a; b; c; and 19997 more`), if there were any.
+    pub fn failures_text(&self) -> Option<String> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        let mut text = self.failures.join("; ");
+        if self.more_failures > 0 {
+            text.push_str(&format!("; and {} more", self.more_failures));
+        }
+        Some(text)
+    }
+
+    /// Denials of this call not logged one by one.
+    pub fn unlogged_denials(&self) -> u64 {
+        self.unlogged_denials.values().sum()
+    }
+
+    /// 401s of this call that were final.
+    pub fn final_unauthorized(&self) -> u64 {
+        self.final_unauthorized
+    }
+}
+
 /// Outbound access of one offering: allow-list, token, client, limits.
 pub struct Egress {
     offering: String,
@@ -144,7 +208,10 @@ pub struct Egress {
     via_http_proxy: bool,
     limits: Limits,
     stats: EgressStats,
-    denied_logged: Mutex<HashSet<(String, String)>>,
+    /// Per component and rule, the distinct denials logged so far (at most
+    /// [`DENIALS_LOGGED`] each): a bounded map, since rules are a fixed set and
+    /// component names are validated.
+    denied_logged: Mutex<HashMap<(String, &'static str), Vec<String>>>,
 }
 
 impl Egress {
@@ -181,7 +248,7 @@ impl Egress {
             via_http_proxy,
             limits,
             stats: EgressStats::default(),
-            denied_logged: Mutex::new(HashSet::new()),
+            denied_logged: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -208,44 +275,62 @@ impl Egress {
         self.send_with_token(parts, Bytes::new()).await
     }
 
-    /// The component's request, checked, authorised and sent.
+    /// The component's request, checked, authorised and sent; what it ran into is
+    /// counted in the call's `tally`.
     async fn send_for(
         &self,
         component: &str,
         request: http::Request<WasiBody>,
+        tally: &Mutex<CallTally>,
     ) -> Result<http::Response<WasiBody>, SendError> {
         let (parts, body) = request.into_parts();
         let allowed = match self.policy.check(&parts.method, &parts.uri, &parts.headers) {
             Ok(allowed) => allowed,
-            Err(denial) => return Err(self.deny(component, denial)),
+            Err(denial) => return Err(self.deny(component, denial, tally)),
         };
         // GET and HEAD carry no body: any byte of one is refused before a connection.
         if !body.is_end_stream() {
             let empty = http_body_util::Limited::new(body, 0).collect().await.is_ok_and(|b| b.to_bytes().is_empty());
             if !empty {
-                return Err(self.deny(component, Denial::Body));
+                return Err(self.deny(component, Denial::Body, tally));
             }
         }
         let head = RequestHead { method: parts.method, uri: allowed.uri, headers: allowed.headers };
-        self.send_with_token(head, Bytes::new()).await
+        let response = self.send_with_token(head, Bytes::new()).await?;
+        // A 401 that reaches the component is final: retried once with a fresh token
+        // already, or within the refresh rate limit. Counted, and said once per call.
+        if response.status() == http::StatusCode::UNAUTHORIZED
+            && let Ok(mut tally) = tally.lock()
+        {
+            tally.final_unauthorized += 1;
+        }
+        Ok(response)
     }
 
-    /// Counts a denied request and logs it once per component and rule (and, for
-    /// another destination, per destination, as before): a component repeating a
-    /// denied request does not repeat the warning.
-    fn deny(&self, component: &str, denial: Denial) -> SendError {
+    /// Counts a denied request; logs the first [`DENIALS_LOGGED`] distinct ones per
+    /// component and rule, and leaves the rest to the call's summary line.
+    fn deny(&self, component: &str, denial: Denial, tally: &Mutex<CallTally>) -> SendError {
         self.stats.denied.fetch_add(1, Ordering::Relaxed);
         crate::metrics::global().inc(
             "usage_agent_egress_denied_total",
             "Component requests the egress policy refused, by rule.",
             &[("offering", &self.offering), ("rule", denial.kind())],
         );
-        let key = match &denial {
-            Denial::Destination(shown) => shown.clone(),
-            other => other.kind().to_owned(),
-        };
-        let first = self.denied_logged.lock().map(|mut seen| seen.insert((component.to_owned(), key))).unwrap_or(true);
-        if first {
+        let detail = denial.to_string();
+        let log = self
+            .denied_logged
+            .lock()
+            .map(|mut logged| {
+                let seen = logged.entry((component.to_owned(), denial.kind())).or_default();
+                if seen.len() < DENIALS_LOGGED && !seen.contains(&detail) {
+                    seen.push(detail.clone());
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if log {
             match &denial {
                 Denial::Destination(shown) => tracing::warn!(
                     offering = %self.offering, component, destination = %shown, allowed = %self.policy.destination(),
@@ -253,11 +338,35 @@ impl Egress {
                 ),
                 other => tracing::warn!(
                     offering = %self.offering, component, rule = other.kind(), allowed = %self.policy.destination(),
-                    "egress denied: {other} (logged once per component and rule)"
+                    "egress denied: {other} (the first {DENIALS_LOGGED} per component and rule are logged, the rest counted)"
                 ),
             }
+        } else if let Ok(mut tally) = tally.lock() {
+            *tally.unlogged_denials.entry(denial.kind()).or_default() += 1;
         }
-        SendError::Denied(denial.to_string())
+        SendError::Denied(detail)
+    }
+
+    /// Logs what a call of `component` ran into that was not logged request by
+    /// request: one line for the denials beyond the first few, one for final 401s.
+    pub fn log_call(&self, component: &str, tally: &CallTally) {
+        let denied = tally.unlogged_denials();
+        if denied > 0 {
+            let by_rule: Vec<String> = tally.unlogged_denials.iter().map(|(rule, n)| format!("{rule} {n}")).collect();
+            tracing::warn!(
+                offering = %self.offering, component,
+                "egress denied {denied} more request(s) of this call, not logged one by one (by rule: {}); usage_agent_egress_denied_total counts them all",
+                by_rule.join(", ")
+            );
+        }
+        if tally.final_unauthorized > 0 {
+            tracing::warn!(
+                offering = %self.offering, component,
+                "{} request(s) of this call ended in HTTP 401 from DWDI after the token refresh the host allows (one retry with a fresh token, at most one refresh per {} s per offering); check that the client may read the API",
+                tally.final_unauthorized,
+                oidc::UNAUTHORIZED_REFRESH_INTERVAL.as_secs()
+            );
+        }
     }
 
     /// Sends with the bearer token; a 401 gets one retry with a fresh token, and
@@ -519,13 +628,13 @@ impl Body for GuardedBody {
 pub struct ComponentHooks {
     component: String,
     egress: Option<Arc<Egress>>,
-    failures: Arc<Mutex<Vec<String>>>,
+    tally: Arc<Mutex<CallTally>>,
 }
 
 impl ComponentHooks {
     /// Hooks for a call of `component` with the egress of an offering.
     pub fn new(component: &str, egress: Option<Arc<Egress>>) -> Self {
-        Self { component: component.to_owned(), egress, failures: Arc::default() }
+        Self { component: component.to_owned(), egress, tally: Arc::default() }
     }
 
     /// The component these hooks serve, for messages and its log lines.
@@ -533,9 +642,9 @@ impl ComponentHooks {
         &self.component
     }
 
-    /// What went wrong with requests during the call, in the host's words.
-    pub fn failures(&self) -> Arc<Mutex<Vec<String>>> {
-        self.failures.clone()
+    /// What the call's requests ran into: failures in the host's words, counts.
+    pub fn tally(&self) -> Arc<Mutex<CallTally>> {
+        self.tally.clone()
     }
 }
 
@@ -580,22 +689,21 @@ impl WasiHttpHooks for ComponentHooks {
     ) -> SendFuture {
         let egress = self.egress.clone();
         let component = self.component.clone();
-        let failures = self.failures.clone();
+        let tally = self.tally.clone();
         Box::new(async move {
             let Some(egress) = egress else {
                 return Err(HttpError::HttpRequestDenied);
             };
             let url = shown_uri(request.uri());
-            match egress.send_for(&component, request).await {
+            match egress.send_for(&component, request, &tally).await {
                 Ok(response) => {
                     let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
                         Box::new(async { Ok(()) });
                     Ok((response, done))
                 }
                 Err(error) => {
-                    let message = format!("{url}: {error}");
-                    if let Ok(mut list) = failures.lock() {
-                        list.push(message);
+                    if let Ok(mut tally) = tally.lock() {
+                        tally.fail(format!("{url}: {error}"));
                     }
                     Err(error.to_wasi())
                 }

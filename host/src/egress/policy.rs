@@ -127,7 +127,7 @@ impl std::fmt::Display for Denial {
             Denial::Method(method) => write!(f, "method {method} (only GET and HEAD)"),
             Denial::Body => write!(f, "a request body"),
             Denial::Path { path, why } => write!(f, "path {path}: {why}"),
-            Denial::Header(name) => write!(f, "header {name} is not allowed"),
+            Denial::Header(name) => write!(f, "header {} is not allowed", cut(name.as_str())),
             Denial::HeaderCount(n) => write!(f, "{n} headers, at most {MAX_HEADERS}"),
             Denial::HeaderBytes(n) => write!(f, "{n} bytes of headers, at most {MAX_HEADER_BYTES}"),
         }
@@ -286,7 +286,7 @@ fn check_headers(headers: &HeaderMap) -> Result<HeaderMap, Denial> {
 /// Scheme, host and port of `uri` as a denial shows it (no userinfo, no path).
 fn shown_destination(uri: &http::Uri) -> String {
     match Destination::of_uri(uri) {
-        Some(destination) => destination.to_string(),
+        Some(destination) => cut(&destination.to_string()),
         None => cut(&super::shown_uri(uri)),
     }
 }

@@ -98,10 +98,24 @@ impl LineBuffer {
 /// JSON log line).
 fn clean(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let text = text.strip_suffix('\r').unwrap_or(&text);
+    escape_controls(text.strip_suffix('\r').unwrap_or(&text))
+}
+
+/// Whether `c` must not reach a log line or terminal as it is: a control character (CR,
+/// LF, ESC, NUL, …; a tab is harmless) or an invisible one that reorders or breaks what
+/// is shown (bidirectional overrides, zero-width characters, line and paragraph
+/// separators).
+pub(crate) fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with every character [`needs_escape`] names written as an escape (`\n`,
+/// `\u{1b}`), so it stays one line and shows what was there.
+pub(crate) fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() && c != '\t' {
+        if needs_escape(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -263,6 +277,13 @@ mod tests {
         assert_eq!(buffer.push(b"tail"), Vec::<String>::new());
         assert_eq!(buffer.finish().as_deref(), Some("tail"));
         assert_eq!(buffer.finish(), None);
+    }
+
+    #[test]
+    fn controls_and_invisible_characters_are_escaped() {
+        assert_eq!(escape_controls("a\r\nb\x1b[2J\tc"), "a\\r\\nb\\u{1b}[2J\tc");
+        assert_eq!(escape_controls("x\u{202e}y\u{2028}z"), "x\\u{202e}y\\u{2028}z");
+        assert_eq!(escape_controls("grüße, 名前"), "grüße, 名前");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the host writes about egress: secrets never (client secret, tokens, proxy
-//! password — in logs at every level, in errors, in `Debug`), and a refused destination
-//! once per component and destination.
+//! password — in logs at every level, in errors, in `Debug`), a refused destination
+//! once per component and destination, and a flood of refusals as its first few and a
+//! count.
 
 use anyhow::{Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
@@ -115,5 +116,52 @@ async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> 
     ensure!(lines[0].contains("probe-offering"), "{}", lines[0]);
     ensure!(backend.egress().stats().denied.load(std::sync::atomic::Ordering::Relaxed) == 3);
     ensure!(sim.stats().api_requests == 0);
+    Ok(())
+}
+
+/// Lines of the log from now on that mention `needle`.
+fn lines_with(log: &str, needle: &str) -> Vec<String> {
+    log.lines().filter(|l| l.contains(needle)).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_denied_requests_logs_the_first_few_and_a_count() -> Result<()> {
+    logs();
+    let options = DwdiOptions::default();
+    let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+    // 5,000 distinct destinations, none allowed; the call goes on after each denial.
+    let settings = "      probe: deny-flood\n      count: 5000\n      url: \"http://h{i}.flood.invalid/x\"\n";
+    let backend = e2e::probe_backend("flood-offering", &sim, &options, settings).await?;
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let report = backend.usage_report(resources.clone(), PERIOD).await?;
+    ensure!(report.resources[0].totals[0].value == 5000.0, "{report:?}");
+
+    // Upstream: nothing reached DWDI, no token was fetched.
+    let stats = sim.stats();
+    ensure!(stats.api_requests == 0 && stats.tokens_issued == 0, "{stats:?}");
+    // Host: every denial counted ...
+    ensure!(backend.egress().stats().denied.load(std::sync::atomic::Ordering::Relaxed) == 5000);
+    let metrics = usage_agent::metrics::global().render();
+    ensure!(
+        metrics.contains("usage_agent_egress_denied_total{offering=\"flood-offering\",rule=\"destination\"} 5000"),
+        "{metrics}"
+    );
+    // ... the first three logged one by one, the rest in one line with the count.
+    let log = logged();
+    let mine = lines_with(&log, "flood-offering");
+    let each = lines_with(&mine.join("\n"), ".flood.invalid");
+    ensure!(each.len() == usage_agent::egress::DENIALS_LOGGED, "{each:#?}");
+    let summary = lines_with(&mine.join("\n"), "more request(s) of this call");
+    ensure!(summary.len() == 1, "{summary:#?}");
+    ensure!(summary[0].contains("egress denied 4997 more request(s)") && summary[0].contains("destination 4997"));
+    ensure!(mine.len() == 4, "four lines for 5,000 denials: {mine:#?}");
+
+    // A call that fails after such a flood quotes three failures and the count, bounded.
+    let failing = format!("{settings}      fail: true\n");
+    let backend = e2e::probe_backend("flood-failing", &sim, &options, &failing).await?;
+    let error = backend.usage_report(resources, PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
+    ensure!(error.contains("probe: 5000 requests failed (host: http://h0.flood.invalid/x: request denied"), "{error}");
+    ensure!(error.contains("; and 4997 more)"), "{error}");
+    ensure!(error.len() < 4200, "{} bytes: {error}", error.len());
     Ok(())
 }

@@ -103,12 +103,13 @@ async fn only_bodiless_gets_under_the_api_path_with_allowed_headers_leave() -> R
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_path_answering_401_fetches_two_tokens_not_one_per_request() -> Result<()> {
+    e2e::log::capture();
     let options = DwdiOptions::default();
     let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
     sim.fail_next(1000, 401);
     let settings =
         format!("      probe: many-401\n      count: 50\n      url: \"{}/compute/usage-day\"\n", sim.api_url());
-    let backend = probe_backend("probe", &sim, &options, &settings).await?;
+    let backend = probe_backend("probe-401", &sim, &options, &settings).await?;
     let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
     let report = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
     assert_eq!(report.resources[0].totals[0].value, 50.0);
@@ -121,6 +122,15 @@ async fn a_path_answering_401_fetches_two_tokens_not_one_per_request() -> Result
     assert_eq!(egress.unauthorized_retries.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(egress.unauthorized_final.load(std::sync::atomic::Ordering::Relaxed), 49);
     assert_eq!(backend.egress().tokens().counts().0, 2);
+    // Not silently: the call's 50 final 401s are one warning with the count.
+    let log = e2e::log::text();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains("probe-401") && l.contains("HTTP 401")).collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(
+        said[0].contains("WARN") && said[0].contains("50 request(s) of this call ended in HTTP 401"),
+        "{}",
+        said[0]
+    );
     Ok(())
 }
 

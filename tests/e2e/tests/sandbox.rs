@@ -357,3 +357,92 @@ async fn a_setup_that_never_returns_is_refused_at_the_call_timeout() -> Result<(
     }
     Ok(())
 }
+
+/// The start of the probe's `forged-text`: what would begin a forged log line.
+const FORGED_LINE: &str = "2026-01-01T00:00:00Z ERROR forged";
+
+/// Asserts that no line of `text` holds a raw control character or starts with the
+/// forged line, and that the forged text is there, escaped.
+fn assert_escaped(what: &str, text: &str) {
+    assert!(!text.contains(['\r', '\u{1b}']), "{what}: a raw control character in {text:?}");
+    assert!(!text.lines().any(|l| l.starts_with(FORGED_LINE)), "{what}: a forged line in {text}");
+    assert!(text.contains(&format!("probe\\r\\n{FORGED_LINE}")), "{what}: not escaped: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn component_errors_are_escaped_and_capped_in_errors_and_logs() -> Result<()> {
+    e2e::log::capture();
+    let world = World::new(&["r0", "r1"]).await?;
+    for kind in ["message", "status"] {
+        // 100 kB of text behind the forged line: the host keeps a bounded part.
+        let settings = format!("      probe: forged-text\n      kind: {kind}\n      bytes: 100000\n");
+        let (good, bad) = world.cycle(&world.config(&settings, &world.access())).await?;
+        // The first cycle writes the compute offering; the second finds it unchanged.
+        assert_eq!(good.failed, 0, "{good:?}");
+        if kind == "message" {
+            world.assert_compute_reported(&good);
+        }
+        assert_eq!((bad.submitted, bad.failed), (0, 2), "{kind}: {bad:?}");
+        for error in &bad.errors {
+            // Shown with --nocapture: what an operator reads.
+            eprintln!("{}", error.chars().take(300).collect::<String>());
+            assert!(!error.contains('\n'), "{kind}: {error:?}");
+            assert_escaped(kind, error);
+            // The component's part is capped at 4 KiB once composed; the offering and
+            // month around it are the host's.
+            assert!(error.len() < 4096 + 200, "{kind}: {} bytes", error.len());
+            assert!(error.contains("more bytes)"), "{kind}: the cut is not said: {error}");
+        }
+    }
+    // Waldur got nothing of the hostile offering; the log has no forged line.
+    assert!(world.hostile_stored().is_empty(), "{:?}", world.hostile_stored());
+    let log = e2e::log::text();
+    assert_escaped("log", &log);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_names_in_a_report_are_escaped_before_they_are_logged_or_written() -> Result<()> {
+    e2e::log::capture();
+    let world = World::new(&["r0", "r1"]).await?;
+    let settings = "      probe: forged-text\n      kind: ids\n      bytes: 0\n";
+    let (good, bad) = world.cycle(&world.config(settings, &world.access())).await?;
+    world.assert_compute_reported(&good);
+    // The requested resources are fine; the one nobody asked for is an error line
+    // quoting its id escaped.
+    assert_eq!((bad.submitted, bad.failed), (2, 0), "{bad:?}");
+    let error = bad.errors.iter().find(|e| e.contains("nobody asked for")).context("no error for the stranger")?;
+    assert_escaped("error", error);
+    // Waldur holds the user under the escaped name: no control character reached it.
+    let users: Vec<String> = world.waldur.user_usages().into_iter().map(|u| u.username).collect();
+    assert!(!users.is_empty(), "the per-user usage was written");
+    for user in &users {
+        assert!(!user.chars().any(char::is_control), "{user:?}");
+    }
+    assert!(users.iter().any(|u| u.contains(&format!("probe\\r\\n{FORGED_LINE}"))), "{users:?}");
+    assert_escaped("log", &e2e::log::text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_that_breaks_the_contract_fails_those_resources_only() -> Result<()> {
+    let ids = ["r0", "r1", "r2", "r3"];
+    let world = World::new(&ids).await?;
+    let (good, bad) = world.cycle(&world.config("      probe: contract\n", &world.access())).await?;
+    world.assert_compute_reported(&good);
+    assert_eq!(bad.failed, 2, "{bad:?}");
+    let errors = bad.errors.join("\n");
+    for want in [
+        "resource r1: unusable answer from the backend, nothing submitted for it: reported as not found upstream, yet with usage",
+        "resource r2: the backend reported it more than once",
+        "the backend reported 1 resource(s) nobody asked for (stranger)",
+    ] {
+        assert!(errors.contains(want), "missing {want:?} in {errors}");
+    }
+    // Neither the contradicted totals (5) nor the stranger's (9) landed.
+    let stored = world.hostile_stored();
+    assert_eq!(stored.get("r0").map(String::as_str), Some("1.50"), "{stored:?}");
+    assert!(!stored.contains_key("r1") && !stored.contains_key("r2"), "{stored:?}");
+    assert!(!stored.values().any(|v| v == "5.00" || v == "9.00"), "{stored:?}");
+    Ok(())
+}
