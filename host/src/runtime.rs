@@ -7,6 +7,7 @@
 //! out is `wasi:http`, which goes through [`crate::egress`]. What a component prints
 //! goes to the host log ([`output`]); what it may use per call is bounded ([`limits`]).
 
+mod describe;
 mod limits;
 mod output;
 
@@ -22,6 +23,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ComponentLimits;
 use crate::egress::{CallTally, ComponentHooks, Egress};
+pub use describe::{DescriptionError, check_backend_types, check_description};
 use limits::CallGuard;
 pub(crate) use limits::size as size_text;
 pub use limits::{Limit, LimitExceeded, ResultSize};
@@ -236,6 +238,7 @@ impl Runtime {
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
         let (linked, info) =
             self.describe_component(imports).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
+        check_description(&info).map_err(|e| anyhow!("{source}: refused: {e}"))?;
         Ok(LoadedBackend {
             component,
             linked,
