@@ -88,6 +88,12 @@ pub struct AgentConfig {
     /// Per backend type, rules for its file in the plugins folder (a pinned digest).
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Largest `.wasm` file the plugins folder accepts, in MiB (default 64).
+    #[serde(default)]
+    pub plugins_max_file_mib: Option<u64>,
+    /// Seconds compiling one plugin file may take before it is refused (default 120).
+    #[serde(default)]
+    pub plugins_compile_timeout_seconds: Option<f64>,
     /// Concurrent Waldur writes per offering (default 8).
     #[serde(default)]
     pub waldur_max_concurrency: Option<usize>,
@@ -329,6 +335,16 @@ impl AgentConfig {
             bail!("waldur_timeout_seconds: must be a number of seconds above 0 and at most 86400");
         }
         self.component_limits.check()?;
+        if let Some(mib) = self.plugins_max_file_mib
+            && !(1..=4096).contains(&mib)
+        {
+            bail!("plugins_max_file_mib: must be an integer from 1 to 4096");
+        }
+        if let Some(seconds) = self.plugins_compile_timeout_seconds
+            && !(seconds.is_finite() && seconds > 0.0 && seconds <= 3600.0)
+        {
+            bail!("plugins_compile_timeout_seconds: must be a number of seconds above 0 and at most 3600");
+        }
         if self.reporting_periods == 0 {
             bail!("reporting_periods: must be at least 1");
         }
@@ -638,6 +654,23 @@ offerings:
         let text = format!("waldur_timeout_seconds: -1\n{MINIMAL}");
         let err = error_of(&text);
         assert!(err.starts_with("waldur_timeout_seconds: must be"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn plugin_file_bounds_validate() -> Result<()> {
+        let text = format!("plugins_max_file_mib: 8\nplugins_compile_timeout_seconds: 0.5\n{MINIMAL}");
+        let config = AgentConfig::parse(&text)?;
+        assert_eq!((config.plugins_max_file_mib, config.plugins_compile_timeout_seconds), (Some(8), Some(0.5)));
+        for (line, want) in [
+            ("plugins_max_file_mib: 0", "plugins_max_file_mib: must be an integer from 1 to 4096"),
+            ("plugins_max_file_mib: 5000", "plugins_max_file_mib: must be an integer from 1 to 4096"),
+            ("plugins_compile_timeout_seconds: 0", "plugins_compile_timeout_seconds: must be a number of seconds"),
+            ("plugins_compile_timeout_seconds: 7200", "plugins_compile_timeout_seconds: must be a number of seconds"),
+        ] {
+            let err = error_of(&format!("{line}\n{MINIMAL}"));
+            assert!(err.starts_with(want), "{line}: {err}");
+        }
         Ok(())
     }
 

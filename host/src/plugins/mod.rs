@@ -4,10 +4,12 @@
 //! Sites upgrade backend logic by dropping a file, without a restart, and a bad file
 //! must never take down a working backend. So a file is only ever a candidate: it is
 //! read once it has stopped changing, compiled off the async threads (or taken from
-//! the [`cache`]), and validated — it imports only what the sandbox provides, exports
-//! `usage-backend` in a WIT version of this host's major, describes itself as serving
-//! the backend type of its file name, passes the pinned digest if there is one, and
-//! accepts the config of every offering of that type. Only then does it replace the
+//! the [`cache`]), and validated — it is no larger than `plugins_max_file_mib` and
+//! compiles within `plugins_compile_timeout_seconds`, it imports only what the sandbox
+//! provides, exports `usage-backend` in a WIT version of this host's major, describes
+//! itself within the rules of `runtime::check_description` as serving the backend type
+//! of its file name (and no type the host does not know), passes the pinned digest if
+//! there is one, and accepts the config of every offering of that type. Only then does it replace the
 //! serving component, by swapping one `Arc` in [`Backends`]: calls already running
 //! finish on the old version, the next cycle uses the new one. Any failure leaves the
 //! old version serving and is logged once, naming the file and the reason. Deleting
@@ -27,19 +29,26 @@ use std::time::{Duration, Instant, SystemTime};
 #[cfg(test)]
 use anyhow::Context as _;
 use anyhow::{Result, anyhow};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, Semaphore, broadcast};
 use wasmtime::component::Component;
 
 use crate::backends::Backends;
 use crate::config::AgentConfig;
 use crate::runtime::{
-    CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, one_line, sha256_hex, wit, wit_config,
+    CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, check_backend_types, check_description,
+    one_line, sha256_hex, wit, wit_config,
 };
 pub use cache::Cache;
 pub use watch::WatchHandle;
 
 /// Where the plugins folder is when neither the config nor the command line says.
 pub const DEFAULT_PLUGINS_DIR: &str = "/var/lib/usage-agent/plugins";
+/// Largest plugin file by default (`plugins_max_file_mib`), in MiB: the built-in
+/// components are a few MiB; compiling takes memory in proportion to the code.
+pub const DEFAULT_MAX_FILE_MIB: u64 = 64;
+/// How long compiling one plugin file may take by default
+/// (`plugins_compile_timeout_seconds`): a built-in component compiles in about a second.
+pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The metric counting swaps, and its help text.
 const SWAPS: &str = "usage_agent_plugin_swaps_total";
@@ -74,6 +83,10 @@ pub struct PluginOptions {
     /// The folder is re-read this often even without file-system events (a fallback
     /// for file systems that send none, such as some network mounts).
     pub rescan: Duration,
+    /// A larger file is refused without being read (`plugins_max_file_mib`).
+    pub max_file_bytes: u64,
+    /// Compiling a file may take this long (`plugins_compile_timeout_seconds`).
+    pub compile_timeout: Duration,
 }
 
 impl PluginOptions {
@@ -86,7 +99,31 @@ impl PluginOptions {
             .or_else(|| config.and_then(|c| from_config(&c.plugins_dir)))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_PLUGINS_DIR));
         let cache_dir = config.and_then(|c| from_config(&c.plugins_cache_dir)).or_else(default_cache_dir);
-        Self { dir, cache_dir, settle: Duration::from_millis(250), rescan: Duration::from_secs(10) }
+        let max_file_mib = config.and_then(|c| c.plugins_max_file_mib).unwrap_or(DEFAULT_MAX_FILE_MIB);
+        let compile_timeout = config
+            .and_then(|c| c.plugins_compile_timeout_seconds)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(DEFAULT_COMPILE_TIMEOUT);
+        Self {
+            dir,
+            cache_dir,
+            settle: Duration::from_millis(250),
+            rescan: Duration::from_secs(10),
+            max_file_bytes: max_file_mib.saturating_mul(1024 * 1024),
+            compile_timeout,
+        }
+    }
+
+    /// The defaults for `dir`, without a cache: what tests and tools start from.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            cache_dir: None,
+            settle: Duration::from_millis(250),
+            rescan: Duration::from_secs(10),
+            max_file_bytes: DEFAULT_MAX_FILE_MIB * 1024 * 1024,
+            compile_timeout: DEFAULT_COMPILE_TIMEOUT,
+        }
     }
 }
 
@@ -136,6 +173,16 @@ pub enum Refusal {
     Pinned { pinned: String, actual: String },
     #[error("cannot read the file: {0}")]
     Unreadable(String),
+    #[error(
+        "the file is {} bytes ({}), more than plugins_max_file_mib allows ({} MiB)",
+        .bytes, crate::runtime::size_text(*.bytes), .limit / (1024 * 1024)
+    )]
+    TooLarge { bytes: u64, limit: u64 },
+    #[error(
+        "compiling it took longer than {} s (setting plugins_compile_timeout_seconds); it is not tried again until it changes",
+        .limit.as_secs_f64()
+    )]
+    CompileTimeout { limit: Duration },
     #[error("not a usable WebAssembly component: {0}")]
     NotComponent(String),
     #[error("does not export {package}/{EXPORT} (it exports: {exports})", package = WIT_PACKAGE)]
@@ -150,6 +197,8 @@ pub enum Refusal {
     Imports(String),
     #[error("describe failed: {0}")]
     Describe(String),
+    #[error("its describe() breaks a rule: {0}")]
+    Description(crate::runtime::DescriptionError),
     #[error("it describes itself as {name} {version} serving {served}, not {expected} as its file name says")]
     WrongBackendType { name: String, version: String, served: String, expected: String },
     #[error("setup of offerings[{index}] ({offering}) failed: {reason}")]
@@ -162,11 +211,14 @@ impl Refusal {
         match self {
             Refusal::Pinned { .. } => "pinned",
             Refusal::Unreadable(_) => "unreadable",
+            Refusal::TooLarge { .. } => "too_large",
+            Refusal::CompileTimeout { .. } => "compile_timeout",
             Refusal::NotComponent(_) => "not_component",
             Refusal::NoExport { .. } => "no_export",
             Refusal::WitVersion { .. } => "wit_version",
             Refusal::Imports(_) => "imports",
             Refusal::Describe(_) => "describe",
+            Refusal::Description(_) => "description",
             Refusal::WrongBackendType { .. } => "wrong_backend_type",
             Refusal::Setup { .. } => "setup",
         }
@@ -236,6 +288,10 @@ struct Inner {
     events: broadcast::Sender<PluginEvent>,
     /// `.wasm` files for backend types no offering uses: noted once each.
     ignored: StdMutex<HashSet<PathBuf>>,
+    /// One compile at a time. A compile past its timeout cannot be stopped (Cranelift
+    /// has no cancellation): it runs on, holding this, so files replaced again and
+    /// again never pile up compiles.
+    compiling: Arc<Semaphore>,
 }
 
 impl Plugins {
@@ -272,6 +328,7 @@ impl Plugins {
                 state: Mutex::default(),
                 events,
                 ignored: StdMutex::default(),
+                compiling: Arc::new(Semaphore::new(1)),
             }),
         }
     }
@@ -392,9 +449,18 @@ impl Plugins {
         if state.seen.as_ref().is_some_and(|(seen, _)| *seen == fingerprint) {
             return;
         }
-        let (bytes, fingerprint) = match read_when_stable(&path, fingerprint, self.inner.options.settle).await {
-            Ok(Some(read)) => read,
-            Ok(None) => {
+        let limit = self.inner.options.max_file_bytes;
+        let settled = read_when_stable(&path, fingerprint, self.inner.options.settle, limit).await;
+        let (bytes, fingerprint) = match settled {
+            Ok(Settled::Read(bytes, fingerprint)) => (bytes, fingerprint),
+            Ok(Settled::TooLarge(fingerprint)) => {
+                // Refused on its settled size alone, unread (so without a digest); not
+                // looked at again until it changes.
+                state.seen = Some((fingerprint, String::new()));
+                self.refuse(backend_type, state, &path, None, Refusal::TooLarge { bytes: fingerprint.len, limit });
+                return;
+            }
+            Ok(Settled::Changing) => {
                 // Still being written, or gone again: the next event or rescan looks again.
                 tracing::debug!("plugins: {} is still changing; looking again later", path.display());
                 return;
@@ -545,11 +611,18 @@ impl Plugins {
     ) -> Result<Plugin, Refusal> {
         let runtime = self.inner.backends.runtime().clone();
         let size = bytes.len();
-        let (component, compiled) = compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone()).await?;
+        // The built-in components are part of the host: only files are held to a
+        // compile timeout.
+        let timeout = matches!(source, Source::File(_)).then_some(self.inner.options.compile_timeout);
+        let slot = self.inner.compiling.clone();
+        let (component, compiled) =
+            compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone(), slot, timeout).await?;
         let wit_version = check_export(runtime.engine(), &component)?;
         let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
         let (linked, info) =
             runtime.describe_component(imports).await.map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
+        // Before anything quotes the description (the refusal below names it).
+        check_description(&info).map_err(Refusal::Description)?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
             return Err(Refusal::WrongBackendType {
                 name: info.name,
@@ -558,6 +631,13 @@ impl Plugins {
                 expected: backend_type.to_owned(),
             });
         }
+        let known: std::collections::BTreeSet<&str> = crate::builtin::BUILTIN
+            .iter()
+            .map(|(name, _)| *name)
+            .chain(self.inner.types.keys().map(String::as_str))
+            .collect();
+        let known: Vec<&str> = known.into_iter().collect();
+        check_backend_types(&info, backend_type, &known).map_err(Refusal::Description)?;
         let loaded = LoadedBackend { component, linked, info, source, sha256, size, loaded_at: SystemTime::now() };
         // The built-in default's setup is checked by `prepare_offering` at start-up, with
         // the errors an operator fixing a config needs; a file must pass it here.
@@ -598,15 +678,21 @@ fn check_export(engine: &wasmtime::Engine, component: &Component) -> Result<Stri
 }
 
 /// Compiles `bytes` on a blocking thread, or loads the compiled form from the cache;
-/// stores what it compiled.
+/// stores what it compiled. Compiles take turns on `slot`; past `timeout` the file is
+/// refused (the compile runs on to its end on its thread, and is not cached).
 async fn compile(
     runtime: &Runtime,
     cache: Option<Arc<Cache>>,
     bytes: Vec<u8>,
     sha256: String,
+    slot: Arc<Semaphore>,
+    timeout: Option<Duration>,
 ) -> Result<(Component, Compiled), Refusal> {
     let engine = runtime.engine().clone();
-    tokio::task::spawn_blocking(move || {
+    let permit =
+        slot.acquire_owned().await.map_err(|e| Refusal::NotComponent(format!("the compile task failed: {e}")))?;
+    let task = tokio::task::spawn_blocking(move || {
+        let _turn = permit;
         let started = Instant::now();
         if let Some(component) = cache.as_ref().and_then(|c| c.load(&engine, &sha256)) {
             return Ok((component, Compiled::Cached(started.elapsed())));
@@ -619,13 +705,18 @@ async fn compile(
             }
         })?;
         let took = started.elapsed();
-        if let Some(cache) = &cache {
+        // A compile that took too long was refused: caching it would let the next start
+        // load what this one refused.
+        if let Some(cache) = cache.as_ref().filter(|_| timeout.is_none_or(|limit| took <= limit)) {
             cache.store(&sha256, &component);
         }
         Ok((component, Compiled::Compiled(took)))
-    })
-    .await
-    .map_err(|e| Refusal::NotComponent(format!("the compile task failed: {e}")))?
+    });
+    let joined = match timeout {
+        Some(limit) => tokio::time::timeout(limit, task).await.map_err(|_| Refusal::CompileTimeout { limit })?,
+        None => task.await,
+    };
+    joined.map_err(|e| Refusal::NotComponent(format!("the compile task failed: {e}")))?
 }
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
@@ -636,27 +727,45 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 /// How many settle intervals a file may keep changing before this round gives up.
 const MAX_SETTLE_ROUNDS: u32 = 240;
 
+/// What a file in the folder came to once it held still.
+#[derive(Debug)]
+enum Settled {
+    /// Its bytes, which match its size and modification time.
+    Read(Vec<u8>, Fingerprint),
+    /// Larger than the limit: not read.
+    TooLarge(Fingerprint),
+    /// It kept changing, or disappeared.
+    Changing,
+}
+
 /// Reads `path` once its size and modification time hold still for `settle`, and the
-/// bytes read match them. `None` when it keeps changing or disappears.
+/// bytes read match them; a file larger than `limit` is not read at all, and never more
+/// than `limit` bytes (a file growing between the look and the read is still changing).
 async fn read_when_stable(
     path: &Path,
     mut last: Fingerprint,
     settle: Duration,
-) -> std::io::Result<Option<(Vec<u8>, Fingerprint)>> {
+    limit: u64,
+) -> std::io::Result<Settled> {
+    use tokio::io::AsyncReadExt as _;
     for _ in 0..MAX_SETTLE_ROUNDS {
         tokio::time::sleep(settle).await;
-        let Some(now) = fingerprint(path) else { return Ok(None) };
+        let Some(now) = fingerprint(path) else { return Ok(Settled::Changing) };
         if now != last {
             last = now;
             continue;
         }
-        let bytes = tokio::fs::read(path).await?;
+        if now.len > limit {
+            return Ok(Settled::TooLarge(now));
+        }
+        let mut bytes = Vec::new();
+        tokio::fs::File::open(path).await?.take(limit.saturating_add(1)).read_to_end(&mut bytes).await?;
         if fingerprint(path) == Some(now) && bytes.len() as u64 == now.len {
-            return Ok(Some((bytes, now)));
+            return Ok(Settled::Read(bytes, now));
         }
         last = fingerprint(path).unwrap_or(now);
     }
-    Ok(None)
+    Ok(Settled::Changing)
 }
 
 #[cfg(test)]
@@ -706,6 +815,53 @@ mod tests {
             Refusal::WitVersion { found: "3.1.0".to_owned() }.to_string(),
             "built against waldur:usage@3.1.0, but this host supports waldur:usage 2.x (it implements waldur:usage@2.0.0)"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_limit_is_not_read() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("x.wasm");
+        std::fs::write(&path, vec![0u8; 2048])?;
+        let seen = fingerprint(&path).context("no fingerprint")?;
+        let settle = Duration::from_millis(1);
+        assert!(matches!(read_when_stable(&path, seen, settle, 2047).await?, Settled::TooLarge(f) if f.len == 2048));
+        assert!(matches!(read_when_stable(&path, seen, settle, 2048).await?, Settled::Read(b, _) if b.len() == 2048));
+        Ok(())
+    }
+
+    #[test]
+    fn file_bounds_are_refused_with_the_setting() {
+        let refusal = Refusal::TooLarge { bytes: (64 << 20) + 1, limit: 64 << 20 };
+        assert_eq!(refusal.kind(), "too_large");
+        assert_eq!(
+            refusal.to_string(),
+            "the file is 67108865 bytes (64.0 MiB), more than plugins_max_file_mib allows (64 MiB)"
+        );
+        assert_eq!(
+            Refusal::CompileTimeout { limit: Duration::from_millis(1500) }.to_string(),
+            "compiling it took longer than 1.5 s (setting plugins_compile_timeout_seconds); it is not tried again until it changes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_compile_past_its_timeout_is_refused_and_not_cached() -> Result<()> {
+        let runtime = Runtime::new()?;
+        let dir = tempfile::tempdir()?;
+        let cache = Arc::new(Cache::new(dir.path().to_owned(), runtime.engine()));
+        let bytes = crate::builtin::BUILTIN.first().map(|(_, b)| b.to_vec()).context("no built-in component")?;
+        let sha = sha256_hex(&bytes);
+        let slot = Arc::new(Semaphore::new(1));
+        let outcome =
+            compile(&runtime, Some(cache.clone()), bytes.clone(), sha.clone(), slot.clone(), Some(Duration::ZERO))
+                .await;
+        assert!(matches!(outcome, Err(Refusal::CompileTimeout { .. })), "{:?}", outcome.err());
+        // The compile ran on: the slot comes back once it ends, and it left no entry.
+        let turn = tokio::time::timeout(Duration::from_secs(120), slot.clone().acquire_owned()).await??;
+        drop(turn);
+        assert!(cache.load(runtime.engine(), &sha).is_none(), "a refused compile must not be cached");
+        let (_, compiled) = compile(&runtime, Some(cache), bytes, sha, slot, None).await.map_err(|e| anyhow!("{e}"))?;
+        assert!(matches!(compiled, Compiled::Compiled(_)));
         Ok(())
     }
 

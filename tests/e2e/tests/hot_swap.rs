@@ -367,10 +367,9 @@ async fn deleting_the_only_component_of_a_type_is_said_once() -> Result<()> {
     );
     let config = usage_agent::config::AgentConfig::parse(&text)?;
     let options = usage_agent::plugins::PluginOptions {
-        dir: plugins.clone(),
-        cache_dir: None,
         settle: Duration::from_millis(50),
         rescan: Duration::from_secs(3600),
+        ..usage_agent::plugins::PluginOptions::in_dir(plugins.clone())
     };
     let runtime = usage_agent::runtime::Runtime::new()?;
     let agent =
@@ -386,4 +385,131 @@ async fn deleting_the_only_component_of_a_type_is_said_once() -> Result<()> {
     assert!(said[0].contains("probe 0.0.1") && said[0].contains("keeps serving"), "{}", said[0]);
     assert!(agent.backends().get("probe").is_some(), "the component still serves");
     Ok(())
+}
+
+/// `usage_agent_plugin_rejections_total` of the compute type for `reason`.
+fn rejections(reason: &str) -> f64 {
+    let wanted = format!("usage_agent_plugin_rejections_total{{backend_type=\"{COMPUTE}\",reason=\"{reason}\"}} ");
+    usage_agent::metrics::global()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted).and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The refusal lines logged for `file`.
+fn refusals_of(file: &Path) -> Vec<String> {
+    log_lines(&format!("plugins: {}", file.display())).into_iter().filter(|l| l.contains("refused:")).collect()
+}
+
+/// Drops `bytes` at `file` and waits for its refusal; the line must name the file and
+/// `reason`, say that the built-in component keeps serving, and be the only one.
+async fn refused(agent: &Agent, file: &Path, bytes: &[u8], reason: &str) -> Result<String> {
+    let before = refusals_of(file).len();
+    drop_file(file, bytes)?;
+    let line = wait_for(&format!("{reason:?} to refuse the file"), || refusals_of(file).get(before).cloned()).await?;
+    let builtin = usage_agent::builtin::component(COMPUTE).context("no built-in compute")?;
+    assert!(line.contains("ERROR") && line.contains(reason), "{line}");
+    assert!(
+        line.contains(&format!(
+            "; {COMPUTE} {BUILTIN_VERSION} (sha256 {}, built-in) keeps serving",
+            sha256_hex(builtin)
+        )),
+        "{line}"
+    );
+    // The cycles go on with the built-in component, and the file is not refused again.
+    assert_served_by(&agent.next_cycles(2).await?, BUILTIN_VERSION);
+    assert_eq!(refusals_of(file).len(), before + 1, "one error, not one per cycle or re-scan");
+    Ok(line)
+}
+
+/// Each probe whose `describe` breaks one rule (too large, not semver, a forged name, an
+/// operation twice, an unknown backend type) is refused naming the rule; the forged
+/// name reaches the log escaped and cut; the built-in component keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_description_breaking_a_rule_is_refused_and_the_serving_version_stays() -> Result<()> {
+    let world = World::new().await?;
+    let agent = Agent::start(&world.config("")?)?;
+    agent.wait_for_version(BUILTIN_VERSION).await?;
+    let written = world.waldur.usages();
+    assert!(!written.is_empty());
+    let file = world.compute_file();
+    let counted = rejections("description");
+    for (variant, path, reason) in components::PROBE_DESCRIBE {
+        let bytes = std::fs::read(path)?;
+        let line = refused(&agent, &file, &bytes, reason).await?;
+        assert!(line.contains("refused: its describe() breaks a rule: "), "{variant}: {line}");
+        assert!(line.contains(&sha256_hex(&bytes)), "{variant}: {line}");
+        // A 4 MiB version or a forged name is quoted escaped and cut, never whole.
+        assert!(line.len() < 1024, "{variant}: {} bytes", line.len());
+    }
+    let forged = log_lines("holds a control or invisible character");
+    assert!(
+        forged.iter().any(|l| l.contains("its name \"probe\\n2026-01-01T00:00:00Z ERROR forged\\u{1b}")),
+        "{forged:#?}"
+    );
+    let log = e2e::log::text();
+    assert!(!log.contains('\u{1b}') && !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR forged")));
+    assert_eq!(rejections("description") - counted, components::PROBE_DESCRIBE.len() as f64);
+    // Waldur: the built-in component's usage stands, unchanged by the refused files.
+    assert_eq!(world.waldur.usages().len(), written.len());
+    agent.stop().await
+}
+
+/// A file larger than `plugins_max_file_mib` is refused without being read, a file
+/// slower to compile than `plugins_compile_timeout_seconds` is refused; the built-in
+/// component keeps serving, and the file within the size bound is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_files_are_bounded_in_size_and_compile_time() -> Result<()> {
+    let world = World::new().await?;
+    let next = std::fs::read(components::COMPUTE_NEXT)?;
+    let limit_mib = next.len() / (1024 * 1024) + 1;
+    // The second build with a custom section of `limit_mib` MiB: still a valid
+    // component, only too large.
+    let mut padded = next.clone();
+    let payload = limit_mib << 20;
+    padded.push(0);
+    let name = b"padding";
+    let mut size = payload + 1 + name.len();
+    while size >= 0x80 {
+        padded.push((size as u8 & 0x7f) | 0x80);
+        size >>= 7;
+    }
+    padded.push(size as u8);
+    padded.push(name.len() as u8);
+    padded.extend_from_slice(name);
+    padded.resize(padded.len() + payload, 0);
+
+    let config = world.config(&format!("plugins_max_file_mib: {limit_mib}\n"))?;
+    let agent = Agent::start(&config)?;
+    agent.wait_for_version(BUILTIN_VERSION).await?;
+    let file = world.compute_file();
+    let counted = rejections("too_large");
+    let line = refused(&agent, &file, &padded, &format!("refused: the file is {} bytes", padded.len())).await?;
+    assert!(line.contains(&format!("more than plugins_max_file_mib allows ({limit_mib} MiB)")), "{line}");
+    assert!(!line.contains(&sha256_hex(&padded)), "refused unread, so no digest: {line}");
+    assert_eq!(rejections("too_large") - counted, 1.0);
+    // Within the limit, the same build is accepted.
+    drop_file(&file, &next)?;
+    agent.wait_for_version(components::COMPUTE_NEXT_VERSION).await?;
+    agent.stop().await?;
+
+    // A compile bound no compile can meet: the same file is refused, and not cached
+    // for the next start to load.
+    let world = World::new().await?;
+    let agent = Agent::start(&world.config("plugins_compile_timeout_seconds: 0.001\n")?)?;
+    agent.wait_for_version(BUILTIN_VERSION).await?;
+    let file = world.compute_file();
+    let counted = rejections("compile_timeout");
+    let line = refused(
+        &agent,
+        &file,
+        &next,
+        "refused: compiling it took longer than 0.001 s (setting plugins_compile_timeout_seconds)",
+    )
+    .await?;
+    assert!(line.contains(&sha256_hex(&next)), "{line}");
+    assert_eq!(rejections("compile_timeout") - counted, 1.0);
+    // That the abandoned compile leaves no cache entry is a unit test of `plugins`.
+    agent.stop().await
 }
