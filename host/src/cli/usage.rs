@@ -1,5 +1,8 @@
 //! `usage-agent usage`: the operator's dry run. It asks the backend for usage exactly
-//! as a report cycle would and prints it, submitting nothing.
+//! as a report cycle would and prints it, submitting nothing. The answer is checked as
+//! a cycle checks it (`sync::CheckedReport`): a resource the answer contradicts itself
+//! on (not found, yet with usage), reports twice or not at all, and any resource nobody
+//! asked for, is an error, not a row.
 
 use std::io::Write;
 
@@ -13,6 +16,7 @@ use crate::backends::{Backends, prepare_offering};
 use crate::config::{AgentConfig, OfferingConfig};
 use crate::period::{self, Month};
 use crate::runtime::wit;
+use crate::sync::CheckedReport;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UsageArgs {
@@ -48,6 +52,10 @@ pub(crate) struct OfferingUsage {
     pub period: String,
     pub upstream_requests: u32,
     pub resources: Vec<ResourceLine>,
+    /// What could not be printed as a row, one line each (also logged, and the command
+    /// fails).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One resource's usage, rounded as Waldur would store it.
@@ -106,6 +114,12 @@ pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result
             writeln!(out, "\nnote: {}: {}", usage.offering, crate::sync::none_found_hint(usage.resources.len()))?;
         }
     }
+    // The rows that could be printed are; what could not fails the command, said once
+    // in its final error.
+    let errors: Vec<&str> = printed.iter().flat_map(|u| &u.errors).map(String::as_str).collect();
+    if !errors.is_empty() {
+        bail!("the backend's answer is unusable for part of what was asked: {}", errors.join("; "));
+    }
     Ok(())
 }
 
@@ -124,10 +138,11 @@ pub(crate) async fn collect(
         if resources.is_empty() {
             bail!("offerings[{index}] ({name}): no resources: pass --resource ID (repeatable)");
         }
+        let requested: Vec<String> = resources.iter().map(|r| r.backend_id.clone()).collect();
         let report = fetch(&backend, resources, period)
             .await
             .map_err(|e| anyhow::anyhow!("offerings[{index}] ({name}): {e}"))?;
-        printed.push(offering_usage(&name, offering, period, &report)?);
+        printed.push(offering_usage(&name, offering, period, &requested, &report)?);
     }
     Ok(printed)
 }
@@ -160,24 +175,34 @@ pub(crate) fn explicit_resources(args: &[String]) -> Vec<wit::WaldurResource> {
         .collect()
 }
 
-/// Rounds a report for printing; a value that cannot be an amount is an error.
+/// Checks a report as a cycle does and rounds it for printing: one row per requested
+/// resource with a usable answer, in the order asked; an error line for each of the
+/// others and for the resources nobody asked for.
 pub(crate) fn offering_usage(
     name: &str,
     offering: &OfferingConfig,
     period: Period,
+    requested: &[String],
     report: &wit::Report,
 ) -> Result<OfferingUsage> {
+    // The checks passed, so every value is an amount; kept as an error, not a panic.
     let round = |amount: &wit::Amount| -> Result<(String, String)> {
         let cents = Cents::round(amount.value).ok_or_else(|| {
             anyhow::anyhow!("component {}: value {} is not an amount", amount.component, amount.value)
         })?;
         Ok((amount.component.clone(), cents.to_string()))
     };
-    let resources = report
-        .resources
-        .iter()
-        .map(|r| {
-            Ok(ResourceLine {
+    let checked = CheckedReport::new(requested.iter().map(String::as_str), report);
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for id in requested {
+        // `--resource a --resource a` asks once.
+        if !seen.insert(id.as_str()) {
+            continue;
+        }
+        match checked.usage(id) {
+            Ok(r) => resources.push(ResourceLine {
                 backend_id: r.backend_id.clone(),
                 found: r.found,
                 totals: r.totals.iter().map(round).collect::<Result<_>>()?,
@@ -186,15 +211,26 @@ pub(crate) fn offering_usage(
                     .iter()
                     .map(|u| Ok((u.username.clone(), u.amounts.iter().map(round).collect::<Result<_>>()?)))
                     .collect::<Result<_>>()?,
-            })
-        })
-        .collect::<Result<_>>()?;
+            }),
+            Err(reason) => errors.push(format!("offering {name} {period}: resource {id}: {reason}")),
+        }
+    }
+    if !checked.unrequested.is_empty() {
+        let shown: Vec<&str> = checked.unrequested.iter().take(5).map(String::as_str).collect();
+        errors.push(format!(
+            "offering {name} {period}: the backend reported {} resource(s) nobody asked for ({}{}); not printed",
+            checked.unrequested.len(),
+            shown.join(", "),
+            if checked.unrequested.len() > shown.len() { ", …" } else { "" }
+        ));
+    }
     Ok(OfferingUsage {
         offering: name.to_owned(),
         backend_type: offering.usage_backend().unwrap_or_default().to_owned(),
         period: period.to_string(),
         upstream_requests: report.upstream_requests,
         resources,
+        errors,
     })
 }
 

@@ -322,3 +322,72 @@ async fn a_filesystem_that_selects_nothing_gets_a_hint() -> Result<()> {
     assert!(right.contains("(no data)") && !right.contains("note:"), "{right}");
     Ok(())
 }
+
+/// Runs `usage-agent ARGS…` in this process: what it printed, and its error.
+async fn run_cli_with_error(args: &[&str]) -> Result<(String, Option<String>)> {
+    use clap::Parser as _;
+    let mut argv = vec!["usage-agent"];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    let outcome = usage_agent::cli::run(usage_agent::cli::Cli::try_parse_from(argv)?, &mut out).await;
+    Ok((String::from_utf8(out)?, outcome.err().map(|e| format!("{e:#}"))))
+}
+
+/// `usage` checks the answer as a report cycle does: what breaks the contract is an
+/// error, never a row, and the command fails; the rest is printed.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_prints_no_row_the_contract_forbids() -> Result<()> {
+    let (sim, options) = sim_with(DwdiData::new()).await?;
+    let text = format!(
+        "offerings:\n  - name: site\n    backend_type: probe\n    backend_settings:\n{}      probe: contract\n    backend_components:\n      status: {{unit_factor: 1}}\n",
+        dwdi_access(&sim, &options)
+    );
+    let config = ConfigFile::new(&text)?;
+    let plugins = config.dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    std::fs::copy(e2e::components::PROBE, plugins.join("probe.wasm"))?;
+    let plugins = plugins.to_str().context("temp path is not UTF-8")?;
+    let mut args = vec!["usage", "-c", config.arg(), "--plugins-dir", plugins, "--month", "2024-03"];
+    for id in ["r0", "r1", "r2", "r3"] {
+        args.extend(["--resource", id]);
+    }
+    let wanted = [
+        "offering site 2024-03: resource r1: unusable answer from the backend, nothing submitted for it: reported as not found upstream, yet with usage",
+        "offering site 2024-03: resource r2: the backend reported it more than once",
+        "offering site 2024-03: the backend reported 1 resource(s) nobody asked for (stranger); not printed",
+    ];
+
+    let (table, error) = run_cli_with_error(&args).await?;
+    let error = error.context("a contract broken must fail the command")?;
+    for want in wanted {
+        assert!(error.contains(want), "missing {want:?} in {error}");
+    }
+    // Printed: r0 (1.50) and r3 (not found, zero: allowed); nothing of r1 (5), r2 or
+    // the stranger (9).
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[0].contains("r0") && rows[0].contains("1.50"), "{table}");
+    assert!(rows[1].contains("r3") && rows[1].contains("0.00 (no data)"), "{table}");
+    for absent in ["r1", "r2", "stranger", "5.00", "9.00", "2.00"] {
+        assert!(!table.contains(absent), "{absent} printed:\n{table}");
+    }
+
+    args.push("--json");
+    let (json, error) = run_cli_with_error(&args).await?;
+    assert!(error.is_some(), "--json fails alike");
+    let json = parse_json(&json)?;
+    let ids: Vec<&str> = json[0]["resources"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|r| r["backend_id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["r0", "r3"], "{json}");
+    let errors: Vec<&str> =
+        json[0]["errors"].as_array().map(|list| list.iter().filter_map(|e| e.as_str()).collect()).unwrap_or_default();
+    assert_eq!(errors.len(), wanted.len(), "{json}");
+    for (error, want) in errors.iter().zip(wanted) {
+        assert!(error.starts_with(want), "{error} is not {want}");
+    }
+    // The probe asked nothing of DWDI.
+    assert_eq!(sim.stats().api_requests, 0);
+    Ok(())
+}
