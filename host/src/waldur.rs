@@ -27,8 +27,9 @@ use crate::egress::oidc::snippet;
 use crate::egress::{HttpClient, error_chain, full_body};
 use crate::runtime::one_line;
 
-/// Waldur's page size limit.
-const PAGE_SIZE: u32 = 100;
+/// The largest page Waldur serves (`max_page_size` of its `LinkHeaderPagination`, 300 in
+/// 7.0.7); a server that clamps lower is followed at its own page size.
+const PAGE_SIZE: u32 = 300;
 /// Pages of one listing fetched at the same time.
 const LISTING_CONCURRENCY: usize = 8;
 /// Waldur answers are JSON lists of at most a page; a larger answer is an error.

@@ -43,7 +43,7 @@ use crate::period::Month;
 use crate::run_errors::RunErrors;
 use crate::runtime::{OfferingBackend, wit};
 use crate::waldur::{
-    Capabilities, ComponentUsage, ComponentUserUsage, Resource, UserUsageInput, WaldurClient, WaldurError,
+    Capabilities, ComponentUsage, ComponentUserUsage, OfferingUser, Resource, UserUsageInput, WaldurClient, WaldurError,
 };
 
 /// Default bound on concurrent Waldur writes per offering.
@@ -334,7 +334,14 @@ async fn setup<'a>(
     if let Some(future) = policy.months.iter().find(|m| **m > current) {
         bail!("{future} is after the current month {current}; Waldur refuses usage for future months");
     }
-    let offering = target.waldur.offering(&target.offering_uuid).await?;
+    // What every run needs first, asked together: the offering, its resources and, for
+    // per-user usage, the offering users.
+    let (offering, listed, links) = tokio::join!(
+        target.waldur.offering(&target.offering_uuid),
+        target.waldur.resources(&target.offering_uuid),
+        async { if policy.user_usage { target.waldur.offering_users(&target.offering_uuid).await.ok() } else { None } },
+    );
+    let offering = offering?;
     let offered: HashSet<String> = offering.components.iter().map(|c| c.component_type.clone()).collect();
     for name in target.components().filter(|name| !offered.contains(*name)) {
         target.warn_once(format!("component:{name}"), None, || {
@@ -343,10 +350,7 @@ async fn setup<'a>(
             )
         });
     }
-    let mut resources: Vec<Resource> = target
-        .waldur
-        .resources(&target.offering_uuid)
-        .await?
+    let mut resources: Vec<Resource> = listed?
         .into_iter()
         .filter(|r| {
             let has_id = r.backend_id.as_deref().is_some_and(|id| !id.trim().is_empty());
@@ -397,7 +401,8 @@ async fn setup<'a>(
         current,
         offered,
         resources,
-        links: OnceCell::new(),
+        // A failed listing here is asked again, and reported, where the links are used.
+        links: OnceCell::new_with(links.map(link_map)),
         permits: Semaphore::new(policy.concurrency.max(1)),
         tally: Tally::default(),
         capabilities,
@@ -603,7 +608,13 @@ impl Run<'_> {
                 cluster: if self.policy.clusters_from_waldur { cluster(r) } else { None },
             })
             .collect();
-        let report = match self.backend.usage_report(requested, month.billing_period()).await {
+        let billing_period = month.first_day().to_string();
+        // The component call and the listing of what Waldur holds are independent.
+        let (report, stored) = tokio::join!(
+            self.backend.usage_report(requested, month.billing_period()),
+            self.list_totals(&billing_period)
+        );
+        let report = match report {
             Ok(report) => report,
             Err(error) => {
                 self.fail_all(format!("offering {name} {month}: usage call failed, nothing submitted: {error}"));
@@ -629,8 +640,7 @@ impl Run<'_> {
                 )
             });
         }
-        let billing_period = month.first_day().to_string();
-        let stored = match self.list_totals(&billing_period).await {
+        let stored = match stored {
             Ok(stored) => stored,
             Err(error) => {
                 self.fail_all(format!("offering {name} {month}: cannot read Waldur's usages: {error}"));
@@ -912,8 +922,7 @@ impl Run<'_> {
     async fn links(&self) -> Result<&HashMap<String, String>, WaldurError> {
         self.links
             .get_or_try_init(|| async {
-                let users = self.target.waldur.offering_users(&self.target.offering_uuid).await?;
-                Ok(users.into_iter().filter_map(|u| Some((u.username?, u.url))).collect())
+                Ok(link_map(self.target.waldur.offering_users(&self.target.offering_uuid).await?))
             })
             .await
     }
@@ -1123,6 +1132,11 @@ impl Run<'_> {
             ));
         }
     }
+}
+
+/// Offering users by username, for per-user usage's `user` link.
+fn link_map(users: Vec<OfferingUser>) -> HashMap<String, String> {
+    users.into_iter().filter_map(|u| Some((u.username?, u.url))).collect()
 }
 
 /// A resource's cluster for the component: its `offering_backend_id`, lower-cased.

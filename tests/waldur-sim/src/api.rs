@@ -218,6 +218,7 @@ impl Ctx {
 
 /// Serves every request.
 pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let latency = shared.options.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -289,6 +290,7 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
 
     let mut state = shared.lock();
     let state = &mut *state;
+    let is_write = route.method() == Method::POST;
     let reply = match route {
         Route::Me => detail(&ctx, me_json(&ctx, &caller)),
         Route::Offering(uuid) => match lookup(&uuid, |u| state.offering(u)) {
@@ -315,6 +317,10 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
         Route::SetUserUsage(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, false),
         Route::SetUserUsages(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, true),
     };
+    if is_write {
+        state.counters.write_time += started.elapsed();
+        state.counters.timed_writes += 1;
+    }
     reply.into_response()
 }
 

@@ -139,6 +139,11 @@ pub struct RequestCounts {
     /// simulator does not serve is counted under its literal path, except an endpoint the
     /// simulated version lacks (Waldur 7's `set_user_usages`), counted under its template.
     pub by_route: BTreeMap<String, u64>,
+    /// Time spent serving the usage writes that were handled (added latency included):
+    /// what "the time Waldur takes" for a write is, for the benchmarks' floor.
+    pub write_time: std::time::Duration,
+    /// How many writes `write_time` covers.
+    pub timed_writes: u64,
 }
 
 impl RequestCounts {
