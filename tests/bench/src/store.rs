@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use waldur_sim::WaldurSim;
+use waldur_sim::{RequestCounts, WaldurSim};
 
 /// The values one simulator holds, by record UUID.
 #[derive(Debug, Default, Clone)]
@@ -63,6 +63,14 @@ impl Unbatchable {
     /// These writes, `concurrency` at a time, each one round trip of `latency`.
     pub fn floor(self, latency: Duration, concurrency: usize) -> f64 {
         self.total() as f64 * latency.as_secs_f64() / concurrency.max(1) as f64
+    }
+
+    /// These writes, `concurrency` at a time, each taking what a write took the
+    /// simulator to serve on average in `served` (its added latency, as the timer
+    /// delivered it, and its work): the "time Waldur takes for each write".
+    pub fn served_floor(self, served: &RequestCounts, concurrency: usize) -> Option<f64> {
+        let mean = served.write_time.checked_div(u32::try_from(served.timed_writes).ok().filter(|n| *n > 0)?)?;
+        Some(self.floor(mean, concurrency))
     }
 }
 

@@ -170,6 +170,11 @@ pub struct Breakdown {
     pub routes: BTreeMap<String, (usize, f64, f64)>,
     /// Time with no Waldur request in flight at all (component calls, CPU).
     pub no_waldur: f64,
+    /// The longest of those stretches: (from s, to s, the request that ended before,
+    /// the one that started after).
+    pub silences: Vec<(f64, f64, String, String)>,
+    /// Requests in flight on average in each twentieth of the run, per route.
+    pub profile: BTreeMap<String, Vec<f64>>,
 }
 
 /// Analyses the requests of one run that started at `start` and ended at `end`.
@@ -229,6 +234,33 @@ pub fn breakdown(events: &[Event], start: Instant, end: Instant, concurrency: us
         .collect();
     let all = union(events.iter().map(|e| (at(e.start), at(e.end))).collect());
     let busy: f64 = all.iter().map(|(a, b)| b.min(wall) - a.max(0.0)).filter(|d| *d > 0.0).sum();
+    let named = |e: &Event| format!("{} {}", e.method, e.route);
+    let mut gaps: Vec<(f64, f64)> = std::iter::once(0.0)
+        .chain(all.iter().map(|(_, b)| *b))
+        .zip(all.iter().map(|(a, _)| *a).chain(std::iter::once(wall)))
+        .filter(|(a, b)| b - a > 0.0)
+        .collect();
+    gaps.sort_by(|x, y| (y.1 - y.0).total_cmp(&(x.1 - x.0)));
+    let silences = gaps
+        .into_iter()
+        .take(8)
+        .map(|(from, to)| {
+            let before = events.iter().filter(|e| at(e.end) <= from + 1e-9).max_by(|x, y| x.end.cmp(&y.end));
+            let after = events.iter().filter(|e| at(e.start) >= to - 1e-9).min_by(|x, y| x.start.cmp(&y.start));
+            (from, to, before.map_or_else(|| "start".to_owned(), named), after.map_or_else(|| "end".to_owned(), named))
+        })
+        .collect();
+    let slice = wall / 20.0;
+    let mut profile: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for event in events {
+        let row = profile.entry(named(event)).or_insert_with(|| vec![0.0; 20]);
+        for (i, share) in row.iter_mut().enumerate() {
+            let (lo, hi) = (slice * i as f64, slice * (i + 1) as f64);
+            if slice > 0.0 {
+                *share += (at(event.end).min(hi) - at(event.start).max(lo)).max(0.0) / slice;
+            }
+        }
+    }
     let mut write_ms: Vec<f64> = writes.iter().map(|e| e.seconds() * 1000.0).collect();
     let mut read_ms: Vec<f64> = events.iter().filter(|e| !e.is_write()).map(|e| e.seconds() * 1000.0).collect();
     Breakdown {
@@ -243,6 +275,8 @@ pub fn breakdown(events: &[Event], start: Instant, end: Instant, concurrency: us
         median_read_ms: crate::median(&mut read_ms),
         routes,
         no_waldur: (wall - busy).max(0.0),
+        silences,
+        profile,
     }
 }
 
@@ -257,6 +291,22 @@ impl Breakdown {
         } else {
             self.with_writes(title)
         };
+        out.push_str("Requests in flight on average, each twentieth of the run:\n\n");
+        for (route, shares) in &self.profile {
+            let shares: Vec<String> = shares.iter().map(|w| format!("{w:4.1}")).collect();
+            out.push_str(&format!("    {} {route}\n", shares.join(" ")));
+        }
+        out.push('\n');
+        out.push_str("Longest stretches with no Waldur request in flight:\n\n");
+        for (from, to, before, after) in &self.silences {
+            out.push_str(&format!(
+                "- {:.3}–{:.3} s ({:.1} ms), after `{before}`, before `{after}`\n",
+                from,
+                to,
+                (to - from) * 1000.0
+            ));
+        }
+        out.push('\n');
         out.push_str("| route | requests | median ms | s in flight while no write was |\n|---|---:|---:|---:|\n");
         for (route, (count, median, waited)) in &self.routes {
             out.push_str(&format!("| `{route}` | {count} | {median:.2} | {waited:.3} |\n"));
