@@ -43,7 +43,7 @@
 //! | `/storage/usage-day` | `exact-date` (`YYYY-MM-DD`), `filesystem`, `data_type`, `paths`+, `tenant`?; or `exact-date` alone |
 //!
 //! Tests observe and steer it through [`Stats`] (token and API counts, rejections, peer
-//! addresses, recent request targets), fault injection ([`DwdiSim::fail_next`],
+//! addresses, connections open at once, recent request targets), fault injection ([`DwdiSim::fail_next`],
 //! [`DwdiSim::respond_next`], [`DwdiSim::fail_next_token`]), a latency
 //! ([`DwdiOptions::latency`]) and data replacement ([`DwdiSim::set_data`]).
 //!
@@ -85,6 +85,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod accept;
 mod b64;
 mod data;
 mod server;
@@ -121,7 +122,8 @@ impl DwdiSim {
             TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("dwdi-sim: cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr()?;
         let state = SimState::new(data, options);
-        let service = Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let service = Self::router(state.clone()).into_make_service_with_connect_info::<accept::Peer>();
+        let listener = accept::CountingListener { inner: listener, state: state.clone() };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let server = axum::serve(listener, service).with_graceful_shutdown(async {
@@ -150,7 +152,7 @@ impl DwdiSim {
         let addr = listener.local_addr()?;
         let state = SimState::new(data, options);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(tls::serve(listener, acceptor, Self::router(state.clone()), stopped));
+        let task = tokio::spawn(tls::serve(listener, acceptor, state.clone(), Self::router(state.clone()), stopped));
         Ok(DwdiSim { state, addr, tls: true, stop: Some(stop), task: Some(task) })
     }
 

@@ -102,6 +102,11 @@ pub struct Stats {
     pub requests_by_path: BTreeMap<String, u64>,
     /// Every distinct TCP peer (address and port: one per client connection).
     pub peers: BTreeSet<SocketAddr>,
+    /// Client connections open when the snapshot was taken.
+    pub open_connections: u64,
+    /// The most client connections open at the same time (since start, or since the
+    /// last reset: then counting from those still open).
+    pub max_open_connections: u64,
     /// The last [`RECENT_CAPACITY`] requests, oldest first.
     pub recent: Vec<RequestRecord>,
 }
@@ -149,6 +154,20 @@ struct Inner {
     tokens: Mutex<HashMap<String, Instant>>,
     control: Mutex<Control>,
     token_counter: AtomicU64,
+    /// Client connections open now.
+    open_connections: AtomicU64,
+}
+
+/// One open client connection, counted while it lives.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    state: SimState,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.state.inner.open_connections.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The simulator's shared state; cheap to clone. Serve it with [`crate::DwdiSim::router`]
@@ -174,6 +193,7 @@ impl SimState {
                 tokens: Mutex::new(HashMap::new()),
                 control: Mutex::new(control),
                 token_counter: AtomicU64::new(0),
+                open_connections: AtomicU64::new(0),
             }),
         }
     }
@@ -188,6 +208,7 @@ impl SimState {
         let control = lock(&self.inner.control);
         let mut stats = control.stats.clone();
         stats.recent = control.recent.iter().cloned().collect();
+        stats.open_connections = self.inner.open_connections.load(Ordering::SeqCst);
         stats
     }
 
@@ -195,7 +216,16 @@ impl SimState {
     pub fn reset_stats(&self) {
         let mut control = lock(&self.inner.control);
         control.stats = Stats::default();
+        control.stats.max_open_connections = self.inner.open_connections.load(Ordering::SeqCst);
         control.recent.clear();
+    }
+
+    /// Counts a client connection just accepted, until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> ConnectionGuard {
+        let open = self.inner.open_connections.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut control = lock(&self.inner.control);
+        control.stats.max_open_connections = control.stats.max_open_connections.max(open);
+        ConnectionGuard { state: self.clone() }
     }
 
     /// Every token issued so far, so a test can check none of them leaks into logs.
@@ -368,7 +398,11 @@ impl Endpoint {
 }
 
 async fn handle(State(state): State<SimState>, request: Request) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
+    let extensions = request.extensions();
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .or_else(|| extensions.get::<ConnectInfo<crate::accept::Peer>>().map(|info| info.0.0));
     let method = request.method().clone();
     let via = request.headers().get(http::header::VIA).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let target = request.uri().to_string();

@@ -30,11 +30,12 @@ pub(crate) fn acceptor(cert_pem: &str, key_pem: &str) -> anyhow::Result<TlsAccep
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Accepts until `stopped` fires; each connection records its peer like the plain
-/// server does. Connections live in a `JoinSet`, so aborting this task closes them all.
+/// Accepts until `stopped` fires; each connection records its peer and is counted open
+/// like the plain server's. Connections live in a `JoinSet`, so aborting this task closes them all.
 pub(crate) async fn serve(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    state: crate::SimState,
     router: Router,
     mut stopped: oneshot::Receiver<()>,
 ) {
@@ -53,7 +54,9 @@ pub(crate) async fn serve(
         };
         let acceptor = acceptor.clone();
         let service = router.clone().layer(axum::Extension(ConnectInfo::<SocketAddr>(peer)));
+        let open = state.connection_opened();
         connections.spawn(async move {
+            let _open = open;
             // A client that gives up during the handshake (a certificate it does not
             // trust) is normal in the tests: nothing to report.
             let Ok(stream) = acceptor.accept(tcp).await else { return };

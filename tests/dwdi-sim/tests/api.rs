@@ -761,3 +761,30 @@ async fn shutdown_releases_the_port() {
     sim.shutdown().await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn connections_open_at_once_are_counted() {
+    let sim = start(small_data()).await;
+    let addr = sim.addr();
+    // Three connections held open together, then closed.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    // The server counts a connection once it has accepted it: one request on a fourth
+    // connection is answered only after the three were accepted (one accept loop).
+    let token = token(&sim).await;
+    let stats = sim.stats();
+    assert_eq!(stats.max_open_connections, 4, "{stats:?}");
+    assert!(stats.open_connections >= 3, "{stats:?}");
+    drop(held);
+    drop(get(&sim, ONE_ACCOUNT, &token).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.stats().open_connections > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sim.stats().open_connections, 0, "closed connections are no longer counted");
+    sim.reset_stats();
+    assert_eq!(sim.stats().max_open_connections, 0, "a reset counts from those still open");
+    sim.shutdown().await;
+}
