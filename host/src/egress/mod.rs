@@ -3,8 +3,11 @@
 //! Every `wasi:http` request a component makes arrives at [`ComponentHooks::send_request`].
 //! In order, the host: checks the request against the egress policy ([`policy`]: the
 //! scheme, host, port and base path of `cscs_dwdi_api_url`, GET or HEAD without a body,
-//! allow-listed headers), attaches the bearer token, sends it through the proxy with TLS
-//! and timeouts, retries what is safe to retry, and caps the answer.
+//! allow-listed headers), takes it out of the call's request budget, waits for one of the
+//! offering's in-flight slots, attaches the bearer token, sends it through the proxy with
+//! TLS and timeouts, retries what is safe to retry within the call's retry budget, and
+//! caps the answer. The slot is held until the answer's body is read or dropped, so the
+//! offering's sockets stay bounded whatever its component does.
 //! The component sees none of the credentials, the proxy or the token.
 
 pub mod connect;
@@ -25,6 +28,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks,
 };
@@ -72,6 +76,16 @@ pub struct Limits {
     pub max_retries: u32,
     /// First back-off; doubles each retry, with jitter.
     pub backoff: Duration,
+    /// `max_requests_in_flight`: requests of the offering in flight at once, all its
+    /// calls together (from the wait for a token to the answer's last byte); also the
+    /// idle connections kept per upstream host.
+    pub max_in_flight: usize,
+    /// `max_requests_per_call`: requests one component call may send past the policy;
+    /// the rest are denied.
+    pub max_requests_per_call: u32,
+    /// `max_retries_per_call`: retries the host makes for one call, all its requests
+    /// together; past them a request gets its last answer or error.
+    pub max_retries_per_call: u32,
 }
 
 impl Default for Limits {
@@ -83,6 +97,12 @@ impl Default for Limits {
             max_response_bytes: 256 * 1024 * 1024,
             max_retries: 3,
             backoff: Duration::from_millis(200),
+            // A built-in component keeps at most 8 requests in flight per call
+            // (dwdi-core's MAX_IN_FLIGHT), and a cycle runs two months at once.
+            max_in_flight: 16,
+            // A compute call for 10,000 accounts needs about 30 requests.
+            max_requests_per_call: 1000,
+            max_retries_per_call: 32,
         }
     }
 }
@@ -116,6 +136,25 @@ impl Limits {
                 .map(|n| n as u32)
                 .ok_or_else(|| "backend_settings.max_retries: must be an integer from 0 to 10".to_owned())?;
         }
+        let integer = |key: &str, min: u64, max: u64| -> Result<Option<u64>, String> {
+            match settings.get(key) {
+                None => Ok(None),
+                Some(value) => value
+                    .as_u64()
+                    .filter(|n| (min..=max).contains(n))
+                    .map(Some)
+                    .ok_or_else(|| format!("backend_settings.{key}: must be an integer from {min} to {max}")),
+            }
+        };
+        if let Some(n) = integer("max_requests_in_flight", 1, 256)? {
+            limits.max_in_flight = n as usize;
+        }
+        if let Some(n) = integer("max_requests_per_call", 1, 100_000)? {
+            limits.max_requests_per_call = n as u32;
+        }
+        if let Some(n) = integer("max_retries_per_call", 0, 10_000)? {
+            limits.max_retries_per_call = n as u32;
+        }
         Ok(limits)
     }
 }
@@ -129,6 +168,11 @@ pub struct EgressStats {
     pub unauthorized_retries: AtomicU64,
     /// 401s not retried: the token refresh rate limit held.
     pub unauthorized_final: AtomicU64,
+    /// Requests denied because their call had sent `max_requests_per_call` (also in
+    /// `denied`).
+    pub over_request_budget: AtomicU64,
+    /// Retries not made because their call had made `max_retries_per_call`.
+    pub retries_refused: AtomicU64,
 }
 
 /// Denials logged one by one per component and rule (distinct ones; the rest are counted
@@ -153,6 +197,12 @@ pub struct CallTally {
     /// 401s handed to the component: the host had already retried with a fresh token,
     /// or the refresh rate limit held, so each was final.
     final_unauthorized: u64,
+    /// Requests of this call that passed the policy and were let out (its request budget).
+    sent: u32,
+    /// Retries made for this call (its retry budget).
+    retries: u32,
+    /// Retries not made: the retry budget was spent.
+    retries_refused: u64,
 }
 
 impl CallTally {
@@ -193,6 +243,36 @@ impl CallTally {
     pub fn final_unauthorized(&self) -> u64 {
         self.final_unauthorized
     }
+
+    /// Requests of this call let out (past the policy and within the budget).
+    pub fn sent(&self) -> u32 {
+        self.sent
+    }
+
+    /// Retries of this call not made because its retry budget was spent.
+    pub fn retries_refused(&self) -> u64 {
+        self.retries_refused
+    }
+
+    /// Takes one request out of the call's budget of `max`; false when it is spent.
+    fn admit(&mut self, max: u32) -> bool {
+        if self.sent >= max {
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
+
+    /// Takes one retry out of the call's budget of `max`; false (and counted) when it
+    /// is spent.
+    fn take_retry(&mut self, max: u32) -> bool {
+        if self.retries >= max {
+            self.retries_refused += 1;
+            return false;
+        }
+        self.retries += 1;
+        true
+    }
 }
 
 /// Outbound access of one offering: allow-list, token, client, limits.
@@ -207,6 +287,9 @@ pub struct Egress {
     /// True when plain-http requests go to an HTTP proxy in absolute form.
     via_http_proxy: bool,
     limits: Limits,
+    /// One permit per request in flight ([`Limits::max_in_flight`]), held from before the
+    /// token to the end of the answer's body: what bounds the offering's sockets.
+    in_flight: Arc<Semaphore>,
     stats: EgressStats,
     /// Per component and rule, the distinct denials logged so far (at most
     /// [`DENIALS_LOGGED`] each): a bounded map, since rules are a fixed set and
@@ -227,9 +310,10 @@ impl Egress {
         let proxy = access.proxy.clone();
         let tls = connect::tls_config(access.ca_bundle.as_deref()).context("backend_settings.ca_bundle")?;
         let connector = Connector::new(proxy, tls, limits.connect);
+        // Connections in use are bounded by the in-flight permits; idle ones by this.
         let client: HttpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(16)
+            .pool_max_idle_per_host(limits.max_in_flight)
             .build(connector.clone());
         let policy = Policy::from_api_url(&access.api_url)
             .map_err(|e| anyhow::anyhow!("backend_settings.cscs_dwdi_api_url: {e}"))?;
@@ -246,6 +330,7 @@ impl Egress {
             tokens,
             proxy_authorization,
             via_http_proxy,
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
             limits,
             stats: EgressStats::default(),
             denied_logged: Mutex::new(HashMap::new()),
@@ -272,7 +357,19 @@ impl Egress {
     pub async fn get(&self, url: &str) -> Result<http::Response<WasiBody>, SendError> {
         let uri: http::Uri = url.parse().map_err(|e| SendError::Refused(format!("bad URL {url}: {e}")))?;
         let parts = RequestHead { method: http::Method::GET, uri, headers: http::HeaderMap::new() };
-        self.send_with_token(parts, Bytes::new()).await
+        let permit = self.in_flight_permit().await?;
+        self.send_with_token(parts, Bytes::new(), None, permit).await
+    }
+
+    /// Waits for one of the offering's in-flight slots.
+    async fn in_flight_permit(&self) -> Result<OwnedSemaphorePermit, SendError> {
+        // The semaphore is never closed; the error arm is for completeness.
+        self.in_flight.clone().acquire_owned().await.map_err(|_| SendError::Refused("egress closed".to_owned()))
+    }
+
+    /// Requests of the offering in flight right now (tests and benchmarks).
+    pub fn requests_in_flight(&self) -> usize {
+        self.limits.max_in_flight - self.in_flight.available_permits()
     }
 
     /// The component's request, checked, authorised and sent; what it ran into is
@@ -295,8 +392,15 @@ impl Egress {
                 return Err(self.deny(component, Denial::Body, tally));
             }
         }
+        // The call's request budget: what a component may make the upstream answer.
+        let max = self.limits.max_requests_per_call;
+        if !tally.lock().is_ok_and(|mut tally| tally.admit(max)) {
+            self.stats.over_request_budget.fetch_add(1, Ordering::Relaxed);
+            return Err(self.deny(component, Denial::RequestsPerCall(max), tally));
+        }
         let head = RequestHead { method: parts.method, uri: allowed.uri, headers: allowed.headers };
-        let response = self.send_with_token(head, Bytes::new()).await?;
+        let permit = self.in_flight_permit().await?;
+        let response = self.send_with_token(head, Bytes::new(), Some(tally), permit).await?;
         // A 401 that reaches the component is final: retried once with a fresh token
         // already, or within the refresh rate limit. Counted, and said once per call.
         if response.status() == http::StatusCode::UNAUTHORIZED
@@ -359,6 +463,14 @@ impl Egress {
                 by_rule.join(", ")
             );
         }
+        if tally.retries_refused > 0 {
+            tracing::warn!(
+                offering = %self.offering, component,
+                "{} retr(y/ies) of this call not made: it had made its {} (setting backend_settings.max_retries_per_call); those requests got their last answer or error",
+                tally.retries_refused,
+                self.limits.max_retries_per_call
+            );
+        }
         if tally.final_unauthorized > 0 {
             tracing::warn!(
                 offering = %self.offering, component,
@@ -370,11 +482,31 @@ impl Egress {
     }
 
     /// Sends with the bearer token; a 401 gets one retry with a fresh token, and
-    /// idempotent requests are retried on connection errors and 502/503/504.
-    async fn send_with_token(&self, head: RequestHead, body: Bytes) -> Result<http::Response<WasiBody>, SendError> {
+    /// idempotent requests are retried on connection errors and 502/503/504, within the
+    /// retry budget of their `call` if they belong to one. `permit` (an in-flight slot)
+    /// is held through the retries and then by the answer's body.
+    async fn send_with_token(
+        &self,
+        head: RequestHead,
+        body: Bytes,
+        call: Option<&Mutex<CallTally>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<http::Response<WasiBody>, SendError> {
         let idempotent = matches!(head.method, http::Method::GET | http::Method::HEAD);
         let mut attempt = 0u32;
         let mut refreshed = false;
+        let mut permit = Some(permit);
+        // Taken last, so only a retry that would otherwise happen spends the budget.
+        let budget_allows = || match call {
+            None => true,
+            Some(call) => {
+                let allowed = call.lock().is_ok_and(|mut tally| tally.take_retry(self.limits.max_retries_per_call));
+                if !allowed {
+                    self.stats.retries_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                allowed
+            }
+        };
         loop {
             let token = self.tokens.bearer().await.map_err(SendError::Token)?;
             let mut request = http::Request::builder().method(head.method.clone()).uri(head.uri.clone());
@@ -397,7 +529,7 @@ impl Egress {
             );
             let retry_reason = match outcome {
                 Err(_) => {
-                    if !idempotent || attempt >= self.limits.max_retries {
+                    if !idempotent || attempt >= self.limits.max_retries || !budget_allows() {
                         return Err(SendError::Timeout(format!(
                             "no answer from {} within {:?}",
                             shown_uri(&head.uri),
@@ -409,7 +541,7 @@ impl Egress {
                 Ok(Err(error)) => {
                     let message = error_chain(&error);
                     let retryable = error.is_connect() || is_stale_connection(&error);
-                    if !idempotent || attempt >= self.limits.max_retries || !retryable {
+                    if !idempotent || attempt >= self.limits.max_retries || !retryable || !budget_allows() {
                         return Err(SendError::Connect { message, tls: message_is_tls(&error_chain(&error)) });
                     }
                     message
@@ -427,12 +559,14 @@ impl Egress {
                         }
                         self.stats.unauthorized_final.fetch_add(1, Ordering::Relaxed);
                     }
-                    if idempotent && matches!(status, 502..=504) && attempt < self.limits.max_retries {
+                    if idempotent && matches!(status, 502..=504) && attempt < self.limits.max_retries && budget_allows()
+                    {
                         format!("HTTP {status}")
                     } else {
                         let deadline = started + self.limits.request;
+                        let permit = permit.take();
                         return Ok(response.map(|body| {
-                            GuardedBody::new(body, self.limits.max_response_bytes, deadline).boxed_unsync()
+                            GuardedBody::new(body, self.limits.max_response_bytes, deadline, permit).boxed_unsync()
                         }));
                     }
                 }
@@ -575,17 +709,20 @@ impl SendError {
     }
 }
 
-/// A response body with a size cap and a deadline for the last byte.
+/// A response body with a size cap and a deadline for the last byte. It holds the
+/// request's in-flight slot until the body ends, fails or is dropped: a connection is in
+/// use until then.
 struct GuardedBody {
     inner: hyper::body::Incoming,
     remaining: u64,
     limit: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl GuardedBody {
-    fn new(inner: hyper::body::Incoming, limit: u64, deadline: Instant) -> Self {
-        Self { inner, remaining: limit, limit, deadline: Box::pin(tokio::time::sleep_until(deadline.into())) }
+    fn new(inner: hyper::body::Incoming, limit: u64, deadline: Instant, permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self { inner, remaining: limit, limit, deadline: Box::pin(tokio::time::sleep_until(deadline.into())), permit }
     }
 }
 
@@ -595,24 +732,29 @@ impl Body for GuardedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
+                        this.permit = None;
                         return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.limit)))));
                     }
                     this.remaining -= len;
                 }
-                Poll::Ready(Some(Ok(frame)))
+                return Poll::Ready(Some(Ok(frame)));
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(HttpError::Hyper(error)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout))),
-                Poll::Pending => Poll::Pending,
+                Poll::Pending => return Poll::Pending,
             },
-        }
+        };
+        // The body is over (ended or failed): its slot goes back now, not when the
+        // component gets round to dropping the response.
+        this.permit = None;
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -714,6 +856,46 @@ impl WasiHttpHooks for ComponentHooks {
 
 #[cfg(test)]
 mod tests {
+    use super::{CallTally, Limits};
+
+    fn settings(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn budgets_have_small_defaults_and_settings_naming_their_key() {
+        let defaults = Limits::from_settings(&settings(serde_json::json!({})));
+        let defaults = defaults.as_ref().map(|l| (l.max_in_flight, l.max_requests_per_call, l.max_retries_per_call));
+        assert_eq!(defaults, Ok((16, 1000, 32)));
+        let set = Limits::from_settings(&settings(serde_json::json!({
+            "max_requests_in_flight": 2, "max_requests_per_call": 5, "max_retries_per_call": 0
+        })));
+        let set = set.as_ref().map(|l| (l.max_in_flight, l.max_requests_per_call, l.max_retries_per_call));
+        assert_eq!(set, Ok((2, 5, 0)));
+        for (key, value) in [
+            ("max_requests_in_flight", serde_json::json!(0)),
+            ("max_requests_in_flight", serde_json::json!(257)),
+            ("max_requests_per_call", serde_json::json!("many")),
+            ("max_retries_per_call", serde_json::json!(-1)),
+        ] {
+            let error = Limits::from_settings(&settings(serde_json::json!({ key: value }))).err().unwrap_or_default();
+            assert!(error.starts_with(&format!("backend_settings.{key}: must be an integer from")), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_call_spends_its_request_and_retry_budgets_once() {
+        let mut tally = CallTally::default();
+        assert!((0..3).all(|_| tally.admit(3)));
+        assert!(!tally.admit(3) && !tally.admit(3));
+        assert_eq!(tally.sent(), 3);
+        assert!(tally.take_retry(1));
+        assert!(!tally.take_retry(1) && !tally.take_retry(1));
+        assert_eq!(tally.retries_refused(), 2);
+        let mut none = CallTally::default();
+        assert!(!none.take_retry(0), "max_retries_per_call: 0 means no retries at all");
+    }
+
     #[test]
     fn shown_uris_hold_no_credentials_and_no_query() -> Result<(), http::uri::InvalidUri> {
         let shown = |uri: &str| uri.parse().map(|uri| super::shown_uri(&uri));

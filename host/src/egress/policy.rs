@@ -101,6 +101,10 @@ pub enum Denial {
     HeaderCount(usize),
     /// More than [`MAX_HEADER_BYTES`] of headers.
     HeaderBytes(usize),
+    /// The call had already sent this many requests, its budget
+    /// (`max_requests_per_call`). Decided by the send path, not by [`Policy::check`]:
+    /// the request itself may be fine.
+    RequestsPerCall(u32),
 }
 
 impl Denial {
@@ -115,6 +119,7 @@ impl Denial {
             Denial::Header(_) => "header",
             Denial::HeaderCount(_) => "header-count",
             Denial::HeaderBytes(_) => "header-bytes",
+            Denial::RequestsPerCall(_) => "requests-per-call",
         }
     }
 }
@@ -130,6 +135,9 @@ impl std::fmt::Display for Denial {
             Denial::Header(name) => write!(f, "header {} is not allowed", cut(name.as_str())),
             Denial::HeaderCount(n) => write!(f, "{n} headers, at most {MAX_HEADERS}"),
             Denial::HeaderBytes(n) => write!(f, "{n} bytes of headers, at most {MAX_HEADER_BYTES}"),
+            Denial::RequestsPerCall(n) => {
+                write!(f, "the call has sent {n} requests, all it may (setting backend_settings.max_requests_per_call)")
+            }
         }
     }
 }
