@@ -286,3 +286,115 @@ pub mod log {
         String::from_utf8_lossy(&buffer().lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
     }
 }
+
+/// A compute offering and a hostile `probe` offering side by side in one host, each on
+/// a DWDI simulator of its own (so what the probe's upstream saw is its alone), both
+/// writing into one Waldur simulator: what the budget and memory tests run.
+pub struct SideBySide {
+    /// The compute offering's DWDI.
+    pub dwdi: DwdiSim,
+    /// The probe's DWDI.
+    pub hostile_dwdi: DwdiSim,
+    pub options: DwdiOptions,
+    pub waldur: waldur_sim::WaldurSim,
+    pub data: DwdiData,
+    compute: String,
+    /// The hostile offering's name (log lines and metrics carry it) and uuid.
+    hostile_name: String,
+    hostile: String,
+}
+
+impl SideBySide {
+    /// Waldur's "today" and the cycle's clock.
+    pub const NOW: &str = "2024-03-15T12:00:00Z";
+    const TOKEN: &str = "provider-token";
+
+    /// Three compute accounts with usage in March 2024; the hostile offering, named
+    /// `hostile_name` (distinct per test: the log and metrics are the process's), holds
+    /// `hostile_resources` (backend ids).
+    pub async fn start(hostile_name: &str, hostile_resources: &[&str]) -> Result<Self> {
+        use waldur_sim::uuid_from;
+        let data = DwdiData::generated(3, 2, &[(2024, 3)]);
+        let ComputeSims { dwdi, options, waldur, offering: compute } =
+            ComputeSims::start(&data, waldur_sim::WaldurOptions::default(), "compute", Self::TOKEN, "").await?;
+        waldur.set_today(2024, 3, 15);
+        let hostile_dwdi = DwdiSim::start(DwdiData::new(), options.clone()).await?;
+        let hostile = uuid_from(hostile_name);
+        waldur.add_offering(&hostile, hostile_name, &["usage"]);
+        for id in hostile_resources {
+            waldur.add_resource(&hostile, &uuid_from(&format!("{hostile_name} {id}")), id, "", "OK");
+        }
+        Ok(Self { dwdi, hostile_dwdi, options, waldur, data, compute, hostile_name: hostile_name.to_owned(), hostile })
+    }
+
+    /// Log lines of the hostile offering so far that contain `needle`.
+    pub fn hostile_log(&self, needle: &str) -> Vec<String> {
+        let offering = format!("offering={}", self.hostile_name);
+        log::text().lines().filter(|l| l.contains(&offering) && l.contains(needle)).map(str::to_owned).collect()
+    }
+
+    /// The config: `top` top-level lines, compute first, then the probe on its own DWDI
+    /// with `probe_settings` (6-space lines, limits settings among them).
+    pub fn config(&self, top: &str, probe_settings: &str) -> String {
+        format!(
+            "timezone: UTC\nreporting_periods: 1\n{top}offerings:\n  - name: compute\n    waldur_api_url: {url:?}\n    waldur_api_token: {token}\n    waldur_offering_uuid: {}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}  - name: {hostile_name}\n    waldur_api_url: {url:?}\n    waldur_api_token: {token}\n    waldur_offering_uuid: {}\n    backend_type: probe\n    backend_settings:\n{}{probe_settings}    backend_components:\n      usage: {{unit_factor: 1}}\n",
+            self.compute,
+            dwdi_access(&self.dwdi, &self.options),
+            self.hostile,
+            dwdi_access(&self.hostile_dwdi, &self.options),
+            url = self.waldur.url(),
+            token = Self::TOKEN,
+            hostile_name = self.hostile_name,
+        )
+    }
+
+    /// The two report targets of config `text` on a runtime with its limits, the probe
+    /// serving backend type "probe".
+    pub async fn targets(&self, text: &str) -> Result<Vec<usage_agent::report::ReportTarget>> {
+        let config = usage_agent::config::AgentConfig::parse(text)?;
+        let backends =
+            probe_backends(usage_agent::runtime::Runtime::with_limits(config.component_limits.clone())?).await?;
+        usage_agent::report::prepare_targets(&config, &backends).await
+    }
+
+    /// One cycle of both offerings at once, in one host: (compute, hostile).
+    pub async fn cycle(
+        &self,
+        text: &str,
+        targets: &[usage_agent::report::ReportTarget],
+    ) -> Result<(usage_agent::report::OfferingSummary, usage_agent::report::OfferingSummary)> {
+        use usage_agent::report::{CycleOptions, FixedClock, StopFlag, report_offering};
+        let [compute, hostile] = targets else { anyhow::bail!("{} targets, not 2", targets.len()) };
+        let options = CycleOptions::from_config(&usage_agent::config::AgentConfig::parse(text)?)?;
+        let clock = FixedClock(Self::NOW.parse()?);
+        let stop = StopFlag::default();
+        Ok(tokio::join!(
+            report_offering(compute, &options, &clock, &stop),
+            report_offering(hostile, &options, &clock, &stop)
+        ))
+    }
+
+    /// Fails unless Waldur holds exactly the compute offering's node hours for every
+    /// account and its summary counts them written.
+    pub fn check_compute_reported(&self, summary: &usage_agent::report::OfferingSummary) -> Result<()> {
+        use waldur_sim::uuid_from;
+        anyhow::ensure!(
+            (summary.resources, summary.submitted, summary.failed) == (3, 3, 0),
+            "the compute offering did not report everything: {summary:?}"
+        );
+        let stored: std::collections::BTreeMap<(String, String), String> =
+            self.waldur.usages().into_iter().map(|u| ((u.resource_uuid, u.component_type), u.amount)).collect();
+        for account in self.data.accounts() {
+            let expected = self.data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+            let got = stored.get(&(uuid_from(&account), "nodeHours".into()));
+            anyhow::ensure!(got == Some(&cents(expected.node_hours)), "{account}: Waldur holds {got:?}");
+        }
+        Ok(())
+    }
+
+    /// What Waldur holds for the hostile offering's `id`.
+    pub fn hostile_stored(&self, id: &str) -> Option<String> {
+        let uuid = waldur_sim::uuid_from(&format!("{} {id}", self.hostile_name));
+        self.waldur.usages().into_iter().find(|u| u.resource_uuid == uuid).map(|u| u.amount)
+    }
+}

@@ -35,6 +35,11 @@
 //! - `deny-flood`: GETs `url` with `{i}` replaced by 0 … `count`-1, going on after
 //!   every error; the value counts the errors, or with `fail: true` the call fails
 //!   with a transport error.
+//! - `flood`: sends `count` GETs of `url` at once (every request handed to the host
+//!   before the first answer is awaited), then awaits them all together and drops each
+//!   answer unread; the value counts the answers (any status). Says on stderr what came back
+//!   (`probe: flood: 1000 answered (HTTP 200 1000), 4000 failed (HttpRequestDenied 4000)`).
+//! - `retry-storm`: `flood`, against an upstream that answers 503 to everything.
 //!
 //! `describe` answers what a real component does, unless the build sets
 //! `PROBE_DESCRIBE` to one of the broken descriptions of `describe_variant` (the e2e
@@ -75,6 +80,62 @@ mod component {
         }
         futures[0].subscribe().block();
         Ok(0.0)
+    }
+
+    /// Sends `count` GETs of `url` before awaiting any, then awaits them all at once
+    /// (one poll over every request still waiting, as a concurrent client does) and
+    /// drops each answer unread; the answers (any status) and, on stderr, what came back
+    /// by status and error.
+    fn flood(url: &str, count: usize) -> Result<f64, wit::BackendError> {
+        use std::collections::BTreeMap;
+        // Field order is drop order: the pollable (a child) before its future.
+        struct Waiting {
+            pollable: wasi::io::poll::Pollable,
+            future: wasi::http::types::FutureIncomingResponse,
+        }
+        let mut waiting = Vec::with_capacity(count);
+        let mut failed: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..count {
+            match outgoing_handler::handle(request(url, &[])?, None) {
+                Ok(future) => waiting.push(Waiting { pollable: future.subscribe(), future }),
+                Err(code) => *failed.entry(variant(&format!("{code:?}"))).or_default() += 1,
+            }
+        }
+        let mut answered: BTreeMap<u16, usize> = BTreeMap::new();
+        while !waiting.is_empty() {
+            let mut ready: Vec<usize> = {
+                let pollables: Vec<&wasi::io::poll::Pollable> = waiting.iter().map(|w| &w.pollable).collect();
+                wasi::io::poll::poll(&pollables).into_iter().map(|i| i as usize).collect()
+            };
+            ready.sort_unstable();
+            ready.dedup();
+            for i in ready.into_iter().rev() {
+                let done = waiting.swap_remove(i);
+                match done.future.get() {
+                    // The answer is dropped here, unread: the host must take its slot back.
+                    Some(Ok(Ok(response))) => *answered.entry(response.status()).or_default() += 1,
+                    Some(Ok(Err(code))) => *failed.entry(variant(&format!("{code:?}"))).or_default() += 1,
+                    _ => *failed.entry("no response".to_owned()).or_default() += 1,
+                }
+            }
+        }
+        let total: usize = answered.values().sum();
+        let statuses: Vec<String> = answered.iter().map(|(s, n)| format!("HTTP {s} {n}")).collect();
+        let errors: Vec<String> = failed.iter().map(|(e, n)| format!("{e} {n}")).collect();
+        eprintln!(
+            "probe: flood: {total} answered ({}), {} failed ({})",
+            statuses.join(", "),
+            failed.values().sum::<usize>(),
+            errors.join(", ")
+        );
+        Ok(total as f64)
+    }
+
+    /// The variant name of an error code's `Debug` text (`InternalError(Some(…))` →
+    /// `InternalError`, without the type's path), so counts by kind stay few.
+    fn variant(debug: &str) -> String {
+        let name = debug.split(['(', ' ', '{']).next().unwrap_or(debug);
+        name.rsplit("::").next().unwrap_or(name).to_owned()
     }
 
     /// About `mib` MiB of per-user usage on the first resource.
@@ -408,6 +469,7 @@ mod component {
                 "bad-numbers" => return Ok(bad_numbers(&component, resources)),
                 "contract" => return Ok(contract(&component, resources)),
                 "forged-text" => return forged_text(&settings, &component, resources),
+                "flood" | "retry-storm" => flood(text(&settings, "url"), number(&settings, "count") as usize)?,
                 "deny-flood" => {
                     let mut failed = 0;
                     for i in 0..number(&settings, "count") as usize {
