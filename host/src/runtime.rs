@@ -30,8 +30,10 @@ pub use limits::{Limit, LimitExceeded, ResultSize};
 use output::{ComponentOutput, Stream};
 
 /// How often the engine's epoch advances: guest code is interrupted at most this long
-/// after its deadline, and yields to other tasks this often.
-const EPOCH_TICK: Duration = Duration::from_millis(100);
+/// after its deadline, and yields to other tasks this often. Short, because a guest
+/// parsing a large answer would otherwise hold an executor thread, and with it the
+/// Waldur writes queued there, for a whole tick.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Longest error message of a component kept, and longest composed error line made of
 /// one: a component must not fill the log.
@@ -349,12 +351,25 @@ fn instantiate_error(error: anyhow::Error) -> CallError {
     }
 }
 
+/// `text` as [`make_safe`] would show it, leaving `text` as it is.
+pub(crate) fn shown_safe(text: &str, max: usize) -> String {
+    let mut shown = text.to_owned();
+    make_safe(&mut shown, max);
+    shown
+}
+
+/// True when `text` holds no character that [`make_safe`] escapes.
+pub(crate) fn is_plain(text: &str) -> bool {
+    !text.chars().any(output::needs_escape)
+}
+
 /// Makes a string a component handed the host safe to log or print, in place: control
 /// and invisible characters escaped (`output::escape_controls`: a `\n` or an ESC can
 /// no longer forge a log line or drive a terminal), then cut to `max` bytes. Every
 /// component-supplied string passes here once, where the host lifts a call's result
-/// ([`Lifted`]), so nothing downstream (the sync engine, the CLI, the logs) needs to.
-/// Strings that need nothing are left as they are, without a copy.
+/// ([`Lifted`]), so nothing downstream (the sync engine, the CLI, the logs) needs to;
+/// usernames alone are checked instead (`sync::answer`), since they are written to
+/// Waldur. Strings that need nothing are left as they are, without a copy.
 pub(crate) fn make_safe(text: &mut String, max: usize) {
     if text.chars().any(output::needs_escape) {
         *text = output::escape_controls(text);
@@ -413,8 +428,9 @@ impl Lifted for wit::Report {
             for amount in &mut resource.totals {
                 make_safe(&mut amount.component, MAX_IDENTIFIER_BYTES);
             }
+            // Usernames are checked, not changed (`sync::answer`): a changed name would
+            // be written to Waldur as if the component had said it.
             for user in &mut resource.users {
-                make_safe(&mut user.username, MAX_IDENTIFIER_BYTES);
                 for amount in &mut user.amounts {
                     make_safe(&mut amount.component, MAX_IDENTIFIER_BYTES);
                 }
@@ -716,6 +732,7 @@ mod tests {
         report.make_safe();
         let r = &report.resources[0];
         assert_eq!((r.backend_id.as_str(), r.totals[0].component.as_str()), ("r\\n0", "node\\u{1b}"));
-        assert_eq!((r.users[0].username.as_str(), r.users[0].amounts[0].component.as_str()), ("u\\r", "cpu\\u{7}"));
+        // A username is left for the answer checks to refuse, not rewritten.
+        assert_eq!((r.users[0].username.as_str(), r.users[0].amounts[0].component.as_str()), ("u\r", "cpu\\u{7}"));
     }
 }

@@ -5,7 +5,12 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::amount::Cents;
-use crate::runtime::wit;
+use crate::runtime::{is_plain, shown_safe, wit};
+
+/// Longest username Waldur stores (`ComponentUserUsage.username`, 100 characters).
+const MAX_USERNAME_CHARS: usize = 100;
+/// Longest rendering of a component-supplied name in a message.
+const SHOWN_NAME_BYTES: usize = 120;
 
 /// What a component said about each requested resource.
 pub struct CheckedReport<'r> {
@@ -80,20 +85,27 @@ pub fn check_usage(usage: &wit::ResourceUsage) -> Result<(), String> {
     }
     let mut seen = HashSet::new();
     for user in &usage.users {
+        let name = || shown_safe(&user.username, SHOWN_NAME_BYTES);
         if user.username.trim().is_empty() {
             return Err("a user without a name".to_owned());
+        }
+        if !is_plain(&user.username) {
+            return Err(format!("user {}: a username with control or invisible characters", name()));
+        }
+        if user.username.chars().count() > MAX_USERNAME_CHARS {
+            return Err(format!("user {}: longer than Waldur's {MAX_USERNAME_CHARS} characters", name()));
         }
         for amount in &user.amounts {
             if usage_amount(amount.value).is_none() {
                 return Err(format!(
                     "user {}: {} = {} is not a usage amount",
-                    user.username,
+                    name(),
                     amount.component,
                     show(amount.value)
                 ));
             }
             if !seen.insert((user.username.as_str(), amount.component.as_str())) {
-                return Err(format!("user {}: {} reported twice", user.username, amount.component));
+                return Err(format!("user {}: {} reported twice", name(), amount.component));
             }
         }
     }
@@ -122,6 +134,9 @@ mod tests {
             (usage("a", true, -1.0, &[]), "not a usage amount"),
             (usage("a", true, 1.0, &[("u", 1.0), ("u", 2.0)]), "reported twice"),
             (usage("a", true, 1.0, &[(" ", 1.0)]), "without a name"),
+            (usage("a", true, 1.0, &[("u\nFORGED", 1.0)]), "user u\\nFORGED: a username with control"),
+            (usage("a", true, 1.0, &[("u\u{202e}", 1.0)]), "control or invisible"),
+            (usage("a", true, 1.0, &[(&"u".repeat(101), 1.0)]), "longer than Waldur's 100 characters"),
             (usage("a", false, 5.0, &[]), "not found upstream, yet with usage"),
             (usage("a", false, 0.0, &[("u", 0.0)]), "not found upstream, yet with usage"),
         ] {

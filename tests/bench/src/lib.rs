@@ -1,11 +1,31 @@
 //! Shared helpers of the benchmark binaries in `src/bin/`. Each binary prints a
 //! Markdown table for BENCHMARKS.md; run them with `cargo run --release -p bench --bin NAME`.
 
+use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+use anyhow::anyhow;
+use tokio::runtime::{Builder, Runtime};
 
 pub mod baseline;
 pub mod store;
 pub mod timeline;
+
+/// Runs `start` (a simulator's or the recording proxy's start) on a runtime of its own,
+/// where the tasks it spawns then live: a real Waldur or DWDI runs beside the agent, not
+/// on its runtime, so a simulator's CPU work competes with the host for the cores but
+/// cannot hold up the host's tasks.
+pub async fn apart<T, F>(start: F) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    static SERVERS: OnceLock<std::io::Result<Runtime>> = OnceLock::new();
+    let runtime = SERVERS.get_or_init(|| Builder::new_multi_thread().thread_name("servers").enable_all().build());
+    let runtime = runtime.as_ref().map_err(|e| anyhow!("the servers' runtime: {e}"))?;
+    runtime.spawn(start).await?
+}
 
 /// Runs `f` and returns its result and wall time in seconds.
 pub async fn timed<T, F: std::future::Future<Output = T>>(f: F) -> (T, f64) {

@@ -402,24 +402,28 @@ async fn component_errors_are_escaped_and_capped_in_errors_and_logs() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forged_names_in_a_report_are_escaped_before_they_are_logged_or_written() -> Result<()> {
+async fn forged_names_in_a_report_are_refused_or_escaped_never_logged_or_written_raw() -> Result<()> {
     e2e::log::capture();
     let world = World::new(&["r0", "r1"]).await?;
     let settings = "      probe: forged-text\n      kind: ids\n      bytes: 0\n";
     let (good, bad) = world.cycle(&world.config(settings, &world.access())).await?;
     world.assert_compute_reported(&good);
-    // The requested resources are fine; the one nobody asked for is an error line
-    // quoting its id escaped.
-    assert_eq!((bad.submitted, bad.failed), (2, 0), "{bad:?}");
+    // A username with CR and LF is not a name to write to Waldur, escaped or not: both
+    // resources carrying it fail, each error quoting it escaped.
+    assert_eq!((bad.submitted, bad.failed), (0, 2), "{bad:?}");
+    let refused: Vec<&String> =
+        bad.errors.iter().filter(|e| e.contains("a username with control or invisible characters")).collect();
+    assert_eq!(refused.len(), 2, "{:?}", bad.errors);
+    for error in &refused {
+        assert!(error.contains(&format!("user probe\\r\\n{FORGED_LINE}")), "{error}");
+        assert_escaped("error", error);
+    }
+    // The one nobody asked for is an error line quoting its id escaped.
     let error = bad.errors.iter().find(|e| e.contains("nobody asked for")).context("no error for the stranger")?;
     assert_escaped("error", error);
-    // Waldur holds the user under the escaped name: no control character reached it.
-    let users: Vec<String> = world.waldur.user_usages().into_iter().map(|u| u.username).collect();
-    assert!(!users.is_empty(), "the per-user usage was written");
-    for user in &users {
-        assert!(!user.chars().any(char::is_control), "{user:?}");
-    }
-    assert!(users.iter().any(|u| u.contains(&format!("probe\\r\\n{FORGED_LINE}"))), "{users:?}");
+    // Nothing of the hostile offering reached Waldur.
+    assert!(world.hostile_stored().is_empty(), "{:?}", world.hostile_stored());
+    assert!(world.waldur.user_usages().iter().all(|u| !u.username.contains(FORGED_LINE)));
     assert_escaped("log", &e2e::log::text());
     Ok(())
 }

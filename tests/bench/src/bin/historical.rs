@@ -86,7 +86,7 @@ async fn fresh_waldur(
     data: &DwdiData,
     timeline: bool,
 ) -> Result<(WaldurSim, Option<Recorder>, String, AgentConfig)> {
-    let waldur = WaldurSim::start(WaldurOptions { latency: LATENCY, ..WaldurOptions::default() }).await?;
+    let waldur = bench::apart(WaldurSim::start(WaldurOptions { latency: LATENCY, ..WaldurOptions::default() })).await?;
     waldur.add_token(STAFF, "admin", true);
     waldur.set_today(2024, 6, 15);
     let offering = uuid_from("bench compute");
@@ -94,7 +94,7 @@ async fn fresh_waldur(
     for account in data.accounts() {
         waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
     }
-    let recorder = if timeline { Some(Recorder::start(waldur.addr()).await?) } else { None };
+    let recorder = if timeline { Some(bench::apart(Recorder::start(waldur.addr())).await?) } else { None };
     let text = format!(
         "timezone: UTC\nofferings:\n  - name: compute\n    waldur_api_url: {url:?}\n    waldur_api_token: unused\n    waldur_offering_uuid: {offering}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: {api:?}\n      cscs_dwdi_client_id: {id:?}\n      cscs_dwdi_client_secret: {secret:?}\n      cscs_dwdi_oidc_token_url: {token:?}\n    backend_components:\n      nodeHours: {{measured_unit: node-hours, unit_factor: 1, accounting_type: usage, label: Node Hours}}\n      cpuHours: {{measured_unit: cpu-hours, unit_factor: 1, accounting_type: usage, label: CPU Hours}}\n",
         url = recorder.as_ref().map_or_else(|| waldur.url(), Recorder::url),
@@ -190,7 +190,7 @@ async fn main() -> Result<()> {
     eprintln!("generating DWDI data: {} accounts × {} users × {} months", size.accounts, size.users, size.months);
     let data = DwdiData::generated(size.accounts, size.users, &months);
     let dwdi_options = DwdiOptions { latency: LATENCY, ..DwdiOptions::default() };
-    let dwdi = DwdiSim::start(data.clone(), dwdi_options.clone()).await?;
+    let dwdi = bench::apart(DwdiSim::start(data.clone(), dwdi_options.clone())).await?;
     let base = HistoricalOptions {
         months: months.iter().map(|&(y, m)| Month::new(y as i16, m as i8)).collect::<Result<_>>()?,
         user_usage: true,

@@ -108,7 +108,8 @@ fn dwdi_data(args: &Args, months: &[Month]) -> DwdiData {
 /// account. The token is staff: Waldur lets only staff back-fill a past billing period
 /// of a usage-billed component, and the cycle writes `--periods` months.
 async fn waldur(args: &Args, today: Month) -> Result<(WaldurSim, String)> {
-    let waldur = WaldurSim::start(WaldurOptions { latency: args.latency, ..WaldurOptions::default() }).await?;
+    let waldur =
+        bench::apart(WaldurSim::start(WaldurOptions { latency: args.latency, ..WaldurOptions::default() })).await?;
     waldur.add_token(TOKEN, "staff", true);
     waldur.set_today(i32::from(today.first_day().year()), today.first_day().month() as u32, 15);
     let offering = uuid_from("bench offering");
@@ -273,10 +274,10 @@ async fn main() -> Result<()> {
     let current = Month::containing(now, &TimeZone::UTC);
     let months = current.back(args.periods);
     let options = DwdiOptions { latency: args.latency, ..DwdiOptions::default() };
-    let dwdi = DwdiSim::start(dwdi_data(&args, &months), options.clone()).await?;
+    let dwdi = bench::apart(DwdiSim::start(dwdi_data(&args, &months), options.clone())).await?;
 
     let (waldur_sim, offering) = waldur(&args, current).await?;
-    let recorder = if args.timeline { Some(Recorder::start(waldur_sim.addr()).await?) } else { None };
+    let recorder = if args.timeline { Some(bench::apart(Recorder::start(waldur_sim.addr())).await?) } else { None };
     let url = recorder.as_ref().map_or_else(|| waldur_sim.url(), Recorder::url);
     let (engine_target, cycle_options) = target(&config(&args, &dwdi, &options, &url, &offering)).await?;
     let recording = recorder.as_ref();
