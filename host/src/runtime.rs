@@ -264,9 +264,18 @@ impl Runtime {
             .stderr(stderr.clone())
             .build();
         let guard = CallGuard::new(&name, self.limits());
-        let state = CallState { wasi, http: WasiHttpCtx::new(), table: ResourceTable::new(), hooks, guard, stderr };
+        let mut http = WasiHttpCtx::new();
+        let mut table = ResourceTable::new();
+        if let Some(limits) = self.limits() {
+            // What the host holds for the component is its memory (`limits::HostHeld`):
+            // each header map bounded, the table's entries too (a backstop).
+            http.set_field_size_limit(limits::HEADER_MAP_BYTES);
+            table.set_max_capacity(limits::table_capacity(limits));
+        }
+        let state = CallState { wasi, http, table, hooks, guard, stderr };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.guard);
+        // The state, not the guard alone: what the host holds counts too (`limits`).
+        store.limiter(|state| state);
         if self.limits.is_some() {
             // Every tick: past the deadline the guest traps; before it, it yields so a
             // busy component never holds an executor thread for more than one tick.
@@ -274,6 +283,14 @@ impl Runtime {
             store.epoch_deadline_callback(|mut context| match context.data_mut().guard.check_time() {
                 Ok(()) => Ok(wasmtime::UpdateDeadline::Yield(1)),
                 Err(exceeded) => Err(wasmtime::Error::new(exceeded)),
+            });
+            // Whatever a host call left the host holding for the component is measured
+            // before the guest runs on: past the memory limit, the call traps there.
+            store.call_hook(|mut context, hook| match hook {
+                wasmtime::CallHook::ReturningFromHost => {
+                    limits::after_host_call(context.data_mut()).map_err(wasmtime::Error::new)
+                }
+                _ => Ok(()),
             });
         }
         match linked.instantiate_async(&mut store).await {
@@ -321,6 +338,18 @@ fn trap_error(component: &str, store: &mut Store<CallState>, error: wasmtime::Er
     }
     if let Some(exceeded) = error.downcast_ref::<LimitExceeded>() {
         return CallError::Limit(exceeded.clone());
+    }
+    if let Some(exceeded) = LimitExceeded::from_http_trap(component, &error) {
+        exceeded.warn();
+        return CallError::Limit(exceeded);
+    }
+    // A host call that found the resource table full traps with wasmtime's words; every
+    // entry counts toward the memory limit, so that is the limit broken.
+    let state = store.data_mut();
+    let capacity = state.table.max_capacity();
+    let held = limits::HostHeld::measure(&mut state.table, state.hooks.in_flight_bytes());
+    if state.guard.is_limited() && held.entries() >= capacity as u64 {
+        return CallError::Limit(state.guard.table_full(held, capacity));
     }
     let said = store
         .data()

@@ -771,12 +771,52 @@ pub struct ComponentHooks {
     component: String,
     egress: Option<Arc<Egress>>,
     tally: Arc<Mutex<CallTally>>,
+    /// Bytes the host holds for the call's requests in flight: counted toward the
+    /// call's memory limit (`runtime::limits::HostHeld`).
+    in_flight_bytes: Arc<AtomicU64>,
+}
+
+/// Largest write into an outgoing body the host accepts (`wasi:http` buffers one such
+/// chunk and one more): no request may carry a body anyway, so a component cannot park
+/// memory in body buffers.
+pub const OUTGOING_BODY_CHUNK_BYTES: usize = 4096;
+
+/// Bytes of one request in flight, counted in its call's total until dropped.
+struct InFlightCharge {
+    total: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl InFlightCharge {
+    fn new(total: &Arc<AtomicU64>, bytes: u64) -> Self {
+        total.fetch_add(bytes, Ordering::Relaxed);
+        Self { total: total.clone(), bytes }
+    }
+}
+
+impl Drop for InFlightCharge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What the host holds for a request from the component until it is answered or
+/// refused: its URI, its headers and the state of the send (`state` bytes).
+fn request_bytes(request: &http::Request<WasiBody>, state: usize) -> u64 {
+    let uri = request.uri().to_string().len();
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 64).sum();
+    (state + uri + headers + 2 * OUTGOING_BODY_CHUNK_BYTES) as u64
 }
 
 impl ComponentHooks {
     /// Hooks for a call of `component` with the egress of an offering.
     pub fn new(component: &str, egress: Option<Arc<Egress>>) -> Self {
-        Self { component: component.to_owned(), egress, tally: Arc::default() }
+        Self { component: component.to_owned(), egress, tally: Arc::default(), in_flight_bytes: Arc::default() }
+    }
+
+    /// Bytes the host holds now for the call's requests in flight.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_bytes.load(Ordering::Relaxed)
     }
 
     /// The component these hooks serve, for messages and its log lines.
@@ -823,6 +863,16 @@ impl WasiHttpHooks for ComponentHooks {
         false
     }
 
+    /// No request may carry a body: what a component writes into one is buffered in
+    /// small chunks, counted toward its memory (`runtime::limits::HostHeld`).
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
@@ -832,11 +882,12 @@ impl WasiHttpHooks for ComponentHooks {
         let egress = self.egress.clone();
         let component = self.component.clone();
         let tally = self.tally.clone();
-        Box::new(async move {
+        let url = shown_uri(request.uri());
+        let head = request_bytes(&request, 0);
+        let send = async move {
             let Some(egress) = egress else {
                 return Err(HttpError::HttpRequestDenied);
             };
-            let url = shown_uri(request.uri());
             match egress.send_for(&component, request, &tally).await {
                 Ok(response) => {
                     let done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send> =
@@ -850,6 +901,13 @@ impl WasiHttpHooks for ComponentHooks {
                     Err(error.to_wasi())
                 }
             }
+        };
+        // Counted until the answer's head is in (the body then holds an in-flight slot,
+        // bounded per offering) or the request is refused.
+        let charge = InFlightCharge::new(&self.in_flight_bytes, head + std::mem::size_of_val(&send) as u64);
+        Box::new(async move {
+            let _charge = charge;
+            send.await
         })
     }
 }
