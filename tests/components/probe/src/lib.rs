@@ -40,6 +40,10 @@
 //!   answer unread; the value counts the answers (any status). Says on stderr what came back
 //!   (`probe: flood: 1000 answered (HTTP 200 1000), 4000 failed (HttpRequestDenied 4000)`).
 //! - `retry-storm`: `flood`, against an upstream that answers 503 to everything.
+//! - `headers`: builds `count` header maps, each with `values` values of `bytes` bytes
+//!   (a map past the host's size limit traps), and holds them all; with
+//!   `path_bytes` each map goes into a request, never sent, whose path is that long.
+//!   The value counts the maps; stderr says how far it got every 500 maps.
 //!
 //! `describe` answers what a real component does, unless the build sets
 //! `PROBE_DESCRIBE` to one of the broken descriptions of `describe_variant` (the e2e
@@ -136,6 +140,36 @@ mod component {
     fn variant(debug: &str) -> String {
         let name = debug.split(['(', ' ', '{']).next().unwrap_or(debug);
         name.rsplit("::").next().unwrap_or(name).to_owned()
+    }
+
+    /// Header maps (or unsent requests holding them) built and held, as `headers` says.
+    fn held_headers(settings: &serde_json::Value) -> Result<f64, wit::BackendError> {
+        let count = number(settings, "count") as usize;
+        let value = vec![b'v'; number(settings, "bytes").max(1.0) as usize];
+        let path_bytes = number(settings, "path_bytes") as usize;
+        let values = number(settings, "values") as usize;
+        let path = format!("/{}", "p".repeat(path_bytes));
+        let mut maps = Vec::new();
+        let mut requests = Vec::new();
+        for i in 0..count {
+            let fields = Fields::new();
+            for v in 0..values {
+                fields
+                    .append(&format!("x-probe-{v}"), &value)
+                    .map_err(|e| wit::BackendError::Transport(format!("header refused: {e:?}")))?;
+            }
+            if path_bytes > 0 {
+                let request = OutgoingRequest::new(fields);
+                let _ = request.set_path_with_query(Some(&path));
+                requests.push(request);
+            } else {
+                maps.push(fields);
+            }
+            if i % 500 == 0 {
+                eprintln!("probe: headers: {i} held");
+            }
+        }
+        Ok((maps.len() + requests.len()) as f64)
     }
 
     /// About `mib` MiB of per-user usage on the first resource.
@@ -469,6 +503,7 @@ mod component {
                 "bad-numbers" => return Ok(bad_numbers(&component, resources)),
                 "contract" => return Ok(contract(&component, resources)),
                 "forged-text" => return forged_text(&settings, &component, resources),
+                "headers" => held_headers(&settings)?,
                 "flood" | "retry-storm" => flood(text(&settings, "url"), number(&settings, "count") as usize)?,
                 "deny-flood" => {
                     let mut failed = 0;
