@@ -576,10 +576,11 @@ async fn a_value_filed_under_another_month_stops_the_run_with_the_likely_cause()
     assert!(summary.has_failures(), "{summary}");
     let error = summary.errors.iter().find(|e| e.contains("not under billing period")).cloned().unwrap_or_default();
     assert!(error.contains("ignores `date`") && error.contains("Pacific/Kiritimati"), "{:?}", summary.errors);
-    // January's writes went to December; once seen, no later month is written (March
-    // never; February only if it was already in flight beside January).
+    // January's writes go to December, February's to January; January and February are
+    // in flight together and either may be read back first. Once one is seen, nothing
+    // more is written: March (which would land in February) never.
     let periods: std::collections::BTreeSet<String> =
         world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
-    assert!(periods.contains("2023-12-01") && periods.iter().all(|p| p.as_str() < "2024-02-01"), "{periods:?}");
+    assert!(!periods.is_empty() && periods.iter().all(|p| p.as_str() < "2024-02-01"), "{periods:?}");
     Ok(())
 }
