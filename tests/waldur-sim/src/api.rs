@@ -838,11 +838,11 @@ fn list_usages(state: &mut State, ctx: &Ctx) -> Reply {
             rows.sort_by_cached_key(|&row| usages[row].order_key(row));
             rows.into()
         }
-        None => state.usages_in_order(offering.as_deref(), period),
+        None => state.usages_in_order(offering.as_deref(), period, ctype.as_deref()),
     };
     let state = &*state;
     let usages = state.usages();
-    let exact = resource.is_none() && year.is_none() && month.is_none() && ctype.is_none();
+    let exact = resource.is_none() && year.is_none() && month.is_none();
     let keep = |row: usize| {
         let u = &usages[row];
         matches(&resource, &u.resource_uuid)
@@ -883,11 +883,11 @@ fn list_user_usages(state: &mut State, ctx: &Ctx) -> Reply {
             rows.sort_by_cached_key(|&row| usages[user_usages[row].parent].order_key(row));
             rows.into()
         }
-        None => state.user_usages_in_order(offering.as_deref(), period),
+        None => state.user_usages_in_order(offering.as_deref(), period, ctype.as_deref()),
     };
     let state = &*state;
     let (usages, user_usages) = (state.usages(), state.user_usages());
-    let exact = resource.is_none() && year.is_none() && month.is_none() && ctype.is_none() && username.is_none();
+    let exact = resource.is_none() && year.is_none() && month.is_none() && username.is_none();
     let keep = |row: usize| {
         let uu = &user_usages[row];
         let p = &usages[uu.parent];

@@ -11,8 +11,10 @@
 //! that moves a row (a new `date`) removes and re-inserts its keys: O(log n).
 //!
 //! A listing is read page by page, and a `BTreeSet` cannot jump to the n-th key, so the
-//! first page of a bucket takes a snapshot of its rows that the following pages slice,
-//! until the next change of that table drops it.
+//! first page of a bucket takes a snapshot of its rows (of one component type, where the
+//! `type` filter asks) that the following pages slice, until the next change of that
+//! bucket drops it: a write into one month leaves a listing of another month alone, as
+//! an index leaves it alone in the real database.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -35,8 +37,9 @@ impl OrderKey {
     }
 }
 
-/// A bucket's filter values: offering and billing period, each optional.
-type BucketKey = (Option<String>, Option<Date>);
+/// A snapshot's filter values: offering, billing period and component type, each
+/// optional.
+type SnapshotKey = (Option<String>, Option<Date>, Option<String>);
 
 /// One table's rows in listing order, bucketed by offering and billing period, which
 /// never change for a row.
@@ -46,8 +49,8 @@ pub(crate) struct Ordered {
     by_offering: HashMap<String, BTreeSet<OrderKey>>,
     by_period: HashMap<Date, BTreeSet<OrderKey>>,
     by_offering_period: HashMap<(String, Date), BTreeSet<OrderKey>>,
-    /// Rows of the buckets listed since the last change, by (offering, period).
-    snapshots: HashMap<BucketKey, Arc<[usize]>>,
+    /// Rows of the buckets listed since their last change.
+    snapshots: HashMap<SnapshotKey, Arc<[usize]>>,
 }
 
 /// An empty bucket, for filters nothing matches.
@@ -55,7 +58,7 @@ static EMPTY: BTreeSet<OrderKey> = BTreeSet::new();
 
 impl Ordered {
     pub(crate) fn insert(&mut self, offering: &str, period: Date, key: OrderKey) {
-        self.snapshots.clear();
+        self.changed(offering, period);
         self.by_offering.entry(offering.to_owned()).or_default().insert(key.clone());
         self.by_period.entry(period).or_default().insert(key.clone());
         self.by_offering_period.entry((offering.to_owned(), period)).or_default().insert(key.clone());
@@ -64,7 +67,7 @@ impl Ordered {
 
     /// Removes `key`; buckets stay allocated (offerings and periods are few).
     pub(crate) fn remove(&mut self, offering: &str, period: Date, key: &OrderKey) {
-        self.snapshots.clear();
+        self.changed(offering, period);
         self.all.remove(key);
         if let Some(set) = self.by_offering.get_mut(offering) {
             set.remove(key);
@@ -77,14 +80,31 @@ impl Ordered {
         }
     }
 
-    /// The rows of `offering` and `period` (either may be unfiltered), in order; kept
-    /// until the next change so that the pages of one listing do not walk the set again.
-    pub(crate) fn snapshot(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
-        let key: BucketKey = (offering.map(str::to_owned), period);
+    /// Drops the snapshots that hold rows of `offering` and `period`.
+    fn changed(&mut self, offering: &str, period: Date) {
+        self.snapshots
+            .retain(|(o, p, _), _| o.as_deref().is_some_and(|o| o != offering) || p.is_some_and(|p| p != period));
+    }
+
+    /// The rows of `offering`, `period` and `component_type` (each may be unfiltered), in
+    /// order; kept until the next change of their bucket so that the pages of one listing
+    /// do not walk the set again.
+    pub(crate) fn snapshot(
+        &mut self,
+        offering: Option<&str>,
+        period: Option<Date>,
+        component_type: Option<&str>,
+    ) -> Arc<[usize]> {
+        let key: SnapshotKey = (offering.map(str::to_owned), period, component_type.map(str::to_owned));
         if let Some(rows) = self.snapshots.get(&key) {
             return Arc::clone(rows);
         }
-        let rows: Arc<[usize]> = self.bucket(offering, period).iter().map(|k| k.row).collect();
+        let rows: Arc<[usize]> = self
+            .bucket(offering, period)
+            .iter()
+            .filter(|k| component_type.is_none_or(|t| &*k.component_type == t))
+            .map(|k| k.row)
+            .collect();
         self.snapshots.insert(key, Arc::clone(&rows));
         rows
     }
@@ -152,15 +172,36 @@ mod tests {
         let march = Date::new(2024, 3, 1).expect("date");
         let mut ordered = Ordered::default();
         ordered.insert("o1", march, OrderKey::new(at(5), &t, 0));
-        let first = ordered.snapshot(Some("o1"), None);
+        let first = ordered.snapshot(Some("o1"), None, None);
         assert_eq!(&*first, [0]);
-        assert!(Arc::ptr_eq(&first, &ordered.snapshot(Some("o1"), None)));
-        assert_eq!(&*ordered.snapshot(Some("o2"), Some(march)), [] as [usize; 0]);
+        assert!(Arc::ptr_eq(&first, &ordered.snapshot(Some("o1"), None, None)));
+        assert_eq!(&*ordered.snapshot(Some("o2"), Some(march), None), [] as [usize; 0]);
 
         ordered.insert("o1", march, OrderKey::new(at(6), &t, 1));
-        assert_eq!(&*ordered.snapshot(Some("o1"), None), [1, 0]);
+        assert_eq!(&*ordered.snapshot(Some("o1"), None, None), [1, 0]);
         assert_eq!(&*first, [0], "a page being served keeps its snapshot");
         ordered.remove("o1", march, &OrderKey::new(at(5), &t, 0));
-        assert_eq!(&*ordered.snapshot(Some("o1"), Some(march)), [1]);
+        assert_eq!(&*ordered.snapshot(Some("o1"), Some(march), None), [1]);
+    }
+
+    #[test]
+    fn a_change_drops_only_the_snapshots_holding_its_bucket() {
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let (march, april) = (Date::new(2024, 3, 1).expect("date"), Date::new(2024, 4, 1).expect("date"));
+        let mut ordered = Ordered::default();
+        ordered.insert("o1", march, OrderKey::new(at(5), &a, 0));
+        ordered.insert("o1", march, OrderKey::new(at(5), &b, 1));
+        let of_type_a = ordered.snapshot(Some("o1"), Some(march), Some("a"));
+        assert_eq!(&*of_type_a, [0]);
+        assert_eq!(&*ordered.snapshot(Some("o1"), Some(march), Some("b")), [1]);
+        let everything = ordered.snapshot(None, None, None);
+        // April's write leaves March's listings alone, not the unfiltered one.
+        ordered.insert("o1", april, OrderKey::new(at(9), &a, 2));
+        assert!(Arc::ptr_eq(&of_type_a, &ordered.snapshot(Some("o1"), Some(march), Some("a"))));
+        assert!(!Arc::ptr_eq(&everything, &ordered.snapshot(None, None, None)));
+        assert_eq!(&*ordered.snapshot(None, None, None), [2, 0, 1]);
+        // A write into March drops them.
+        ordered.insert("o1", march, OrderKey::new(at(6), &a, 3));
+        assert_eq!(&*ordered.snapshot(Some("o1"), Some(march), Some("a")), [3, 0]);
     }
 }

@@ -423,13 +423,24 @@ impl State {
     }
 
     /// Rows of component usages in listing order, of an offering and/or billing period.
-    pub(crate) fn usages_in_order(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
-        self.usage_order.snapshot(offering, period)
+    pub(crate) fn usages_in_order(
+        &mut self,
+        offering: Option<&str>,
+        period: Option<Date>,
+        component_type: Option<&str>,
+    ) -> Arc<[usize]> {
+        self.usage_order.snapshot(offering, period, component_type)
     }
 
-    /// Rows of per-user usages in listing order, of an offering and/or billing period.
-    pub(crate) fn user_usages_in_order(&mut self, offering: Option<&str>, period: Option<Date>) -> Arc<[usize]> {
-        self.user_usage_order.snapshot(offering, period)
+    /// Rows of per-user usages in listing order, of an offering, billing period and/or
+    /// (their component usage's) component type.
+    pub(crate) fn user_usages_in_order(
+        &mut self,
+        offering: Option<&str>,
+        period: Option<Date>,
+        component_type: Option<&str>,
+    ) -> Arc<[usize]> {
+        self.user_usage_order.snapshot(offering, period, component_type)
     }
 
     /// Creates or updates the usage of (resource, type, period); returns its row.
