@@ -518,18 +518,32 @@ impl OfferingBackend {
     }
 
     /// Runs one export on a fresh instance within the call limits (see
-    /// [`Runtime::call_export`]), with the offering's egress.
+    /// [`Runtime::call_export`]), with the offering's egress, on a task of its own: guest
+    /// code holds a thread for up to an epoch tick at a time, and the caller's task (a
+    /// sync run with its Waldur writes) goes on meanwhile on another. Dropping the
+    /// returned future stops the call, as before.
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
-        T: ResultSize + Lifted,
+        T: ResultSize + Lifted + Send + 'static,
         F: for<'a> FnOnce(
-            &'a wit::Guest,
-            &'a mut Store<CallState>,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
-        >,
+                &'a wit::Guest,
+                &'a mut Store<CallState>,
+            ) -> std::pin::Pin<
+                Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
+            > + Send
+            + 'static,
     {
-        self.runtime.call_export(&self.backend, Some(self.egress.clone()), call).await
+        let this = self.clone();
+        let run = async move { this.runtime.call_export(&this.backend, Some(this.egress.clone()), call).await };
+        let task = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::instrument(
+            run,
+            tracing::Span::current(),
+        )));
+        match task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(CallError::Sandbox(anyhow::anyhow!("component call stopped: {error}"))),
+        }
     }
 
     /// Validates the offering's config with the component; makes no request.

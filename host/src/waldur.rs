@@ -312,6 +312,24 @@ impl WaldurClient {
         .await
     }
 
+    /// Per-user usages of one component type of an offering in one billing period.
+    pub async fn component_type_user_usages(
+        &self,
+        offering_uuid: &str,
+        billing_period: &str,
+        component_type: &str,
+    ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
+        self.list(
+            "marketplace-component-user-usages/",
+            &[
+                ("offering_uuid", offering_uuid),
+                ("component_usage__billing_period", billing_period),
+                ("type", component_type),
+            ],
+        )
+        .await
+    }
+
     /// Per-user usages of one resource in one billing period.
     pub async fn resource_user_usages(
         &self,

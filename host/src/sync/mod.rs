@@ -7,8 +7,11 @@
 //! ([`plan`]), the writes, and a read-back: what Waldur then lists for the month must
 //! be what was written, or the run stops writing past months and says why. Per-user
 //! usage follows the same way. Months overlap ([`MONTHS_IN_FLIGHT`]) and share one
-//! bound on writes in flight, so the write slots stay busy while a month waits for
-//! its component call or a listing.
+//! bound on writes in flight, totals before per-user values and older months first
+//! ([`WriteKind::priority`]): while a month waits for a read-back, the others' writes
+//! keep the slots busy.
+//! Component calls run one at a time, in month order, so the first writes wait for one
+//! call, not for all of them.
 //!
 //! Writes land where they are meant or not at all: a past month is written only where
 //! Waldur honours `date` (asked once per Waldur, see
@@ -30,7 +33,8 @@ use anyhow::{Result, anyhow, bail};
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tokio::sync::{OnceCell, Semaphore};
+use priority_semaphore::PrioritySemaphore;
+use tokio::sync::OnceCell;
 
 pub use answer::{CheckedReport, check_usage};
 pub use plan::Zeros;
@@ -49,9 +53,10 @@ use crate::waldur::{
 /// Default bound on concurrent Waldur writes per offering.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
-/// Months worked on at the same time. Two keep the writes going while the next month
-/// waits for its component call and listings; more would only hold more answers.
-pub const MONTHS_IN_FLIGHT: usize = 2;
+/// Months worked on at the same time. While one month waits for a read-back the next
+/// writes; a third has its component answer ready when the first is done. More would
+/// only hold more answers in memory.
+pub const MONTHS_IN_FLIGHT: usize = 3;
 
 /// The clock, injectable so tests can stand on the 1st of a month.
 pub trait Clock: Send + Sync {
@@ -403,7 +408,8 @@ async fn setup<'a>(
         resources,
         // A failed listing here is asked again, and reported, where the links are used.
         links: OnceCell::new_with(links.map(link_map)),
-        permits: Semaphore::new(policy.concurrency.max(1)),
+        permits: Arc::new(PrioritySemaphore::new(policy.concurrency.max(1))),
+        calls: tokio::sync::Mutex::new(()),
         tally: Tally::default(),
         capabilities,
     })
@@ -515,8 +521,10 @@ struct Run<'a> {
     resources: Vec<Resource>,
     /// Offering users: username → URL, to link per-user usage; listed when first needed.
     links: OnceCell<HashMap<String, String>>,
-    /// Waldur writes in flight, across months.
-    permits: Semaphore,
+    /// Waldur writes in flight, across months, in the order of [`WriteKind::priority`].
+    permits: Arc<PrioritySemaphore>,
+    /// Held through a component call: one at a time, in the order months start.
+    calls: tokio::sync::Mutex<()>,
     tally: Tally,
     capabilities: Arc<Capabilities>,
 }
@@ -610,10 +618,11 @@ impl Run<'_> {
             .collect();
         let billing_period = month.first_day().to_string();
         // The component call and the listing of what Waldur holds are independent.
-        let (report, stored) = tokio::join!(
-            self.backend.usage_report(requested, month.billing_period()),
-            self.list_totals(&billing_period)
-        );
+        let call = async {
+            let _turn = self.calls.lock().await;
+            self.backend.usage_report(requested, month.billing_period()).await
+        };
+        let (report, stored) = tokio::join!(call, self.list_totals(&billing_period));
         let report = match report {
             Ok(report) => report,
             Err(error) => {
@@ -648,46 +657,43 @@ impl Run<'_> {
             }
         };
         let rules = self.policy.rules();
-        let mut slots: Vec<Slot<'_>> = self
-            .resources
-            .iter()
-            .map(|resource| {
-                let backend_id = resource.backend_id.as_deref().unwrap_or_default();
-                let mut slot = Slot {
-                    resource,
-                    backend_id,
-                    usage: None,
-                    send: Vec::new(),
-                    creates: false,
-                    outcome: Outcome::Unchanged,
-                    totals_in_place: false,
-                };
-                match checked.usage(backend_id) {
-                    Err(reason) => {
-                        self.tally.errors.push_resource(
-                            backend_id,
-                            format!("offering {name} {month}: resource {backend_id}: {reason}"),
-                        );
-                        slot.outcome = Outcome::Failed;
-                    }
-                    Ok(usage) => {
-                        slot.usage = Some(usage);
-                        if !usage.found {
-                            slot.outcome = Outcome::Absent;
-                        }
-                        let held = |component: &str| {
-                            stored.get(&(resource.uuid.clone(), component.to_owned())).map(|u| u.amount)
-                        };
-                        let plan = plan::plan_totals(usage, &self.offered, held, rules, month == self.current);
-                        for (component, kept) in &plan.kept {
-                            tracing::warn!(resource = backend_id, component = %component, stored = %kept, "absent upstream; keeping the stored value");
-                        }
-                        (slot.send, slot.creates) = (plan.send, plan.creates);
-                    }
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(self.resources.len());
+        let mut pace = Pace::new();
+        for resource in &self.resources {
+            let backend_id = resource.backend_id.as_deref().unwrap_or_default();
+            let mut slot = Slot {
+                resource,
+                backend_id,
+                usage: None,
+                send: Vec::new(),
+                creates: false,
+                outcome: Outcome::Unchanged,
+                totals_in_place: false,
+            };
+            match checked.usage(backend_id) {
+                Err(reason) => {
+                    self.tally
+                        .errors
+                        .push_resource(backend_id, format!("offering {name} {month}: resource {backend_id}: {reason}"));
+                    slot.outcome = Outcome::Failed;
                 }
-                slot
-            })
-            .collect();
+                Ok(usage) => {
+                    slot.usage = Some(usage);
+                    if !usage.found {
+                        slot.outcome = Outcome::Absent;
+                    }
+                    let held =
+                        |component: &str| stored.get(&(resource.uuid.clone(), component.to_owned())).map(|u| u.amount);
+                    let plan = plan::plan_totals(usage, &self.offered, held, rules, month == self.current);
+                    for (component, kept) in &plan.kept {
+                        tracing::warn!(resource = backend_id, component = %component, stored = %kept, "absent upstream; keeping the stored value");
+                    }
+                    (slot.send, slot.creates) = (plan.send, plan.creates);
+                }
+            }
+            slots.push(slot);
+            pace.tick().await;
+        }
         let wants_writes = slots.iter().any(|s| s.outcome != Outcome::Failed && !s.send.is_empty())
             || (self.policy.user_usage
                 && slots.iter().any(|s| s.usage.is_some_and(|u| u.found && !u.users.is_empty())));
@@ -752,23 +758,30 @@ impl Run<'_> {
         Ok(list.into_iter().map(|u| ((u.resource_uuid.clone(), u.component_type.clone()), u)).collect())
     }
 
-    async fn list_users(&self, billing_period: &str) -> Result<StoredUsers, WaldurError> {
-        let list = self.target.waldur.component_user_usages(&self.target.offering_uuid, billing_period).await?;
+    /// The month's per-user usages, of one component type or of all.
+    async fn list_users(&self, billing_period: &str, component: Option<&str>) -> Result<StoredUsers, WaldurError> {
+        let (waldur, offering) = (&self.target.waldur, &self.target.offering_uuid);
+        let list = match component {
+            Some(component) => waldur.component_type_user_usages(offering, billing_period, component).await?,
+            None => waldur.component_user_usages(offering, billing_period).await?,
+        };
         let mut stored = StoredUsers::new();
+        let mut pace = Pace::new();
         for usage in list {
             stored.entry(usage.component_usage_uuid().to_owned()).or_default().insert(usage.username.clone(), usage);
+            pace.tick().await;
         }
         Ok(stored)
     }
 
     /// Runs one write under the bound on writes in flight, unless the run was asked to
     /// stop or the month can no longer be written safely.
-    async fn guarded<F, Fut>(&self, month: Month, write: F) -> Result<(), WriteError>
+    async fn guarded<F, Fut>(&self, month: Month, kind: WriteKind, write: F) -> Result<(), WriteError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), WaldurError>>,
     {
-        let _permit = self.permits.acquire().await;
+        let _permit = self.permits.acquire(kind.priority(month)).await;
         if self.stop.is_stopped() {
             return Err(WriteError::Skipped);
         }
@@ -797,7 +810,9 @@ impl Run<'_> {
                     return (index, Ok(()));
                 }
                 let waldur = &self.target.waldur;
-                let result = self.guarded(month, || waldur.set_usage(&slot.resource.uuid, &slot.send, date)).await;
+                let result = self
+                    .guarded(month, WriteKind::Totals, || waldur.set_usage(&slot.resource.uuid, &slot.send, date))
+                    .await;
                 (index, result)
             },
         );
@@ -957,7 +972,7 @@ impl Run<'_> {
         // month's writes, there is nothing to read.
         let eligible_uuids: HashSet<&str> = eligible.iter().map(|&i| slots[i].resource.uuid.as_str()).collect();
         let stored_users = if before.keys().any(|(resource, _)| eligible_uuids.contains(resource.as_str())) {
-            match self.list_users(billing_period).await {
+            match self.list_users(billing_period, None).await {
                 Ok(users) => users,
                 Err(error) => {
                     return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}"));
@@ -975,7 +990,9 @@ impl Run<'_> {
         let can_relink = self.capabilities.bulk_user_usages.get().copied().unwrap_or(true);
         let mut jobs = Vec::new();
         let mut unfixable = 0;
+        let mut pace = Pace::new();
         for &index in &eligible {
+            pace.tick().await;
             let slot = &slots[index];
             let Some(usage) = slot.usage else { continue };
             let measured = plan::measured_users(usage, &self.offered);
@@ -1029,25 +1046,44 @@ impl Run<'_> {
             }
             return;
         }
-        let writes = jobs.iter().map(|job| async move { (job, self.write_users(month, job, date).await) });
-        let results = futures::future::join_all(writes).await;
-        let mut written = Vec::new();
-        for (job, result) in results {
-            let slot = &mut slots[job.slot];
-            match result {
-                Ok(()) => {
-                    slot.worsen(Outcome::Submitted);
-                    written.push(job);
-                }
-                Err(error) => {
-                    let what = format!("per-user usage of {}", job.component);
-                    let outcome = self.write_failed(slot.resource, month, &what, error);
-                    slot.worsen(outcome);
+        // Written component by component, and each component's values read back as soon
+        // as they are in (while the next component's are written), so that only the last
+        // component's read-back waits for the month's last write.
+        let by_component: Vec<(&String, Vec<&UserJob>)> = self
+            .target
+            .components()
+            .map(|component| (component, jobs.iter().filter(|job| &job.component == component).collect()))
+            .filter(|(_, jobs): &(&String, Vec<&UserJob>)| !jobs.is_empty())
+            .collect();
+        let groups = by_component.iter().map(|(component, jobs)| async move {
+            let writes = jobs.iter().map(|&job| async move { (job, self.write_users(month, job, date).await) });
+            let results = futures::future::join_all(writes).await;
+            let listed = if results.iter().any(|(_, result)| result.is_ok()) {
+                Some(self.list_users(billing_period, Some(component.as_str())).await)
+            } else {
+                None
+            };
+            (results, listed)
+        });
+        for (results, listed) in futures::future::join_all(groups).await {
+            let mut written = Vec::new();
+            for (job, result) in results {
+                let slot = &mut slots[job.slot];
+                match result {
+                    Ok(()) => {
+                        slot.worsen(Outcome::Submitted);
+                        written.push(job);
+                    }
+                    Err(error) => {
+                        let what = format!("per-user usage of {}", job.component);
+                        let outcome = self.write_failed(slot.resource, month, &what, error);
+                        slot.worsen(outcome);
+                    }
                 }
             }
-        }
-        if !written.is_empty() {
-            self.read_back_users(month, slots, &written, billing_period).await;
+            if let Some(listed) = listed {
+                self.check_users(month, slots, &written, listed, billing_period);
+            }
         }
     }
 
@@ -1055,7 +1091,9 @@ impl Run<'_> {
     /// this Waldur has no bulk endpoint (learnt from its 404 or 405, once per Waldur).
     async fn write_users(&self, month: Month, job: &UserJob, date: &str) -> Result<(), WriteError> {
         let waldur = &self.target.waldur;
-        let bulk_write = || self.guarded(month, || waldur.set_user_usages(&job.component_usage, &job.usages, date));
+        let bulk_write = || {
+            self.guarded(month, WriteKind::Users, || waldur.set_user_usages(&job.component_usage, &job.usages, date))
+        };
         // Until one bulk write has been answered, writes try it one at a time, so a
         // Waldur without the endpoint sees one 404, not one per write in flight.
         let this_one = AtomicBool::new(false);
@@ -1089,17 +1127,25 @@ impl Run<'_> {
             return Ok(());
         }
         for usage in &job.usages {
-            self.guarded(month, || waldur.set_user_usage(&job.component_usage, usage, date)).await?;
+            self.guarded(month, WriteKind::Users, || waldur.set_user_usage(&job.component_usage, usage, date)).await?;
             self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
             self.tally.user_values.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Lists the month's per-user usages again and checks every value written.
-    async fn read_back_users(&self, month: Month, slots: &mut [Slot<'_>], written: &[&UserJob], billing_period: &str) {
+    /// Checks every value written against what Waldur lists for the month after the
+    /// writes.
+    fn check_users(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        written: &[&UserJob],
+        listed: Result<StoredUsers, WaldurError>,
+        billing_period: &str,
+    ) {
         let name = &self.target.name;
-        let listed = match self.list_users(billing_period).await {
+        let listed = match listed {
             Ok(listed) => listed,
             Err(error) => {
                 self.tally.errors.push(format!("offering {name} {month}: cannot read back per-user usage: {error}"));
@@ -1130,6 +1176,50 @@ impl Run<'_> {
                 wrong.len(),
                 wrong[0]
             ));
+        }
+    }
+}
+
+/// How long a loop of the run may hold its thread before it lets the run's other
+/// futures go on.
+const PACE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Yields in long loops: a run is one task, so a loop over thousands of rows that never
+/// yields holds every write waiting for a slot, and the slots stand idle meanwhile.
+struct Pace(Instant);
+
+impl Pace {
+    fn new() -> Self {
+        Self(Instant::now())
+    }
+
+    async fn tick(&mut self) {
+        if self.0.elapsed() >= PACE {
+            tokio::task::yield_now().await;
+            self.0 = Instant::now();
+        }
+    }
+}
+
+/// What a write sets, which decides its turn for a write slot.
+#[derive(Debug, Clone, Copy)]
+enum WriteKind {
+    Totals,
+    Users,
+}
+
+impl WriteKind {
+    /// Totals first, then older months first. A month's totals are followed by its
+    /// read-back before its per-user writes can start; with other totals and per-user
+    /// writes waiting, those fill the slots meanwhile, so only the head and the last
+    /// read-back of a run leave them idle.
+    fn priority(self, month: Month) -> priority_semaphore::Priority {
+        let day = month.first_day();
+        let age = -(i32::from(day.year()) * 12 + i32::from(day.month()));
+        match self {
+            WriteKind::Totals => age,
+            // Below every month's totals: years up to 9999 give ages above -120,000.
+            WriteKind::Users => age - 1_000_000,
         }
     }
 }

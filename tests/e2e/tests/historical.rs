@@ -197,10 +197,10 @@ async fn three_months_with_user_usage() -> Result<()> {
     // `date`), one bulk per-user write per component usage.
     assert_eq!((counts.set_usage, counts.set_user_usages, counts.set_user_usage), (13, 24, 0), "{counts:?}");
     // Two listings a month (what is held, then the read-back, which also has the new
-    // usages' UUIDs), none per user; nothing held before, so the only per-user listing
-    // is the read-back.
+    // usages' UUIDs), none per user; nothing held before, so the only per-user listings
+    // are the read-backs, one per component and month.
     assert_eq!(counts.route("GET /api/marketplace-component-usages/"), 6, "{counts:?}");
-    assert_eq!(counts.route("GET /api/marketplace-component-user-usages/"), 3, "{counts:?}");
+    assert_eq!(counts.route("GET /api/marketplace-component-user-usages/"), 6, "{counts:?}");
     assert_eq!(counts.route("GET /api/marketplace-offering-users/"), 1, "{counts:?}");
     assert_eq!(counts.route("GET /api/users/me/"), 1, "{counts:?}");
     Ok(())
