@@ -305,29 +305,20 @@ impl WaldurClient {
         offering_uuid: &str,
         billing_period: &str,
     ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
-        self.list(
-            "marketplace-component-user-usages/",
-            &[("offering_uuid", offering_uuid), ("component_usage__billing_period", billing_period)],
-        )
-        .await
+        self.offering_user_usages(offering_uuid, billing_period, None).await
     }
 
-    /// Per-user usages of one component type of an offering in one billing period.
-    pub async fn component_type_user_usages(
+    /// Per-user usages of an offering in one billing period, of one component type (the
+    /// type of their component usage) or of all.
+    pub async fn offering_user_usages(
         &self,
         offering_uuid: &str,
         billing_period: &str,
-        component_type: &str,
+        component_type: Option<&str>,
     ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
-        self.list(
-            "marketplace-component-user-usages/",
-            &[
-                ("offering_uuid", offering_uuid),
-                ("component_usage__billing_period", billing_period),
-                ("type", component_type),
-            ],
-        )
-        .await
+        let mut query = vec![("offering_uuid", offering_uuid), ("component_usage__billing_period", billing_period)];
+        query.extend(component_type.map(|t| ("type", t)));
+        self.list("marketplace-component-user-usages/", &query).await
     }
 
     /// Per-user usages of one resource in one billing period.

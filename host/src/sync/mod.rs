@@ -760,11 +760,8 @@ impl Run<'_> {
 
     /// The month's per-user usages, of one component type or of all.
     async fn list_users(&self, billing_period: &str, component: Option<&str>) -> Result<StoredUsers, WaldurError> {
-        let (waldur, offering) = (&self.target.waldur, &self.target.offering_uuid);
-        let list = match component {
-            Some(component) => waldur.component_type_user_usages(offering, billing_period, component).await?,
-            None => waldur.component_user_usages(offering, billing_period).await?,
-        };
+        let list =
+            self.target.waldur.offering_user_usages(&self.target.offering_uuid, billing_period, component).await?;
         let mut stored = StoredUsers::new();
         let mut pace = Pace::new();
         for usage in list {
