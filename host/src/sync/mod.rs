@@ -54,9 +54,9 @@ use crate::waldur::{
 pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// Months worked on at the same time. While one month waits for a read-back the next
-/// writes; a third has its component answer ready when the first is done. More would
-/// only hold more answers in memory.
-pub const MONTHS_IN_FLIGHT: usize = 3;
+/// writes. Not more: the months in flight are what can be written before a read-back
+/// finds a value filed under another month and stops past-month writes.
+pub const MONTHS_IN_FLIGHT: usize = 2;
 
 /// The clock, injectable so tests can stand on the 1st of a month.
 pub trait Clock: Send + Sync {
