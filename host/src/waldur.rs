@@ -6,7 +6,7 @@
 //! 502/503/504. Every error names the method, endpoint, status and Waldur's message.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -163,6 +163,9 @@ pub struct Capabilities {
     /// Whether the bulk `set_user_usages` exists: known from its first answer (a 404
     /// or 405 says no: Waldur 7 has only the singular `set_user_usage`).
     pub bulk_user_usages: tokio::sync::OnceCell<bool>,
+    /// The page size this Waldur serves for [`PAGE_SIZE`] (0 until a listing of more
+    /// than one page has shown it), so a read-back can ask for all its pages at once.
+    page_size: AtomicUsize,
 }
 
 /// The capabilities of every Waldur API URL this process has talked to.
@@ -279,9 +282,21 @@ impl WaldurClient {
         offering_uuid: &str,
         billing_period: &str,
     ) -> Result<Vec<ComponentUsage>, WaldurError> {
-        self.list(
+        self.component_usages_expecting(offering_uuid, billing_period, 0).await
+    }
+
+    /// [`Self::component_usages`] when at least `expected` rows are known to be there
+    /// (a read-back of what was just written): their pages are asked for at once.
+    pub async fn component_usages_expecting(
+        &self,
+        offering_uuid: &str,
+        billing_period: &str,
+        expected: usize,
+    ) -> Result<Vec<ComponentUsage>, WaldurError> {
+        self.list_expecting(
             "marketplace-component-usages/",
             &[("offering_uuid", offering_uuid), ("billing_period", billing_period)],
+            expected,
         )
         .await
     }
@@ -305,20 +320,22 @@ impl WaldurClient {
         offering_uuid: &str,
         billing_period: &str,
     ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
-        self.offering_user_usages(offering_uuid, billing_period, None).await
+        self.offering_user_usages(offering_uuid, billing_period, None, 0).await
     }
 
     /// Per-user usages of an offering in one billing period, of one component type (the
-    /// type of their component usage) or of all.
+    /// type of their component usage) or of all; `expected` as in
+    /// [`Self::component_usages_expecting`].
     pub async fn offering_user_usages(
         &self,
         offering_uuid: &str,
         billing_period: &str,
         component_type: Option<&str>,
+        expected: usize,
     ) -> Result<Vec<ComponentUserUsage>, WaldurError> {
         let mut query = vec![("offering_uuid", offering_uuid), ("component_usage__billing_period", billing_period)];
         query.extend(component_type.map(|t| ("type", t)));
-        self.list("marketplace-component-user-usages/", &query).await
+        self.list_expecting("marketplace-component-user-usages/", &query, expected).await
     }
 
     /// Per-user usages of one resource in one billing period.
@@ -398,42 +415,67 @@ impl WaldurClient {
         decode(&Method::GET, path, &body)
     }
 
-    /// All pages of a listing. When Waldur says how many items there are
-    /// (`X-Result-Count`), the remaining pages are fetched concurrently; otherwise the
-    /// `Link: rel="next"` chain is followed one page at a time.
+    /// All pages of a listing.
     async fn list<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<Vec<T>, WaldurError> {
+        self.list_expecting(path, query, 0).await
+    }
+
+    /// All pages of a listing known to hold at least `expected` rows (0: unknown). The
+    /// pages those rows fill (at the page size this Waldur served before) are asked for
+    /// together with the first; a page past the end, which Waldur answers 404, is
+    /// dropped. When Waldur says how many items there are (`X-Result-Count`) the pages
+    /// still missing are fetched concurrently; otherwise the `Link: rel="next"` chain is
+    /// followed one page at a time.
+    async fn list_expecting<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        expected: usize,
+    ) -> Result<Vec<T>, WaldurError> {
         let page_size = PAGE_SIZE.to_string();
         let mut with_page: Vec<(&str, &str)> = query.to_vec();
         with_page.push(("page_size", &page_size));
         let first_url = self.url(path, &with_page);
-        let (headers, body) = self.send(Method::GET, first_url.as_str(), None).await?;
+        let page_url = |page: usize| {
+            let mut url = first_url.clone();
+            url.query_pairs_mut().append_pair("page", &page.to_string());
+            url
+        };
+        let fetch = |page: usize| {
+            let url = page_url(page);
+            async move {
+                let (_, body) = self.send(Method::GET, url.as_str(), None).await?;
+                decode::<Vec<T>>(&Method::GET, path, &body)
+            }
+        };
+        let capabilities = self.capabilities();
+        let known_size = match capabilities.page_size.load(Ordering::Relaxed) {
+            0 => PAGE_SIZE as usize,
+            size => size,
+        };
+        let guessed = expected.div_ceil(known_size).max(1);
+        let early =
+            futures::stream::iter((2..=guessed).map(fetch)).buffered(LISTING_CONCURRENCY - 1).collect::<Vec<_>>();
+        let (first, early) = tokio::join!(self.send(Method::GET, first_url.as_str(), None), early);
+        let (headers, body) = first?;
         let mut items: Vec<T> = decode(&Method::GET, path, &body)?;
         let Some(next) = next_link(&headers) else {
             return Ok(items);
         };
         let total =
             headers.get("x-result-count").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<usize>().ok());
-        // The page size Waldur actually used (it may clamp ours).
+        // The page size Waldur actually used (it may clamp ours): the first page is full.
         let served = items.len();
         if let Some(total) = total
             && served > 0
         {
+            capabilities.page_size.store(served, Ordering::Relaxed);
             let pages = total.div_ceil(served);
-            let fetches = (2..=pages).map(|page| {
-                let mut url = first_url.clone();
-                let pairs: Vec<(String, String)> = url
-                    .query_pairs()
-                    .filter(|(k, _)| k != "page")
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect();
-                url.query_pairs_mut().clear().extend_pairs(pairs).append_pair("page", &page.to_string());
-                async move {
-                    let (_, body) = self.send(Method::GET, url.as_str(), None).await?;
-                    decode::<Vec<T>>(&Method::GET, path, &body)
-                }
-            });
-            let mut stream = futures::stream::iter(fetches).buffered(LISTING_CONCURRENCY);
-            while let Some(page) = futures::StreamExt::next(&mut stream).await {
+            for page in early.into_iter().take(pages.saturating_sub(1)) {
+                items.extend(page?);
+            }
+            let mut rest = futures::stream::iter((guessed + 1..=pages).map(fetch)).buffered(LISTING_CONCURRENCY);
+            while let Some(page) = rest.next().await {
                 items.extend(page?);
             }
             return Ok(items);

@@ -622,7 +622,7 @@ impl Run<'_> {
             let _turn = self.calls.lock().await;
             self.backend.usage_report(requested, month.billing_period()).await
         };
-        let (report, stored) = tokio::join!(call, self.list_totals(&billing_period));
+        let (report, stored) = tokio::join!(call, self.list_totals(&billing_period, 0));
         let report = match report {
             Ok(report) => report,
             Err(error) => {
@@ -740,7 +740,7 @@ impl Run<'_> {
         date: &str,
     ) -> bool {
         let written = self.write_totals(month, slots, date).await;
-        let relisted = if written { self.read_back_totals(month, slots, billing_period).await } else { None };
+        let relisted = if written { self.read_back_totals(month, slots, stored, billing_period).await } else { None };
         if !self.policy.user_usage {
             return !self.stop.is_stopped();
         }
@@ -753,15 +753,26 @@ impl Run<'_> {
         !self.stop.is_stopped()
     }
 
-    async fn list_totals(&self, billing_period: &str) -> Result<StoredTotals, WaldurError> {
-        let list = self.target.waldur.component_usages(&self.target.offering_uuid, billing_period).await?;
+    /// The month's component usages; `expected` is a lower bound on their number.
+    async fn list_totals(&self, billing_period: &str, expected: usize) -> Result<StoredTotals, WaldurError> {
+        let list =
+            self.target.waldur.component_usages_expecting(&self.target.offering_uuid, billing_period, expected).await?;
         Ok(list.into_iter().map(|u| ((u.resource_uuid.clone(), u.component_type.clone()), u)).collect())
     }
 
-    /// The month's per-user usages, of one component type or of all.
-    async fn list_users(&self, billing_period: &str, component: Option<&str>) -> Result<StoredUsers, WaldurError> {
-        let list =
-            self.target.waldur.offering_user_usages(&self.target.offering_uuid, billing_period, component).await?;
+    /// The month's per-user usages, of one component type or of all; `expected` is a
+    /// lower bound on their number.
+    async fn list_users(
+        &self,
+        billing_period: &str,
+        component: Option<&str>,
+        expected: usize,
+    ) -> Result<StoredUsers, WaldurError> {
+        let list = self
+            .target
+            .waldur
+            .offering_user_usages(&self.target.offering_uuid, billing_period, component, expected)
+            .await?;
         let mut stored = StoredUsers::new();
         let mut pace = Pace::new();
         for usage in list {
@@ -850,10 +861,18 @@ impl Run<'_> {
         &self,
         month: Month,
         slots: &mut [Slot<'_>],
+        before: &StoredTotals,
         billing_period: &str,
     ) -> Option<StoredTotals> {
         let name = &self.target.name;
-        let relisted = match self.list_totals(billing_period).await {
+        // What was there before, and what the writes created.
+        let created = slots
+            .iter()
+            .filter(|s| s.outcome == Outcome::Submitted)
+            .flat_map(|s| s.send.iter().map(move |(component, _)| (s, component)))
+            .filter(|(s, component)| !before.contains_key(&(s.resource.uuid.clone(), (*component).clone())))
+            .count();
+        let relisted = match self.list_totals(billing_period, before.len() + created).await {
             Ok(relisted) => relisted,
             Err(error) => {
                 self.tally.errors.push(format!("offering {name} {month}: cannot read back what was written: {error}"));
@@ -969,7 +988,7 @@ impl Run<'_> {
         // month's writes, there is nothing to read.
         let eligible_uuids: HashSet<&str> = eligible.iter().map(|&i| slots[i].resource.uuid.as_str()).collect();
         let stored_users = if before.keys().any(|(resource, _)| eligible_uuids.contains(resource.as_str())) {
-            match self.list_users(billing_period, None).await {
+            match self.list_users(billing_period, None, 0).await {
                 Ok(users) => users,
                 Err(error) => {
                     return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}"));
@@ -1052,25 +1071,27 @@ impl Run<'_> {
             .map(|component| (component, jobs.iter().filter(|job| &job.component == component).collect()))
             .filter(|(_, jobs): &(&String, Vec<&UserJob>)| !jobs.is_empty())
             .collect();
+        let stored_users = &stored_users;
         let groups = by_component.iter().map(|(component, jobs)| async move {
             let writes = jobs.iter().map(|&job| async move { (job, self.write_users(month, job, date).await) });
             let results = futures::future::join_all(writes).await;
-            let listed = if results.iter().any(|(_, result)| result.is_ok()) {
-                Some(self.list_users(billing_period, Some(component.as_str())).await)
-            } else {
+            let written: Vec<&UserJob> =
+                results.iter().filter(|(_, result)| result.is_ok()).map(|(job, _)| *job).collect();
+            let check = if written.is_empty() {
                 None
+            } else {
+                let expected = expected_users(component, usages, stored_users, &written);
+                let listed = self.list_users(billing_period, Some(component.as_str()), expected).await;
+                // Compared here, so that each component's listing is let go of once read.
+                Some(listed.map(|listed| users_not_listed(&written, &listed)))
             };
-            (results, listed)
+            (results, written, check)
         });
-        for (results, listed) in futures::future::join_all(groups).await {
-            let mut written = Vec::new();
+        for (results, written, check) in futures::future::join_all(groups).await {
             for (job, result) in results {
                 let slot = &mut slots[job.slot];
                 match result {
-                    Ok(()) => {
-                        slot.worsen(Outcome::Submitted);
-                        written.push(job);
-                    }
+                    Ok(()) => slot.worsen(Outcome::Submitted),
                     Err(error) => {
                         let what = format!("per-user usage of {}", job.component);
                         let outcome = self.write_failed(slot.resource, month, &what, error);
@@ -1078,8 +1099,8 @@ impl Run<'_> {
                     }
                 }
             }
-            if let Some(listed) = listed {
-                self.check_users(month, slots, &written, listed, billing_period);
+            if let Some(check) = check {
+                self.check_users(month, slots, &written, check, billing_period);
             }
         }
     }
@@ -1131,19 +1152,19 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Checks every value written against what Waldur lists for the month after the
-    /// writes.
+    /// Fails the resources whose per-user values are not what Waldur lists for the month
+    /// after the writes, with one error line for the month.
     fn check_users(
         &self,
         month: Month,
         slots: &mut [Slot<'_>],
         written: &[&UserJob],
-        listed: Result<StoredUsers, WaldurError>,
+        check: Result<Vec<Mismatch>, WaldurError>,
         billing_period: &str,
     ) {
         let name = &self.target.name;
-        let listed = match listed {
-            Ok(listed) => listed,
+        let wrong = match check {
+            Ok(wrong) => wrong,
             Err(error) => {
                 self.tally.errors.push(format!("offering {name} {month}: cannot read back per-user usage: {error}"));
                 for job in written {
@@ -1152,29 +1173,62 @@ impl Run<'_> {
                 return;
             }
         };
-        let mut wrong = Vec::new();
-        for job in written {
-            for usage in &job.usages {
-                let held =
-                    listed.get(&job.component_usage).and_then(|users| users.get(&usage.username)).map(|u| u.usage);
-                if held != Some(usage.usage) {
-                    let held = held.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
-                    wrong.push(format!(
-                        "resource {} user {}: wrote {}, Waldur lists {held}",
-                        slots[job.slot].backend_id, usage.username, usage.usage
-                    ));
-                    slots[job.slot].worsen(Outcome::Failed);
-                }
-            }
+        for mismatch in &wrong {
+            slots[mismatch.slot].worsen(Outcome::Failed);
         }
-        if !wrong.is_empty() {
+        if let Some(first) = wrong.first() {
+            let held = first.held.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
             self.tally.errors.push(format!(
-                "offering {name} {month}: {} per-user value(s) written are not what Waldur lists under billing period {billing_period} (first: {})",
+                "offering {name} {month}: {} per-user value(s) written are not what Waldur lists under billing period {billing_period} (first: resource {} user {}: wrote {}, Waldur lists {held})",
                 wrong.len(),
-                wrong[0]
+                slots[first.slot].backend_id,
+                first.username,
+                first.wrote
             ));
         }
     }
+}
+
+/// A per-user value written that Waldur does not list as written.
+struct Mismatch {
+    slot: usize,
+    username: String,
+    wrote: Cents,
+    held: Option<Cents>,
+}
+
+/// The values of `written` that `listed` does not hold.
+fn users_not_listed(written: &[&UserJob], listed: &StoredUsers) -> Vec<Mismatch> {
+    let mut wrong = Vec::new();
+    for job in written {
+        let users = listed.get(&job.component_usage);
+        for usage in &job.usages {
+            let held = users.and_then(|users| users.get(&usage.username)).map(|u| u.usage);
+            if held != Some(usage.usage) {
+                wrong.push(Mismatch { slot: job.slot, username: usage.username.clone(), wrote: usage.usage, held });
+            }
+        }
+    }
+    wrong
+}
+
+/// A lower bound on the per-user usages of `component` listed after `written`: those
+/// stored before, under the month's component usages of that type, and those created.
+fn expected_users(component: &str, usages: &StoredTotals, before: &StoredUsers, written: &[&UserJob]) -> usize {
+    let stored: usize = usages
+        .iter()
+        .filter(|((_, of_type), _)| of_type == component)
+        .filter_map(|(_, usage)| before.get(&usage.uuid))
+        .map(HashMap::len)
+        .sum();
+    let created = written
+        .iter()
+        .flat_map(|job| {
+            let held = before.get(&job.component_usage);
+            job.usages.iter().filter(move |u| !held.is_some_and(|held| held.contains_key(&u.username)))
+        })
+        .count();
+    stored + created
 }
 
 /// How long a loop of the run may hold its thread before it lets the run's other

@@ -387,10 +387,13 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     let set_usage = "POST /api/marketplace-component-usages/set_usage/";
     let set_user_usages = "POST /api/marketplace-component-usages/{uuid}/set_user_usages/";
     let listing = "GET /api/marketplace-component-usages/";
+    // The route, not the next request: the offering users are asked for beside the
+    // offering, and a failure there is asked again where the links are needed (below).
+    let offering = "GET /api/marketplace-provider-offerings/{uuid}/";
     type Inject = Box<dyn Fn(&WaldurSim)>;
     let cases: Vec<(&str, Inject, &str, bool)> = vec![
-        ("offering 500", Box::new(|w: &WaldurSim| w.fail_next(1, 500)), "answered HTTP 500", true),
-        ("offering 403", Box::new(|w: &WaldurSim| w.fail_next(1, 403)), "answered HTTP 403", true),
+        ("offering 500", Box::new(move |w: &WaldurSim| w.fail_route(offering, 1, 500)), "answered HTTP 500", true),
+        ("offering 403", Box::new(move |w: &WaldurSim| w.fail_route(offering, 1, 403)), "answered HTTP 403", true),
         (
             "usage listing 404",
             Box::new(move |w: &WaldurSim| w.fail_route(listing, 1, 404)),
@@ -432,6 +435,18 @@ async fn waldur_errors_are_contained_and_the_next_cycle_recovers() -> Result<()>
     let summary = cycle(&targets[0], &text).await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
     world.assert_complete("Waldur 503 twice");
+
+    // The offering users, listed early beside the offering, are asked again where the
+    // per-user writes need their links: one failure there costs nothing.
+    let world = World::new().await?;
+    let text = world.config(&world.direct());
+    let targets = report_targets(&text).await?;
+    let users = "GET /api/marketplace-offering-users/";
+    world.waldur.fail_route(users, 1, 500);
+    let summary = cycle(&targets[0], &text).await?;
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    world.assert_complete("offering users 500 once");
+    assert_eq!(world.waldur.requests().by_route.get(users).copied(), Some(2), "asked again once");
     Ok(())
 }
 

@@ -1,10 +1,12 @@
 //! The report cycle end to end: real components, real host, DWDI and Waldur simulators.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, dwdi_access, report_targets};
+use usage_agent::config::Secret;
+use usage_agent::waldur::WaldurClient;
 use waldur_sim::{WaldurOptions, WaldurSim, WaldurVersion, uuid_from};
 
 const TOKEN: &str = "provider-token";
@@ -114,6 +116,32 @@ async fn without_a_result_count_listings_follow_the_link_chain() -> Result<()> {
     let requests = world.waldur.requests();
     assert_eq!(requests.writes, 0, "{requests:?}");
     assert_eq!(requests.by_route.get("GET /api/marketplace-component-usages/"), Some(&5), "{requests:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_back_asks_for_its_pages_at_once_and_drops_those_past_the_end() -> Result<()> {
+    // Pages of 100, not the 300 asked for: the client learns that size from the first
+    // listing of more than one page (the 250 resources).
+    let options = WaldurOptions { max_page_size: 100, ..WaldurOptions::default() };
+    let world = World::new(250, 1, options).await?;
+    let text = world.config(TOKEN, 1, "");
+    let targets = report_targets(&text).await?;
+    let first = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((first.submitted, first.failed), (250, 0), "{first:?}");
+
+    let client = WaldurClient::new(&world.waldur.url(), Secret::new(TOKEN.to_owned()), true)?;
+    let route = "GET /api/marketplace-component-usages/";
+    // 500 usages stored. Told to expect 1,000 it asks for ten pages together; the five
+    // past the end are answered 404 and dropped.
+    for (expected, requests) in [(1000, 10), (500, 5), (150, 5), (0, 5)] {
+        world.waldur.reset_counters();
+        let listed = client.component_usages_expecting(&world.offering, "2024-03-01", expected).await?;
+        let distinct: HashSet<&str> = listed.iter().map(|u| u.uuid.as_str()).collect();
+        assert_eq!((listed.len(), distinct.len()), (500, 500), "expecting {expected}");
+        let asked = world.waldur.requests().by_route.get(route).copied();
+        assert_eq!(asked, Some(requests), "expecting {expected}");
+    }
     Ok(())
 }
 
