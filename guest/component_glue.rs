@@ -1,11 +1,11 @@
-// The binding layer shared by both components, `include!`d by each crate's lib.rs
+// The binding layer shared by every component, `include!`d by each crate's lib.rs
 // after it defines `BACKEND: dwdi_core::Backend`. It only converts between the WIT
 // types generated here and dwdi-core's plain types and calls dwdi-core: all
 // decisions live in dwdi-core, where they are unit-tested natively.
 //
 // Included rather than a library because `wit_bindgen::generate!` must run in the
-// crate that exports the world, and the two crates would otherwise hold the same
-// conversions twice.
+// crate that exports the world, and the crates would otherwise each hold the same
+// conversions.
 
 wit_bindgen::generate!({ path: "../../wit", world: "backend" });
 
@@ -22,11 +22,8 @@ impl wit::Guest for Component {
                 .unwrap_or(env!("CARGO_PKG_VERSION"))
                 .to_owned(),
             backend_types: vec![BACKEND.name().to_owned()],
-            operations: vec![
-                wit::Operation::Ping,
-                wit::Operation::UsageReport,
-                wit::Operation::DailyReport,
-            ],
+            // From dwdi-core, which also refuses the calls not listed here.
+            operations: BACKEND.operations().iter().map(|&op| operation_to(op)).collect(),
         }
     }
 
@@ -133,6 +130,15 @@ fn date_from(d: wit::Date) -> dwdi_core::Date {
         year: d.year,
         month: d.month,
         day: d.day,
+    }
+}
+
+fn operation_to(operation: dwdi_core::Operation) -> wit::Operation {
+    match operation {
+        dwdi_core::Operation::Ping => wit::Operation::Ping,
+        dwdi_core::Operation::UsageReport => wit::Operation::UsageReport,
+        dwdi_core::Operation::DailyReport => wit::Operation::DailyReport,
+        dwdi_core::Operation::Manage => wit::Operation::Manage,
     }
 }
 

@@ -2,7 +2,7 @@
 //! exporting `waldur:usage/usage-backend` (node, CPU and GPU hours per account and user).
 //!
 //! The logic is in `dwdi-core`; the WIT binding layer, shared with the other
-//! component, is `guest/component_glue.rs`. A native build is an empty library, so
+//! components, is `guest/component_glue.rs`. A native build is an empty library, so
 //! the workspace's native `cargo test` can include this crate.
 
 #[cfg(target_arch = "wasm32")]

@@ -4,15 +4,18 @@
 //! configuration error found at setup — a wrong name must never turn into a silent
 //! zero on an invoice (SPEC §6).
 
-use crate::model::{BackendError, Component, invalid};
+use crate::model::{BackendError, Component, Operation, invalid};
 
-/// The two backends this crate implements; each is its own component.
+/// The backends this crate implements; each is its own component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// `cscs-dwdi-compute`: node, CPU and GPU hours per account and user.
     Compute,
     /// `cscs-dwdi-storage`: bytes and inodes per path, no per-user usage.
     Storage,
+    /// `cscs-dwdi-inference`: LLM inference cost per resource, per month only, no
+    /// per-user usage.
+    Inference,
 }
 
 impl Backend {
@@ -21,6 +24,17 @@ impl Backend {
         match self {
             Backend::Compute => "cscs-dwdi-compute",
             Backend::Storage => "cscs-dwdi-storage",
+            Backend::Inference => "cscs-dwdi-inference",
+        }
+    }
+
+    /// The operations this backend implements: what its component's `describe` lists.
+    /// `manage` is never among them; every backend here only reads.
+    pub const fn operations(self) -> &'static [Operation] {
+        match self {
+            Backend::Compute | Backend::Storage => &[Operation::Ping, Operation::UsageReport, Operation::DailyReport],
+            // DWDI has inference costs per month only: there is nothing to sum per day.
+            Backend::Inference => &[Operation::Ping, Operation::UsageReport],
         }
     }
 
@@ -29,6 +43,7 @@ impl Backend {
         match self {
             Backend::Compute => &[Metric::NodeHours, Metric::CpuHours, Metric::GpuHours],
             Backend::Storage => &[Metric::SpaceUsed, Metric::InodesUsed],
+            Backend::Inference => &[Metric::TokenCost],
         }
     }
 
@@ -49,12 +64,20 @@ pub enum Metric {
     SpaceUsed,
     /// Files stored.
     InodesUsed,
+    /// LLM inference cost of a resource (DWDI `totalCost`).
+    TokenCost,
 }
 
 impl Metric {
     /// Every metric, in `index` order.
-    pub const ALL: [Metric; 5] =
-        [Metric::NodeHours, Metric::CpuHours, Metric::GpuHours, Metric::SpaceUsed, Metric::InodesUsed];
+    pub const ALL: [Metric; 6] = [
+        Metric::NodeHours,
+        Metric::CpuHours,
+        Metric::GpuHours,
+        Metric::SpaceUsed,
+        Metric::InodesUsed,
+        Metric::TokenCost,
+    ];
 
     /// The `dwdi_metric` spelling.
     pub const fn name(self) -> &'static str {
@@ -64,6 +87,7 @@ impl Metric {
             Metric::GpuHours => "gpuHours",
             Metric::SpaceUsed => "spaceUsed",
             Metric::InodesUsed => "inodesUsed",
+            Metric::TokenCost => "totalCost",
         }
     }
 
@@ -77,9 +101,13 @@ impl Metric {
     /// with one exception: `inode` is tested before `node`. Every name containing
     /// "inode" contains "node", so the literal order would make the seed's
     /// `storage_inodes` node hours and reject the seed's own storage example.
+    /// `token_cost` is matched whole, like `storage`: it is the one name the upstream
+    /// inference plugin serves, and "cost" alone says nothing about what is counted.
     pub fn from_component_name(name: &str) -> Option<Metric> {
         let name = name.to_ascii_lowercase();
-        if name.contains("inode") {
+        if name == "token_cost" {
+            Some(Metric::TokenCost)
+        } else if name.contains("inode") {
             Some(Metric::InodesUsed)
         } else if name.contains("node") {
             Some(Metric::NodeHours)
@@ -102,10 +130,11 @@ impl Metric {
             Metric::GpuHours => 2,
             Metric::SpaceUsed => 3,
             Metric::InodesUsed => 4,
+            Metric::TokenCost => 5,
         }
     }
 
-    /// The field of an account (compute) or path (storage) row.
+    /// The field of an account (compute), path (storage) or resource (inference) row.
     pub(crate) const fn total_field(self) -> &'static str {
         match self {
             Metric::NodeHours => "totalNodeHours",
@@ -113,16 +142,17 @@ impl Metric {
             Metric::GpuHours => "totalGpuHours",
             Metric::SpaceUsed => "spaceUsed",
             Metric::InodesUsed => "inodesUsed",
+            Metric::TokenCost => "totalCost",
         }
     }
 
-    /// The field of a user row; storage has no per-user usage.
+    /// The field of a user row; storage and inference have no per-user usage.
     pub(crate) const fn user_field(self) -> Option<&'static str> {
         match self {
             Metric::NodeHours => Some("nodeHours"),
             Metric::CpuHours => Some("cpuHours"),
             Metric::GpuHours => Some("gpuHours"),
-            Metric::SpaceUsed | Metric::InodesUsed => None,
+            Metric::SpaceUsed | Metric::InodesUsed | Metric::TokenCost => None,
         }
     }
 
@@ -278,6 +308,15 @@ mod tests {
             ("storage", Some(Metric::SpaceUsed)),
             ("Storage", Some(Metric::SpaceUsed)),
             ("storage_gb", None),
+            ("token_cost", Some(Metric::TokenCost)),
+            ("Token_Cost", Some(Metric::TokenCost)),
+            ("TOKEN_COST", Some(Metric::TokenCost)),
+            // Matched whole: near misses say nothing certain about what they count.
+            ("token_costs", None),
+            ("tokencost", None),
+            ("cost", None),
+            ("totalCost", None),
+            ("gpu_token_cost", Some(Metric::GpuHours)),
             ("hours", None),
             ("", None),
         ];
@@ -306,6 +345,55 @@ mod tests {
         assert_eq!(mapped[0].metric, Metric::SpaceUsed);
         assert_eq!(mapped[0].factor, 1e-9);
         assert_eq!(mapped[1].metric, Metric::InodesUsed);
+    }
+
+    #[test]
+    fn inference_serves_token_cost_only() {
+        for name in ["token_cost", "Token_Cost"] {
+            let mut c = Component::named(name, 0.5);
+            c.reporting_factor = Some(2.0);
+            let mapped = map_components(Backend::Inference, &[c]).expect("maps");
+            assert_eq!(
+                mapped,
+                [MappedComponent { name: name.to_owned(), metric: Metric::TokenCost, factor: 2.0 }],
+                "the configured spelling is what gets reported"
+            );
+        }
+        let mut explicit = Component::named("llm_spend", 1.0);
+        explicit.dwdi_metric = Some("totalCost".into());
+        assert_eq!(map_components(Backend::Inference, &[explicit]).expect("maps")[0].metric, Metric::TokenCost);
+
+        let m = err(Backend::Inference, &[Component::named("cost", 1.0)]);
+        assert_eq!(m, "backend_components.cost: no DWDI metric matches this name; set dwdi_metric to one of totalCost");
+        let m = err(Backend::Inference, &[Component::named("nodeHours", 1.0)]);
+        assert!(m.starts_with("backend_components.nodeHours: the name maps to the DWDI metric nodeHours"), "{m}");
+        let mut c = Component::named("token_cost", 1.0);
+        c.dwdi_metric = Some("spaceUsed".into());
+        let m = err(Backend::Inference, &[c]);
+        assert!(m.starts_with("backend_components.token_cost.dwdi_metric: spaceUsed is not served"), "{m}");
+        // The other backends refuse it in turn.
+        let m = err(Backend::Compute, &[Component::named("token_cost", 1.0)]);
+        assert!(m.contains("totalCost, which cscs-dwdi-compute does not serve"), "{m}");
+        let mut c = Component::named("nodeHours", 1.0);
+        c.dwdi_metric = Some("totalCost".into());
+        assert!(err(Backend::Storage, &[c]).contains("totalCost is not served by cscs-dwdi-storage"));
+
+        // A limit the backend cannot measure is left out, as for the others.
+        let mut quota = Component::named("token_quota", 1.0);
+        quota.accounting_type = "limit".to_owned();
+        let mapped = map_components(Backend::Inference, &[quota.clone(), Component::named("token_cost", 1.0)]);
+        assert_eq!(mapped.expect("maps").len(), 1);
+        assert!(err(Backend::Inference, &[quota]).contains("measures none of them (totalCost)"));
+    }
+
+    #[test]
+    fn operations_are_per_backend() {
+        use crate::model::Operation as Op;
+        assert_eq!(Backend::Compute.operations(), [Op::Ping, Op::UsageReport, Op::DailyReport]);
+        assert_eq!(Backend::Storage.operations(), [Op::Ping, Op::UsageReport, Op::DailyReport]);
+        assert_eq!(Backend::Inference.operations(), [Op::Ping, Op::UsageReport]);
+        assert_eq!(Backend::Inference.name(), "cscs-dwdi-inference");
+        assert_eq!(Op::DailyReport.name(), "daily-report");
     }
 
     #[test]

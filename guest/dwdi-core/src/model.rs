@@ -6,6 +6,27 @@
 
 use std::fmt;
 
+/// An operation a backend may implement (WIT `operation`); what `describe` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Ping,
+    UsageReport,
+    DailyReport,
+    Manage,
+}
+
+impl Operation {
+    /// The WIT spelling, for messages.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Operation::Ping => "ping",
+            Operation::UsageReport => "usage-report",
+            Operation::DailyReport => "daily-report",
+            Operation::Manage => "manage",
+        }
+    }
+}
+
 /// One entry of an offering's `backend_components` map (WIT `component`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Component {

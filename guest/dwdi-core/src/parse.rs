@@ -1,7 +1,10 @@
-//! DWDI answer rows → per-account (compute) or per-path (storage) usage.
+//! DWDI answer rows → per-account (compute), per-path (storage) or per-resource
+//! (inference) usage.
 //!
-//! Only the fields of configured metrics are read and required; rows for accounts or
-//! paths the request did not ask for are skipped before anything else in them is
+//! One engine ([`collect`]) reads every answer; what differs is how a second row for
+//! the same key is merged: compute sums, storage keeps the larger snapshot, inference
+//! refuses it. Only the fields of configured metrics are read and required; rows for
+//! keys the request did not ask for are skipped before anything else in them is
 //! checked. Every error names the JSON path of the offending value.
 
 use fnv::FnvHashMap;
@@ -13,7 +16,7 @@ use crate::model::{BackendError, bad};
 /// One value per [`Metric`], indexed by [`Metric::index`].
 pub(crate) type Values = [f64; Metric::ALL.len()];
 
-/// Usage found for one account or path of a request.
+/// Usage found for one account, path or resource of a request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Usage {
     pub(crate) totals: Values,
@@ -26,7 +29,8 @@ pub(crate) struct Usage {
 /// one account are summed: DWDI returns one per cluster, and a user may appear in
 /// several.
 pub(crate) fn compute(body: &[u8], keys: &[String], metrics: &[Metric]) -> Result<Vec<Option<Usage>>, BackendError> {
-    collect(body, "compute", "account", keys, |usage, row, at| {
+    collect(body, "compute", "account", keys, |entry, row, at| {
+        let usage = entry.get_or_insert_with(Usage::default);
         let totals = values(row, metrics, |m| Some(m.total_field()), at)?;
         let users: &[Json<'_>] = match row.get("users") {
             // An account without a per-user breakdown still has totals.
@@ -60,7 +64,8 @@ pub(crate) fn compute(body: &[u8], keys: &[String], metrics: &[Metric]) -> Resul
 /// are snapshots, so a path listed twice keeps the larger value of each metric rather
 /// than a sum.
 pub(crate) fn storage(body: &[u8], keys: &[String], metrics: &[Metric]) -> Result<Vec<Option<Usage>>, BackendError> {
-    collect(body, "storage", "path", keys, |usage, row, at| {
+    collect(body, "storage", "path", keys, |entry, row, at| {
+        let usage = entry.get_or_insert_with(Usage::default);
         let values = values(row, metrics, |m| Some(m.total_field()), at)?;
         for (kept, new) in usage.totals.iter_mut().zip(values) {
             *kept = kept.max(new);
@@ -69,16 +74,33 @@ pub(crate) fn storage(body: &[u8], keys: &[String], metrics: &[Metric]) -> Resul
     })
 }
 
+/// Parses an inference answer for a request that asked for `keys` (resource ids, as
+/// sent). A cost is a month's total, neither a part to add nor a snapshot to pick
+/// from: two rows for one requested id leave no right answer, so they fail the call.
+/// A cost lower than last cycle's is fine here; nothing compares cycles.
+pub(crate) fn inference(body: &[u8], keys: &[String], metrics: &[Metric]) -> Result<Vec<Option<Usage>>, BackendError> {
+    collect(body, "inference", "waldurResourceUuid", keys, |entry, row, at| {
+        if entry.is_some() {
+            let id = text(row, "waldurResourceUuid", at)?;
+            return Err(bad(format!("{}.waldurResourceUuid: a second row for {id:?}", at())));
+        }
+        let totals = values(row, metrics, |m| Some(m.total_field()), at)?;
+        *entry = Some(Usage { totals, users: FnvHashMap::default() });
+        Ok(())
+    })
+}
+
 /// The usage of each of `keys` from the rows of `section`: every row whose `key_field`
-/// names one of them is merged into its entry by `merge` (its last argument names the
-/// row's JSON path); rows for other keys are skipped before anything else in them is
-/// checked. An error anywhere fails the whole answer.
+/// names one of them is merged into its entry by `merge` (the entry is `None` until a
+/// row fills it; the last argument names the row's JSON path); rows for other keys are
+/// skipped before anything else in them is checked. An error anywhere fails the whole
+/// answer.
 fn collect<'a>(
     body: &'a [u8],
     section: &str,
     key_field: &str,
     keys: &[String],
-    mut merge: impl FnMut(&mut Usage, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError>,
+    mut merge: impl FnMut(&mut Option<Usage>, &Json<'a>, &dyn Fn() -> String) -> Result<(), BackendError>,
 ) -> Result<Vec<Option<Usage>>, BackendError> {
     let lookup = index(keys);
     let mut found: Vec<Option<Usage>> = vec![None; keys.len()];
@@ -88,7 +110,7 @@ fn collect<'a>(
         let Some(&slot) = lookup.get(text(&row, key_field, &at)?) else {
             return Ok(());
         };
-        merge(found[slot].get_or_insert_with(Usage::default), &row, &at)
+        merge(&mut found[slot], &row, &at)
     })?;
     Ok(found)
 }
@@ -305,6 +327,78 @@ mod tests {
         assert_eq!(err, Err(bad("storage[0].spaceUsed: implausibly large value 5e19 (more than 1e18)")));
         let inodes = r#"{"storage":[{"path":"/p","inodesUsed":5e15}]}"#;
         assert!(storage(inodes.as_bytes(), &keys(&["/p"]), &[Metric::InodesUsed]).is_err());
+    }
+
+    #[test]
+    fn inference_reads_one_cost_per_requested_resource() {
+        let body = r#"{"inference":[
+            {"waldurResourceUuid":"r2","totalCost":0.5},
+            {"waldurResourceUuid":"stranger","totalCost":-3},
+            {"waldurResourceUuid":"stranger","totalCost":-3},
+            {"waldurResourceUuid":"r1","totalCost":12.5,"extra":"ignored"}
+        ],"meta":{}}"#;
+        let got = inference(body.as_bytes(), &keys(&["r1", "r2", "r3"]), &[Metric::TokenCost]).expect("parses");
+        let cost = |i: usize| got[i].as_ref().map(|u| u.totals[Metric::TokenCost.index()]);
+        assert_eq!((cost(0), cost(1), cost(2)), (Some(12.5), Some(0.5), None));
+        assert!(got.iter().flatten().all(|u| u.users.is_empty()));
+        // Zero is a cost like any other: found, not absent.
+        let zero = inference(
+            br#"{"inference":[{"waldurResourceUuid":"r1","totalCost":0}]}"#,
+            &keys(&["r1"]),
+            &[Metric::TokenCost],
+        );
+        assert_eq!(zero.map(|v| v[0].as_ref().map(|u| u.totals[Metric::TokenCost.index()])), Ok(Some(0.0)));
+    }
+
+    #[test]
+    fn inference_errors_name_the_json_path() {
+        let cases = [
+            (
+                r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":1},{"waldurResourceUuid":"r1","totalCost":1}]}"#,
+                "inference[1].waldurResourceUuid: a second row for \"r1\"",
+            ),
+            (
+                r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":-0.01}]}"#,
+                "inference[0].totalCost: negative value -0.01",
+            ),
+            (r#"{"inference":[{"waldurResourceUuid":"r1"}]}"#, "inference[0].totalCost: missing"),
+            (
+                r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":"12.5"}]}"#,
+                "inference[0].totalCost: expected a number, found a string",
+            ),
+            (
+                r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":null}]}"#,
+                "inference[0].totalCost: expected a number, found null",
+            ),
+            (r#"{"inference":[{"totalCost":1}]}"#, "inference[0].waldurResourceUuid: missing"),
+            (
+                r#"{"inference":[{"waldurResourceUuid":7,"totalCost":1}]}"#,
+                "inference[0].waldurResourceUuid: expected a string, found a number",
+            ),
+            (r#"{"inference":["r1"]}"#, "inference[0]: expected an object, found a string"),
+            (r#"{"inference":{"r1":1}}"#, "inference: expected an array, found an object"),
+            (r#"{"inference":null}"#, "inference: expected an array, found null"),
+            (r#"{"compute":[]}"#, "inference: missing"),
+            (
+                r#"[{"waldurResourceUuid":"r1","totalCost":1}]"#,
+                "expected a JSON object at the top level, found an array",
+            ),
+            ("12.5", "expected a JSON object at the top level, found a number"),
+        ];
+        for (body, want) in cases {
+            let got = inference(body.as_bytes(), &keys(&["r1"]), &[Metric::TokenCost]);
+            assert_eq!(got, Err(bad(want)), "{body}");
+        }
+        // JSON cannot spell an infinite or NaN cost; an overflowing literal is refused whole.
+        for body in [
+            r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":1e999}]}"#,
+            r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":NaN}]}"#,
+        ] {
+            match inference(body.as_bytes(), &keys(&["r1"]), &[Metric::TokenCost]) {
+                Err(BackendError::BadResponse(m)) => assert!(m.starts_with("the answer is not valid JSON: "), "{m}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

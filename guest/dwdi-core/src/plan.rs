@@ -7,7 +7,7 @@
 use fnv::FnvHashMap;
 
 use crate::metric::{Backend, MappedComponent, map_components};
-use crate::model::{BackendError, BillingPeriod, Config, Date, Resource, invalid};
+use crate::model::{BackendError, BillingPeriod, Config, Date, Operation, Resource, invalid};
 use crate::settings::{BackendSettings, Settings, StorageSettings};
 use crate::url::{Chunk, chunk_list, endpoint, push_param};
 
@@ -44,7 +44,8 @@ impl Request {
         endpoint(&self.url)
     }
 
-    /// The accounts (compute) or paths (storage) this request asks for, each once.
+    /// The accounts (compute), paths (storage) or resource ids (inference) this request
+    /// asks for, each once.
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
@@ -95,6 +96,7 @@ pub fn plan_usage_report(
 
 /// Plans the usage of `resources` over the days `first` to `last`, both included.
 /// Compute hours are summed over the range; storage, a snapshot, is read on `last`.
+/// Inference has no daily data: `Unsupported`, before anything else is looked at.
 pub fn plan_daily_report(
     backend: Backend,
     config: &Config,
@@ -102,6 +104,7 @@ pub fn plan_daily_report(
     first: Date,
     last: Date,
 ) -> Result<Plan, BackendError> {
+    implemented(backend, Operation::DailyReport)?;
     check_date("first", first)?;
     check_date("last", last)?;
     if first > last {
@@ -111,9 +114,10 @@ pub fn plan_daily_report(
 }
 
 /// The reachability request, as the upstream Python client sends it: the usage of
-/// `today` (`/compute/usage-day?from=…&to=…`, `/storage/usage-day?exact-date=…`), for no
-/// account or path in particular. Only the settings are checked, so an operator can test
-/// connectivity before the components are right.
+/// `today` (`/compute/usage-day?from=…&to=…`, `/storage/usage-day?exact-date=…`,
+/// `/inference/resource/cost?exact-date=…`), for no account, path or resource in
+/// particular. Only the settings are checked, so an operator can test connectivity
+/// before the components are right.
 pub fn plan_ping(backend: Backend, config: &Config, today: Date) -> Result<Request, BackendError> {
     check_date("today", today)?;
     let settings = Settings::parse(backend, &config.settings_json)?;
@@ -128,6 +132,10 @@ pub fn plan_ping(backend: Backend, config: &Config, today: Date) -> Result<Reque
             url.push_str("/storage/usage-day?exact-date=");
             url.push_str(&ymd(today));
         }
+        Backend::Inference => {
+            url.push_str("/inference/resource/cost?exact-date=");
+            url.push_str(&ymd(today));
+        }
     }
     Ok(Request { url, keys: Vec::new() })
 }
@@ -137,6 +145,22 @@ pub fn read_only(backend: Backend, operation: &str) -> BackendError {
     BackendError::Unsupported(format!("{} is read-only: {operation} is not supported", backend.name()))
 }
 
+/// `Unsupported` unless `backend` lists `operation` in [`Backend::operations`], so what
+/// `describe` says and what a call does cannot disagree.
+fn implemented(backend: Backend, operation: Operation) -> Result<(), BackendError> {
+    if backend.operations().contains(&operation) { Ok(()) } else { Err(not_implemented(backend, operation)) }
+}
+
+fn not_implemented(backend: Backend, operation: Operation) -> BackendError {
+    let names: Vec<&str> = backend.operations().iter().map(|o| o.name()).collect();
+    BackendError::Unsupported(format!(
+        "{} does not implement {}: DWDI has no such data for it; it implements {}",
+        backend.name(),
+        operation.name(),
+        names.join(", ")
+    ))
+}
+
 fn plan(config: ValidConfig, resources: &[Resource], window: Window) -> Result<Plan, BackendError> {
     let ValidConfig { backend, settings, components } = config;
     let (requests, slots) = match &settings.backend {
@@ -144,6 +168,7 @@ fn plan(config: ValidConfig, resources: &[Resource], window: Window) -> Result<P
             compute_requests(&settings.api_url, cluster.as_deref(), resources, window)?
         }
         BackendSettings::Storage(storage) => storage_requests(&settings.api_url, storage, resources, window)?,
+        BackendSettings::Inference => inference_requests(backend, &settings.api_url, resources, window)?,
     };
     Ok(Plan { backend, components, requests, slots })
 }
@@ -233,11 +258,42 @@ fn storage_requests(
     if let Some(tenant) = &storage.tenant {
         push_param(&mut tail, "tenant", tenant);
     }
+    one_group_requests(&head, "paths", &tail, resources, |r| storage.path_of(&r.backend_id))
+}
 
+/// Keeps each resource id once and splits the ids over as few URLs as fit. The answer
+/// is keyed by the id sent, so no mapping is needed.
+fn inference_requests(
+    backend: Backend,
+    base: &str,
+    resources: &[Resource],
+    window: Window,
+) -> Result<(Vec<Request>, Vec<Slot>), BackendError> {
+    let Window::Month(p) = window else {
+        // `plan_daily_report` refuses first; this only keeps a day window from ever
+        // turning into a month request.
+        return Err(not_implemented(backend, Operation::DailyReport));
+    };
+    let mut head = base.to_owned();
+    head.push_str("/inference/resource/cost?from=");
+    head.push_str(&ym(p.year, p.month));
+    push_param(&mut head, "to", &ym(p.year, p.month));
+    one_group_requests(&head, "resource_uuid", "", resources, |r| &r.backend_id)
+}
+
+/// The requests and slots of a backend without groups: each resource's key (`key_of`)
+/// once, in first-seen order, as `list_key` values between `head` and `tail`.
+fn one_group_requests<'r>(
+    head: &str,
+    list_key: &str,
+    tail: &str,
+    resources: &'r [Resource],
+    key_of: impl Fn(&'r Resource) -> &'r str,
+) -> Result<(Vec<Request>, Vec<Slot>), BackendError> {
     let mut group = Group::new(None);
-    let placed: Vec<Option<usize>> = resources.iter().map(|r| group.add(storage.path_of(&r.backend_id))).collect();
+    let placed: Vec<Option<usize>> = resources.iter().map(|r| group.add(key_of(r))).collect();
     let mut requests = Vec::new();
-    let located = group.request(&head, "paths", &tail, &mut requests)?;
+    let located = group.request(head, list_key, tail, &mut requests)?;
     let slots = resources
         .iter()
         .zip(placed)
@@ -246,7 +302,8 @@ fn storage_requests(
     Ok((requests, slots))
 }
 
-/// Keys (accounts or paths) that share one filter, each once, in first-seen order.
+/// Keys (accounts, paths or resource ids) that share one filter, each once, in
+/// first-seen order.
 struct Group<'r> {
     cluster: Option<String>,
     keys: Vec<&'r str>,

@@ -31,6 +31,7 @@ pub fn assemble(plan: &Plan, answers: &[HttpAnswer]) -> Result<UsageReport, Back
         let parsed = match plan.backend {
             Backend::Compute => parse::compute(&answer.body, request.keys(), &metrics),
             Backend::Storage => parse::storage(&answer.body, request.keys(), &metrics),
+            Backend::Inference => parse::inference(&answer.body, request.keys(), &metrics),
         };
         found.push(parsed.map_err(|e| in_answer_of(request, e))?);
     }

@@ -2,7 +2,7 @@
 //!
 //! The host hands them over as a JSON object with secrets and host-only keys (OIDC,
 //! proxy) already removed. Keys this backend does not know are ignored, so one
-//! settings block can serve a combined compute and storage configuration.
+//! settings block can serve a combined compute, storage and inference configuration.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +28,8 @@ pub enum BackendSettings {
         cluster: Option<String>,
     },
     Storage(StorageSettings),
+    /// Inference needs nothing beyond the API URL: it asks by resource id alone.
+    Inference,
 }
 
 /// Settings of the storage backend.
@@ -71,6 +73,7 @@ impl Settings {
                 tenant: optional_string(&map, "storage_tenant")?.filter(|t| !t.is_empty()).map(str::to_owned),
                 path_mapping: path_mapping(&map)?,
             }),
+            Backend::Inference => BackendSettings::Inference,
         };
         Ok(Settings { api_url, backend })
     }
@@ -208,6 +211,23 @@ mod tests {
     #[test]
     fn storage_keys_are_not_needed_by_compute() {
         ok(Backend::Compute, r#"{"cscs_dwdi_api_url":"https://x","storage_tenant":5}"#);
+    }
+
+    #[test]
+    fn inference_reads_only_the_api_url() {
+        // Cluster and storage keys of a shared settings block are not its business, even
+        // when they would be wrong for the backends that read them.
+        let s = ok(
+            Backend::Inference,
+            r#"{"cscs_dwdi_api_url":"https://dwdi.cscs.ch/api/v1/","cscs_dwdi_cluster":["alps"],
+                "cscs_dwdi_oidc_scope":"openid","storage_path_mapping":7,"something_else":null}"#,
+        );
+        assert_eq!(s, Settings { api_url: "https://dwdi.cscs.ch/api/v1".into(), backend: BackendSettings::Inference });
+        assert_eq!(err(Backend::Inference, "{}"), "backend_settings.cscs_dwdi_api_url: missing");
+        assert!(
+            err(Backend::Inference, r#"{"cscs_dwdi_api_url":"ftp://x"}"#)
+                .starts_with("backend_settings.cscs_dwdi_api_url: ")
+        );
     }
 
     #[test]

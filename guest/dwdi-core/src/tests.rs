@@ -430,3 +430,193 @@ fn synthetic_answers_assemble_exactly() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Inference
+// ---------------------------------------------------------------------------------------
+
+fn inference_config(components: Vec<Component>) -> Config {
+    // Keys of the other backends in the same block are ignored.
+    Config { settings_json: format!(r#"{{"cscs_dwdi_api_url":"{BASE}/","cscs_dwdi_cluster":"alps"}}"#), components }
+}
+
+fn token_cost(factor: f64) -> Vec<Component> {
+    vec![Component::named("Token_Cost", factor)]
+}
+
+fn uuid(i: usize) -> String {
+    format!("6f1c2a7e-0b3d-4c5e-9f80-{i:012}")
+}
+
+#[test]
+fn inference_month_url_repeats_resource_uuid() {
+    // Clusters mean nothing here; a repeated or empty id is asked for once or not at all.
+    let resources =
+        [resource("uuid-1", Some("alps")), resource("a b/c", None), resource("uuid-1", None), resource("", None)];
+    let plan =
+        plan_ok(plan_usage_report(Backend::Inference, &inference_config(token_cost(1.0)), &resources, may_2024()));
+    assert_eq!(
+        urls(&plan),
+        [format!(
+            "{BASE}/inference/resource/cost?from=2024-05&to=2024-05&resource_uuid=uuid-1&resource_uuid=a%20b%2Fc"
+        )]
+    );
+    assert_eq!(plan.requests()[0].keys(), ["uuid-1", "a b/c"]);
+    assert_eq!(plan.requests()[0].endpoint(), format!("{BASE}/inference/resource/cost"));
+    let none = plan_ok(plan_usage_report(Backend::Inference, &inference_config(token_cost(1.0)), &[], may_2024()));
+    assert!(none.requests().is_empty());
+}
+
+#[test]
+fn inference_chunks_cover_every_resource_once() {
+    let ids: Vec<String> = (0..1000).map(uuid).collect();
+    let resources: Vec<Resource> = ids.iter().map(|id| resource(id, None)).collect();
+    let plan =
+        plan_ok(plan_usage_report(Backend::Inference, &inference_config(token_cost(1.0)), &resources, may_2024()));
+    assert!(plan.requests().len() >= 8, "{}", plan.requests().len());
+    let head = format!("{BASE}/inference/resource/cost?from=2024-05&to=2024-05&resource_uuid=");
+    let mut all = Vec::new();
+    for request in plan.requests() {
+        assert!(request.url().len() < MAX_URL_BYTES);
+        assert!(request.url().starts_with(&head), "{}", request.url());
+        let in_url: Vec<&str> = request.url().split('&').filter_map(|p| p.strip_prefix("resource_uuid=")).collect();
+        assert_eq!(in_url, request.keys());
+        all.extend(request.keys().iter().cloned());
+    }
+    assert_eq!(all, ids);
+
+    // Each chunk's answer is read against its own ids.
+    let answers: Vec<HttpAnswer> = plan
+        .requests()
+        .iter()
+        .map(|r| {
+            let rows: Vec<String> =
+                r.keys().iter().map(|k| format!(r#"{{"waldurResourceUuid":"{k}","totalCost":2.5}}"#)).collect();
+            ok(&format!(r#"{{"inference":[{}]}}"#, rows.join(",")))
+        })
+        .collect();
+    let report = report_ok(assemble(&plan, &answers));
+    assert_eq!(report.resources.len(), 1000);
+    assert_eq!(usize::try_from(report.upstream_requests).ok(), Some(plan.requests().len()));
+    assert!(report.resources.iter().all(|r| r.found && amounts(&r.totals) == [("Token_Cost", 2.5)]));
+}
+
+#[test]
+fn inference_report_applies_factor_and_marks_absent() {
+    let resources = [resource("r2", None), resource("missing", None), resource("r1", None), resource("r2", None)];
+    let mut components = token_cost(0.5);
+    components[0].reporting_factor = Some(0.001);
+    let plan = plan_ok(plan_usage_report(Backend::Inference, &inference_config(components), &resources, may_2024()));
+    let body = r#"{"inference":[
+        {"waldurResourceUuid":"r1","totalCost":12.5},
+        {"waldurResourceUuid":"stranger","totalCost":"not asked for, not read"},
+        {"waldurResourceUuid":"r2","totalCost":1000}
+    ]}"#;
+    let report = report_ok(assemble(&plan, &[ok(body)]));
+    let ids: Vec<&str> = report.resources.iter().map(|r| r.backend_id.as_str()).collect();
+    assert_eq!(ids, ["r2", "missing", "r1", "r2"]);
+    // reported = upstream × factor (the reporting factor wins), unrounded.
+    assert_eq!(amounts(&report.resources[0].totals), [("Token_Cost", 1.0)]);
+    assert_eq!(amounts(&report.resources[2].totals), [("Token_Cost", 0.0125)]);
+    assert_eq!(report.resources[3], report.resources[0]);
+    let missing = &report.resources[1];
+    assert!(!missing.found);
+    assert_eq!(amounts(&missing.totals), [("Token_Cost", 0.0)]);
+    assert!(report.resources.iter().all(|r| r.users.is_empty()));
+}
+
+#[test]
+fn inference_cost_may_go_down_between_cycles() {
+    let plan = plan_ok(plan_usage_report(
+        Backend::Inference,
+        &inference_config(token_cost(1.0)),
+        &[resource("r1", None)],
+        may_2024(),
+    ));
+    for cost in [10.0, 4.25, 0.0] {
+        let body = format!(r#"{{"inference":[{{"waldurResourceUuid":"r1","totalCost":{cost}}}]}}"#);
+        let report = report_ok(assemble(&plan, &[ok(&body)]));
+        assert_eq!(amounts(&report.resources[0].totals), [("Token_Cost", cost)]);
+    }
+}
+
+#[test]
+fn inference_bad_answers_name_endpoint_and_path() {
+    let plan = plan_ok(plan_usage_report(
+        Backend::Inference,
+        &inference_config(token_cost(1.0)),
+        &[resource("r1", None)],
+        may_2024(),
+    ));
+    let endpoint = format!("{BASE}/inference/resource/cost");
+    let cases = [
+        (r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":-1}]}"#, "inference[0].totalCost: negative value -1"),
+        (
+            r#"{"inference":[{"waldurResourceUuid":"r1","totalCost":1},{"waldurResourceUuid":"r1","totalCost":1}]}"#,
+            "inference[1].waldurResourceUuid: a second row for \"r1\"",
+        ),
+        (r#"{"inference":[{"waldurResourceUuid":"r1","cost":1}]}"#, "inference[0].totalCost: missing"),
+        (r#"["r1"]"#, "expected a JSON object at the top level, found an array"),
+        (r#"{"compute":[]}"#, "inference: missing"),
+    ];
+    for (body, want) in cases {
+        assert_eq!(
+            assemble(&plan, &[ok(body)]),
+            Err(BackendError::BadResponse(format!("{endpoint}: {want}"))),
+            "{body}"
+        );
+    }
+    let refused = HttpAnswer { status: 403, body: Vec::new() };
+    assert!(matches!(assemble(&plan, &[refused]), Err(BackendError::Unauthorized(_))));
+}
+
+#[test]
+fn inference_ping_asks_for_today() {
+    let today = Date { year: 2024, month: 2, day: 29 };
+    // Ping needs no components.
+    let request = match plan_ping(Backend::Inference, &inference_config(vec![]), today) {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(request.url(), format!("{BASE}/inference/resource/cost?exact-date=2024-02-29"));
+    assert!(request.keys().is_empty());
+    assert_eq!(check_ping(&request, &HttpAnswer { status: 200, body: b"{\"inference\":[]}".to_vec() }), Ok(()));
+    assert!(matches!(
+        check_ping(&request, &HttpAnswer { status: 404, body: Vec::new() }),
+        Err(BackendError::UpstreamStatus { status: 404, .. })
+    ));
+    let not_a_day = plan_ping(Backend::Inference, &inference_config(vec![]), Date { year: 2023, month: 2, day: 29 });
+    assert!(matches!(not_a_day, Err(BackendError::InvalidConfig(_))), "{not_a_day:?}");
+}
+
+#[test]
+fn inference_has_no_daily_report() {
+    let first = Date { year: 2024, month: 5, day: 1 };
+    let last = Date { year: 2024, month: 5, day: 31 };
+    let want = Err(BackendError::Unsupported(
+        "cscs-dwdi-inference does not implement daily-report: DWDI has no such data for it; it implements ping, \
+         usage-report"
+            .into(),
+    ));
+    let r = [resource("r1", None)];
+    assert_eq!(plan_daily_report(Backend::Inference, &inference_config(token_cost(1.0)), &r, first, last), want);
+    // Refused before the config or the dates are looked at: no fix there would help.
+    let broken = Config { settings_json: "{}".into(), components: vec![] };
+    assert_eq!(plan_daily_report(Backend::Inference, &broken, &r, last, first), want);
+    // The other backends keep theirs.
+    assert!(plan_daily_report(Backend::Compute, &compute_config("", hours()), &r, first, last).is_ok());
+    assert!(plan_daily_report(Backend::Storage, &storage_config(""), &r, first, last).is_ok());
+}
+
+#[test]
+fn inference_setup_checks_components() {
+    assert!(setup(Backend::Inference, &inference_config(token_cost(1.0))).is_ok());
+    assert!(matches!(
+        setup(Backend::Inference, &inference_config(hours())),
+        Err(BackendError::InvalidConfig(m)) if m.starts_with("backend_components.nodeHours: ")
+    ));
+    assert!(matches!(
+        setup(Backend::Compute, &compute_config("", token_cost(1.0))),
+        Err(BackendError::InvalidConfig(m)) if m.starts_with("backend_components.Token_Cost: ")
+    ));
+}

@@ -1,4 +1,4 @@
-//! The usage data a simulator serves, the two queries the endpoints run over it, and a
+//! The usage data a simulator serves, the queries the endpoints run over it, and a
 //! deterministic generator of realistic data.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -81,14 +81,17 @@ struct Hours {
 type ComputeKey = (String, String, Day, String);
 /// (filesystem, data type, path, day, tenant).
 type StorageKey = (String, String, String, Day, Option<String>);
+/// (resource id, year, month): a range of months of one resource is one B-tree range.
+type InferenceKey = (String, i32, u32);
 
 /// The accounting data a [`crate::DwdiSim`] serves: compute usage per
-/// (cluster, account, user, day) and storage snapshots per (filesystem, data type, tenant,
-/// path, day).
+/// (cluster, account, user, day), storage snapshots per (filesystem, data type, tenant,
+/// path, day) and LLM inference costs per (resource, month).
 #[derive(Clone, Debug, Default)]
 pub struct DwdiData {
     compute: BTreeMap<ComputeKey, Hours>,
     storage: BTreeMap<StorageKey, (u64, u64)>,
+    inference: BTreeMap<InferenceKey, f64>,
 }
 
 /// One `compute` entry of an answer: one (account, cluster) pair.
@@ -122,6 +125,14 @@ pub(crate) struct StorageRow {
     data_type: String,
     space_used: u64,
     inodes_used: u64,
+}
+
+/// One `inference` row of an answer: one resource's cost over the months asked for.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct InferenceRow {
+    waldur_resource_uuid: String,
+    total_cost: f64,
 }
 
 /// Compute usage of one account summed over a period, for tests that need the expected
@@ -200,6 +211,19 @@ impl DwdiData {
         self.storage.insert(key, (space_bytes, inodes));
     }
 
+    /// Adds `cost` to the LLM inference cost of the resource `resource_id` in month
+    /// `year`-`month`. Adding twice to the same month accumulates; to show a cost that
+    /// went down between two runs, serve new data ([`crate::DwdiSim::set_data`]). The
+    /// value is served as given, negative ones included, so a client's checks can be
+    /// tested; a non-finite one is served as `null` (what JSON can say).
+    ///
+    /// # Panics
+    /// If the month is not in 1–12 or the year is not positive.
+    pub fn add_inference_cost(&mut self, resource_id: &str, year: i32, month: u32, cost: f64) {
+        assert!(year >= 1 && (1..=12).contains(&month), "dwdi-sim: inference month {year}-{month} is not valid");
+        *self.inference.entry((resource_id.to_owned(), year, month)).or_default() += cost;
+    }
+
     /// Deterministic, realistic data (the same arguments always give the same data):
     ///
     /// - accounts `project_000`, `project_001`, … (`accounts` of them), each with `users`
@@ -212,7 +236,11 @@ impl DwdiData {
     /// - one storage snapshot per day of every given month for each account path
     ///   `/store/projects/<account>` on [`GENERATED_FILESYSTEM`] / [`GENERATED_DATA_TYPE`],
     ///   tenant [`GENERATED_TENANT`]; space follows a random walk (it also shrinks some
-    ///   days, so the last snapshot of a month is not always its largest).
+    ///   days, so the last snapshot of a month is not always its largest);
+    /// - one inference resource per account, named by [`generated_inference_resource`]
+    ///   (`00000000-0000-4000-8000-000000000000`, …, a UUID as Waldur's are), with a cost
+    ///   below 1000 in about 80 % of the given months (none in the others, so a client
+    ///   sees resources without a row); costs are multiples of 1/64, so sums are exact.
     ///
     /// `months` are `(year, month)` pairs.
     ///
@@ -278,6 +306,14 @@ impl DwdiData {
                     );
                 }
             }
+            let resource = generated_inference_resource(a);
+            for &(year, month) in &months {
+                let r = mix(&[&resource, "inference", &format!("{year:04}-{month:02}")]);
+                if r.is_multiple_of(5) {
+                    continue;
+                }
+                data.add_inference_cost(&resource, year, month, ((r >> 8) % 64_000) as f64 / 64.0);
+            }
         }
         data
     }
@@ -292,6 +328,19 @@ impl DwdiData {
     pub fn storage_paths(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.storage.keys().map(|k| &k.2).collect();
         set.into_iter().cloned().collect()
+    }
+
+    /// The distinct resources that have inference costs, sorted.
+    pub fn inference_resources(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.inference.keys().map(|k| &k.0).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The inference cost of `resource_id` summed over the months `from` to `to`
+    /// (inclusive, `(year, month)`), as `/inference/resource/cost` answers it; `None` when
+    /// it has no cost in those months (the answer then has no row for it).
+    pub fn inference_cost(&self, resource_id: &str, from: (i32, u32), to: (i32, u32)) -> Option<f64> {
+        self.inference_rows(&[resource_id.to_owned()], from, to).first().map(|row| row.total_cost)
     }
 
     /// The expected compute usage of `account` from day `from` to day `to` (inclusive,
@@ -428,6 +477,29 @@ impl DwdiData {
         }
         rows
     }
+
+    /// The inference answer: for each requested resource (first occurrence order) that
+    /// has a cost in the months `first` to `last`, one row with the sum of those months.
+    pub(crate) fn inference_rows(&self, ids: &[String], first: (i32, u32), last: (i32, u32)) -> Vec<InferenceRow> {
+        let mut seen = BTreeSet::new();
+        let mut rows = Vec::new();
+        for id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            let range = (id.clone(), first.0, first.1)..=(id.clone(), last.0, last.1);
+            let mut costs = self.inference.range(range).map(|(_, cost)| *cost).peekable();
+            if costs.peek().is_some() {
+                rows.push(InferenceRow { waldur_resource_uuid: id.clone(), total_cost: costs.sum() });
+            }
+        }
+        rows
+    }
+}
+
+/// The id of the inference resource [`DwdiData::generated`] makes for account `index`.
+pub fn generated_inference_resource(index: usize) -> String {
+    format!("00000000-0000-4000-8000-{index:012}")
 }
 
 fn generated_account(index: usize) -> String {
@@ -487,11 +559,55 @@ mod tests {
         let b = DwdiData::generated(3, 4, &[(2024, 1)]);
         assert_eq!(a.compute, b.compute);
         assert_eq!(a.storage, b.storage);
+        assert_eq!(a.inference, b.inference);
         assert_eq!(a.accounts(), ["project_000", "project_001", "project_002"]);
         let first = a.compute_usage("project_000", None, "2024-01-01", "2024-01-31");
         let second = a.compute_usage("project_001", None, "2024-01-01", "2024-01-31");
         assert!(first.users.contains_key("user_0003"));
         assert!(second.users.contains_key("user_0003"));
         assert_eq!(first.users.len(), 4);
+    }
+
+    #[test]
+    fn generated_inference_has_gaps_and_exact_costs() {
+        let months: Vec<(i32, u32)> = (1..=12).map(|m| (2024, m)).collect();
+        let data = DwdiData::generated(20, 1, &months);
+        let ids = data.inference_resources();
+        assert_eq!(ids.len(), 20);
+        assert_eq!(ids[3], generated_inference_resource(3));
+        assert_eq!(ids[3], "00000000-0000-4000-8000-000000000003");
+        let months_with_cost = data.inference.len();
+        assert!((150..240).contains(&months_with_cost), "{months_with_cost} of 240");
+        for cost in data.inference.values() {
+            assert!((0.0..1000.0).contains(cost) && (cost * 64.0).fract() == 0.0, "{cost}");
+        }
+        let year: f64 = data.inference.iter().filter(|(k, _)| k.0 == ids[0]).map(|(_, c)| c).sum();
+        assert_eq!(data.inference_cost(&ids[0], (2024, 1), (2024, 12)), Some(year));
+        assert_eq!(data.inference_cost(&ids[0], (2023, 1), (2023, 12)), None);
+    }
+
+    #[test]
+    fn inference_costs_accumulate_and_ranges_sum_months() {
+        let mut data = DwdiData::new();
+        data.add_inference_cost("r1", 2024, 1, 10.0);
+        data.add_inference_cost("r1", 2024, 1, 2.5);
+        data.add_inference_cost("r1", 2024, 3, 1.0);
+        data.add_inference_cost("r1", 2025, 1, 100.0);
+        data.add_inference_cost("r10", 2024, 2, 7.0);
+        assert_eq!(data.inference_cost("r1", (2024, 1), (2024, 1)), Some(12.5));
+        assert_eq!(data.inference_cost("r1", (2024, 1), (2024, 12)), Some(13.5));
+        assert_eq!(data.inference_cost("r1", (2024, 2), (2024, 2)), None);
+        assert_eq!(data.inference_cost("r1", (2024, 2), (2025, 1)), Some(101.0));
+        assert_eq!(data.inference_cost("r", (2024, 1), (2025, 12)), None, "ids are exact, not prefixes");
+        let rows =
+            data.inference_rows(&["r10".into(), "r1".into(), "r10".into(), "none".into()], (2024, 1), (2024, 12));
+        let got: Vec<(&str, f64)> = rows.iter().map(|r| (r.waldur_resource_uuid.as_str(), r.total_cost)).collect();
+        assert_eq!(got, [("r10", 7.0), ("r1", 13.5)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "inference month 2024-13")]
+    fn inference_builder_refuses_bad_months() {
+        DwdiData::new().add_inference_cost("r1", 2024, 13, 1.0);
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! The DWDI API is not public and cannot run here, yet the real host and the real
 //! WebAssembly components must be tested against something that behaves like it. This
-//! crate follows the API facts of the project spec (§4) and is deliberately strict, so a
-//! client that passes against it does what the real service needs:
+//! crate follows the API facts of the project spec (§4) — for inference costs, those the
+//! upstream Python plugin (`cscs-dwdi` 1.0.7) relies on — and is deliberately strict, so
+//! a client that passes against it does what the real service needs:
 //!
 //! - **Tokens**: `POST` to [`DwdiSim::token_url`] with a form body
 //!   (`grant_type=client_credentials`, `client_id`, `client_secret`, optional `scope`) or
@@ -16,23 +17,32 @@
 //! - **API**: every call needs `Authorization: Bearer <valid token>` (401 otherwise), only
 //!   `GET` is allowed (405), unknown paths are 404, request targets longer than
 //!   [`DwdiOptions::max_uri_len`] are 414.
-//! - **Lists are repeated keys**: `account=A&account=B`. A value with a comma is one
-//!   literal name: the simulator never splits on commas, so a client joining names with
-//!   commas gets nothing back for them.
+//! - **Lists are repeated keys**: `account=A&account=B`, `resource_uuid=R1&resource_uuid=R2`.
+//!   A value with a comma is one literal name: the simulator never splits on commas, so
+//!   a client joining names with commas gets nothing back for them.
 //! - **The client must sum**: a compute answer has one entry per (account, cluster) and,
 //!   within it, one user row per (user, day), so a user repeats; totals are the plain sums
 //!   of the rows, nothing is rounded.
 //! - **Storage** answers the latest snapshot of each path within the month
 //!   (`/storage/usage-month?exact-month=…`) or the snapshot of the day
 //!   (`/storage/usage-day?exact-date=…`).
+//! - **Inference** answers one row per requested resource that has a cost in the months
+//!   `from`..=`to` (`YYYY-MM`), its `totalCost` the sum of those months; a resource
+//!   without one has no row. Rows are keyed by the id sent, as Waldur's resource UUIDs
+//!   are. Data is per (resource, month): [`DwdiData::add_inference_cost`].
 //! - Parameters are validated: missing, malformed, repeated single-valued or empty
 //!   parameters and `from` after `to` are 400 with a `{"detail": …}` naming the parameter.
 //! - The clients' reachability check, as the upstream Python client sends it —
 //!   `/compute/usage-day?from=D&to=D` without accounts, `/storage/usage-day?exact-date=D`
-//!   alone — answers 200 (with no rows: it names no account or path) when authorised and
-//!   401 when not; without its parameters it is 400 like any other request.
+//!   or `/inference/resource/cost?exact-date=D` alone — answers 200 (with no rows: it
+//!   names no account, path or resource) when authorised and 401 when not; without its
+//!   parameters it is 400 like any other request. Inference's `exact-date` mixes with
+//!   no other parameter (400 naming the others).
 //!
-//! Endpoints (below [`DwdiSim::api_url`], which already ends in `/api/v1`):
+//! Endpoints (below [`DwdiSim::api_url`], which already ends in `/api/v1`). Clients
+//! append each path to `cscs_dwdi_api_url` as it is, so configure it as `api_url()`:
+//! the inference cost is then served at `…/api/v1/inference/resource/cost`, beside the
+//! compute and storage paths.
 //!
 //! | path | parameters |
 //! |---|---|
@@ -41,6 +51,7 @@
 //! | `/compute/usage-day` | `from`, `to` (`YYYY-MM-DD`), `account`*, `cluster`* |
 //! | `/storage/usage-month` | `exact-month` (`YYYY-MM`), `filesystem`, `data_type`, `paths`+, `tenant`? |
 //! | `/storage/usage-day` | `exact-date` (`YYYY-MM-DD`), `filesystem`, `data_type`, `paths`+, `tenant`?; or `exact-date` alone |
+//! | `/inference/resource/cost` | `from`, `to` (`YYYY-MM`), `resource_uuid`+; or `exact-date` (`YYYY-MM-DD`) alone |
 //!
 //! Tests observe and steer it through [`Stats`] (token and API counts, rejections, peer
 //! addresses, connections open at once, recent request targets), fault injection ([`DwdiSim::fail_next`],
@@ -51,8 +62,9 @@
 //!
 //! - It is not a copy of the real service: answers carry only the fields the spec names
 //!   (`account`, `cluster`, `totalNodeHours`, `totalCpuHours`, `totalGpuHours`, `users`;
-//!   `path`, `filesystem`, `dataType`, `spaceUsed`, `inodesUsed`). The order of entries is
-//!   deterministic (by account, cluster, day, user) but clients must not rely on it.
+//!   `path`, `filesystem`, `dataType`, `spaceUsed`, `inodesUsed`; `waldurResourceUuid`,
+//!   `totalCost`). The order of entries is deterministic (by account, cluster, day, user;
+//!   by requested resource) but clients must not rely on it.
 //! - It is stricter than the real service in one respect: unknown query parameters are
 //!   400, because a misspelt optional filter (`clusters=`) would otherwise be silently
 //!   ignored and return unfiltered data.
@@ -62,7 +74,8 @@
 //! - No JWTs, refresh tokens, other grant types, token introspection or rate limiting;
 //!   no pagination (the real API has none in the reference client either).
 //! - It does not check what a token is allowed to see: any valid token reads all data.
-//! - `DwdiData` builders panic on malformed dates: they are test fixtures, not input.
+//! - `DwdiData` builders panic on malformed dates and months: they are test fixtures,
+//!   not input.
 //!
 //! # Example
 //!
@@ -93,6 +106,7 @@ mod tls;
 
 pub use data::{
     ComputeUsage, DwdiData, GENERATED_CLUSTERS, GENERATED_DATA_TYPE, GENERATED_FILESYSTEM, GENERATED_TENANT,
+    generated_inference_resource,
 };
 pub use server::{API_PREFIX, DwdiOptions, RECENT_CAPACITY, RequestRecord, SimState, Stats, TOKEN_PATH};
 

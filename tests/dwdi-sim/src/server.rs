@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::b64;
-use crate::data::{ComputeEntry, Day, DwdiData, StorageRow, parse_month};
+use crate::data::{ComputeEntry, Day, DwdiData, InferenceRow, StorageRow, parse_month};
 
 /// Path prefix of the API; [`crate::DwdiSim::api_url`] ends with it.
 pub const API_PREFIX: &str = "/api/v1";
@@ -382,6 +382,8 @@ enum Endpoint {
     ComputeDayBare,
     StorageMonth,
     StorageDay,
+    /// LLM inference cost per resource over months, or the reachability check.
+    InferenceCost,
 }
 
 impl Endpoint {
@@ -392,6 +394,7 @@ impl Endpoint {
             "/compute/usage-day" => Some(Self::ComputeDayBare),
             "/storage/usage-month" => Some(Self::StorageMonth),
             "/storage/usage-day" => Some(Self::StorageDay),
+            "/inference/resource/cost" => Some(Self::InferenceCost),
             _ => None,
         }
     }
@@ -612,6 +615,9 @@ fn api(state: &SimState, endpoint: Endpoint, request: &Request<Body>) -> Respons
         Endpoint::StorageMonth | Endpoint::StorageDay => {
             storage(state, endpoint, &query).map(|storage| axum::Json(StorageAnswer { storage }).into_response())
         }
+        Endpoint::InferenceCost => {
+            inference(state, &query).map(|inference| axum::Json(InferenceAnswer { inference }).into_response())
+        }
     };
     answer.unwrap_or_else(|message| detail(StatusCode::BAD_REQUEST, &message))
 }
@@ -705,6 +711,25 @@ struct StorageAnswer {
     storage: Vec<StorageRow>,
 }
 
+#[derive(Serialize)]
+struct InferenceAnswer {
+    inference: Vec<InferenceRow>,
+}
+
+/// A `YYYY-MM` parameter value, or the 400 message naming the parameter.
+fn month_value(key: &str, value: &str) -> Result<(i32, u32), String> {
+    parse_month(value).ok_or_else(|| format!("query parameter '{key}' must be a month YYYY-MM, got '{value}'"))
+}
+
+/// A `YYYY-MM-DD` parameter value, or the 400 message naming the parameter.
+fn day_value(key: &str, value: &str) -> Result<Day, String> {
+    Day::parse(value).ok_or_else(|| format!("query parameter '{key}' must be a date YYYY-MM-DD, got '{value}'"))
+}
+
+fn from_after_to(from: &str, to: &str) -> String {
+    format!("query parameter 'from' ({from}) is after 'to' ({to})")
+}
+
 fn compute(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<ComputeEntry>, String> {
     if endpoint == Endpoint::ComputeDayBare {
         // The reachability check asks about every account.
@@ -715,20 +740,14 @@ fn compute(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<Co
     let from = query.single("from").unwrap_or_default();
     let to = query.single("to").unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::ComputeMonth {
-        let month = |key: &str, value: &str| {
-            parse_month(value).ok_or_else(|| format!("query parameter '{key}' must be a month YYYY-MM, got '{value}'"))
-        };
-        let (fy, fm) = month("from", from)?;
-        let (ty, tm) = month("to", to)?;
+        let (fy, fm) = month_value("from", from)?;
+        let (ty, tm) = month_value("to", to)?;
         (Day::first_of(fy, fm), Day::last_of(ty, tm))
     } else {
-        let day = |key: &str, value: &str| {
-            Day::parse(value).ok_or_else(|| format!("query parameter '{key}' must be a date YYYY-MM-DD, got '{value}'"))
-        };
-        (day("from", from)?, day("to", to)?)
+        (day_value("from", from)?, day_value("to", to)?)
     };
     if first > last {
-        return Err(format!("query parameter 'from' ({from}) is after 'to' ({to})"));
+        return Err(from_after_to(from, to));
     }
     let data = state.data();
     Ok(data.compute_entries(&query.list("account"), &query.list("cluster"), first, last))
@@ -745,12 +764,10 @@ fn storage(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<St
     }
     let period = query.single(period_key).unwrap_or_default();
     let (first, last) = if endpoint == Endpoint::StorageMonth {
-        let (year, month) = parse_month(period)
-            .ok_or_else(|| format!("query parameter '{period_key}' must be a month YYYY-MM, got '{period}'"))?;
+        let (year, month) = month_value(period_key, period)?;
         (Day::first_of(year, month), Day::last_of(year, month))
     } else {
-        let day = Day::parse(period)
-            .ok_or_else(|| format!("query parameter '{period_key}' must be a date YYYY-MM-DD, got '{period}'"))?;
+        let day = day_value(period_key, period)?;
         (day, day)
     };
     Ok(state.data().storage_rows(
@@ -761,4 +778,21 @@ fn storage(state: &SimState, endpoint: Endpoint, query: &Query) -> Result<Vec<St
         first,
         last,
     ))
+}
+
+fn inference(state: &SimState, query: &Query) -> Result<Vec<InferenceRow>, String> {
+    if query.pairs.iter().any(|(key, _)| key == "exact-date") {
+        // The clients' reachability check: a day, and nothing else, names no resource.
+        query.check(&["exact-date"], &[], &[], &[])?;
+        day_value("exact-date", query.single("exact-date").unwrap_or_default())?;
+        return Ok(Vec::new());
+    }
+    query.check(&["from", "to"], &["resource_uuid"], &[], &[])?;
+    let from = query.single("from").unwrap_or_default();
+    let to = query.single("to").unwrap_or_default();
+    let (first, last) = (month_value("from", from)?, month_value("to", to)?);
+    if first > last {
+        return Err(from_after_to(from, to));
+    }
+    Ok(state.data().inference_rows(&query.list("resource_uuid"), first, last))
 }

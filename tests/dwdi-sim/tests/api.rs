@@ -591,6 +591,150 @@ async fn generated_storage_matches_its_oracle() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Inference
+// ---------------------------------------------------------------------------------------
+
+const COST: &str = "/inference/resource/cost";
+
+fn inference_data() -> DwdiData {
+    let mut data = DwdiData::new();
+    data.add_inference_cost("r1", 2024, 1, 12.5);
+    data.add_inference_cost("r1", 2024, 2, 7.25);
+    data.add_inference_cost("r2", 2024, 1, 0.5);
+    data.add_inference_cost("r3", 2024, 3, 1.0);
+    data
+}
+
+/// (`waldurResourceUuid`, `totalCost`) of each row; every cost must be a JSON number.
+fn costs(reply: &Reply) -> Vec<(String, f64)> {
+    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    let rows = body["inference"].as_array().expect("inference array");
+    rows.iter()
+        .map(|row| {
+            assert_eq!(row.as_object().map(|o| o.len()), Some(2), "only the two fields: {row}");
+            let id = row["waldurResourceUuid"].as_str().expect("id string").to_owned();
+            (id, row["totalCost"].as_f64().expect("cost number"))
+        })
+        .collect()
+}
+
+fn cost(id: &str, value: f64) -> (String, f64) {
+    (id.to_owned(), value)
+}
+
+#[tokio::test]
+async fn inference_answers_one_summed_row_per_requested_resource() {
+    let data = inference_data();
+    let want_r1 = data.inference_cost("r1", (2024, 1), (2024, 2));
+    let sim = start(data).await;
+    let token = token(&sim).await;
+
+    let jan = get(&sim, &format!("{COST}?from=2024-01&to=2024-01&resource_uuid=r2&resource_uuid=r1"), &token).await;
+    assert_eq!(costs(&jan), [cost("r2", 0.5), cost("r1", 12.5)], "in request order");
+    // A range sums its months; a resource without a cost in it has no row.
+    let range = format!("{COST}?from=2024-01&to=2024-02&resource_uuid=r1&resource_uuid=r3&resource_uuid=nobody");
+    assert_eq!(costs(&get(&sim, &range, &token).await), [cost("r1", 19.75)]);
+    assert_eq!(want_r1, Some(19.75));
+    let march = get(&sim, &format!("{COST}?from=2024-03&to=2024-03&resource_uuid=r1"), &token).await;
+    assert!(costs(&march).is_empty());
+    // An id asked twice is answered once; a comma-joined list is one unknown id.
+    let twice = get(&sim, &format!("{COST}?from=2024-01&to=2024-01&resource_uuid=r1&resource_uuid=r1"), &token).await;
+    assert_eq!(costs(&twice), [cost("r1", 12.5)]);
+    let comma = get(&sim, &format!("{COST}?from=2024-01&to=2024-01&resource_uuid=r1%2Cr2"), &token).await;
+    assert!(costs(&comma).is_empty());
+
+    // Served below the API prefix, like every other endpoint.
+    let stats = sim.stats();
+    assert_eq!(stats.api_count(COST), 5);
+    assert!(stats.recent_urls().contains(&format!("/api/v1{COST}?from=2024-03&to=2024-03&resource_uuid=r1")));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn generated_inference_matches_its_oracle() {
+    let data = DwdiData::generated(6, 1, &[(2024, 1), (2024, 2)]);
+    let ids = data.inference_resources();
+    assert_eq!(ids.first().map(String::as_str), Some(dwdi_sim::generated_inference_resource(0).as_str()));
+    let want: Vec<(String, f64)> =
+        ids.iter().filter_map(|id| data.inference_cost(id, (2024, 1), (2024, 2)).map(|c| (id.clone(), c))).collect();
+    let sim = start(data).await;
+    let token = token(&sim).await;
+    let query: String = ids.iter().map(|id| format!("&resource_uuid={id}")).collect();
+    let reply = get(&sim, &format!("{COST}?from=2024-01&to=2024-02{query}"), &token).await;
+    assert_eq!(costs(&reply), want);
+    assert!(!want.is_empty());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn inference_needs_a_bearer_token_and_get() {
+    let sim = start(inference_data()).await;
+    let usage = format!("{COST}?from=2024-01&to=2024-01&resource_uuid=r1");
+    for target in [usage.as_str(), "/inference/resource/cost?exact-date=2024-01-04"] {
+        let none = get(&sim, target, "").await;
+        assert_eq!(none.status, 401, "{target}");
+        assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+        assert_eq!(none.detail(), "Not authenticated");
+        assert_eq!(get(&sim, target, "stale").await.status, 401, "{target}");
+    }
+    let token = token(&sim).await;
+    let auth = format!("Bearer {token}");
+    let post = send("POST", &format!("{}{usage}", sim.api_url()), &[("Authorization", &auth)], b"").await;
+    assert_eq!((post.status, post.header("allow")), (405, Some("GET")));
+    assert_eq!(sim.stats().api_unauthorized, 4);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn inference_reachability_check_answers_no_rows() {
+    let sim = start(inference_data()).await;
+    let token = token(&sim).await;
+    // What the upstream Python client's ping sends: today, no resource.
+    let reply = get(&sim, &format!("{COST}?exact-date=2024-01-04"), &token).await;
+    assert_eq!(reply.status, 200, "{}", reply.detail());
+    assert_eq!(reply.json(), serde_json::json!({ "inference": [] }));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn inference_bad_parameters_are_400_naming_the_parameter() {
+    let sim = start(inference_data()).await;
+    let token = token(&sim).await;
+    let cases: &[(&str, &str)] = &[
+        ("", "from, to, resource_uuid"),
+        ("?to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-01&resource_uuid=r1", "to"),
+        ("?from=2024-01&to=2024-01", "resource_uuid"),
+        ("?from=2024-1&to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-01&to=2024-13&resource_uuid=r1", "to"),
+        ("?from=2024-01-01&to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-03&to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-01&from=2024-01&to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-01&to=2024-01&to=2024-01&resource_uuid=r1", "to"),
+        ("?from=2024-01&to=2024-01&resource_uuid=", "resource_uuid"),
+        ("?from=2024-01&to=2024-01&resource_uuid=r1&resource_uuid=", "resource_uuid"),
+        ("?from=&to=2024-01&resource_uuid=r1", "from"),
+        ("?from=2024-01&to=2024-01&resource_uuids=r1", "resource_uuids"),
+        ("?from=2024-01&to=2024-01&resource_uuid=r1&cluster=alps", "cluster"),
+        ("?exact-date=2024-01", "exact-date"),
+        ("?exact-date=2024-02-30", "exact-date"),
+        ("?exact-date=", "exact-date"),
+        ("?exact-date=2024-01-01&exact-date=2024-01-02", "exact-date"),
+        ("?exact-date=2024-01-01&resource_uuid=r1", "resource_uuid"),
+        ("?exact-date=2024-01-01&from=2024-01&to=2024-01", "from, to"),
+    ];
+    for (query, param) in cases {
+        let target = format!("{COST}{query}");
+        let reply = get(&sim, &target, &token).await;
+        assert_eq!(reply.status, 400, "{target}");
+        assert!(reply.detail().contains(param), "{target}: {}", reply.detail());
+    }
+    assert_eq!(sim.stats().api_bad_requests, cases.len() as u64);
+    sim.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Validation, routing
 // ---------------------------------------------------------------------------------------
 
