@@ -12,7 +12,7 @@ use std::path::PathBuf;
 mod wasm_build;
 
 /// The backend types built from `guest/`, each a crate of the same name.
-const COMPONENTS: &[&str] = &["cscs-dwdi-compute", "cscs-dwdi-storage"];
+const COMPONENTS: &[&str] = &["cscs-dwdi-compute", "cscs-dwdi-storage", "cscs-dwdi-inference"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));

@@ -8,7 +8,7 @@ pub fn component(backend_type: &str) -> Option<&'static [u8]> {
     BUILTIN.iter().find(|(name, _)| *name == backend_type).map(|(_, bytes)| *bytes)
 }
 
-/// The built-in backend types, for messages: `cscs-dwdi-compute, cscs-dwdi-storage`.
+/// The built-in backend types, for messages: `cscs-dwdi-compute, cscs-dwdi-storage, …`.
 pub fn names() -> String {
     BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
 }

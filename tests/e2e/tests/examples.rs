@@ -28,7 +28,12 @@ async fn every_example_config_loads() -> Result<()> {
         }
     }
     seen.sort();
-    for name in ["cscs-dwdi-combined-config.yaml", "cscs-dwdi-compute-config.yaml", "cscs-dwdi-storage-config.yaml"] {
+    for name in [
+        "cscs-dwdi-combined-config.yaml",
+        "cscs-dwdi-compute-config.yaml",
+        "cscs-dwdi-inference-config.yaml",
+        "cscs-dwdi-storage-config.yaml",
+    ] {
         assert!(seen.iter().any(|s| s == name), "{name} missing from examples/: {seen:?}");
     }
     Ok(())
@@ -93,7 +98,25 @@ backend_components:
     accounting_type: "usage"
     label: "File Count"
 "#;
-    for snippet in [compute, storage] {
+    // The inference example of the upstream plugin's README (1.0.7).
+    let inference = r#"
+backend_type: "cscs-dwdi-inference"
+
+backend_settings:
+  cscs_dwdi_api_url: "https://dwdi.cscs.ch"
+  cscs_dwdi_client_id: "your_oidc_client_id"
+  cscs_dwdi_client_secret: "your_oidc_client_secret"
+  cscs_dwdi_oidc_token_url: "https://auth.cscs.ch/realms/cscs/protocol/openid-connect/token"
+  cscs_dwdi_oidc_scope: "openid"  # Optional
+
+backend_components:
+  token_cost:
+    measured_unit: "EUR"
+    unit_factor: 1
+    accounting_type: "usage"
+    label: "Inference cost"
+"#;
+    for snippet in [compute, storage, inference] {
         let indented: String = snippet.lines().map(|line| format!("    {line}\n")).collect();
         let text = format!("offerings:\n  -\n{indented}");
         let config = AgentConfig::parse(&text)?;
