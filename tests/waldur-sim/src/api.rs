@@ -288,39 +288,44 @@ pub(crate) async fn handle(AxumState(shared): AxumState<Arc<Shared>>, request: R
         Value::Null
     };
 
-    let mut state = shared.lock();
-    let state = &mut *state;
     let is_write = route.method() == Method::POST;
-    let reply = match route {
-        Route::Me => detail(&ctx, me_json(&ctx, &caller)),
-        Route::Offering(uuid) => match lookup(&uuid, |u| state.offering(u)) {
-            Some(offering) => detail(&ctx, offering_json(&ctx, offering)),
-            None => Reply::not_found(),
-        },
-        Route::Resources => list_resources(state, &ctx),
-        Route::Resource(uuid) => match lookup(&uuid, |u| state.resource(u)) {
-            Some(resource) => detail(&ctx, resource_json(&ctx, state, resource)),
-            None => Reply::not_found(),
-        },
-        Route::Usages => list_usages(state, &ctx),
-        Route::Usage(uuid) => match lookup(&uuid, |u| state.usage(u)) {
-            Some(usage) => detail(&ctx, usage_json(&ctx, state, usage)),
-            None => Reply::not_found(),
-        },
-        Route::OfferingUsers => list_offering_users(state, &ctx),
-        Route::OfferingUser(uuid) => match lookup(&uuid, |u| state.offering_user(u)) {
-            Some(user) => detail(&ctx, offering_user_json(&ctx, state, user)),
-            None => Reply::not_found(),
-        },
-        Route::UserUsages => list_user_usages(state, &ctx),
-        Route::SetUsage => set_usage(state, &ctx, &caller, &data),
-        Route::SetUserUsage(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, false),
-        Route::SetUserUsages(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, true),
+    // The state is held while the reply is made, not while it is serialised and sent:
+    // a page of 300 rows would otherwise hold every write up for that long.
+    let reply = {
+        let mut state = shared.lock();
+        let state = &mut *state;
+        let reply = match route {
+            Route::Me => detail(&ctx, me_json(&ctx, &caller)),
+            Route::Offering(uuid) => match lookup(&uuid, |u| state.offering(u)) {
+                Some(offering) => detail(&ctx, offering_json(&ctx, offering)),
+                None => Reply::not_found(),
+            },
+            Route::Resources => list_resources(state, &ctx),
+            Route::Resource(uuid) => match lookup(&uuid, |u| state.resource(u)) {
+                Some(resource) => detail(&ctx, resource_json(&ctx, state, resource)),
+                None => Reply::not_found(),
+            },
+            Route::Usages => list_usages(state, &ctx),
+            Route::Usage(uuid) => match lookup(&uuid, |u| state.usage(u)) {
+                Some(usage) => detail(&ctx, usage_json(&ctx, state, usage)),
+                None => Reply::not_found(),
+            },
+            Route::OfferingUsers => list_offering_users(state, &ctx),
+            Route::OfferingUser(uuid) => match lookup(&uuid, |u| state.offering_user(u)) {
+                Some(user) => detail(&ctx, offering_user_json(&ctx, state, user)),
+                None => Reply::not_found(),
+            },
+            Route::UserUsages => list_user_usages(state, &ctx),
+            Route::SetUsage => set_usage(state, &ctx, &caller, &data),
+            Route::SetUserUsage(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, false),
+            Route::SetUserUsages(uuid) => set_user_usages(state, &ctx, &caller, &uuid, &data, true),
+        };
+        if is_write {
+            state.counters.write_time += started.elapsed();
+            state.counters.timed_writes += 1;
+        }
+        reply
     };
-    if is_write {
-        state.counters.write_time += started.elapsed();
-        state.counters.timed_writes += 1;
-    }
     reply.into_response()
 }
 
