@@ -25,7 +25,8 @@ use serde::de::DeserializeOwned;
 
 use crate::egress::connect::Proxy;
 
-/// Settings keys the host keeps to itself: they never reach a component.
+/// Settings keys the host keeps to itself: they never reach a component (nor does
+/// `upstream.auth`).
 pub const HOST_ONLY_SETTINGS: &[&str] = &[
     "cscs_dwdi_client_id",
     "cscs_dwdi_client_secret",
@@ -34,6 +35,15 @@ pub const HOST_ONLY_SETTINGS: &[&str] = &[
     "cscs_dwdi_oidc_auth_method",
     "socks_proxy",
     "ca_bundle",
+];
+
+/// The DWDI spelling of an OIDC client, which `upstream.auth` replaces.
+const DWDI_OIDC_KEYS: &[&str] = &[
+    "cscs_dwdi_client_id",
+    "cscs_dwdi_client_secret",
+    "cscs_dwdi_oidc_token_url",
+    "cscs_dwdi_oidc_scope",
+    "cscs_dwdi_oidc_auth_method",
 ];
 
 /// A string that must never be shown: its `Debug` and `Display` print `***`.
@@ -269,17 +279,152 @@ pub enum ClientAuth {
     Basic,
 }
 
-/// The host-owned part of an offering's `backend_settings`.
+/// An OIDC client-credentials client: how the host gets a bearer token.
 #[derive(Debug, Clone)]
-pub struct DwdiAccess {
-    pub api_url: url::Url,
+pub struct OidcClient {
     pub token_url: url::Url,
     pub client_id: String,
     pub client_secret: Secret,
     pub scope: String,
     pub client_auth: ClientAuth,
+}
+
+/// How the host authenticates an offering's upstream requests. A component never sees
+/// any of it, and may not set the header itself (`egress::policy`).
+#[derive(Debug, Clone)]
+pub enum UpstreamAuth {
+    /// Nothing attached.
+    None,
+    /// One header with a value read once, at start-up, from a file or the environment:
+    /// `Authorization: Bearer …` or a key header such as `X-Api-Key`.
+    Static { header: http::HeaderName, value: Secret },
+    /// A bearer token from an OIDC token endpoint, refreshed before it expires.
+    Oidc(OidcClient),
+}
+
+/// The host-owned part of an offering's `backend_settings`: where its component may
+/// send requests, and how they are authenticated, proxied and trusted.
+#[derive(Debug, Clone)]
+pub struct UpstreamAccess {
+    /// The base URLs a component may reach: scheme, host, port and path prefix.
+    pub urls: Vec<url::Url>,
+    pub auth: UpstreamAuth,
     pub proxy: Option<Proxy>,
     pub ca_bundle: Option<PathBuf>,
+}
+
+impl UpstreamAccess {
+    /// The OIDC client, when the upstream authenticates with one.
+    pub fn oidc(&self) -> Option<&OidcClient> {
+        match &self.auth {
+            UpstreamAuth::Oidc(client) => Some(client),
+            _ => None,
+        }
+    }
+}
+
+/// `backend_settings.upstream`: the spelling for a backend that is not DWDI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamSettings {
+    urls: Vec<String>,
+    auth: AuthSettings,
+}
+
+/// `backend_settings.upstream.auth`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum AuthSettings {
+    None,
+    Bearer {
+        #[serde(default)]
+        value_file: Option<PathBuf>,
+        #[serde(default)]
+        value_env: Option<String>,
+    },
+    Header {
+        name: String,
+        #[serde(default)]
+        value_file: Option<PathBuf>,
+        #[serde(default)]
+        value_env: Option<String>,
+    },
+    Oidc {
+        token_url: String,
+        client_id: String,
+        client_secret: Secret,
+        #[serde(default)]
+        scope: Option<String>,
+        #[serde(default)]
+        auth_method: Option<String>,
+    },
+}
+
+/// A secret read from exactly one of a file (trailing whitespace dropped) or an
+/// environment variable; `at` is the settings path for messages.
+fn secret_from(file: Option<&Path>, env: Option<&str>, at: &str) -> std::result::Result<Secret, String> {
+    let value = match (file, env) {
+        (Some(path), None) => std::fs::read_to_string(path)
+            .map_err(|e| format!("{at}.value_file: cannot read {}: {e}", path.display()))?
+            .trim_end()
+            .to_owned(),
+        (None, Some(name)) => std::env::var(name).map_err(|e| format!("{at}.value_env: {name}: {e}"))?,
+        (None, None) => return Err(format!("{at}: set value_file or value_env")),
+        (Some(_), Some(_)) => return Err(format!("{at}: set value_file or value_env, not both")),
+    };
+    if value.trim().is_empty() {
+        return Err(format!("{at}: the value is empty"));
+    }
+    Ok(Secret::new(value))
+}
+
+/// The `client_auth` of an `auth_method` setting.
+fn client_auth(method: Option<&str>, key: &str) -> std::result::Result<ClientAuth, String> {
+    match method {
+        None | Some("client_secret_post") | Some("form") => Ok(ClientAuth::Form),
+        Some("client_secret_basic") | Some("basic") => Ok(ClientAuth::Basic),
+        Some(other) => Err(format!("{key}: {other:?} is not one of client_secret_post, client_secret_basic")),
+    }
+}
+
+impl AuthSettings {
+    fn resolve(self) -> std::result::Result<UpstreamAuth, String> {
+        const AT: &str = "backend_settings.upstream.auth";
+        let header_value = |value: &Secret| {
+            http::HeaderValue::from_str(value.expose())
+                .map(drop)
+                .map_err(|_| format!("{AT}: the value has characters no HTTP header may carry"))
+        };
+        Ok(match self {
+            AuthSettings::None => UpstreamAuth::None,
+            AuthSettings::Bearer { value_file, value_env } => {
+                let token = secret_from(value_file.as_deref(), value_env.as_deref(), AT)?;
+                let value = Secret::new(format!("Bearer {}", token.expose()));
+                header_value(&value)?;
+                UpstreamAuth::Static { header: http::header::AUTHORIZATION, value }
+            }
+            AuthSettings::Header { name, value_file, value_env } => {
+                let header = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("{AT}.name: {name:?} is not an HTTP header name"))?;
+                if crate::egress::policy::ALLOWED_HEADERS.contains(&header.as_str()) || header == http::header::HOST {
+                    return Err(format!("{AT}.name: {name} is a header the component or the host sets"));
+                }
+                let value = secret_from(value_file.as_deref(), value_env.as_deref(), AT)?;
+                header_value(&value)?;
+                UpstreamAuth::Static { header, value }
+            }
+            AuthSettings::Oidc { token_url, client_id, client_secret, scope, auth_method } => {
+                let token_url = parse_http_url(&token_url).map_err(|e| format!("{AT}.token_url: {e}"))?;
+                UpstreamAuth::Oidc(OidcClient {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scope: scope.unwrap_or_else(|| "openid".to_owned()),
+                    client_auth: client_auth(auth_method.as_deref(), &format!("{AT}.auth_method"))?,
+                })
+            }
+        })
+    }
 }
 
 /// Reads YAML text as PyYAML does (see the module docs). An error names the key path
@@ -441,13 +586,16 @@ impl OfferingConfig {
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
         }
-        self.dwdi_access()?;
+        self.upstream_access()?;
         crate::egress::Limits::from_settings(&self.backend_settings)?;
         Ok(())
     }
 
-    /// The DWDI endpoint, credentials and network settings; errors name the key.
-    pub fn dwdi_access(&self) -> std::result::Result<DwdiAccess, String> {
+    /// Where the offering's component may send requests and how the host authenticates,
+    /// proxies and trusts them; errors name the key. Either `upstream` (any backend) or
+    /// the DWDI spelling: `cscs_dwdi_api_url` and the OIDC client of the `cscs_dwdi_*`
+    /// keys. `socks_proxy` and `ca_bundle` apply to both.
+    pub fn upstream_access(&self) -> std::result::Result<UpstreamAccess, String> {
         let settings = &self.backend_settings;
         let text = |key: &str| -> std::result::Result<Option<String>, String> {
             match settings.get(key) {
@@ -459,6 +607,32 @@ impl OfferingConfig {
                 Some(_) => Err(format!("backend_settings.{key}: must be a string")),
             }
         };
+        // Parsed here so a bad proxy URL is a start-up error naming the key.
+        let proxy = text("socks_proxy")?
+            .map(|url| Proxy::parse(&url))
+            .transpose()
+            .map_err(|e| format!("backend_settings.socks_proxy: {e:#}"))?;
+        let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
+        if let Some(upstream) = settings.get("upstream") {
+            // One way to say it: an OIDC client given twice could differ.
+            if let Some(key) = DWDI_OIDC_KEYS.iter().find(|key| settings.contains_key(**key)) {
+                return Err(format!(
+                    "backend_settings.{key}: set the OIDC client in upstream.auth or in the cscs_dwdi_* keys, not both"
+                ));
+            }
+            let upstream: UpstreamSettings =
+                serde_json::from_value(upstream.clone()).map_err(|e| format!("backend_settings.upstream: {e}"))?;
+            if upstream.urls.is_empty() {
+                return Err("backend_settings.upstream.urls: the list is empty".to_owned());
+            }
+            let urls = upstream
+                .urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| parse_http_url(url).map_err(|e| format!("backend_settings.upstream.urls[{i}]: {e}")))
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            return Ok(UpstreamAccess { urls, auth: upstream.auth.resolve()?, proxy, ca_bundle });
+        }
         let required = |key: &str| -> std::result::Result<String, String> {
             text(key)?.ok_or_else(|| format!("backend_settings.{key}: missing"))
         };
@@ -469,32 +643,26 @@ impl OfferingConfig {
         let token_url = parse_http_url(&required("cscs_dwdi_oidc_token_url")?)
             .map_err(|e| format!("backend_settings.cscs_dwdi_oidc_token_url: {e}"))?;
         let scope = text("cscs_dwdi_oidc_scope")?.unwrap_or_else(|| "openid".to_owned());
-        let client_auth = match text("cscs_dwdi_oidc_auth_method")?.as_deref() {
-            None | Some("client_secret_post") | Some("form") => ClientAuth::Form,
-            Some("client_secret_basic") | Some("basic") => ClientAuth::Basic,
-            Some(other) => {
-                return Err(format!(
-                    "backend_settings.cscs_dwdi_oidc_auth_method: {other:?} is not one of \
-                     client_secret_post, client_secret_basic"
-                ));
-            }
-        };
-        // Parsed here so a bad proxy URL is a start-up error naming the key.
-        let proxy = text("socks_proxy")?
-            .map(|url| Proxy::parse(&url))
-            .transpose()
-            .map_err(|e| format!("backend_settings.socks_proxy: {e:#}"))?;
-        let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
-        Ok(DwdiAccess { api_url, token_url, client_id, client_secret, scope, client_auth, proxy, ca_bundle })
+        let client_auth =
+            client_auth(text("cscs_dwdi_oidc_auth_method")?.as_deref(), "backend_settings.cscs_dwdi_oidc_auth_method")?;
+        let oidc = OidcClient { token_url, client_id, client_secret, scope, client_auth };
+        Ok(UpstreamAccess { urls: vec![api_url], auth: UpstreamAuth::Oidc(oidc), proxy, ca_bundle })
     }
 
     /// `backend_settings` without the host-only keys, as JSON for the component.
     pub fn component_settings_json(&self) -> String {
-        let visible: BTreeMap<&String, &serde_json::Value> = self
+        let mut visible: BTreeMap<&String, serde_json::Value> = self
             .backend_settings
             .iter()
             .filter(|(key, _)| !HOST_ONLY_SETTINGS.contains(&key.as_str()) && !looks_secret(key))
+            .map(|(key, value)| (key, value.clone()))
             .collect();
+        // Of `upstream` the component sees where it may go, never how the host gets in.
+        if let Some(upstream) = visible.get_mut(&"upstream".to_owned())
+            && let Some(map) = upstream.as_object_mut()
+        {
+            map.retain(|key, _| key == "urls");
+        }
         serde_json::to_string(&visible).unwrap_or_else(|_| "{}".to_owned())
     }
 }
@@ -547,9 +715,10 @@ offerings:
         assert_eq!(config.reporting_periods, 2);
         let offering = &config.offerings[0];
         assert!(offering.verify_ssl);
-        let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
-        assert_eq!(access.scope, "openid");
-        assert_eq!(access.client_auth, ClientAuth::Form);
+        let access = offering.upstream_access().map_err(anyhow::Error::msg)?;
+        let oidc = access.oidc().context("the cscs_dwdi_* keys are an OIDC client")?;
+        assert_eq!(oidc.scope, "openid");
+        assert_eq!(oidc.client_auth, ClientAuth::Form);
         assert_eq!(access.proxy.map(|p| p.to_string()).as_deref(), Some("socks5://localhost:12345"));
         let json = offering.component_settings_json();
         assert!(json.contains("cscs_dwdi_api_url"));
@@ -622,7 +791,7 @@ offerings:
     #[test]
     fn proxy_password_is_hidden_in_debug() -> Result<()> {
         let config = AgentConfig::parse(&MINIMAL.replace("socks5://localhost", "socks5://alice:pw0rd@localhost"))?;
-        let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+        let access = config.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
         let shown = format!("{config:?} {access:?}");
         assert!(!shown.contains("pw0rd"), "{shown}");
         Ok(())
@@ -691,8 +860,9 @@ offerings:
             let config = AgentConfig::parse(&text)?;
             assert_eq!((config.timezone, config.log_level), (None, None), "{null:?}");
             assert_eq!(config.offerings[0].waldur_api_token, None, "{null:?}");
-            let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
-            assert_eq!(access.scope, "openid", "a null scope is the default: {null:?}");
+            let access = config.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
+            let scope = access.oidc().map(|oidc| oidc.scope.as_str());
+            assert_eq!(scope, Some("openid"), "a null scope is the default: {null:?}");
         }
         Ok(())
     }
@@ -721,8 +891,105 @@ offerings:
         let config = AgentConfig::parse(MINIMAL)?;
         let debug = format!("{config:?}");
         assert!(!debug.contains("s3cret"));
-        let access = config.offerings[0].dwdi_access().map_err(anyhow::Error::msg)?;
+        let access = config.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
         assert!(!format!("{access:?}").contains("s3cret"));
         Ok(())
+    }
+
+    /// `MINIMAL` with its `cscs_dwdi_*` access replaced by `upstream` (10-space indent).
+    fn with_upstream(upstream: &str) -> String {
+        let mut kept: Vec<&str> = Vec::new();
+        for line in MINIMAL.lines() {
+            let dwdi = ["cscs_dwdi_client_id", "cscs_dwdi_client_secret", "cscs_dwdi_oidc_token_url"];
+            if !dwdi.iter().any(|key| line.trim_start().starts_with(key)) {
+                kept.push(line);
+            }
+        }
+        kept.join("\n")
+            .replace("    backend_settings:\n", &format!("    backend_settings:\n      upstream:\n{upstream}"))
+    }
+
+    #[test]
+    fn an_upstream_says_where_a_component_may_go_and_how_the_host_authenticates() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let key_file = dir.path().join("meter.key");
+        std::fs::write(&key_file, "k3y-from-file\n")?;
+        let text = with_upstream(&format!(
+            "        urls: [\"https://meter.example.org/api/v2\", \"http://10.0.0.5:8080/meter\"]\n        auth: {{type: header, name: X-Api-Key, value_file: {:?}}}\n",
+            key_file.display()
+        ));
+        let config = AgentConfig::parse(&text)?;
+        let access = config.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
+        let urls: Vec<&str> = access.urls.iter().map(url::Url::as_str).collect();
+        assert_eq!(urls, ["https://meter.example.org/api/v2", "http://10.0.0.5:8080/meter"]);
+        let UpstreamAuth::Static { header, value } = &access.auth else { panic!("{:?}", access.auth) };
+        assert_eq!((header.as_str(), value.expose()), ("x-api-key", "k3y-from-file"));
+        // The proxy still comes from socks_proxy; the key is never shown.
+        assert!(access.proxy.is_some());
+        assert!(!format!("{access:?} {config:?}").contains("k3y"));
+        // The component sees the URLs, not the auth.
+        let json = config.offerings[0].component_settings_json();
+        assert!(json.contains("\"upstream\":{\"urls\":[\"https://meter.example.org/api/v2\""), "{json}");
+        assert!(!json.contains("auth") && !json.contains("meter.key"), "{json}");
+
+        // A bearer from the environment (any variable this process has: the tests may
+        // not set one), and none at all.
+        let (name, token) = std::env::vars()
+            .find(|(name, value)| {
+                name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                    && !value.trim().is_empty()
+                    && value.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .context("no environment variable to read")?;
+        let text = with_upstream(&format!(
+            "        urls: [\"https://meter.example.org\"]\n        auth: {{type: bearer, value_env: {name}}}\n"
+        ));
+        let access = AgentConfig::parse(&text)?.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
+        let UpstreamAuth::Static { header, value } = &access.auth else { panic!("{:?}", access.auth) };
+        assert_eq!((header.as_str(), value.expose()), ("authorization", format!("Bearer {token}").as_str()));
+        let text = with_upstream("        urls: [\"https://meter.example.org\"]\n        auth: {type: none}\n");
+        let access = AgentConfig::parse(&text)?.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
+        assert!(matches!(access.auth, UpstreamAuth::None));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_upstream_is_refused_naming_the_key() {
+        let cases = [
+            ("        urls: []\n        auth: {type: none}\n", "backend_settings.upstream.urls: the list is empty"),
+            (
+                "        urls: [\"ftp://x\"]\n        auth: {type: none}\n",
+                "backend_settings.upstream.urls[0]: \"ftp://x\": scheme \"ftp\" is not http or https",
+            ),
+            ("        urls: [\"https://x\"]\n", "backend_settings.upstream: missing field `auth`"),
+            (
+                "        urls: [\"https://x\"]\n        auth: {type: bearer}\n",
+                "backend_settings.upstream.auth: set value_file or value_env",
+            ),
+            (
+                "        urls: [\"https://x\"]\n        auth: {type: bearer, value_file: /nonexistent/key}\n",
+                "backend_settings.upstream.auth.value_file: cannot read /nonexistent/key",
+            ),
+            (
+                "        urls: [\"https://x\"]\n        auth: {type: header, name: accept, value_env: HOME}\n",
+                "backend_settings.upstream.auth.name: accept is a header the component or the host sets",
+            ),
+            (
+                "        urls: [\"https://x\"]\n        auth: {type: magic}\n",
+                "backend_settings.upstream: unknown variant `magic`",
+            ),
+        ];
+        for (upstream, want) in cases {
+            let err = error_of(&with_upstream(upstream));
+            assert!(err.starts_with(&format!("offerings[0].{want}")), "{err}");
+        }
+        // The DWDI spelling of an OIDC client beside an upstream is ambiguous.
+        let text = with_upstream("        urls: [\"https://x\"]\n        auth: {type: none}\n")
+            .replace("    backend_settings:\n", "    backend_settings:\n      cscs_dwdi_client_id: abc\n");
+        let err = error_of(&text);
+        assert!(
+            err.starts_with("offerings[0].backend_settings.cscs_dwdi_client_id: set the OIDC client in upstream.auth"),
+            "{err}"
+        );
     }
 }

@@ -10,8 +10,12 @@ use std::path::PathBuf;
 mod wasm_build;
 
 /// Crates under tests/components: (package name, constant name).
-const COMPONENTS: &[(&str, &str)] =
-    &[("probe-component", "PROBE"), ("wit-next-component", "WIT_NEXT"), ("setup-refuser-component", "SETUP_REFUSER")];
+const COMPONENTS: &[(&str, &str)] = &[
+    ("probe-component", "PROBE"),
+    ("wit-next-component", "WIT_NEXT"),
+    ("setup-refuser-component", "SETUP_REFUSER"),
+    ("my-site-usage", "MY_SITE_USAGE"),
+];
 
 /// The version the second build of the compute component describes itself with.
 const COMPUTE_NEXT_VERSION: &str = "0.2.0-next";

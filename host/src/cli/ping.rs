@@ -104,14 +104,20 @@ async fn ping_offering(
 ) -> StepResult<()> {
     let io = |e: anyhow::Error| (Step::Config, format!("cannot print: {e}"));
     let backend = prepare_offering(backends, index, offering).await.map_err(|e| (Step::Config, format!("{e:#}")))?;
-    let access = offering.dwdi_access().map_err(|e| (Step::Config, e))?;
-    line(out, Step::Config, "ok", &format!("API {}, token endpoint {}", access.api_url, access.token_url))
-        .map_err(io)?;
+    let access = offering.upstream_access().map_err(|e| (Step::Config, e))?;
+    let api = super::check_config::shown_urls(&access);
+    let token_url = access.oidc().map(|oidc| &oidc.token_url);
+    let detail = match token_url {
+        Some(token_url) => format!("API {api}, token endpoint {token_url}"),
+        None => format!("API {api}, {}", super::check_config::shown_auth(&access)),
+    };
+    line(out, Step::Config, "ok", &detail).map_err(io)?;
 
     let egress: &Egress = backend.egress();
     let connector = egress.connector();
     let mut targets = Vec::new();
-    for (role, url) in [("API", &access.api_url), ("token endpoint", &access.token_url)] {
+    let roles = access.urls.iter().map(|url| ("API", url)).chain(token_url.map(|url| ("token endpoint", url)));
+    for (role, url) in roles {
         let uri: http::Uri = url.as_str().parse().map_err(|e| (Step::Config, format!("{role} URL {url}: {e}")))?;
         let target = Target::of(&uri).map_err(|e| (Step::Config, format!("{role} URL {url}: {e}")))?;
         if !targets.iter().any(|(_, t)| *t == target) {
@@ -173,10 +179,15 @@ async fn ping_offering(
     };
     line(out, Step::Tls, "ok", &tls_detail).map_err(io)?;
 
-    let started = Instant::now();
-    egress.tokens().bearer().await.map_err(|e| (Step::Token, e.to_string()))?;
-    line(out, Step::Token, "ok", &format!("issued by {} ({} ms)", access.token_url, started.elapsed().as_millis()))
-        .map_err(io)?;
+    match (egress.tokens(), token_url) {
+        (Some(tokens), Some(token_url)) => {
+            let started = Instant::now();
+            tokens.bearer().await.map_err(|e| (Step::Token, e.to_string()))?;
+            line(out, Step::Token, "ok", &format!("issued by {token_url} ({} ms)", started.elapsed().as_millis()))
+                .map_err(io)?;
+        }
+        _ => line(out, Step::Token, "ok", "none needed: the upstream does not use OIDC").map_err(io)?,
+    }
 
     // The upstream client asks about the current day in UTC.
     let today = super::usage::wit_date(jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date());
@@ -186,7 +197,7 @@ async fn ping_offering(
         out,
         Step::Api,
         "ok",
-        &format!("{} answers the backend's request for today ({} ms)", access.api_url, started.elapsed().as_millis()),
+        &format!("{api} answers the backend's request for today ({} ms)", started.elapsed().as_millis()),
     )
     .map_err(io)?;
     Ok(())

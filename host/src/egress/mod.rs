@@ -33,7 +33,7 @@ use wasmtime_wasi_http::{
     DEFAULT_FORBIDDEN_HEADERS, Error as HttpError, ForbiddenHeaderFilter, WasiBody, WasiHttpHooks,
 };
 
-use crate::config::{DwdiAccess, OfferingConfig};
+use crate::config::{OfferingConfig, Secret, UpstreamAccess, UpstreamAuth};
 use connect::Connector;
 use oidc::TokenSource;
 use policy::{Denial, Policy};
@@ -275,13 +275,20 @@ impl CallTally {
     }
 }
 
-/// Outbound access of one offering: allow-list, token, client, limits.
+/// What the host attaches to each request of an offering.
+enum Credentials {
+    None,
+    Static { header: HeaderName, value: Secret },
+    Oidc(Arc<TokenSource>),
+}
+
+/// Outbound access of one offering: allow-list, credentials, client, limits.
 pub struct Egress {
     offering: String,
     policy: Policy,
     client: HttpClient,
     connector: Connector,
-    tokens: Arc<TokenSource>,
+    credentials: Credentials,
     /// `Proxy-Authorization` for plain-http requests through an HTTP proxy.
     proxy_authorization: Option<crate::config::Secret>,
     /// True when plain-http requests go to an HTTP proxy in absolute form.
@@ -300,13 +307,13 @@ pub struct Egress {
 impl Egress {
     /// Builds the egress of one offering from its host-owned settings.
     pub fn new(offering_name: &str, offering: &OfferingConfig) -> Result<Arc<Self>> {
-        let access = offering.dwdi_access().map_err(anyhow::Error::msg)?;
+        let access = offering.upstream_access().map_err(anyhow::Error::msg)?;
         let limits = Limits::from_settings(&offering.backend_settings).map_err(anyhow::Error::msg)?;
         Self::with_access(offering_name, &access, limits)
     }
 
     /// Builds an egress from already-parsed settings.
-    pub fn with_access(offering_name: &str, access: &DwdiAccess, limits: Limits) -> Result<Arc<Self>> {
+    pub fn with_access(offering_name: &str, access: &UpstreamAccess, limits: Limits) -> Result<Arc<Self>> {
         let proxy = access.proxy.clone();
         let tls = connect::tls_config(access.ca_bundle.as_deref()).context("backend_settings.ca_bundle")?;
         let connector = Connector::new(proxy, tls, limits.connect);
@@ -315,19 +322,32 @@ impl Egress {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(limits.max_in_flight)
             .build(connector.clone());
-        let policy = Policy::from_api_url(&access.api_url)
-            .map_err(|e| anyhow::anyhow!("backend_settings.cscs_dwdi_api_url: {e}"))?;
-        let proxy_authorization = connector.http_proxy_authorization().map(crate::config::Secret::new);
+        let policy = Policy::from_urls(&access.urls).map_err(|(i, e)| {
+            let url = access.urls.get(i).map(url::Url::as_str).unwrap_or_default();
+            anyhow::anyhow!("the upstream URL {url:?}: {e}")
+        })?;
+        let proxy_authorization = connector.http_proxy_authorization().map(Secret::new);
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
-        // A token exchange is one small request: it gets the whole-request timeout.
-        let tokens =
-            TokenSource::new(access, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request);
+        let credentials = match &access.auth {
+            UpstreamAuth::None => Credentials::None,
+            UpstreamAuth::Static { header, value } => {
+                Credentials::Static { header: header.clone(), value: value.clone() }
+            }
+            // A token exchange is one small request: it gets the whole-request timeout.
+            UpstreamAuth::Oidc(oidc) => Credentials::Oidc(TokenSource::new(
+                oidc,
+                client.clone(),
+                proxy_authorization.clone(),
+                via_http_proxy,
+                limits.request,
+            )),
+        };
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
             policy,
             client,
             connector,
-            tokens,
+            credentials,
             proxy_authorization,
             via_http_proxy,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -341,8 +361,12 @@ impl Egress {
         &self.stats
     }
 
-    pub fn tokens(&self) -> &TokenSource {
-        &self.tokens
+    /// The OIDC token source, when the upstream authenticates with one.
+    pub fn tokens(&self) -> Option<&TokenSource> {
+        match &self.credentials {
+            Credentials::Oidc(tokens) => Some(tokens),
+            _ => None,
+        }
     }
 
     pub fn connector(&self) -> &Connector {
@@ -437,11 +461,11 @@ impl Egress {
         if log {
             match &denial {
                 Denial::Destination(shown) => tracing::warn!(
-                    offering = %self.offering, component, destination = %shown, allowed = %self.policy.destination(),
+                    offering = %self.offering, component, destination = %shown, allowed = %self.policy.destinations(),
                     "egress denied: the component may reach only its cscs_dwdi_api_url"
                 ),
                 other => tracing::warn!(
-                    offering = %self.offering, component, rule = other.kind(), allowed = %self.policy.destination(),
+                    offering = %self.offering, component, rule = other.kind(), allowed = %self.policy.destinations(),
                     "egress denied: {other} (the first {DENIALS_LOGGED} per component and rule are logged, the rest counted)"
                 ),
             }
@@ -508,12 +532,19 @@ impl Egress {
             }
         };
         loop {
-            let token = self.tokens.bearer().await.map_err(SendError::Token)?;
+            let token = match self.tokens() {
+                Some(tokens) => Some(tokens.bearer().await.map_err(SendError::Token)?),
+                None => None,
+            };
             let mut request = http::Request::builder().method(head.method.clone()).uri(head.uri.clone());
             for (name, value) in &head.headers {
                 request = request.header(name, value);
             }
-            request = request.header(AUTHORIZATION, sensitive(&format!("Bearer {}", token.expose())));
+            request = match (&self.credentials, &token) {
+                (Credentials::Static { header, value }, _) => request.header(header, sensitive(value.expose())),
+                (_, Some(token)) => request.header(AUTHORIZATION, sensitive(&format!("Bearer {}", token.expose()))),
+                _ => request,
+            };
             if head.uri.scheme_str() == Some("http") {
                 request = plain_proxy_headers(request, self.proxy_authorization.as_ref(), self.via_http_proxy);
             }
@@ -551,9 +582,12 @@ impl Egress {
                     // The token may have been revoked or expired early: one try with a
                     // fresh one. A 401 to that fresh token is final, and so is one
                     // within the refresh rate limit (`oidc::UNAUTHORIZED_REFRESH_INTERVAL`).
-                    if status == 401 && !refreshed {
+                    if status == 401
+                        && !refreshed
+                        && let (Some(tokens), Some(token)) = (self.tokens(), &token)
+                    {
                         refreshed = true;
-                        if self.tokens.after_unauthorized(&token).await == oidc::AfterUnauthorized::Retry {
+                        if tokens.after_unauthorized(token).await == oidc::AfterUnauthorized::Retry {
                             self.stats.unauthorized_retries.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use tokio::sync::Mutex;
 
 use super::HttpClient;
-use crate::config::{ClientAuth, DwdiAccess, Secret};
+use crate::config::{ClientAuth, OidcClient, Secret};
 
 /// How long before expiry a token is refreshed.
 const REFRESH_MARGIN: Duration = Duration::from_secs(30);
@@ -89,7 +89,7 @@ pub struct TokenSource {
 
 impl TokenSource {
     pub fn new(
-        access: &DwdiAccess,
+        access: &OidcClient,
         client: HttpClient,
         proxy_authorization: Option<Secret>,
         via_http_proxy: bool,

@@ -1,23 +1,25 @@
 //! What a component's request may be: the egress policy, apart from the send path.
 //!
-//! The allow-list is parsed once, when an offering's egress is built, from its
-//! `cscs_dwdi_api_url`: scheme, host, port and base path. [`Policy::check`] then decides
-//! each request a component hands to `wasi:http` before anything else happens (no
-//! token, no connection): it is a pure function of the request head, so the send path
+//! The allow-list is parsed once, when an offering's egress is built, from its upstream
+//! base URLs (`upstream.urls`, or `cscs_dwdi_api_url` for the DWDI backends): scheme,
+//! host, port and base path of each. [`Policy::check`] then decides each request a
+//! component hands to `wasi:http` before anything else happens (no token, no
+//! connection): it is a pure function of the request head, so the send path
 //! (`super::Egress::send_for`) only has to act on its answer. A request leaves when
 //!
-//! - it goes to the scheme, host and port of the API URL, with no userinfo;
+//! - it goes to the scheme, host and port of one of the base URLs, with no userinfo;
 //! - its method is GET or HEAD (the body is checked by the send path: it must be empty);
-//! - its path lies under the API URL's path, segment by segment, with no empty segment
+//! - its path lies under that URL's path, segment by segment, with no empty segment
 //!   (`//`), no dot-segment and no percent-encoded `/`, `\`, `.` or control character:
 //!   such paths are refused, never resolved, so what the upstream sees is what was checked;
 //! - its headers are all on [`ALLOWED_HEADERS`], at most [`MAX_HEADERS`] of them and
-//!   [`MAX_HEADER_BYTES`] together.
+//!   [`MAX_HEADER_BYTES`] together (so never `Authorization`, nor a key header the host
+//!   attaches).
 //!
 //! What leaves is rebuilt from the allowed destination: the URI's authority (hence
-//! `Host`) is the API URL's, never the component's. The policy deliberately knows
-//! nothing about tokens, proxies or retries (`super`), nor the token endpoint, which
-//! only the host talks to.
+//! `Host`) is the base URL's, never the component's. The policy deliberately knows
+//! nothing about credentials, proxies or retries (`super`), nor the token endpoint,
+//! which only the host talks to.
 
 use http::HeaderMap;
 use http::header::HeaderName;
@@ -39,6 +41,7 @@ pub const ENDPOINT_FAMILIES: &[&str] = &[
     "/compute/usage-day",
     "/storage/usage-month",
     "/storage/usage-day",
+    "/inference/resource/cost",
 ];
 /// Longest part of a component-chosen path quoted in a denial.
 const SHOWN_PATH_CHARS: usize = 120;
@@ -127,7 +130,7 @@ impl Denial {
 impl std::fmt::Display for Denial {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Denial::Destination(shown) => write!(f, "destination {shown} is not the cscs_dwdi_api_url"),
+            Denial::Destination(shown) => write!(f, "destination {shown} is not an allowed upstream URL"),
             Denial::Userinfo => write!(f, "userinfo in the authority"),
             Denial::Method(method) => write!(f, "method {method} (only GET and HEAD)"),
             Denial::Body => write!(f, "a request body"),
@@ -150,44 +153,80 @@ pub struct Allowed {
     pub headers: HeaderMap,
 }
 
-/// The egress policy of one offering, parsed once from its API URL.
+/// One allowed base URL: its destination, and the path under which requests may go.
 #[derive(Debug, Clone)]
-pub struct Policy {
+struct Base {
     destination: Destination,
-    /// `host[:port]` of the API URL, as the rebuilt requests carry it.
+    /// `host[:port]` of the URL, as the rebuilt requests carry it.
     authority: http::uri::Authority,
     scheme: http::uri::Scheme,
-    /// The API URL's path segments, as written (percent-encoding kept).
-    base: Vec<String>,
-    /// [`ENDPOINT_FAMILIES`] under the API URL's path: the metric labels.
+    /// The URL's path segments, as written (percent-encoding kept).
+    segments: Vec<String>,
+    /// [`ENDPOINT_FAMILIES`] under the URL's path: the metric labels.
     families: Vec<String>,
 }
 
-impl Policy {
-    /// The policy of `api_url`; the error says what the URL lacks.
-    pub fn from_api_url(api_url: &url::Url) -> Result<Self, String> {
-        let destination = Destination::of_url(api_url).ok_or("no host or port")?;
-        let host = api_url.host_str().ok_or("no host")?;
-        let authority = match api_url.port() {
+impl Base {
+    fn of_url(url: &url::Url) -> Result<Self, String> {
+        let destination = Destination::of_url(url).ok_or("no host or port")?;
+        let host = url.host_str().ok_or("no host")?;
+        let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
         };
         let authority = authority.parse().map_err(|e| format!("host {host}: {e}"))?;
-        let scheme = api_url.scheme().parse().map_err(|e| format!("scheme: {e}"))?;
-        let base: Vec<String> = api_url.path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        let prefix: String = base.iter().map(|segment| format!("/{segment}")).collect();
+        let scheme = url.scheme().parse().map_err(|e| format!("scheme: {e}"))?;
+        let segments: Vec<String> = url.path().split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let prefix: String = segments.iter().map(|segment| format!("/{segment}")).collect();
         let families = ENDPOINT_FAMILIES.iter().map(|family| format!("{prefix}{family}")).collect();
-        Ok(Self { destination, authority, scheme, base, families })
+        Ok(Self { destination, authority, scheme, segments, families })
     }
 
-    /// The allowed destination, for messages.
-    pub(crate) fn destination(&self) -> &Destination {
-        &self.destination
+    /// Whether `named` (a path's segments, without a trailing empty one) lies under it.
+    fn holds(&self, named: &[&str]) -> bool {
+        named.len() >= self.segments.len() && named.iter().zip(&self.segments).all(|(a, b)| a == b)
+    }
+}
+
+/// The egress policy of one offering, parsed once from its upstream base URLs.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    bases: Vec<Base>,
+}
+
+impl Policy {
+    /// The policy of `urls`, each a base a request may go under; the error names the
+    /// position of the URL and says what it lacks.
+    pub fn from_urls(urls: &[url::Url]) -> Result<Self, (usize, String)> {
+        let bases = urls
+            .iter()
+            .enumerate()
+            .map(|(i, url)| Base::of_url(url).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if bases.is_empty() {
+            return Err((0, "no URL".to_owned()));
+        }
+        Ok(Self { bases })
+    }
+
+    /// The allowed destinations, for messages: `https://a:443, http://b:8080`.
+    pub(crate) fn destinations(&self) -> String {
+        let mut shown: Vec<String> = Vec::new();
+        for base in &self.bases {
+            let destination = base.destination.to_string();
+            if !shown.contains(&destination) {
+                shown.push(destination);
+            }
+        }
+        shown.join(", ")
     }
 
     /// Decides a request head (the body is the caller's to check: it must be empty).
     pub fn check(&self, method: &http::Method, uri: &http::Uri, headers: &HeaderMap) -> Result<Allowed, Denial> {
-        if Destination::of_uri(uri).as_ref() != Some(&self.destination) {
+        let destination = Destination::of_uri(uri);
+        let candidates: Vec<&Base> =
+            self.bases.iter().filter(|b| destination.as_ref() == Some(&b.destination)).collect();
+        if candidates.is_empty() {
             return Err(Denial::Destination(shown_destination(uri)));
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
@@ -197,48 +236,58 @@ impl Policy {
             return Err(Denial::Method(cut(method.as_str())));
         }
         let path = uri.path();
-        self.check_path(path).map_err(|why| Denial::Path { path: cut(path), why })?;
+        let named = normal_segments(path).map_err(|why| Denial::Path { path: cut(path), why })?;
+        let base = candidates
+            .into_iter()
+            .find(|b| b.holds(&named))
+            .ok_or_else(|| Denial::Path { path: cut(path), why: "outside every allowed base path" })?;
         let allowed = check_headers(headers)?;
         let path_and_query = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         let uri = http::Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
+            .scheme(base.scheme.clone())
+            .authority(base.authority.clone())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| Denial::Path { path: cut(path), why: "not a valid request target" })?;
         Ok(Allowed { uri, headers: allowed })
     }
 
-    /// The metric label of a request path: the API URL's path followed by its family in
+    /// The metric label of a request path: a base URL's path followed by its family in
     /// [`ENDPOINT_FAMILIES`] (`/api/v1/compute/usage-day`), or `other`.
     pub fn endpoint_family(&self, path: &str) -> &str {
         let path = if path.len() > 1 { path.strip_suffix('/').unwrap_or(path) } else { path };
-        self.families.iter().find(|family| family.as_str() == path).map(String::as_str).unwrap_or("other")
+        self.bases
+            .iter()
+            .flat_map(|b| &b.families)
+            .find(|family| family.as_str() == path)
+            .map(String::as_str)
+            .unwrap_or("other")
     }
+}
 
-    fn check_path(&self, path: &str) -> Result<(), &'static str> {
-        let rest = path.strip_prefix('/').ok_or("not absolute")?;
-        let segments: Vec<&str> = rest.split('/').collect();
-        let last = segments.len() - 1;
-        for (i, segment) in segments.iter().enumerate() {
-            if segment.is_empty() {
-                // One trailing slash is a path of its own; `//` anywhere is not.
-                if i == last {
-                    continue;
-                }
-                return Err("empty segment (//)");
+/// The segments of an absolute path in normal form (no `//`, dot-segment or encoded
+/// separator), without the empty one a trailing slash leaves.
+fn normal_segments(path: &str) -> Result<Vec<&str>, &'static str> {
+    let rest = path.strip_prefix('/').ok_or("not absolute")?;
+    let mut segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() {
+            // One trailing slash is a path of its own; `//` anywhere is not.
+            if i == last {
+                continue;
             }
-            if *segment == "." || *segment == ".." {
-                return Err("dot-segment");
-            }
-            check_segment(segment)?;
+            return Err("empty segment (//)");
         }
-        let named = if segments[last].is_empty() { &segments[..last] } else { &segments[..] };
-        if named.len() < self.base.len() || named.iter().zip(&self.base).any(|(a, b)| a != b) {
-            return Err("outside the cscs_dwdi_api_url path");
+        if *segment == "." || *segment == ".." {
+            return Err("dot-segment");
         }
-        Ok(())
+        check_segment(segment)?;
     }
+    if segments[last].is_empty() {
+        segments.pop();
+    }
+    Ok(segments)
 }
 
 /// Refuses a backslash and percent-encoded separators, dots, controls and bad escapes.
@@ -312,7 +361,7 @@ mod tests {
     use super::*;
 
     fn policy(api: &str) -> Policy {
-        Policy::from_api_url(&url::Url::parse(api).expect("a URL")).expect("a policy")
+        Policy::from_urls(&[url::Url::parse(api).expect("a URL")]).expect("a policy")
     }
 
     fn get(policy: &Policy, uri: &str) -> Result<Allowed, Denial> {
@@ -415,5 +464,28 @@ mod tests {
         let mut big = HeaderMap::new();
         big.insert("user-agent", "u".repeat(MAX_HEADER_BYTES).parse().expect("a value"));
         assert!(matches!(p.check(&http::Method::GET, &uri, &big), Err(Denial::HeaderBytes(_))));
+    }
+
+    #[test]
+    fn several_bases_each_allow_their_own_paths() {
+        let urls = ["https://meter.example/api/v2", "http://10.0.0.5:8080/meter", "https://meter.example/status"];
+        let urls: Vec<url::Url> = urls.iter().map(|u| url::Url::parse(u).expect("a URL")).collect();
+        let p = Policy::from_urls(&urls).expect("a policy");
+        for ok in [
+            "https://meter.example/api/v2/usage?month=2024-03",
+            "http://10.0.0.5:8080/meter/x",
+            "https://meter.example/status",
+        ] {
+            assert!(get(&p, ok).is_ok(), "{ok}");
+        }
+        // Each path under its own base only, and no destination but theirs.
+        assert!(matches!(get(&p, "https://meter.example/meter/x"), Err(Denial::Path { .. })));
+        assert!(matches!(get(&p, "http://10.0.0.5:8080/api/v2/usage"), Err(Denial::Path { .. })));
+        assert!(matches!(get(&p, "http://meter.example/api/v2/usage"), Err(Denial::Destination(_))));
+        // The request goes to the base it matched.
+        let allowed = get(&p, "http://10.0.0.5:8080/meter/x?a=1").expect("allowed");
+        assert_eq!(allowed.uri.to_string(), "http://10.0.0.5:8080/meter/x?a=1");
+        assert_eq!(p.destinations(), "https://meter.example:443, http://10.0.0.5:8080");
+        assert_eq!(Policy::from_urls(&[]).err(), Some((0, "no URL".to_owned())));
     }
 }

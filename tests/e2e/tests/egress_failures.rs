@@ -3,7 +3,7 @@
 //! that refuses or talks nonsense, an API that fails for a while, a token that expires,
 //! a runaway answer — and `usage-agent ping` naming the step that fails.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::proxies::{ProxyProcess, free_port};
 use e2e::tls::TestCa;
@@ -358,7 +358,7 @@ async fn a_401_after_token_expiry_refreshes_once_through_the_proxy() -> Result<(
 async fn concurrent_callers_share_one_token_request() -> Result<()> {
     let (sim, options, _) = sim().await?;
     let backend = backend_for(&compute_config_at(&sim, &options, "127.0.0.1", "")).await?;
-    let tokens = backend.egress().tokens();
+    let tokens = backend.egress().tokens().context("a DWDI offering authenticates with OIDC")?;
     // All sixteen are polled before the first token answer arrives: without sharing,
     // each would send its own token request.
     let results = futures::future::join_all((0..16).map(|_| tokens.bearer())).await;

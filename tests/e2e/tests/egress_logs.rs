@@ -3,7 +3,7 @@
 //! once per component and destination, and a flood of refusals as its first few and a
 //! count.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use dwdi_sim::{API_PREFIX, DwdiData, DwdiOptions, DwdiSim, TOKEN_PATH};
 use e2e::NODE_AND_CPU;
 use e2e::proxies::ProxyProcess;
@@ -59,11 +59,12 @@ async fn no_secret_in_logs_errors_or_debug() -> Result<()> {
     if let Err(error) = backend.usage_report(resources.clone(), PERIOD).await {
         shown.push(format!("{error} {error:?}"));
     }
-    if let Err(error) = backend.egress().tokens().bearer().await {
+    let tokens = backend.egress().tokens().context("a DWDI offering authenticates with OIDC")?;
+    if let Err(error) = tokens.bearer().await {
         shown.push(format!("{error} {error:?}"));
     }
     shown.push(format!("{config:?}"));
-    shown.push(format!("{:?}", config.offerings[0].dwdi_access()));
+    shown.push(format!("{:?}", config.offerings[0].upstream_access()));
     ensure!(sim.stats().tokens_issued >= 2, "{:?}", sim.stats());
 
     let tokens = sim.state().issued_tokens();

@@ -142,7 +142,7 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let again = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
     let second = start.elapsed().as_secs_f64();
-    let (fetched, served) = backend.egress().tokens().counts();
+    let (fetched, served) = backend.egress().tokens().map(|t| t.counts()).unwrap_or_default();
     let stats = sim.stats();
     println!(
         "\nToken cache, two reports of 5000 accounts through socks5 (microsocks), all tokens expired between them:\n"
