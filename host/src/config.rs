@@ -143,7 +143,7 @@ impl Default for ComponentLimits {
             memory_mib: 512,
             table_elements: 100_000,
             instances: 32,
-            // Longer than the slowest legitimate call: several DWDI requests, each
+            // Longer than the slowest legitimate call: several upstream requests, each
             // allowed `first_byte_timeout_seconds` with retries.
             call_timeout_seconds: 600.0,
             max_result_bytes: 64 * 1024 * 1024,
@@ -691,7 +691,7 @@ offerings:
   - name: compute
     backend_type: cscs-dwdi-compute
     backend_settings:
-      cscs_dwdi_api_url: "https://dwdi.example/api/v1"
+      cscs_dwdi_api_url: "https://api.example/api/v1"
       cscs_dwdi_client_id: id
       cscs_dwdi_client_secret: s3cret
       cscs_dwdi_oidc_token_url: "https://auth.example/token"
@@ -748,7 +748,7 @@ offerings:
         let text = format!("timezone: Mars/Olympus\n{MINIMAL}");
         let err = error_of(&text);
         assert!(err.starts_with("timezone: unknown time zone \"Mars/Olympus\""), "{err}");
-        let text = MINIMAL.replace("https://dwdi.example/api/v1", "ftp://dwdi.example");
+        let text = MINIMAL.replace("https://api.example/api/v1", "ftp://api.example");
         let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_settings.cscs_dwdi_api_url"), "{err}");
     }
@@ -900,8 +900,8 @@ offerings:
     fn with_upstream(upstream: &str) -> String {
         let mut kept: Vec<&str> = Vec::new();
         for line in MINIMAL.lines() {
-            let dwdi = ["cscs_dwdi_client_id", "cscs_dwdi_client_secret", "cscs_dwdi_oidc_token_url"];
-            if !dwdi.iter().any(|key| line.trim_start().starts_with(key)) {
+            let oidc_keys = ["cscs_dwdi_client_id", "cscs_dwdi_client_secret", "cscs_dwdi_oidc_token_url"];
+            if !oidc_keys.iter().any(|key| line.trim_start().starts_with(key)) {
                 kept.push(line);
             }
         }

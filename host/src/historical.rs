@@ -1,7 +1,7 @@
 //! Back-filling past months into Waldur: what `load-historical-usage` asks of the
 //! sync engine ([`crate::sync`]).
 //!
-//! Sites load years of DWDI usage once per offering. Each month costs one component
+//! Sites load years of usage once per offering. Each month costs one component
 //! call for all resources, one paginated listing of what Waldur already holds, and
 //! then only the writes that change something. Because unchanged values are never
 //! written, a second run over loaded months writes nothing: an interrupted run is

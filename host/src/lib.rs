@@ -1,4 +1,4 @@
-//! The usage-agent host: runs DWDI usage backends as sandboxed WebAssembly components
+//! The usage-agent host: runs usage backends as sandboxed WebAssembly components
 //! and reports what they measure to Waldur.
 //!
 //! - [`config`]: the waldur-site-agent YAML, read unchanged.

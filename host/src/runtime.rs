@@ -166,12 +166,12 @@ pub enum CallError {
 fn describe_backend_error(error: &wit::BackendError) -> String {
     let mut composed = match error {
         wit::BackendError::InvalidConfig(m) => format!("invalid configuration: {m}"),
-        wit::BackendError::Unauthorized(m) => format!("DWDI refused the credentials: {m}"),
+        wit::BackendError::Unauthorized(m) => format!("credentials refused: {m}"),
         wit::BackendError::UpstreamStatus(s) => {
-            format!("DWDI answered HTTP {} at {}: {}", s.status, s.endpoint, s.message)
+            format!("the upstream answered HTTP {} at {}: {}", s.status, s.endpoint, s.message)
         }
-        wit::BackendError::BadResponse(m) => format!("DWDI sent an answer the backend cannot use: {m}"),
-        wit::BackendError::Transport(m) => format!("DWDI could not be reached: {m}"),
+        wit::BackendError::BadResponse(m) => format!("the upstream sent an answer the backend cannot use: {m}"),
+        wit::BackendError::Transport(m) => format!("the upstream could not be reached: {m}"),
         wit::BackendError::Unsupported(m) => format!("unsupported: {m}"),
     };
     cap(&mut composed, MAX_MESSAGE_BYTES);
@@ -561,7 +561,7 @@ impl OfferingBackend {
         alone.setup().await.is_ok()
     }
 
-    /// Checks that DWDI answers its reachability request about `today` with a success.
+    /// Checks that the upstream answers its reachability request about `today` with a success.
     pub async fn ping(&self, today: wit::Date) -> Result<(), CallError> {
         let config = self.config.clone();
         self.call(move |guest, store| Box::pin(async move { guest.call_ping(store, &config, today).await })).await
@@ -755,7 +755,7 @@ mod tests {
         assert!(parts.endpoint.starts_with("a\\nb") && parts.endpoint.len() < MAX_ENDPOINT_BYTES + 30);
         assert!(parts.message.len() < MAX_MESSAGE_BYTES + 30);
         let line = describe_backend_error(&safe);
-        assert!(line.starts_with("DWDI answered HTTP 500 at a\\nbxxx"), "{line}");
+        assert!(line.starts_with("the upstream answered HTTP 500 at a\\nbxxx"), "{line}");
         assert!(line.len() < MAX_MESSAGE_BYTES + 30 && line.ends_with("more bytes)"), "{} bytes", line.len());
         assert!(!line.contains('\n'));
     }

@@ -1,7 +1,7 @@
 //! `usage-agent healthz`: exit 0 when healthy, 1 when not, like `waldur_site_healthz`.
 //! Liveness: the report loop's heartbeat is fresher than `heartbeat_max_age_seconds`.
 //! Readiness (unless `--liveness-only`): every offering's Waldur API answers to its
-//! token and its DWDI token endpoint issues a token.
+//! token and its upstream's OIDC token endpoint, if it has one, issues a token.
 
 use std::io::Write;
 

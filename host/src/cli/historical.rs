@@ -50,8 +50,8 @@ pub struct HistoricalArgs {
     /// Print what would be submitted; submit nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Also write zeros over stale non-zero values: totals of resources absent from DWDI
-    /// and per-user usage of users absent from DWDI.
+    /// Also write zeros over stale non-zero values: totals of resources absent upstream
+    /// and per-user usage of users absent upstream.
     #[arg(long)]
     pub reconcile_stale: bool,
     /// Only this resource (its Waldur `backend_id`); repeatable.

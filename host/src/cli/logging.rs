@@ -158,7 +158,7 @@ mod tests {
                 month = "2026-11",
                 count = 3_u64,
                 ok = true,
-                "absent from DWDI; {}",
+                "absent upstream; {}",
                 "kept"
             );
             tracing::trace!("filtered out");
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(line["month"], "2026-11", "the event's own field wins");
         assert_eq!(line["count"], 3);
         assert_eq!(line["ok"], true);
-        assert_eq!(line["message"], "absent from DWDI; kept");
+        assert_eq!(line["message"], "absent upstream; kept");
         assert!(line["timestamp"].as_str().is_some_and(|t| t.parse::<jiff::Timestamp>().is_ok()), "{line}");
     }
 

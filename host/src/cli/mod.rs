@@ -38,7 +38,7 @@ pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use usage::UsageArgs;
 
-/// Moves DWDI usage into Waldur through sandboxed WebAssembly backends.
+/// Moves accounting usage into Waldur through sandboxed WebAssembly backends.
 #[derive(Debug, Parser)]
 #[command(name = "usage-agent", version, about, propagate_version = true)]
 pub struct Cli {
@@ -61,7 +61,7 @@ pub enum Command {
     Usage(UsageArgs),
     /// Report usage to Waldur: a cycle now, then every WALDUR_SITE_AGENT_REPORT_PERIOD_MINUTES.
     Report(ReportArgs),
-    /// Check the way to DWDI step by step (proxy, connection, TLS, token, API) and say
+    /// Check the way to the upstream step by step (proxy, connection, TLS, token, API) and say
     /// which step fails.
     Ping(PingArgs),
     /// Load past months of one offering into Waldur (bulk back-fill, resumable).

@@ -1,4 +1,4 @@
-//! `usage-agent ping`: walks the way to DWDI one step at a time — proxy, connection to
+//! `usage-agent ping`: walks the way to an offering's upstream one step at a time — proxy, connection to
 //! each endpoint, TLS, token, API — and says which step failed and why.
 //!
 //! Every other command only sees the last error of a long chain; an operator setting up

@@ -98,7 +98,7 @@ impl Default for Limits {
             max_retries: 3,
             backoff: Duration::from_millis(200),
             // A built-in component keeps at most 8 requests in flight per call
-            // (dwdi-core's MAX_IN_FLIGHT), and a cycle runs two months at once.
+            // (the built-ins' MAX_IN_FLIGHT), and a cycle runs two months at once.
             max_in_flight: 16,
             // A compute call for 10,000 accounts needs about 30 requests.
             max_requests_per_call: 1000,
@@ -498,7 +498,7 @@ impl Egress {
         if tally.final_unauthorized > 0 {
             tracing::warn!(
                 offering = %self.offering, component,
-                "{} request(s) of this call ended in HTTP 401 from DWDI after the token refresh the host allows (one retry with a fresh token, at most one refresh per {} s per offering); check that the client may read the API",
+                "{} request(s) of this call ended in HTTP 401 from the upstream after the token refresh the host allows (one retry with a fresh token, at most one refresh per {} s per offering); check that the client may read the API",
                 tally.final_unauthorized,
                 oidc::UNAUTHORIZED_REFRESH_INTERVAL.as_secs()
             );
@@ -552,7 +552,7 @@ impl Egress {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
             let started = Instant::now();
             let outcome = tokio::time::timeout(self.limits.first_byte, self.client.request(request)).await;
-            record_dwdi_request(
+            record_upstream_request(
                 &self.offering,
                 self.policy.endpoint_family(head.uri.path()),
                 &outcome,
@@ -670,11 +670,11 @@ struct RequestHead {
     headers: http::HeaderMap,
 }
 
-/// Counts a DWDI request in the metrics: offering, endpoint family (one of
+/// Counts an upstream request in the metrics: offering, endpoint family (one of
 /// [`policy::ENDPOINT_FAMILIES`] under the API path, or `other`: never the component's
 /// own path) and status,
 /// with the time to the answer's head. Every label comes from a bounded set.
-fn record_dwdi_request<B, E>(
+fn record_upstream_request<B, E>(
     offering: &str,
     endpoint: &str,
     outcome: &Result<Result<http::Response<B>, E>, tokio::time::error::Elapsed>,
@@ -687,10 +687,10 @@ fn record_dwdi_request<B, E>(
     };
     let metrics = crate::metrics::global();
     let labels = [("offering", offering), ("endpoint", endpoint), ("status", status.as_str())];
-    metrics.inc("usage_agent_dwdi_requests_total", "DWDI API requests, by endpoint and status.", &labels);
+    metrics.inc("usage_agent_upstream_requests_total", "Upstream API requests, by endpoint and status.", &labels);
     metrics.observe(
-        "usage_agent_dwdi_request_duration_seconds",
-        "DWDI time to the answer's head.",
+        "usage_agent_upstream_request_duration_seconds",
+        "Upstream time to the answer's head.",
         &labels[..2],
         elapsed,
     );
@@ -717,7 +717,7 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 pub enum SendError {
     #[error("request denied by the egress allow-list: {0}")]
     Denied(String),
-    #[error("no DWDI token: {0}")]
+    #[error("no upstream token: {0}")]
     Token(#[from] oidc::TokenError),
     #[error("{message}")]
     Connect { message: String, tls: bool },
@@ -992,8 +992,8 @@ mod tests {
     fn shown_uris_hold_no_credentials_and_no_query() -> Result<(), http::uri::InvalidUri> {
         let shown = |uri: &str| uri.parse().map(|uri| super::shown_uri(&uri));
         assert_eq!(
-            shown("https://user:pa55@dwdi.example:8443/api/v1/compute?accounts=a,b")?,
-            "https://dwdi.example:8443/api/v1/compute"
+            shown("https://user:pa55@api.example:8443/api/v1/compute?accounts=a,b")?,
+            "https://api.example:8443/api/v1/compute"
         );
         assert_eq!(shown("http://[::1]/api/v1")?, "http://[::1]/api/v1");
         Ok(())

@@ -1,4 +1,4 @@
-//! OIDC client-credentials tokens for the DWDI API.
+//! OIDC client-credentials tokens for an upstream API.
 //!
 //! The host, never a component, holds the client secret and the token. One token is
 //! cached per offering and refreshed shortly before it expires; callers that arrive
@@ -126,7 +126,7 @@ impl TokenSource {
         let (token, lifetime) = self.fetch().await?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
         crate::metrics::global().inc(
-            "usage_agent_dwdi_token_fetches_total",
+            "usage_agent_upstream_token_fetches_total",
             "OIDC tokens fetched (first and refreshes).",
             &[("token_url", &shown(&self.url))],
         );

@@ -32,7 +32,7 @@ pub const ALLOWED_HEADERS: &[&str] =
 pub const MAX_HEADERS: usize = 32;
 /// Most bytes of header names and values one request may carry.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// The endpoint families of the DWDI API, relative to the API URL's path: under that
+/// The endpoint families of the built-in backends' API (DWDI), relative to the API URL's path: under that
 /// path, the only `endpoint` label values of the request metrics besides `other`, so a component
 /// choosing paths cannot grow the number of series.
 pub const ENDPOINT_FAMILIES: &[&str] = &[
@@ -370,31 +370,31 @@ mod tests {
 
     #[test]
     fn paths_under_the_base_pass_and_others_are_refused() {
-        let p = policy("https://dwdi.example:8443/api/v1");
+        let p = policy("https://api.example:8443/api/v1");
         for ok in [
-            "https://dwdi.example:8443/api/v1",
-            "https://dwdi.example:8443/api/v1/",
-            "https://DWDI.example:8443/api/v1/compute/usage-day?from=a&account=x%2Fy",
-            "https://dwdi.example:8443/api/v1/compute/usage-month/account",
-            "https://dwdi.example:8443/api/v1/a%20b/...",
+            "https://api.example:8443/api/v1",
+            "https://api.example:8443/api/v1/",
+            "https://API.example:8443/api/v1/compute/usage-day?from=a&account=x%2Fy",
+            "https://api.example:8443/api/v1/compute/usage-month/account",
+            "https://api.example:8443/api/v1/a%20b/...",
         ] {
             assert!(get(&p, ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
-            ("https://dwdi.example:8443/oidc/token", "outside"),
-            ("https://dwdi.example:8443/api/v10/x", "outside"),
-            ("https://dwdi.example:8443/api", "outside"),
-            ("https://dwdi.example:8443/", "outside"),
-            ("https://dwdi.example:8443/api/v1/../../oidc", "dot-segment"),
-            ("https://dwdi.example:8443/api/v1/./x", "dot-segment"),
-            ("https://dwdi.example:8443/api/v1/%2e%2e/x", "percent"),
-            ("https://dwdi.example:8443/api/v1/%2E./x", "percent"),
-            ("https://dwdi.example:8443/api/v1/a%2fb", "percent"),
-            ("https://dwdi.example:8443/api/v1/a%5Cb", "percent"),
-            ("https://dwdi.example:8443/api/v1/a%00b", "percent"),
-            ("https://dwdi.example:8443/api/v1/a%zz", "malformed"),
-            ("https://dwdi.example:8443/api/v1//x", "empty"),
-            ("https://dwdi.example:8443//api/v1/x", "empty"),
+            ("https://api.example:8443/oidc/token", "outside"),
+            ("https://api.example:8443/api/v10/x", "outside"),
+            ("https://api.example:8443/api", "outside"),
+            ("https://api.example:8443/", "outside"),
+            ("https://api.example:8443/api/v1/../../oidc", "dot-segment"),
+            ("https://api.example:8443/api/v1/./x", "dot-segment"),
+            ("https://api.example:8443/api/v1/%2e%2e/x", "percent"),
+            ("https://api.example:8443/api/v1/%2E./x", "percent"),
+            ("https://api.example:8443/api/v1/a%2fb", "percent"),
+            ("https://api.example:8443/api/v1/a%5Cb", "percent"),
+            ("https://api.example:8443/api/v1/a%00b", "percent"),
+            ("https://api.example:8443/api/v1/a%zz", "malformed"),
+            ("https://api.example:8443/api/v1//x", "empty"),
+            ("https://api.example:8443//api/v1/x", "empty"),
         ] {
             match get(&p, bad) {
                 Err(Denial::Path { why: reason, .. }) => assert!(reason.contains(why), "{bad}: {reason}"),
@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn paths_map_to_a_fixed_set_of_endpoint_families() {
-        let p = policy("https://dwdi.example/api/v1");
+        let p = policy("https://api.example/api/v1");
         assert_eq!(p.endpoint_family("/api/v1/compute/usage-day"), "/api/v1/compute/usage-day");
         assert_eq!(p.endpoint_family("/api/v1/storage/usage-month/"), "/api/v1/storage/usage-month");
         for other in ["/api/v1/x1", "/api/v1/compute/usage-day/x", "/api/v10/compute/usage-day", "/", "/api"] {
@@ -423,12 +423,12 @@ mod tests {
 
     #[test]
     fn destination_userinfo_and_method_are_checked() {
-        let p = policy("https://dwdi.example/api/v1");
-        assert!(get(&p, "https://dwdi.example:443/api/v1/x").is_ok());
-        assert!(matches!(get(&p, "https://dwdi.example:8443/api/v1/x"), Err(Denial::Destination(_))));
-        assert!(matches!(get(&p, "http://dwdi.example/api/v1/x"), Err(Denial::Destination(_))));
-        assert_eq!(get(&p, "https://user:pw@dwdi.example/api/v1/x").err(), Some(Denial::Userinfo));
-        let uri: http::Uri = "https://dwdi.example/api/v1/x".parse().expect("a URI");
+        let p = policy("https://api.example/api/v1");
+        assert!(get(&p, "https://api.example:443/api/v1/x").is_ok());
+        assert!(matches!(get(&p, "https://api.example:8443/api/v1/x"), Err(Denial::Destination(_))));
+        assert!(matches!(get(&p, "http://api.example/api/v1/x"), Err(Denial::Destination(_))));
+        assert_eq!(get(&p, "https://user:pw@api.example/api/v1/x").err(), Some(Denial::Userinfo));
+        let uri: http::Uri = "https://api.example/api/v1/x".parse().expect("a URI");
         assert!(p.check(&http::Method::HEAD, &uri, &HeaderMap::new()).is_ok());
         for method in [http::Method::POST, http::Method::PUT, http::Method::DELETE, http::Method::PATCH] {
             assert!(matches!(p.check(&method, &uri, &HeaderMap::new()), Err(Denial::Method(_))), "{method}");
@@ -437,15 +437,15 @@ mod tests {
 
     #[test]
     fn the_authority_comes_from_the_api_url() {
-        let p = policy("https://dwdi.example/api/v1");
-        let allowed = get(&p, "https://DWDI.EXAMPLE:443/api/v1/x?a=1").expect("allowed");
-        assert_eq!(allowed.uri.to_string(), "https://dwdi.example/api/v1/x?a=1");
+        let p = policy("https://api.example/api/v1");
+        let allowed = get(&p, "https://API.EXAMPLE:443/api/v1/x?a=1").expect("allowed");
+        assert_eq!(allowed.uri.to_string(), "https://api.example/api/v1/x?a=1");
     }
 
     #[test]
     fn headers_are_allow_listed_and_bounded() {
-        let p = policy("https://dwdi.example/api/v1");
-        let uri: http::Uri = "https://dwdi.example/api/v1/x".parse().expect("a URI");
+        let p = policy("https://api.example/api/v1");
+        let uri: http::Uri = "https://api.example/api/v1/x".parse().expect("a URI");
         let mut headers = HeaderMap::new();
         headers.insert("accept", "application/json".parse().expect("a value"));
         headers.insert("host", "evil.example".parse().expect("a value"));

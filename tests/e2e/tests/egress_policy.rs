@@ -150,11 +150,11 @@ async fn distinct_paths_do_not_grow_the_metrics() -> Result<()> {
     let text = usage_agent::metrics::global().render();
     let series: Vec<&str> = text
         .lines()
-        .filter(|l| l.starts_with("usage_agent_dwdi_requests_total{") && l.contains("offering=\"probe-paths\""))
+        .filter(|l| l.starts_with("usage_agent_upstream_requests_total{") && l.contains("offering=\"probe-paths\""))
         .collect();
     assert_eq!(
         series,
-        ["usage_agent_dwdi_requests_total{offering=\"probe-paths\",endpoint=\"other\",status=\"404\"} 200"]
+        ["usage_agent_upstream_requests_total{offering=\"probe-paths\",endpoint=\"other\",status=\"404\"} 200"]
     );
     Ok(())
 }

@@ -171,14 +171,14 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     assert!(text.contains("# TYPE usage_agent_waldur_request_duration_seconds histogram"), "{text}");
     let dwdi_calls = sample(
         &text,
-        "usage_agent_dwdi_requests_total{offering=\"ops\",endpoint=\"/api/v1/compute/usage-month/account\",status=\"200\"}",
+        "usage_agent_upstream_requests_total{offering=\"ops\",endpoint=\"/api/v1/compute/usage-month/account\",status=\"200\"}",
     );
     assert!(dwdi_calls.is_some_and(|v| v >= cycles(&text)), "{text}");
     assert!(
         sample(&text, "usage_agent_last_success_timestamp_seconds{offering=\"ops\"}").is_some_and(|t| t > 1.7e9),
         "{text}"
     );
-    assert!(text.contains("usage_agent_dwdi_token_fetches_total{"), "{text}");
+    assert!(text.contains("usage_agent_upstream_token_fetches_total{"), "{text}");
     assert!(!text.contains("ops-token") && !text.contains(&s.options.client_secret), "a secret in the metrics");
     // The loop wrote its heartbeat.
     assert!(usage_agent::heartbeat::age(&dir.path().join("heartbeat"))? < Duration::from_secs(300));
