@@ -116,6 +116,10 @@ pub struct Target {
     /// A read-back found a value under another billing period: no more past-month
     /// writes for this offering while the process lives.
     misfiled: AtomicBool,
+    /// Waldur refused to back-fill a past month with this token (not staff): a `report`
+    /// writes no more past months for this offering while the process lives, instead
+    /// of asking again for every resource every cycle.
+    backfill_refused: AtomicBool,
 }
 
 impl Target {
@@ -139,6 +143,7 @@ impl Target {
             serving: None,
             warned: Mutex::new(HashSet::new()),
             misfiled: AtomicBool::new(false),
+            backfill_refused: AtomicBool::new(false),
         })
     }
 
@@ -569,7 +574,7 @@ impl Run<'_> {
             Ok(None)
         };
         if month < self.current {
-            if self.target.misfiled.load(Ordering::SeqCst) {
+            if self.target.misfiled.load(Ordering::SeqCst) || self.target.backfill_refused.load(Ordering::SeqCst) {
                 return Ok(None);
             }
             if !self.target.waldur.honours_date().await? {
@@ -793,7 +798,9 @@ impl Run<'_> {
         if self.stop.is_stopped() {
             return Err(WriteError::Skipped);
         }
-        if month < self.current && self.target.misfiled.load(Ordering::SeqCst) {
+        if month < self.current
+            && (self.target.misfiled.load(Ordering::SeqCst) || self.target.backfill_refused.load(Ordering::SeqCst))
+        {
             return Err(WriteError::Skipped);
         }
         if month == self.current && Month::containing(self.clock.now(), &self.policy.time_zone) != self.current {
@@ -921,15 +928,22 @@ impl Run<'_> {
         let backend_id = resource.backend_id.as_deref().unwrap_or_default();
         let name = &self.target.name;
         if error.is_backfill_refusal() {
-            let message = format!(
-                "offering {name} {month}: resource {backend_id}: Waldur refuses to back-fill a past billing period with this token; use a staff token, or reporting_periods: 1 ({error})"
-            );
             match self.policy.past_months {
                 PastMonths::SkipUnlessDated => {
-                    self.target.warn_once(format!("backfill:{}:{month}", resource.uuid), Some(backend_id), || message);
+                    // The refusal is the token's, not the resource's: one warning for the
+                    // offering, and no more past-month writes it would refuse.
+                    self.target.backfill_refused.store(true, Ordering::SeqCst);
+                    self.target.warn_once("backfill".to_owned(), None, || {
+                        format!(
+                            "offering {name}: Waldur refuses to back-fill past billing periods with this token (first: {month}, resource {backend_id}: {error}); this process writes the current month only. Use a staff token, or reporting_periods: 1"
+                        )
+                    });
                     return Outcome::Skipped;
                 }
                 PastMonths::RefuseUnlessDated => {
+                    let message = format!(
+                        "offering {name} {month}: resource {backend_id}: Waldur refuses to back-fill a past billing period with this token; use a staff token ({error})"
+                    );
                     if self.target.first_time(format!("backfill:{}", resource.uuid)) {
                         self.tally.errors.push_resource(backend_id, message);
                     }

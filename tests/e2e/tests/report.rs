@@ -272,9 +272,15 @@ async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> R
     // A provider token cannot back-fill February: skipped with a warning, not failed.
     let text = world.config(TOKEN, 2, "");
     world.dwdi.set_data(DwdiData::generated(2, 3, &[(2024, 2), (2024, 3)]));
-    let summary = cycle_at(&report_targets(&text).await?[0], &text, MID_MARCH).await?;
+    let targets = report_targets(&text).await?;
+    let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
     assert_eq!(summary.failed, 0, "{summary:?}");
     assert!(summary.skipped >= 1, "{summary:?}");
+    // The refusal is the token's: later cycles do not ask again for February.
+    world.waldur.reset_counters();
+    let again = cycle_at(&targets[0], &text, MID_MARCH).await?;
+    assert_eq!((again.failed, again.skipped), (0, 2), "{again:?}");
+    assert_eq!(world.waldur.requests().writes, 0, "{again:?}");
     Ok(())
 }
 
