@@ -300,7 +300,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.cut_after(400);
-    fails_then_recovers(&world, &targets, &text, "DWDI connection cut", "DWDI", true, || {}).await?;
+    fails_then_recovers(&world, &targets, &text, "DWDI connection cut", "the upstream", true, || {}).await?;
     assert_eq!(proxy.cuts(), 1);
 
     // A connection refused.
