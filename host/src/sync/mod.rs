@@ -627,7 +627,16 @@ impl Run<'_> {
             let _turn = self.calls.lock().await;
             self.backend.usage_report(requested, month.billing_period()).await
         };
-        let (report, stored) = tokio::join!(call, self.list_totals(&billing_period, 0));
+        // A past month's first write needs to know whether Waldur honours `date`: asked
+        // beside the call, not after it. The question is one refused POST, asked once per
+        // Waldur URL and process; a dry run writes nothing and does not ask it early.
+        let probe = async {
+            if month < self.current && !self.policy.dry_run {
+                // Not needed here: a failure is asked again, and reported, before a write.
+                let _ = self.target.waldur.honours_date().await;
+            }
+        };
+        let (report, stored, ()) = tokio::join!(call, self.list_totals(&billing_period, 0), probe);
         let report = match report {
             Ok(report) => report,
             Err(error) => {
