@@ -136,7 +136,11 @@ async fn ping_fails_on_any_answer_but_a_success_naming_url_and_status() -> Resul
     sim.fail_next(2, 401);
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     let refused = format!("(HTTP 401) at {right}/compute/usage-day");
-    ensure!(!ok && out.contains("  api      FAILED  credentials refused: DWDI refused the credentials") && out.contains(&refused), "{out}");
+    ensure!(
+        !ok && out.contains("  api      FAILED  credentials refused: DWDI refused the credentials")
+            && out.contains(&refused),
+        "{out}"
+    );
     Ok(())
 }
 

@@ -60,7 +60,9 @@ async fn healthz_follows_the_heartbeat_and_the_services() -> Result<()> {
     usage_agent::heartbeat::touch(&heartbeat)?;
     let out = run_cli(&["healthz", "-c", file.arg()]).await?;
     assert!(
-        out.contains("ok    liveness") && out.contains("ok    ops: Waldur") && out.contains("ok    ops: upstream token endpoint"),
+        out.contains("ok    liveness")
+            && out.contains("ok    ops: Waldur")
+            && out.contains("ok    ops: upstream token endpoint"),
         "{out}"
     );
     // Stale: written 10 minutes ago.
