@@ -950,6 +950,19 @@ offerings:
         let text = with_upstream("        urls: [\"https://meter.example.org\"]\n        auth: {type: none}\n");
         let access = AgentConfig::parse(&text)?.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
         assert!(matches!(access.auth, UpstreamAuth::None));
+        // An OIDC client of its own, in the same words as the DWDI keys.
+        let text = with_upstream(
+            "        urls: [\"https://meter.example.org\"]\n        auth: {type: oidc, token_url: \"https://sso.example.org/token\", client_id: meter, client_secret: m3ter, auth_method: client_secret_basic}\n",
+        );
+        let config = AgentConfig::parse(&text)?;
+        let access = config.offerings[0].upstream_access().map_err(anyhow::Error::msg)?;
+        let oidc = access.oidc().context("an OIDC upstream")?;
+        assert_eq!(
+            (oidc.token_url.as_str(), oidc.client_id.as_str(), oidc.scope.as_str(), oidc.client_auth),
+            ("https://sso.example.org/token", "meter", "openid", ClientAuth::Basic)
+        );
+        assert!(!format!("{access:?} {config:?}").contains("m3ter"));
+        assert!(!config.offerings[0].component_settings_json().contains("m3ter"));
         Ok(())
     }
 
