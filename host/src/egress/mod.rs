@@ -2,11 +2,12 @@
 //!
 //! Every `wasi:http` request a component makes arrives at [`ComponentHooks::send_request`].
 //! In order, the host: checks the request against the egress policy ([`policy`]: the
-//! scheme, host, port and base path of `cscs_dwdi_api_url`, GET or HEAD without a body,
-//! allow-listed headers), takes it out of the call's request budget, waits for one of the
-//! offering's in-flight slots, attaches the bearer token, sends it through the proxy with
-//! TLS and timeouts, retries what is safe to retry within the call's retry budget, and
-//! caps the answer. The slot is held until the answer's body is read or dropped, so the
+//! scheme, host, port and base path of one of the offering's upstream URLs, GET or HEAD
+//! without a body, allow-listed headers), takes it out of the call's request budget,
+//! waits for one of the offering's in-flight slots, attaches the offering's credentials
+//! (an OIDC bearer token, a static header, or none), sends it through the proxy with TLS
+//! and timeouts, retries what is safe to retry within the call's retry budget, and caps
+//! the answer. The slot is held until the answer's body is read or dropped, so the
 //! offering's sockets stay bounded whatever its component does.
 //! The component sees none of the credentials, the proxy or the token.
 
