@@ -25,19 +25,11 @@ use serde::de::DeserializeOwned;
 
 use crate::egress::connect::Proxy;
 
-/// Settings keys the host keeps to itself: they never reach a component (nor does
-/// `upstream.auth`).
-pub const HOST_ONLY_SETTINGS: &[&str] = &[
-    "cscs_dwdi_client_id",
-    "cscs_dwdi_client_secret",
-    "cscs_dwdi_oidc_token_url",
-    "cscs_dwdi_oidc_scope",
-    "cscs_dwdi_oidc_auth_method",
-    "socks_proxy",
-    "ca_bundle",
-];
+/// Settings keys the host keeps to itself besides [`DWDI_OIDC_KEYS`]: they never reach
+/// a component (nor does `upstream.auth`).
+const HOST_NETWORK_SETTINGS: &[&str] = &["socks_proxy", "ca_bundle"];
 
-/// The DWDI spelling of an OIDC client, which `upstream.auth` replaces.
+/// The DWDI spelling of an OIDC client, which `upstream.auth` replaces; host only.
 const DWDI_OIDC_KEYS: &[&str] = &[
     "cscs_dwdi_client_id",
     "cscs_dwdi_client_secret",
@@ -319,6 +311,20 @@ impl UpstreamAccess {
         match &self.auth {
             UpstreamAuth::Oidc(client) => Some(client),
             _ => None,
+        }
+    }
+
+    /// The base URLs, for one line.
+    pub fn shown_urls(&self) -> String {
+        self.urls.iter().map(url::Url::as_str).collect::<Vec<_>>().join(", ")
+    }
+
+    /// How the host authenticates there, without the secret.
+    pub fn shown_auth(&self) -> String {
+        match &self.auth {
+            UpstreamAuth::None => "no credentials".to_owned(),
+            UpstreamAuth::Static { header, .. } => format!("{header} header from the config"),
+            UpstreamAuth::Oidc(oidc) => format!("token {}", oidc.token_url),
         }
     }
 }
@@ -654,7 +660,10 @@ impl OfferingConfig {
         let mut visible: BTreeMap<&String, serde_json::Value> = self
             .backend_settings
             .iter()
-            .filter(|(key, _)| !HOST_ONLY_SETTINGS.contains(&key.as_str()) && !looks_secret(key))
+            .filter(|(key, _)| {
+                let key = key.as_str();
+                !DWDI_OIDC_KEYS.contains(&key) && !HOST_NETWORK_SETTINGS.contains(&key) && !looks_secret(key)
+            })
             .map(|(key, value)| (key, value.clone()))
             .collect();
         // Of `upstream` the component sees where it may go, never how the host gets in.

@@ -436,13 +436,9 @@ impl WaldurClient {
         let mut with_page: Vec<(&str, &str)> = query.to_vec();
         with_page.push(("page_size", &page_size));
         let first_url = self.url(path, &with_page);
-        let page_url = |page: usize| {
+        let fetch = |page: usize| {
             let mut url = first_url.clone();
             url.query_pairs_mut().append_pair("page", &page.to_string());
-            url
-        };
-        let fetch = |page: usize| {
-            let url = page_url(page);
             async move {
                 let (_, body) = self.send(Method::GET, url.as_str(), None).await?;
                 decode::<Vec<T>>(&Method::GET, path, &body)

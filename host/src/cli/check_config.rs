@@ -8,7 +8,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::{ConfigArg, PluginsDirArg};
-use crate::config::{AgentConfig, UpstreamAccess, UpstreamAuth};
+use crate::config::AgentConfig;
 use crate::report::prepare_targets;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -43,7 +43,6 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
     }
     for target in &targets {
         let backend = target.backend.backend();
-        let access = target.config.upstream_access().map_err(anyhow::Error::msg)?;
         let components: Vec<&str> = target.config.backend_components.keys().map(String::as_str).collect();
         writeln!(out, "offerings[{}] {}:", target.index, target.name)?;
         writeln!(
@@ -64,7 +63,8 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
                 )?;
             }
         }
-        writeln!(out, "  upstream   {} ({})", shown_urls(&access), shown_auth(&access))?;
+        let access = target.backend.egress().access();
+        writeln!(out, "  upstream   {} ({})", access.shown_urls(), access.shown_auth())?;
         writeln!(
             out,
             "  proxy      {}",
@@ -78,18 +78,4 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
         )?;
     }
     Ok(())
-}
-
-/// The upstream base URLs, for one line.
-pub(crate) fn shown_urls(access: &UpstreamAccess) -> String {
-    access.urls.iter().map(url::Url::as_str).collect::<Vec<_>>().join(", ")
-}
-
-/// How the host authenticates there, without the secret.
-pub(crate) fn shown_auth(access: &UpstreamAccess) -> String {
-    match &access.auth {
-        UpstreamAuth::None => "no credentials".to_owned(),
-        UpstreamAuth::Static { header, .. } => format!("{header} header from the config"),
-        UpstreamAuth::Oidc(oidc) => format!("token {}", oidc.token_url),
-    }
 }

@@ -104,16 +104,16 @@ async fn ping_offering(
 ) -> StepResult<()> {
     let io = |e: anyhow::Error| (Step::Config, format!("cannot print: {e}"));
     let backend = prepare_offering(backends, index, offering).await.map_err(|e| (Step::Config, format!("{e:#}")))?;
-    let access = offering.upstream_access().map_err(|e| (Step::Config, e))?;
-    let api = super::check_config::shown_urls(&access);
+    let egress: &Egress = backend.egress();
+    let access = egress.access();
+    let api = access.shown_urls();
     let token_url = access.oidc().map(|oidc| &oidc.token_url);
     let detail = match token_url {
         Some(token_url) => format!("API {api}, token endpoint {token_url}"),
-        None => format!("API {api}, {}", super::check_config::shown_auth(&access)),
+        None => format!("API {api}, {}", access.shown_auth()),
     };
     line(out, Step::Config, "ok", &detail).map_err(io)?;
 
-    let egress: &Egress = backend.egress();
     let connector = egress.connector();
     let mut targets = Vec::new();
     let roles = access.urls.iter().map(|url| ("API", url)).chain(token_url.map(|url| ("token endpoint", url)));

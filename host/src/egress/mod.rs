@@ -276,20 +276,16 @@ impl CallTally {
     }
 }
 
-/// What the host attaches to each request of an offering.
-enum Credentials {
-    None,
-    Static { header: HeaderName, value: Secret },
-    Oidc(Arc<TokenSource>),
-}
-
 /// Outbound access of one offering: allow-list, credentials, client, limits.
 pub struct Egress {
     offering: String,
     policy: Policy,
     client: HttpClient,
     connector: Connector,
-    credentials: Credentials,
+    /// Where the offering's component may go and how the host authenticates there.
+    access: UpstreamAccess,
+    /// The token source of an OIDC upstream (`access.auth`), `None` for the others.
+    tokens: Option<Arc<TokenSource>>,
     /// `Proxy-Authorization` for plain-http requests through an HTTP proxy.
     proxy_authorization: Option<crate::config::Secret>,
     /// True when plain-http requests go to an HTTP proxy in absolute form.
@@ -329,26 +325,17 @@ impl Egress {
         })?;
         let proxy_authorization = connector.http_proxy_authorization().map(Secret::new);
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
-        let credentials = match &access.auth {
-            UpstreamAuth::None => Credentials::None,
-            UpstreamAuth::Static { header, value } => {
-                Credentials::Static { header: header.clone(), value: value.clone() }
-            }
-            // A token exchange is one small request: it gets the whole-request timeout.
-            UpstreamAuth::Oidc(oidc) => Credentials::Oidc(TokenSource::new(
-                oidc,
-                client.clone(),
-                proxy_authorization.clone(),
-                via_http_proxy,
-                limits.request,
-            )),
-        };
+        // A token exchange is one small request: it gets the whole-request timeout.
+        let tokens = access.oidc().map(|oidc| {
+            TokenSource::new(oidc, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request)
+        });
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),
             policy,
             client,
             connector,
-            credentials,
+            access: access.clone(),
+            tokens,
             proxy_authorization,
             via_http_proxy,
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -362,12 +349,15 @@ impl Egress {
         &self.stats
     }
 
+    /// Where the offering's component may go and how the host authenticates there, as
+    /// read once when the egress was built.
+    pub fn access(&self) -> &UpstreamAccess {
+        &self.access
+    }
+
     /// The OIDC token source, when the upstream authenticates with one.
     pub fn tokens(&self) -> Option<&TokenSource> {
-        match &self.credentials {
-            Credentials::Oidc(tokens) => Some(tokens),
-            _ => None,
-        }
+        self.tokens.as_deref()
     }
 
     pub fn connector(&self) -> &Connector {
@@ -541,8 +531,8 @@ impl Egress {
             for (name, value) in &head.headers {
                 request = request.header(name, value);
             }
-            request = match (&self.credentials, &token) {
-                (Credentials::Static { header, value }, _) => request.header(header, sensitive(value.expose())),
+            request = match (&self.access.auth, &token) {
+                (UpstreamAuth::Static { header, value }, _) => request.header(header, sensitive(value.expose())),
                 (_, Some(token)) => request.header(AUTHORIZATION, sensitive(&format!("Bearer {}", token.expose()))),
                 _ => request,
             };

@@ -184,6 +184,12 @@ impl Target {
 
     /// Logs `message` the first time `key` is seen; `resource` is the backend id the
     /// line is about, if any.
+    /// Whether this process writes no more past months for the offering: a month was
+    /// misfiled, or Waldur refused to back-fill with this token.
+    fn past_months_closed(&self) -> bool {
+        self.misfiled.load(Ordering::SeqCst) || self.backfill_refused.load(Ordering::SeqCst)
+    }
+
     fn warn_once(&self, key: String, resource: Option<&str>, message: impl FnOnce() -> String) {
         if self.first_time(key) {
             tracing::warn!(offering = %self.name, resource, "{}", message());
@@ -574,7 +580,7 @@ impl Run<'_> {
             Ok(None)
         };
         if month < self.current {
-            if self.target.misfiled.load(Ordering::SeqCst) || self.target.backfill_refused.load(Ordering::SeqCst) {
+            if self.target.past_months_closed() {
                 return Ok(None);
             }
             if !self.target.waldur.honours_date().await? {
@@ -807,9 +813,7 @@ impl Run<'_> {
         if self.stop.is_stopped() {
             return Err(WriteError::Skipped);
         }
-        if month < self.current
-            && (self.target.misfiled.load(Ordering::SeqCst) || self.target.backfill_refused.load(Ordering::SeqCst))
-        {
+        if month < self.current && self.target.past_months_closed() {
             return Err(WriteError::Skipped);
         }
         if month == self.current && Month::containing(self.clock.now(), &self.policy.time_zone) != self.current {
