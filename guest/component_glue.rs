@@ -5,11 +5,14 @@
 //
 // Included rather than a library because `wit_bindgen::generate!` must run in the
 // crate that exports the world, and the crates would otherwise each hold the same
-// conversions.
+// conversions. The components are reporting backends: world `backend` of
+// `waldur:usage@3.0.0`, no management export.
 
 wit_bindgen::generate!({ path: "../../wit", world: "backend" });
 
-use exports::waldur::usage::usage_backend as wit;
+use exports::waldur::usage::reporting as wit;
+
+include!("component_convert.rs");
 
 struct Component;
 
@@ -24,6 +27,7 @@ impl wit::Guest for Component {
             backend_types: vec![BACKEND.name().to_owned()],
             // From dwdi-core, which also refuses the calls not listed here.
             operations: BACKEND.operations().iter().map(|&op| operation_to(op)).collect(),
+            upstream: BACKEND.upstream().to_owned(),
         }
     }
 
@@ -78,20 +82,6 @@ impl wit::Guest for Component {
             .map(report_to)
             .map_err(error_to)
     }
-
-    fn manage(
-        _config: wit::Config,
-        request: wit::ManagementRequest,
-    ) -> Result<(), wit::BackendError> {
-        let operation = match request {
-            wit::ManagementRequest::CreateAccount(_) => "create-account",
-            wit::ManagementRequest::DeleteAccount(_) => "delete-account",
-            wit::ManagementRequest::SetLimits(_) => "set-limits",
-            wit::ManagementRequest::AddUsers(_) => "add-users",
-            wit::ManagementRequest::RemoveUsers(_) => "remove-users",
-        };
-        Err(error_to(dwdi_core::read_only(BACKEND, operation)))
-    }
 }
 
 export!(Component);
@@ -109,7 +99,7 @@ fn config_from(config: wit::Config) -> dwdi_core::Config {
                 reporting_factor: c.reporting_factor,
                 accounting_type: c.accounting_type,
                 label: c.label,
-                dwdi_metric: c.dwdi_metric,
+                options: c.options.into_iter().map(|o| (o.key, o.value)).collect(),
             })
             .collect(),
     }
@@ -118,67 +108,15 @@ fn config_from(config: wit::Config) -> dwdi_core::Config {
 fn resources_from(resources: Vec<wit::WaldurResource>) -> Vec<dwdi_core::Resource> {
     resources
         .into_iter()
-        .map(|r| dwdi_core::Resource {
-            backend_id: r.backend_id,
-            cluster: r.cluster,
-        })
+        .map(|r| dwdi_core::Resource::from_waldur(r.backend_id, r.offering_backend_id))
         .collect()
-}
-
-fn date_from(d: wit::Date) -> dwdi_core::Date {
-    dwdi_core::Date {
-        year: d.year,
-        month: d.month,
-        day: d.day,
-    }
-}
-
-fn operation_to(operation: dwdi_core::Operation) -> wit::Operation {
-    match operation {
-        dwdi_core::Operation::Ping => wit::Operation::Ping,
-        dwdi_core::Operation::UsageReport => wit::Operation::UsageReport,
-        dwdi_core::Operation::DailyReport => wit::Operation::DailyReport,
-        dwdi_core::Operation::Manage => wit::Operation::Manage,
-    }
-}
-
-fn amounts_to(amounts: Vec<dwdi_core::Amount>) -> Vec<wit::Amount> {
-    amounts
-        .into_iter()
-        .map(|a| wit::Amount {
-            component: a.component,
-            value: a.value,
-        })
-        .collect()
-}
-
-fn report_to(report: dwdi_core::UsageReport) -> wit::Report {
-    wit::Report {
-        resources: report
-            .resources
-            .into_iter()
-            .map(|r| wit::ResourceUsage {
-                backend_id: r.backend_id,
-                found: r.found,
-                totals: amounts_to(r.totals),
-                users: r
-                    .users
-                    .into_iter()
-                    .map(|u| wit::UserUsage {
-                        username: u.username,
-                        amounts: amounts_to(u.amounts),
-                    })
-                    .collect(),
-            })
-            .collect(),
-        upstream_requests: report.upstream_requests,
-    }
 }
 
 fn error_to(error: dwdi_core::BackendError) -> wit::BackendError {
     use dwdi_core::BackendError as E;
     match error {
         E::InvalidConfig(m) => wit::BackendError::InvalidConfig(m),
+        E::InvalidRequest(m) => wit::BackendError::InvalidRequest(m),
         E::Unauthorized(m) => wit::BackendError::Unauthorized(m),
         E::UpstreamStatus {
             endpoint,

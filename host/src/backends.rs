@@ -108,7 +108,7 @@ pub async fn prepare_offering(backends: &Backends, index: usize, offering: &Offe
     let prepared = OfferingBackend::new(backends.runtime().clone(), backend, egress, wit_config(offering));
     match prepared.setup().await {
         Ok(()) => Ok(prepared),
-        Err(CallError::Backend(wit::BackendError::InvalidConfig(message))) => {
+        Err(CallError::Backend { error: wit::BackendError::InvalidConfig(message), .. }) => {
             // The component names keys relative to the offering, e.g. `backend_settings.x`.
             if message.starts_with("backend_") {
                 Err(at(message))

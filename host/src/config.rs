@@ -250,8 +250,25 @@ pub struct ComponentConfig {
     pub accounting_type: String,
     #[serde(default)]
     pub label: String,
+    /// The DWDI backends' spelling of their one option; the component receives it as
+    /// option `dwdi_metric`, like a key of `options`.
     #[serde(default)]
     pub dwdi_metric: Option<String>,
+    /// Backend-specific settings of this component, passed to the component as they
+    /// are; the component refuses, at setup, one it does not know.
+    #[serde(default)]
+    pub options: IndexMap<String, String>,
+}
+
+/// The option `dwdi_metric` is spelled as a key of its own.
+const DWDI_METRIC_KEY: &str = "dwdi_metric";
+
+impl ComponentConfig {
+    /// The component's options in config order, `dwdi_metric` first when it is set.
+    pub fn options(&self) -> impl Iterator<Item = (&str, &str)> {
+        let metric = self.dwdi_metric.as_deref().map(|m| (DWDI_METRIC_KEY, m));
+        metric.into_iter().chain(self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
 }
 
 fn default_factor() -> f64 {
@@ -588,6 +605,11 @@ impl OfferingConfig {
             if component.unit_factor_reporting.is_some_and(|v| !finite(v)) {
                 return Err(format!("backend_components.{name}.unit_factor_reporting: must be a finite number"));
             }
+            if component.dwdi_metric.is_some() && component.options.contains_key(DWDI_METRIC_KEY) {
+                return Err(format!(
+                    "backend_components.{name}: dwdi_metric is set twice, as a key and in options; keep one"
+                ));
+            }
         }
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
@@ -750,6 +772,29 @@ offerings:
         let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: lots,");
         let err = error_of(&text);
         assert!(err.contains("offerings[0].backend_components.nodeHours.unit_factor"), "{err}");
+    }
+
+    #[test]
+    fn component_options_keep_their_order_and_dwdi_metric_is_one() -> Result<()> {
+        let text = MINIMAL.replace(
+            "label: Node Hours}",
+            "label: Node Hours, dwdi_metric: nodeHours, options: {field: hours, scale: \"2\"}}",
+        );
+        let config = AgentConfig::parse(&text)?;
+        let options: Vec<_> = config.offerings[0].backend_components["nodeHours"].options().collect();
+        assert_eq!(options, [("dwdi_metric", "nodeHours"), ("field", "hours"), ("scale", "2")]);
+        let twice = MINIMAL.replace("label: Node Hours}", "dwdi_metric: a, options: {dwdi_metric: b}}");
+        assert_eq!(
+            error_of(&twice),
+            "offerings[0].backend_components.nodeHours: dwdi_metric is set twice, as a key and in options; keep one"
+        );
+        let not_text = MINIMAL.replace("label: Node Hours}", "options: {field: [a, b]}}");
+        assert!(
+            error_of(&not_text).contains("offerings[0].backend_components.nodeHours.options.field"),
+            "{}",
+            error_of(&not_text)
+        );
+        Ok(())
     }
 
     #[test]

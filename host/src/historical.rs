@@ -62,7 +62,7 @@ impl HistoricalOptions {
             user_usage: self.user_usage,
             // The seed's historical loader passes no Waldur clusters: the backend applies
             // `cscs_dwdi_cluster` when it is set, else no cluster filter.
-            clusters_from_waldur: false,
+            send_offering_backend_ids: false,
             resources: self.resources.clone(),
             concurrency: self.concurrency,
             dry_run: self.dry_run,
@@ -239,6 +239,7 @@ mod tests {
             version: "1.0.0".into(),
             backend_types: vec!["x".into()],
             operations: vec![wit::Operation::Ping, wit::Operation::DailyReport],
+            upstream: String::new(),
         };
         assert!(!supports_historical(&info));
         info.operations.push(wit::Operation::UsageReport);

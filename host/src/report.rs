@@ -54,7 +54,7 @@ impl CycleOptions {
             absent_is_zero_in_current_month: true,
             reconcile_stale: false,
             user_usage: self.user_usage,
-            clusters_from_waldur: true,
+            send_offering_backend_ids: true,
             resources: Vec::new(),
             concurrency: self.concurrency,
             dry_run: false,

@@ -6,10 +6,14 @@
 //! arguments, sockets or stdin, and a wall clock stopped at the epoch); the only way
 //! out is `wasi:http`, which goes through [`crate::egress`]. What a component prints
 //! goes to the host log ([`output`]); what it may use per call is bounded ([`limits`]).
+//! A component of any contract version the host serves ([`contract`]) is called through
+//! that version's binding; everything outside this module sees the current one.
 
+mod contract;
 mod describe;
 mod limits;
 mod output;
+mod v2;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +27,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::config::ComponentLimits;
 use crate::egress::{CallTally, ComponentHooks, Egress};
+pub use contract::{Contract, ExportError, WIT_PACKAGE, contract_of};
 pub use describe::{DescriptionError, check_backend_types, check_description};
 use limits::CallGuard;
 pub(crate) use limits::size as size_text;
@@ -53,13 +58,29 @@ mod bindings {
     });
 }
 
-pub use bindings::exports::waldur::usage::usage_backend as wit;
-use bindings::{Backend as BackendBindings, BackendPre};
+/// The current contract's types, which the whole host speaks.
+pub use bindings::exports::waldur::usage::reporting as wit;
 
-/// The WIT package this host implements; components must share its major version.
-pub const WIT_PACKAGE: &str = "waldur:usage";
-/// The WIT version the host was built against.
-pub const WIT_VERSION: &str = "2.0.0";
+/// A component linked to the host's imports through its contract's binding.
+pub(crate) enum Linked {
+    V3(bindings::BackendPre<CallState>),
+    V2(v2::BackendPre<CallState>),
+}
+
+impl Linked {
+    pub(crate) fn contract(&self) -> Contract {
+        match self {
+            Linked::V3(_) => Contract::V3,
+            Linked::V2(_) => Contract::V2,
+        }
+    }
+}
+
+/// A live instance's exports, through its contract's binding.
+enum Bindings {
+    V3(bindings::Backend),
+    V2(v2::Backend),
+}
 
 /// What one call's store holds.
 pub(crate) struct CallState {
@@ -128,7 +149,7 @@ pub struct LoadedBackend {
     pub component: Component,
     /// The component linked to the host's imports once, so each call only
     /// instantiates it.
-    pub(crate) linked: BackendPre<CallState>,
+    pub(crate) linked: Linked,
     pub info: wit::BackendInfo,
     pub source: Source,
     pub sha256: String,
@@ -143,16 +164,25 @@ impl std::fmt::Debug for LoadedBackend {
             .field("version", &self.info.version)
             .field("source", &self.source)
             .field("sha256", &self.sha256)
+            .field("contract", &self.linked.contract())
             .finish()
+    }
+}
+
+impl LoadedBackend {
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.linked.contract()
     }
 }
 
 /// A failed component call.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The component answered with an error of the contract.
-    #[error("{}", describe_backend_error(.0))]
-    Backend(wit::BackendError),
+    /// The component answered with an error of the contract; `upstream` is what it calls
+    /// the system it reads (empty: "the upstream").
+    #[error("{}", describe_backend_error(upstream, error))]
+    Backend { upstream: String, error: wit::BackendError },
     /// The component broke a limit of its call; it was stopped, its instance discarded.
     #[error("{0}")]
     Limit(LimitExceeded),
@@ -162,16 +192,19 @@ pub enum CallError {
 }
 
 /// The operator's line for a component's error, capped after it is composed (each part
-/// was already escaped and capped by [`safe_error`] when it was lifted).
-fn describe_backend_error(error: &wit::BackendError) -> String {
+/// was already escaped and capped by [`safe_error`] when it was lifted, the upstream's
+/// name checked with the component's description).
+fn describe_backend_error(upstream: &str, error: &wit::BackendError) -> String {
+    let upstream = if upstream.is_empty() { "the upstream" } else { upstream };
     let mut composed = match error {
         wit::BackendError::InvalidConfig(m) => format!("invalid configuration: {m}"),
+        wit::BackendError::InvalidRequest(m) => format!("invalid request: {m}"),
         wit::BackendError::Unauthorized(m) => format!("credentials refused: {m}"),
         wit::BackendError::UpstreamStatus(s) => {
-            format!("the upstream answered HTTP {} at {}: {}", s.status, s.endpoint, s.message)
+            format!("{upstream} answered HTTP {} at {}: {}", s.status, s.endpoint, s.message)
         }
-        wit::BackendError::BadResponse(m) => format!("the upstream sent an answer the backend cannot use: {m}"),
-        wit::BackendError::Transport(m) => format!("the upstream could not be reached: {m}"),
+        wit::BackendError::BadResponse(m) => format!("{upstream} sent an answer the backend cannot use: {m}"),
+        wit::BackendError::Transport(m) => format!("{upstream} could not be reached: {m}"),
         wit::BackendError::Unsupported(m) => format!("unsupported: {m}"),
     };
     cap(&mut composed, MAX_MESSAGE_BYTES);
@@ -237,9 +270,10 @@ impl Runtime {
             .await
             .context("compile task failed")?
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
+        let (contract, _) = contract_of(&self.engine, &component).map_err(|e| anyhow!("{source}: {e}"))?;
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
         let (linked, info) =
-            self.describe_component(imports).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
+            self.describe_component(imports, contract).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
         check_description(&info).map_err(|e| anyhow!("{source}: refused: {e}"))?;
         Ok(LoadedBackend {
             component,
@@ -252,7 +286,7 @@ impl Runtime {
         })
     }
 
-    async fn instantiate(&self, linked: &BackendPre<CallState>, hooks: ComponentHooks) -> Result<Instance> {
+    async fn instantiate(&self, linked: &Linked, hooks: ComponentHooks) -> Result<Instance> {
         let name = hooks.component().to_owned();
         let stderr = ComponentOutput::new(&name, Stream::Stderr);
         let wasi = WasiCtx::builder()
@@ -293,7 +327,11 @@ impl Runtime {
                 _ => Ok(()),
             });
         }
-        match linked.instantiate_async(&mut store).await {
+        let instantiated = match linked {
+            Linked::V3(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V3),
+            Linked::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
+        };
+        match instantiated {
             Ok(bindings) => Ok(Instance { store, bindings }),
             Err(error) => {
                 let limits = self.limits().cloned().unwrap_or_default();
@@ -428,6 +466,7 @@ fn safe_error(error: wit::BackendError) -> wit::BackendError {
     };
     match error {
         wit::BackendError::InvalidConfig(m) => wit::BackendError::InvalidConfig(safe(m, MAX_MESSAGE_BYTES)),
+        wit::BackendError::InvalidRequest(m) => wit::BackendError::InvalidRequest(safe(m, MAX_MESSAGE_BYTES)),
         wit::BackendError::Unauthorized(m) => wit::BackendError::Unauthorized(safe(m, MAX_MESSAGE_BYTES)),
         wit::BackendError::BadResponse(m) => wit::BackendError::BadResponse(safe(m, MAX_MESSAGE_BYTES)),
         wit::BackendError::Transport(m) => wit::BackendError::Transport(safe(m, MAX_MESSAGE_BYTES)),
@@ -469,16 +508,106 @@ impl Lifted for wit::Report {
 }
 
 /// One live instance, used for exactly one call.
-struct Instance {
+pub(crate) struct Instance {
     store: Store<CallState>,
-    bindings: BackendBindings,
+    bindings: Bindings,
+}
+
+/// What a call of an export gives: a trap, or the component's answer.
+type Answer<T> = wasmtime::Result<Result<T, wit::BackendError>>;
+
+// Each export, called through the instance's binding: a 2.0.0 component gets its
+// arguments converted down and its answer converted up (`v2`).
+impl Instance {
+    async fn call_describe(&mut self) -> wasmtime::Result<wit::BackendInfo> {
+        match &self.bindings {
+            Bindings::V3(b) => b.waldur_usage_reporting().call_describe(&mut self.store).await,
+            Bindings::V2(b) => b.waldur_usage_usage_backend().call_describe(&mut self.store).await.map(v2::info),
+        }
+    }
+
+    pub(crate) async fn setup(&mut self, config: &wit::Config) -> Answer<()> {
+        match &self.bindings {
+            Bindings::V3(b) => b.waldur_usage_reporting().call_setup(&mut self.store, config).await,
+            Bindings::V2(b) => {
+                let config = match v2::config(config) {
+                    Ok(config) => config,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                Ok(b.waldur_usage_usage_backend().call_setup(&mut self.store, &config).await?.map_err(v2::error))
+            }
+        }
+    }
+
+    pub(crate) async fn ping(&mut self, config: &wit::Config, today: wit::Date) -> Answer<()> {
+        match &self.bindings {
+            Bindings::V3(b) => b.waldur_usage_reporting().call_ping(&mut self.store, config, today).await,
+            Bindings::V2(b) => {
+                let config = match v2::config(config) {
+                    Ok(config) => config,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let answer =
+                    b.waldur_usage_usage_backend().call_ping(&mut self.store, &config, v2::date(today)).await?;
+                Ok(answer.map_err(v2::error))
+            }
+        }
+    }
+
+    pub(crate) async fn usage_report(
+        &mut self,
+        config: &wit::Config,
+        resources: &[wit::WaldurResource],
+        period: wit::BillingPeriod,
+    ) -> Answer<wit::Report> {
+        match &self.bindings {
+            Bindings::V3(b) => {
+                b.waldur_usage_reporting().call_usage_report(&mut self.store, config, resources, period).await
+            }
+            Bindings::V2(b) => {
+                let config = match v2::config(config) {
+                    Ok(config) => config,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let resources = v2::resources(resources);
+                let guest = b.waldur_usage_usage_backend();
+                let answer = guest.call_usage_report(&mut self.store, &config, &resources, v2::period(period)).await?;
+                Ok(answer.map(v2::report).map_err(v2::error))
+            }
+        }
+    }
+
+    pub(crate) async fn daily_report(
+        &mut self,
+        config: &wit::Config,
+        resources: &[wit::WaldurResource],
+        first: wit::Date,
+        last: wit::Date,
+    ) -> Answer<wit::Report> {
+        match &self.bindings {
+            Bindings::V3(b) => {
+                b.waldur_usage_reporting().call_daily_report(&mut self.store, config, resources, first, last).await
+            }
+            Bindings::V2(b) => {
+                let config = match v2::config(config) {
+                    Ok(config) => config,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let resources = v2::resources(resources);
+                let (first, last) = (v2::date(first), v2::date(last));
+                let guest = b.waldur_usage_usage_backend();
+                let answer = guest.call_daily_report(&mut self.store, &config, &resources, first, last).await?;
+                Ok(answer.map(v2::report).map_err(v2::error))
+            }
+        }
+    }
 }
 
 impl Instance {
     /// The component's description, within the call limits like any call.
     async fn describe(mut self, limits: Option<&ComponentLimits>) -> Result<wit::BackendInfo> {
         let name = self.store.data().hooks.component().to_owned();
-        let call = self.bindings.waldur_usage_usage_backend().call_describe(&mut self.store);
+        let call = self.call_describe();
         let outcome = match limits {
             Some(limits) => tokio::time::timeout(limits.call_timeout(), call)
                 .await
@@ -525,12 +654,8 @@ impl OfferingBackend {
     async fn call<T, F>(&self, call: F) -> Result<T, CallError>
     where
         T: ResultSize + Lifted + Send + 'static,
-        F: for<'a> FnOnce(
-                &'a wit::Guest,
-                &'a mut Store<CallState>,
-            ) -> std::pin::Pin<
-                Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
-            > + Send
+        F: for<'a> FnOnce(&'a mut Instance) -> std::pin::Pin<Box<dyn Future<Output = Answer<T>> + Send + 'a>>
+            + Send
             + 'static,
     {
         let this = self.clone();
@@ -549,7 +674,7 @@ impl OfferingBackend {
     /// Validates the offering's config with the component; makes no request.
     pub async fn setup(&self) -> Result<(), CallError> {
         let config = self.config.clone();
-        self.call(move |guest, store| Box::pin(async move { guest.call_setup(store, &config).await })).await
+        self.call(move |instance| Box::pin(async move { instance.setup(&config).await })).await
     }
 
     /// Whether the component measures `component` of the offering's config: its setup
@@ -564,7 +689,7 @@ impl OfferingBackend {
     /// Checks that the upstream answers its reachability request about `today` with a success.
     pub async fn ping(&self, today: wit::Date) -> Result<(), CallError> {
         let config = self.config.clone();
-        self.call(move |guest, store| Box::pin(async move { guest.call_ping(store, &config, today).await })).await
+        self.call(move |instance| Box::pin(async move { instance.ping(&config, today).await })).await
     }
 
     /// Usage of `resources` in a billing month.
@@ -574,10 +699,8 @@ impl OfferingBackend {
         period: wit::BillingPeriod,
     ) -> Result<wit::Report, CallError> {
         let config = self.config.clone();
-        self.call(move |guest, store| {
-            Box::pin(async move { guest.call_usage_report(store, &config, &resources, period).await })
-        })
-        .await
+        self.call(move |instance| Box::pin(async move { instance.usage_report(&config, &resources, period).await }))
+            .await
     }
 
     /// Usage of `resources` over a range of days.
@@ -588,8 +711,8 @@ impl OfferingBackend {
         last: wit::Date,
     ) -> Result<wit::Report, CallError> {
         let config = self.config.clone();
-        self.call(move |guest, store| {
-            Box::pin(async move { guest.call_daily_report(store, &config, &resources, first, last).await })
+        self.call(move |instance| {
+            Box::pin(async move { instance.daily_report(&config, &resources, first, last).await })
         })
         .await
     }
@@ -623,7 +746,10 @@ pub fn wit_config(offering: &crate::config::OfferingConfig) -> wit::Config {
                 reporting_factor: c.unit_factor_reporting,
                 accounting_type: c.accounting_type.clone(),
                 label: c.label.clone(),
-                dwdi_metric: c.dwdi_metric.clone(),
+                options: c
+                    .options()
+                    .map(|(key, value)| wit::ComponentOption { key: key.to_owned(), value: value.to_owned() })
+                    .collect(),
             })
             .collect(),
     }
@@ -643,8 +769,13 @@ impl Runtime {
     pub(crate) async fn describe_component(
         &self,
         imports: InstancePre<CallState>,
-    ) -> Result<(BackendPre<CallState>, wit::BackendInfo)> {
-        let linked = BackendPre::new(imports).map_err(|e| anyhow!("{e:#}"))?;
+        contract: Contract,
+    ) -> Result<(Linked, wit::BackendInfo)> {
+        let linked = match contract {
+            Contract::V3 => bindings::BackendPre::new(imports).map(Linked::V3),
+            Contract::V2 => v2::BackendPre::new(imports).map(Linked::V2),
+        }
+        .map_err(|e| anyhow!("{e:#}"))?;
         let info =
             self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await?;
         Ok((linked, info))
@@ -654,10 +785,7 @@ impl Runtime {
     /// limits like any call: setup makes no request, so any attempt is refused.
     pub async fn check_setup(&self, backend: &LoadedBackend, config: &wit::Config) -> Result<(), CallError> {
         let config = config.clone();
-        self.call_export(backend, None, move |guest, store| {
-            Box::pin(async move { guest.call_setup(store, &config).await })
-        })
-        .await
+        self.call_export(backend, None, move |instance| Box::pin(async move { instance.setup(&config).await })).await
     }
 
     /// Runs one export of `backend` on a fresh instance within the call limits, adding
@@ -673,20 +801,14 @@ impl Runtime {
     ) -> Result<T, CallError>
     where
         T: ResultSize + Lifted,
-        F: for<'a> FnOnce(
-            &'a wit::Guest,
-            &'a mut Store<CallState>,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = wasmtime::Result<Result<T, wit::BackendError>>> + Send + 'a>,
-        >,
+        F: for<'a> FnOnce(&'a mut Instance) -> std::pin::Pin<Box<dyn Future<Output = Answer<T>> + Send + 'a>>,
     {
         let name = &backend.info.name;
         let hooks = ComponentHooks::new(name, egress.clone());
         let tally = hooks.tally();
         let run = async {
             let mut instance = self.instantiate(&backend.linked, hooks).await.map_err(instantiate_error)?;
-            let guest = instance.bindings.waldur_usage_usage_backend();
-            match call(guest, &mut instance.store).await {
+            match call(&mut instance).await {
                 Ok(outcome) => Ok(outcome),
                 Err(error) => Err(trap_error(name, &mut instance.store, error)),
             }
@@ -715,7 +837,10 @@ impl Runtime {
                 value.make_safe();
                 Ok(value)
             }
-            Err(error) => Err(CallError::Backend(safe_error(enrich(error, &tally)))),
+            Err(error) => Err(CallError::Backend {
+                upstream: backend.info.upstream.clone(),
+                error: safe_error(enrich(error, &tally)),
+            }),
         }
     }
 }
@@ -754,8 +879,9 @@ mod tests {
         let wit::BackendError::UpstreamStatus(parts) = &safe else { panic!("{safe:?}") };
         assert!(parts.endpoint.starts_with("a\\nb") && parts.endpoint.len() < MAX_ENDPOINT_BYTES + 30);
         assert!(parts.message.len() < MAX_MESSAGE_BYTES + 30);
-        let line = describe_backend_error(&safe);
+        let line = describe_backend_error("", &safe);
         assert!(line.starts_with("the upstream answered HTTP 500 at a\\nbxxx"), "{line}");
+        assert!(describe_backend_error("DWDI", &safe).starts_with("DWDI answered HTTP 500 at "));
         assert!(line.len() < MAX_MESSAGE_BYTES + 30 && line.ends_with("more bytes)"), "{} bytes", line.len());
         assert!(!line.contains('\n'));
     }

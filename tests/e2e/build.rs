@@ -15,6 +15,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("wit-next-component", "WIT_NEXT"),
     ("setup-refuser-component", "SETUP_REFUSER"),
     ("my-site-usage", "MY_SITE_USAGE"),
+    ("compute-v2-component", "COMPUTE_V2"),
 ];
 
 /// The version the second build of the compute component describes itself with.

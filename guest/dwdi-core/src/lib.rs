@@ -46,7 +46,7 @@ pub mod fetch;
 #[cfg(test)]
 mod tests;
 
-pub use metric::{Backend, MappedComponent, Metric, map_components};
+pub use metric::{Backend, DWDI_METRIC, MappedComponent, Metric, map_components};
 pub use model::{
     Amount, BackendError, BillingPeriod, Component, Config, Date, HttpAnswer, Operation, Resource, ResourceUsage,
     UsageReport, UserUsage,

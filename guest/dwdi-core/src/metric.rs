@@ -6,6 +6,10 @@
 
 use crate::model::{BackendError, Component, Operation, invalid};
 
+/// The one component option the DWDI backends know: the DWDI field a component reads,
+/// when its name does not say.
+pub const DWDI_METRIC: &str = "dwdi_metric";
+
 /// The backends this crate implements; each is its own component.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
@@ -26,6 +30,11 @@ impl Backend {
             Backend::Storage => "cscs-dwdi-storage",
             Backend::Inference => "cscs-dwdi-inference",
         }
+    }
+
+    /// The system it reads, as the host names it in messages.
+    pub const fn upstream(self) -> &'static str {
+        "DWDI"
     }
 
     /// The operations this backend implements: what its component's `describe` lists.
@@ -192,12 +201,19 @@ pub fn map_components(backend: Backend, components: &[Component]) -> Result<Vec<
         if mapped.iter().any(|m| &m.name == name) {
             return Err(invalid(format!("backend_components.{name}: listed twice")));
         }
+        // An option nobody reads is a typo or a config meant for another backend.
+        if let Some((key, _)) = component.options.iter().find(|(key, _)| key != DWDI_METRIC) {
+            return Err(invalid(format!(
+                "backend_components.{name}: unknown option \"{key}\"; {} knows only {DWDI_METRIC}",
+                backend.name()
+            )));
+        }
         let metric = match component_metric(backend, component) {
             Ok(metric) => metric,
             // A limit or prepaid component the backend cannot measure (a storage quota on
             // a compute offering) is the site's business, not a usage to report: left
             // out. A usage component, or one given a `dwdi_metric`, must map.
-            Err(_) if component.accounting_type != "usage" && component.dwdi_metric.is_none() => continue,
+            Err(_) if component.accounting_type != "usage" && component.option(DWDI_METRIC).is_none() => continue,
             Err(error) => return Err(error),
         };
         let (factor, key) = match component.reporting_factor {
@@ -225,7 +241,7 @@ pub fn map_components(backend: Backend, components: &[Component]) -> Result<Vec<
 fn component_metric(backend: Backend, component: &Component) -> Result<Metric, BackendError> {
     let name = &component.name;
     let served = |metric: Metric| backend.metrics().contains(&metric);
-    if let Some(explicit) = &component.dwdi_metric {
+    if let Some(explicit) = component.option(DWDI_METRIC) {
         let Some(metric) = Metric::from_name(explicit) else {
             return Err(invalid(format!(
                 "backend_components.{name}.dwdi_metric: unknown metric \"{explicit}\"; \
@@ -283,7 +299,7 @@ mod tests {
         // A usage component of the same name, or an explicit metric, still must map.
         let usage = Component::named("storage", 1.0);
         assert!(err(Backend::Compute, &[node.clone(), usage]).contains("does not serve"));
-        quota.dwdi_metric = Some("spaceUsed".to_owned());
+        quota.set_option(DWDI_METRIC, "spaceUsed");
         assert!(err(Backend::Compute, &[node, quota]).contains("not served"));
     }
 
@@ -360,7 +376,7 @@ mod tests {
             );
         }
         let mut explicit = Component::named("llm_spend", 1.0);
-        explicit.dwdi_metric = Some("totalCost".into());
+        explicit.set_option(DWDI_METRIC, "totalCost");
         assert_eq!(map_components(Backend::Inference, &[explicit]).expect("maps")[0].metric, Metric::TokenCost);
 
         let m = err(Backend::Inference, &[Component::named("cost", 1.0)]);
@@ -368,14 +384,14 @@ mod tests {
         let m = err(Backend::Inference, &[Component::named("nodeHours", 1.0)]);
         assert!(m.starts_with("backend_components.nodeHours: the name maps to the DWDI metric nodeHours"), "{m}");
         let mut c = Component::named("token_cost", 1.0);
-        c.dwdi_metric = Some("spaceUsed".into());
+        c.set_option(DWDI_METRIC, "spaceUsed");
         let m = err(Backend::Inference, &[c]);
         assert!(m.starts_with("backend_components.token_cost.dwdi_metric: spaceUsed is not served"), "{m}");
         // The other backends refuse it in turn.
         let m = err(Backend::Compute, &[Component::named("token_cost", 1.0)]);
         assert!(m.contains("totalCost, which cscs-dwdi-compute does not serve"), "{m}");
         let mut c = Component::named("nodeHours", 1.0);
-        c.dwdi_metric = Some("totalCost".into());
+        c.set_option(DWDI_METRIC, "totalCost");
         assert!(err(Backend::Storage, &[c]).contains("totalCost is not served by cscs-dwdi-storage"));
 
         // A limit the backend cannot measure is left out, as for the others.
@@ -399,7 +415,7 @@ mod tests {
     #[test]
     fn explicit_metric_wins_over_name() {
         let mut c = Component::named("billing_units", 2.0);
-        c.dwdi_metric = Some("gpuHours".into());
+        c.set_option(DWDI_METRIC, "gpuHours");
         let mapped = map_components(Backend::Compute, &[c]).expect("maps");
         assert_eq!(mapped[0].metric, Metric::GpuHours);
     }
@@ -432,7 +448,7 @@ mod tests {
         let m = err(Backend::Storage, &[Component::named("nodeHours", 1.0)]);
         assert!(m.starts_with("backend_components.nodeHours: "), "{m}");
         let mut c = Component::named("x", 1.0);
-        c.dwdi_metric = Some("inodesUsed".into());
+        c.set_option(DWDI_METRIC, "inodesUsed");
         let m = err(Backend::Compute, &[c]);
         assert!(m.starts_with("backend_components.x.dwdi_metric: inodesUsed is not served"), "{m}");
     }
@@ -440,9 +456,26 @@ mod tests {
     #[test]
     fn unknown_explicit_metric_is_named() {
         let mut c = Component::named("nodeHours", 1.0);
-        c.dwdi_metric = Some("wallHours".into());
+        c.set_option(DWDI_METRIC, "wallHours");
         let m = err(Backend::Compute, &[c]);
         assert!(m.starts_with("backend_components.nodeHours.dwdi_metric: unknown metric"), "{m}");
+    }
+
+    #[test]
+    fn unknown_options_are_refused_by_name() {
+        let mut c = Component::named("nodeHours", 1.0);
+        c.set_option("metric", "nodeHours");
+        let m = err(Backend::Compute, &[c]);
+        assert_eq!(
+            m,
+            "backend_components.nodeHours: unknown option \"metric\"; cscs-dwdi-compute knows only dwdi_metric"
+        );
+        // Not even a limit component may carry one: it would be ignored silently.
+        let mut quota = Component::named("quota", 1.0);
+        quota.accounting_type = "limit".into();
+        quota.set_option("path", "/x");
+        let m = err(Backend::Storage, &[Component::named("storage_space", 1.0), quota]);
+        assert!(m.starts_with("backend_components.quota: unknown option \"path\""), "{m}");
     }
 
     #[test]

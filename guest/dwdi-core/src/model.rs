@@ -36,7 +36,8 @@ pub struct Component {
     pub reporting_factor: Option<f64>,
     pub accounting_type: String,
     pub label: String,
-    pub dwdi_metric: Option<String>,
+    /// The component's options (WIT `component-option`), in config order.
+    pub options: Vec<(String, String)>,
 }
 
 impl Component {
@@ -50,8 +51,19 @@ impl Component {
             reporting_factor: None,
             accounting_type: "usage".to_owned(),
             label: name.to_owned(),
-            dwdi_metric: None,
+            options: Vec::new(),
         }
+    }
+
+    /// The value of option `key`, if set.
+    pub fn option(&self, key: &str) -> Option<&str> {
+        self.options.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Sets option `key` to `value`, replacing an earlier value.
+    pub fn set_option(&mut self, key: &str, value: &str) {
+        self.options.retain(|(k, _)| k != key);
+        self.options.push((key.to_owned(), value.to_owned()));
     }
 }
 
@@ -75,6 +87,12 @@ impl Resource {
     /// A resource without a cluster.
     pub fn new(backend_id: &str) -> Self {
         Resource { backend_id: backend_id.to_owned(), cluster: None }
+    }
+
+    /// A resource as Waldur has it: its `offering_backend_id`, when given, is the
+    /// cluster, which DWDI knows in lower case.
+    pub fn from_waldur(backend_id: String, offering_backend_id: Option<String>) -> Self {
+        Resource { backend_id, cluster: offering_backend_id.map(|id| id.to_ascii_lowercase()) }
     }
 }
 
@@ -137,6 +155,9 @@ pub struct UsageReport {
 pub enum BackendError {
     /// A setting or component is missing or wrong; the message names the key.
     InvalidConfig(String),
+    /// The call's own arguments cannot be served (a day that is not a date, a range
+    /// that ends before it begins, a resource id too long to ask about).
+    InvalidRequest(String),
     /// Upstream answered 401 or 403.
     Unauthorized(String),
     /// Upstream answered with another non-success status.
@@ -159,6 +180,7 @@ impl fmt::Display for BackendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BackendError::InvalidConfig(m) => write!(f, "invalid config: {m}"),
+            BackendError::InvalidRequest(m) => write!(f, "invalid request: {m}"),
             BackendError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             BackendError::UpstreamStatus { endpoint, status, message } => {
                 write!(f, "{endpoint} answered HTTP {status}: {message}")
@@ -182,6 +204,11 @@ pub struct HttpAnswer {
 /// Shorthand used all over the crate for configuration errors.
 pub(crate) fn invalid(message: impl Into<String>) -> BackendError {
     BackendError::InvalidConfig(message.into())
+}
+
+/// Shorthand for errors in a call's own arguments.
+pub(crate) fn invalid_request(message: impl Into<String>) -> BackendError {
+    BackendError::InvalidRequest(message.into())
 }
 
 /// Shorthand for answer-format errors.

@@ -7,7 +7,7 @@
 use fnv::FnvHashMap;
 
 use crate::metric::{Backend, MappedComponent, map_components};
-use crate::model::{BackendError, BillingPeriod, Config, Date, Operation, Resource, invalid};
+use crate::model::{BackendError, BillingPeriod, Config, Date, Operation, Resource, invalid_request};
 use crate::settings::{BackendSettings, Settings, StorageSettings};
 use crate::url::{Chunk, chunk_list, endpoint, push_param};
 
@@ -108,7 +108,7 @@ pub fn plan_daily_report(
     check_date("first", first)?;
     check_date("last", last)?;
     if first > last {
-        return Err(invalid(format!("daily-report: first day {} is after last day {}", ymd(first), ymd(last))));
+        return Err(invalid_request(format!("daily-report: first day {} is after last day {}", ymd(first), ymd(last))));
     }
     plan(setup(backend, config)?, resources, Window::Days(first, last))
 }
@@ -358,10 +358,10 @@ fn ymd(d: Date) -> String {
 
 fn check_month(what: &str, year: u16, month: u8) -> Result<(), BackendError> {
     if !(1..=9999).contains(&year) {
-        return Err(invalid(format!("{what}: year {year} is not 1–9999")));
+        return Err(invalid_request(format!("{what}: year {year} is not 1–9999")));
     }
     if !(1..=12).contains(&month) {
-        return Err(invalid(format!("{what}: month {month} is not 1–12")));
+        return Err(invalid_request(format!("{what}: month {month} is not 1–12")));
     }
     Ok(())
 }
@@ -376,7 +376,7 @@ fn check_date(what: &str, d: Date) -> Result<(), BackendError> {
         _ => 31,
     };
     if d.day == 0 || d.day > days {
-        return Err(invalid(format!("{what}: {} is not a calendar date", ymd(d))));
+        return Err(invalid_request(format!("{what}: {} is not a calendar date", ymd(d))));
     }
     Ok(())
 }

@@ -324,7 +324,7 @@ fn ping_asks_for_today_as_the_python_client_does_and_needs_a_success() {
     let compute = plan_ping(Backend::Compute, &bare, today).map(|r| r.url().to_owned());
     assert_eq!(compute, Ok(format!("{BASE}/compute/usage-day?from=2024-02-29&to=2024-02-29")));
     let not_a_day = plan_ping(Backend::Compute, &bare, Date { year: 2023, month: 2, day: 29 });
-    assert!(matches!(not_a_day, Err(BackendError::InvalidConfig(_))), "{not_a_day:?}");
+    assert!(matches!(not_a_day, Err(BackendError::InvalidRequest(_))), "{not_a_day:?}");
 
     let verdict = |status: u16| check_ping(&request, &HttpAnswer { status, body: b"nope".to_vec() });
     for status in [200, 204] {
@@ -359,6 +359,7 @@ fn config_errors_reach_the_planner() {
 }
 
 #[test]
+/// Days and months out of range are the call's fault, not the config's.
 fn periods_and_dates_are_checked() {
     let config = compute_config("", hours());
     let r = [resource("a", None)];
@@ -369,7 +370,7 @@ fn periods_and_dates_are_checked() {
     ] {
         assert!(matches!(
             plan_usage_report(Backend::Compute, &config, &r, period),
-            Err(BackendError::InvalidConfig(_))
+            Err(BackendError::InvalidRequest(_))
         ));
     }
     let d = |year, month, day| Date { year, month, day };
@@ -383,7 +384,7 @@ fn periods_and_dates_are_checked() {
         assert!(
             matches!(
                 plan_daily_report(Backend::Compute, &config, &r, first, last),
-                Err(BackendError::InvalidConfig(_))
+                Err(BackendError::InvalidRequest(_))
             ),
             "{first:?}..{last:?}"
         );
@@ -586,7 +587,7 @@ fn inference_ping_asks_for_today() {
         Err(BackendError::UpstreamStatus { status: 404, .. })
     ));
     let not_a_day = plan_ping(Backend::Inference, &inference_config(vec![]), Date { year: 2023, month: 2, day: 29 });
-    assert!(matches!(not_a_day, Err(BackendError::InvalidConfig(_))), "{not_a_day:?}");
+    assert!(matches!(not_a_day, Err(BackendError::InvalidRequest(_))), "{not_a_day:?}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::model::{BackendError, invalid};
+use crate::model::{BackendError, invalid_request};
 
 /// Every URL this crate builds is shorter than this many bytes; common servers and
 /// proxies refuse request lines around 8 KiB.
@@ -106,7 +106,7 @@ pub(crate) fn chunk_list(head: &str, key: &str, items: &[&str], tail: &str) -> R
     for (i, item) in items.iter().enumerate() {
         let param = 2 + key.len() + encoded_len(item);
         if fixed + param >= MAX_URL_BYTES {
-            return Err(invalid(format!(
+            return Err(invalid_request(format!(
                 "resource {item:?}: a DWDI request for it alone would be {} bytes long, over \
                  the {MAX_URL_BYTES}-byte limit",
                 fixed + param
@@ -217,7 +217,7 @@ mod tests {
     fn an_item_too_long_for_any_url_is_an_error() {
         let long = "a".repeat(MAX_URL_BYTES);
         match chunk_list("http://x/a?f=1", "account", &["ok", &long], "") {
-            Err(BackendError::InvalidConfig(m)) => assert!(m.contains("6000-byte limit"), "{m}"),
+            Err(BackendError::InvalidRequest(m)) => assert!(m.contains("6000-byte limit"), "{m}"),
             other => panic!("expected an error, got {other:?}"),
         }
     }

@@ -45,6 +45,9 @@ pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Resu
             writeln!(out, "  source:     {source}")?;
             writeln!(out, "  component:  {} {}", loaded.info.name, loaded.info.version)?;
             writeln!(out, "  wit:        {WIT_PACKAGE}@{}", plugin.wit_version)?;
+            if !loaded.info.upstream.is_empty() {
+                writeln!(out, "  upstream:   {}", loaded.info.upstream)?;
+            }
             writeln!(out, "  sha256:     {}", loaded.sha256)?;
             writeln!(out, "  size:       {} bytes", loaded.size)?;
             writeln!(out, "  loaded:     {at} ({})", plugin.compiled)?;

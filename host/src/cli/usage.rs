@@ -163,14 +163,15 @@ pub(super) fn wit_date(date: jiff::civil::Date) -> wit::Date {
     wit::Date { year: date.year() as u16, month: date.month() as u8, day: date.day() as u8 }
 }
 
-/// `ID` or `ID@cluster` arguments as WIT resources.
+/// `ID` or `ID@cluster` arguments as WIT resources: the part after `@` is what Waldur
+/// would send as the resource's `offering_backend_id`.
 pub(crate) fn explicit_resources(args: &[String]) -> Vec<wit::WaldurResource> {
     args.iter()
         .map(|arg| match arg.rsplit_once('@') {
             Some((id, cluster)) if !cluster.is_empty() && !cluster.contains('/') => {
-                wit::WaldurResource { backend_id: id.to_owned(), cluster: Some(cluster.to_ascii_lowercase()) }
+                wit::WaldurResource { backend_id: id.to_owned(), offering_backend_id: Some(cluster.to_owned()) }
             }
-            _ => wit::WaldurResource { backend_id: arg.clone(), cluster: None },
+            _ => wit::WaldurResource { backend_id: arg.clone(), offering_backend_id: None },
         })
         .collect()
 }

@@ -35,7 +35,7 @@ use wasmtime::component::Component;
 use crate::backends::Backends;
 use crate::config::AgentConfig;
 use crate::runtime::{
-    CallError, LoadedBackend, Runtime, Source, WIT_PACKAGE, WIT_VERSION, check_backend_types, check_description,
+    CallError, ExportError, LoadedBackend, Runtime, Source, check_backend_types, check_description, contract_of,
     one_line, sha256_hex, wit, wit_config,
 };
 pub use cache::Cache;
@@ -53,9 +53,6 @@ pub const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(120);
 /// The metric counting swaps, and its help text.
 const SWAPS: &str = "usage_agent_plugin_swaps_total";
 const SWAPS_HELP: &str = "Components put in service in place of another (a new file, or the built-in back).";
-
-/// The interface a component must export.
-const EXPORT: &str = "usage-backend";
 
 /// Where compiled components are cached by default: systemd's `CACHE_DIRECTORY`
 /// (`CacheDirectory=` in the unit), else `$XDG_CACHE_HOME/usage-agent`, else
@@ -185,14 +182,9 @@ pub enum Refusal {
     CompileTimeout { limit: Duration },
     #[error("not a usable WebAssembly component: {0}")]
     NotComponent(String),
-    #[error("does not export {package}/{EXPORT} (it exports: {exports})", package = WIT_PACKAGE)]
-    NoExport { exports: String },
-    #[error(
-        "built against {package}@{found}, but this host supports {package} {major}.x (it implements {package}@{WIT_VERSION})",
-        package = WIT_PACKAGE,
-        major = wit_major(WIT_VERSION)
-    )]
-    WitVersion { found: String },
+    /// It exports no contract this host serves.
+    #[error("{0}")]
+    Export(ExportError),
     #[error("imports what the sandbox does not provide: {0}")]
     Imports(String),
     #[error("describe failed: {0}")]
@@ -214,8 +206,8 @@ impl Refusal {
             Refusal::TooLarge { .. } => "too_large",
             Refusal::CompileTimeout { .. } => "compile_timeout",
             Refusal::NotComponent(_) => "not_component",
-            Refusal::NoExport { .. } => "no_export",
-            Refusal::WitVersion { .. } => "wit_version",
+            Refusal::Export(ExportError::Missing { .. }) => "no_export",
+            Refusal::Export(ExportError::UnknownMajor { .. }) => "wit_version",
             Refusal::Imports(_) => "imports",
             Refusal::Describe(_) => "describe",
             Refusal::Description(_) => "description",
@@ -617,10 +609,12 @@ impl Plugins {
         let slot = self.inner.compiling.clone();
         let (component, compiled) =
             compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone(), slot, timeout).await?;
-        let wit_version = check_export(runtime.engine(), &component)?;
+        let (contract, wit_version) = contract_of(runtime.engine(), &component).map_err(Refusal::Export)?;
         let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
-        let (linked, info) =
-            runtime.describe_component(imports).await.map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
+        let (linked, info) = runtime
+            .describe_component(imports, contract)
+            .await
+            .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
         // Before anything quotes the description (the refusal below names it).
         check_description(&info).map_err(Refusal::Description)?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
@@ -646,7 +640,9 @@ impl Plugins {
             for (index, offering, config) in offerings {
                 let reason = match runtime.check_setup(&loaded, config).await {
                     Ok(()) => continue,
-                    Err(CallError::Backend(wit::BackendError::InvalidConfig(message))) => one_line(&message),
+                    Err(CallError::Backend { error: wit::BackendError::InvalidConfig(message), .. }) => {
+                        one_line(&message)
+                    }
                     Err(other) => one_line(&other.to_string()),
                 };
                 return Err(Refusal::Setup { index: *index, offering: offering.clone(), reason });
@@ -654,27 +650,6 @@ impl Plugins {
         }
         Ok(Plugin { loaded: Arc::new(loaded), wit_version, compiled })
     }
-}
-
-/// The major version of a semver string.
-fn wit_major(version: &str) -> &str {
-    version.split('.').next().unwrap_or(version)
-}
-
-/// The WIT version of the component's `usage-backend` export, if it is one this host
-/// supports (same package, same major version).
-fn check_export(engine: &wasmtime::Engine, component: &Component) -> Result<String, Refusal> {
-    let prefix = format!("{WIT_PACKAGE}/{EXPORT}@");
-    let ty = component.component_type();
-    let names: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
-    let Some(version) = names.iter().find_map(|name| name.strip_prefix(&prefix)) else {
-        let exports = if names.is_empty() { "nothing".to_owned() } else { names.join(", ") };
-        return Err(Refusal::NoExport { exports });
-    };
-    if wit_major(version) != wit_major(WIT_VERSION) {
-        return Err(Refusal::WitVersion { found: version.to_owned() });
-    }
-    Ok(version.to_owned())
 }
 
 /// Compiles `bytes` on a blocking thread, or loads the compiled form from the cache;
@@ -809,12 +784,9 @@ mod tests {
     fn a_component_without_the_export_is_refused() -> Result<()> {
         let runtime = Runtime::new()?;
         let empty = Component::new(runtime.engine(), EMPTY)?;
-        let refusal = check_export(runtime.engine(), &empty).err();
-        assert_eq!(refusal, Some(Refusal::NoExport { exports: "nothing".to_owned() }));
-        assert_eq!(
-            Refusal::WitVersion { found: "3.1.0".to_owned() }.to_string(),
-            "built against waldur:usage@3.1.0, but this host supports waldur:usage 2.x (it implements waldur:usage@2.0.0)"
-        );
+        let refusal = contract_of(runtime.engine(), &empty).err();
+        assert_eq!(refusal, Some(ExportError::Missing { exports: "nothing".to_owned() }));
+        assert_eq!(Refusal::Export(refusal.context("refused")?).kind(), "no_export");
         Ok(())
     }
 

@@ -107,6 +107,10 @@ pub fn check_description(info: &wit::BackendInfo) -> Result<(), DescriptionError
     }
     check_field("name", &info.name)?;
     check_field("version", &info.version)?;
+    // The upstream's name is put into error lines; empty means "the upstream".
+    if !info.upstream.is_empty() {
+        check_field("upstream", &info.upstream)?;
+    }
     semver::Version::parse(&info.version)
         .map_err(|e| DescriptionError::NotSemver { shown: shown(&info.version), reason: e.to_string() })?;
     if info.backend_types.len() > MAX_BACKEND_TYPES {
@@ -156,6 +160,7 @@ mod tests {
             version: version.to_owned(),
             backend_types: types.iter().map(|t| (*t).to_owned()).collect(),
             operations: operations.to_vec(),
+            upstream: String::new(),
         }
     }
 
@@ -192,6 +197,13 @@ mod tests {
         assert_eq!(rule(&info("probe", "1.0.0\r", &[], &[])), Some("printable"));
         assert_eq!(rule(&info("probe", "1.0.0", &["ok", "bad\ttype"], &[])), None, "a tab is harmless");
         assert_eq!(rule(&info("probe", "1.0.0", &["ok", "bad\u{0}type"], &[])), Some("printable"));
+        let mut named = info("probe", "1.0.0", &[], &[]);
+        named.upstream = "DWDI".into();
+        assert_eq!(check_description(&named), Ok(()));
+        named.upstream = "DWDI\n2026-01-01 ERROR forged".into();
+        assert_eq!(rule(&named), Some("printable"));
+        named.upstream = "U".repeat(65);
+        assert_eq!(rule(&named), Some("length"));
         let shown = check_description(&info("probe\n\u{1b}x", "1.0.0", &[], &[])).err().map(|e| e.to_string());
         assert_eq!(shown.as_deref(), Some("its name \"probe\\n\\u{1b}x\" holds a control or invisible character"));
     }

@@ -532,6 +532,7 @@ impl ResultSize for wit::BackendInfo {
             + self.backend_types.iter().map(|t| text_size(t)).sum::<usize>()
             + 8
             + self.operations.len()
+            + text_size(&self.upstream)
     }
 }
 
@@ -539,6 +540,7 @@ impl ResultSize for wit::BackendError {
     fn result_size(&self) -> usize {
         match self {
             wit::BackendError::InvalidConfig(m)
+            | wit::BackendError::InvalidRequest(m)
             | wit::BackendError::Unauthorized(m)
             | wit::BackendError::BadResponse(m)
             | wit::BackendError::Transport(m)

@@ -222,8 +222,9 @@ pub struct Policy {
     /// Lower stored values to zero where the upstream now says zero or nothing.
     pub reconcile_stale: bool,
     pub user_usage: bool,
-    /// Pass each resource's cluster (`offering_backend_id`) to the component.
-    pub clusters_from_waldur: bool,
+    /// Pass each resource's `offering_backend_id` to the component (DWDI compute's
+    /// cluster filter).
+    pub send_offering_backend_ids: bool,
     /// Only these resource backend ids (empty: every resource with a backend id).
     pub resources: Vec<String>,
     /// Waldur writes in flight.
@@ -624,7 +625,7 @@ impl Run<'_> {
             .iter()
             .map(|r| wit::WaldurResource {
                 backend_id: r.backend_id.clone().unwrap_or_default(),
-                cluster: if self.policy.clusters_from_waldur { cluster(r) } else { None },
+                offering_backend_id: if self.policy.send_offering_backend_ids { offering_backend_id(r) } else { None },
             })
             .collect();
         let billing_period = month.first_day().to_string();
@@ -1307,9 +1308,9 @@ fn link_map(users: Vec<OfferingUser>) -> HashMap<String, String> {
     users.into_iter().filter_map(|u| Some((u.username?, u.url))).collect()
 }
 
-/// A resource's cluster for the component: its `offering_backend_id`, lower-cased.
-fn cluster(resource: &Resource) -> Option<String> {
-    resource.offering_backend_id.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_ascii_lowercase)
+/// A resource's `offering_backend_id` for the component, when it has one.
+fn offering_backend_id(resource: &Resource) -> Option<String> {
+    resource.offering_backend_id.as_deref().map(str::trim).filter(|id| !id.is_empty()).map(str::to_owned)
 }
 
 /// `nodeHours=12.5 cpuHours=300` for a log line.

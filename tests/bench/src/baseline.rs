@@ -37,10 +37,10 @@ use usage_agent::waldur::{ComponentUsage, ComponentUserUsage, Resource, UserUsag
 pub enum Rules {
     /// `report`: a measured zero is written like any value; a resource the upstream
     /// did not mention gets zeros in the current month where Waldur holds nothing; the
-    /// component gets each resource's cluster (`offering_backend_id`).
+    /// component gets each resource's `offering_backend_id`.
     Report,
     /// `load-historical-usage` (without `--reconcile-stale`): zeros are never written;
-    /// no cluster is passed.
+    /// no `offering_backend_id` is passed.
     Historical,
 }
 
@@ -177,16 +177,13 @@ impl OneByOne<'_> {
         summary: &mut Summary,
     ) -> Result<()> {
         let backend_id = resource.backend_id.as_deref().unwrap_or_default();
-        let cluster = match self.options.rules {
-            Rules::Report => resource
-                .offering_backend_id
-                .as_deref()
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_ascii_lowercase),
+        let offering_backend_id = match self.options.rules {
+            Rules::Report => {
+                resource.offering_backend_id.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned)
+            }
             Rules::Historical => None,
         };
-        let requested = vec![wit::WaldurResource { backend_id: backend_id.to_owned(), cluster }];
+        let requested = vec![wit::WaldurResource { backend_id: backend_id.to_owned(), offering_backend_id }];
         summary.component_calls += 1;
         let report = self
             .backend

@@ -27,7 +27,10 @@ async fn backend_for(text: &str) -> Result<OfferingBackend> {
 }
 
 fn resources(data: &DwdiData) -> Vec<wit::WaldurResource> {
-    data.accounts().into_iter().map(|backend_id| wit::WaldurResource { backend_id, cluster: None }).collect()
+    data.accounts()
+        .into_iter()
+        .map(|backend_id| wit::WaldurResource { backend_id, offering_backend_id: None })
+        .collect()
 }
 
 const PERIOD: wit::BillingPeriod = wit::BillingPeriod { year: 2024, month: 3 };
@@ -118,7 +121,7 @@ async fn ping_fails_on_any_answer_but_a_success_naming_url_and_status() -> Resul
     let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
     ensure!(!ok, "a 404 passed: {out}");
     let endpoint = format!("{wrong}/compute/usage-day");
-    ensure!(out.contains(&format!("  api      FAILED  the upstream answered HTTP 404 at {endpoint}: ")), "{out}");
+    ensure!(out.contains(&format!("  api      FAILED  DWDI answered HTTP 404 at {endpoint}: ")), "{out}");
     ensure!(!out.contains(&format!("{endpoint}?")), "the query is left out: {out}");
     ensure!(out.contains("step api failed"), "{out}");
 
@@ -127,10 +130,7 @@ async fn ping_fails_on_any_answer_but_a_success_naming_url_and_status() -> Resul
     for status in [400, 422, 500] {
         sim.fail_next(1, status);
         let (ok, out) = ping_output(&ConfigFile::new(&text)?).await?;
-        ensure!(
-            !ok && out.contains(&format!("  api      FAILED  the upstream answered HTTP {status} at ")),
-            "{status}: {out}"
-        );
+        ensure!(!ok && out.contains(&format!("  api      FAILED  DWDI answered HTTP {status} at ")), "{status}: {out}");
     }
     // A 401 is retried once with a fresh token; refused twice, it fails.
     sim.fail_next(2, 401);

@@ -47,8 +47,11 @@ async fn no_secret_in_logs_errors_or_debug() -> Result<()> {
     let backends = Backends::new(Runtime::new()?);
     backends.load_builtins_for(&config).await?;
     let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
-    let resources: Vec<wit::WaldurResource> =
-        data.accounts().into_iter().map(|backend_id| wit::WaldurResource { backend_id, cluster: None }).collect();
+    let resources: Vec<wit::WaldurResource> = data
+        .accounts()
+        .into_iter()
+        .map(|backend_id| wit::WaldurResource { backend_id, offering_backend_id: None })
+        .collect();
     // A report, a refresh after the token expired, and failures of every kind.
     backend.usage_report(resources.clone(), PERIOD).await?;
     sim.expire_all_tokens();
@@ -100,7 +103,7 @@ async fn a_denied_destination_is_logged_once_with_the_component() -> Result<()> 
     let backend =
         e2e::probe_backend("probe-offering", &sim, &options, &format!("      probe: fetch\n      url: \"{other}\"\n"))
             .await?;
-    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), offering_backend_id: None }];
     for _ in 0..3 {
         let error =
             backend.usage_report(resources.clone(), PERIOD).await.err().map(|e| e.to_string()).unwrap_or_default();
@@ -133,7 +136,7 @@ async fn a_flood_of_denied_requests_logs_the_first_few_and_a_count() -> Result<(
     // 5,000 distinct destinations, none allowed; the call goes on after each denial.
     let settings = "      probe: deny-flood\n      count: 5000\n      url: \"http://h{i}.flood.invalid/x\"\n";
     let backend = e2e::probe_backend("flood-offering", &sim, &options, settings).await?;
-    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), offering_backend_id: None }];
     let report = backend.usage_report(resources.clone(), PERIOD).await?;
     ensure!(report.resources[0].totals[0].value == 5000.0, "{report:?}");
 

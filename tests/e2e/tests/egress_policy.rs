@@ -9,7 +9,7 @@ use usage_agent::runtime::{CallError, wit};
 
 async fn probe(sim: &DwdiSim, options: &DwdiOptions, probe_settings: &str) -> Result<Result<wit::Report, CallError>> {
     let backend = probe_backend("probe", sim, options, probe_settings).await?;
-    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), offering_backend_id: None }];
     Ok(backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await)
 }
 
@@ -110,7 +110,7 @@ async fn a_path_answering_401_fetches_two_tokens_not_one_per_request() -> Result
     let settings =
         format!("      probe: many-401\n      count: 50\n      url: \"{}/compute/usage-day\"\n", sim.api_url());
     let backend = probe_backend("probe-401", &sim, &options, &settings).await?;
-    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), offering_backend_id: None }];
     let report = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
     assert_eq!(report.resources[0].totals[0].value, 50.0);
     // Upstream: one retry with a fresh token, then every 401 final.
@@ -140,7 +140,7 @@ async fn distinct_paths_do_not_grow_the_metrics() -> Result<()> {
     let sim = DwdiSim::start(DwdiData::new(), options.clone()).await?;
     let settings = format!("      probe: paths\n      count: 200\n      url: \"{}/compute\"\n", sim.api_url());
     let backend = probe_backend("probe-paths", &sim, &options, &settings).await?;
-    let resources = vec![wit::WaldurResource { backend_id: "r".into(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: "r".into(), offering_backend_id: None }];
     let report = backend.usage_report(resources, wit::BillingPeriod { year: 2024, month: 3 }).await?;
     assert_eq!(report.resources[0].totals[0].value, 200.0);
     // Upstream: 200 distinct API paths (and the token endpoint).

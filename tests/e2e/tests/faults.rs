@@ -216,9 +216,9 @@ async fn fails_then_recovers(
 #[tokio::test(flavor = "multi_thread")]
 async fn dwdi_error_statuses_submit_nothing() -> Result<()> {
     for (status, count, want) in [
-        (500, 1, "the upstream answered HTTP 500"),
-        (404, 1, "the upstream answered HTTP 404"),
-        (503, 2, "the upstream answered HTTP 503"),
+        (500, 1, "DWDI answered HTTP 500"),
+        (404, 1, "DWDI answered HTTP 404"),
+        (503, 2, "DWDI answered HTTP 503"),
         (401, 2, "DWDI refused the credentials"),
         (403, 1, "DWDI refused the credentials"),
     ] {
@@ -300,7 +300,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.cut_after(400);
-    fails_then_recovers(&world, &targets, &text, "DWDI connection cut", "the upstream", true, || {}).await?;
+    fails_then_recovers(&world, &targets, &text, "DWDI connection cut", "DWDI ", true, || {}).await?;
     assert_eq!(proxy.cuts(), 1);
 
     // A connection refused.
@@ -310,7 +310,7 @@ async fn dwdi_timeouts_and_dropped_connections_submit_nothing() -> Result<()> {
     let text = world.config(&routes);
     let targets = report_targets(&text).await?;
     proxy.set_mode(Mode::Refuse);
-    fails_then_recovers(&world, &targets, &text, "DWDI refuses", "the upstream could not be reached", true, || {
+    fails_then_recovers(&world, &targets, &text, "DWDI refuses", "DWDI could not be reached", true, || {
         proxy.set_mode(Mode::Pass)
     })
     .await?;

@@ -146,9 +146,14 @@ impl Agent {
 
     /// Waits for a cycle served by `name version` and returns its line.
     async fn wait_for_version(&self, version: &str) -> Result<String> {
+        self.wait_for_version_after(0, version).await
+    }
+
+    /// As [`Agent::wait_for_version`], among the cycle lines after the first `seen`.
+    async fn wait_for_version_after(&self, seen: usize, version: &str) -> Result<String> {
         let wanted = format!("; {COMPUTE} {version}");
         wait_for(&format!("a cycle served by {version}"), || {
-            self.summaries().into_iter().find(|l| l.ends_with(&wanted))
+            self.summaries().into_iter().skip(seen).find(|l| l.ends_with(&wanted))
         })
         .await
     }
@@ -214,7 +219,7 @@ async fn a_new_build_serves_the_next_cycle_and_bad_files_never_replace_it() -> R
         (
             "another WIT major",
             std::fs::read(components::WIT_NEXT)?,
-            "built against waldur:usage@3.0.0, but this host supports waldur:usage 2.x",
+            "built against waldur:usage@4.0.0, but this host serves waldur:usage 2.x and 3.x",
         ),
         (
             "setup fails",
@@ -252,6 +257,59 @@ async fn a_new_build_serves_the_next_cycle_and_bad_files_never_replace_it() -> R
     let back = log_lines(&format!("replacing {COMPUTE} {}", components::COMPUTE_NEXT_VERSION));
     assert!(back.iter().any(|l| l.contains("built-in") && l.contains(&file.display().to_string())), "{back:?}");
     assert!(!world.waldur.usages().is_empty());
+    agent.stop().await
+}
+
+/// The version `tests/components/compute-v2` describes itself with.
+const COMPUTE_V2_VERSION: &str = "0.1.0-wit2";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn components_of_the_older_and_the_current_contract_swap_both_ways() -> Result<()> {
+    let world = World::new().await?;
+    let agent = Agent::start(&world.config("")?)?;
+    let first = agent.wait_for_version(BUILTIN_VERSION).await?;
+    assert!(first.contains("3 written"), "{first}");
+    let written = world.waldur.usages();
+
+    // Current (built in, 3.0.0) → older (a 2.0.0 file): it serves the next cycles, and
+    // finds exactly what the current one wrote, so nothing is written again.
+    let file = world.compute_file();
+    let old = std::fs::read(components::COMPUTE_V2)?;
+    drop_file(&file, &old)?;
+    agent.wait_for_version(COMPUTE_V2_VERSION).await?;
+    let cycles = agent.next_cycles(2).await?;
+    assert_served_by(&cycles, COMPUTE_V2_VERSION);
+    for cycle in &cycles {
+        assert!(cycle.contains("0 written") && cycle.contains("3 unchanged"), "{cycle}");
+    }
+    assert_eq!(world.waldur.usages(), written);
+    let listing =
+        e2e::run_cli(&["plugins", "-c", world.dir.path().join("config.yaml").to_str().unwrap_or_default()]).await?;
+    assert!(listing.contains("wit:        waldur:usage@2.0.0"), "{listing}");
+
+    // Older → current (a 3.0.0 file), and back to the older one: each serves the next cycle.
+    let next = std::fs::read(components::COMPUTE_NEXT)?;
+    drop_file(&file, &next)?;
+    agent.wait_for_version(components::COMPUTE_NEXT_VERSION).await?;
+    assert_served_by(&agent.next_cycles(2).await?, components::COMPUTE_NEXT_VERSION);
+    let seen = agent.summaries().len();
+    drop_file(&file, &old)?;
+    agent.wait_for_version_after(seen, COMPUTE_V2_VERSION).await?;
+    assert_served_by(&agent.next_cycles(2).await?, COMPUTE_V2_VERSION);
+    for (from, to) in [
+        (BUILTIN_VERSION, COMPUTE_V2_VERSION),
+        (COMPUTE_V2_VERSION, components::COMPUTE_NEXT_VERSION),
+        (components::COMPUTE_NEXT_VERSION, COMPUTE_V2_VERSION),
+    ] {
+        let swaps = log_lines(&format!("now served by {COMPUTE} {to}"));
+        assert!(
+            swaps
+                .iter()
+                .any(|l| l.contains(&format!("replacing {COMPUTE} {from}")) && l.contains(&file.display().to_string())),
+            "no swap {from} → {to} logged: {swaps:?}"
+        );
+    }
+    assert_eq!(world.waldur.usages(), written, "every version found what the first wrote");
     agent.stop().await
 }
 
@@ -302,7 +360,7 @@ async fn a_restart_with_a_warm_cache_loads_without_compiling() -> Result<()> {
         format!("compiled cache: {}", world.cache_dir().display()),
         format!("source:     file {}", world.compute_file().display()),
         format!("component:  {COMPUTE} {}", components::COMPUTE_NEXT_VERSION),
-        format!("wit:        waldur:usage@{}", usage_agent::runtime::WIT_VERSION),
+        format!("wit:        waldur:usage@{}", usage_agent::runtime::Contract::CURRENT.version()),
         format!("sha256:     {}", sha256_hex(&next)),
         format!("size:       {} bytes", next.len()),
         "compiled in".to_owned(),

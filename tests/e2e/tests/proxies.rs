@@ -49,7 +49,8 @@ async fn backends() -> Result<Backends> {
 /// Runs one usage report and checks every total against the data.
 async fn report_matches(backend: &OfferingBackend, data: &DwdiData) -> Result<()> {
     let accounts = data.accounts();
-    let resources = accounts.iter().map(|a| wit::WaldurResource { backend_id: a.clone(), cluster: None }).collect();
+    let resources =
+        accounts.iter().map(|a| wit::WaldurResource { backend_id: a.clone(), offering_backend_id: None }).collect();
     let report = backend.usage_report(resources, PERIOD).await?;
     for account in &accounts {
         let expected = data.compute_usage(account, None, "2024-03-01", "2024-03-31");

@@ -319,7 +319,8 @@ async fn limit_errors_are_typed() -> Result<()> {
     let config = AgentConfig::parse(&world.config("      probe: grow\n", &world.access()))?;
     let backends = e2e::probe_backends(Runtime::with_limits(config.component_limits.clone())?).await?;
     let backend = usage_agent::backends::prepare_offering(&backends, 1, &config.offerings[1]).await?;
-    let resources = vec![usage_agent::runtime::wit::WaldurResource { backend_id: "r0".into(), cluster: None }];
+    let resources =
+        vec![usage_agent::runtime::wit::WaldurResource { backend_id: "r0".into(), offering_backend_id: None }];
     let period = usage_agent::runtime::wit::BillingPeriod { year: 2024, month: 3 };
     match backend.usage_report(resources.clone(), period).await {
         Err(CallError::Limit(exceeded)) => {

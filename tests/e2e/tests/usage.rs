@@ -248,7 +248,7 @@ async fn an_expired_token_is_refreshed_mid_run() -> Result<()> {
     let backends = Backends::new(Runtime::new()?);
     backends.load_builtins_for(&config).await?;
     let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
-    let resources = vec![wit::WaldurResource { backend_id: account.clone(), cluster: None }];
+    let resources = vec![wit::WaldurResource { backend_id: account.clone(), offering_backend_id: None }];
     let period = wit::BillingPeriod { year: 2024, month: 3 };
     let first = backend.usage_report(resources.clone(), period).await?;
     // The token is still cached by the host, but the server has forgotten it.

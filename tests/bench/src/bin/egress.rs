@@ -132,8 +132,11 @@ async fn main() -> Result<()> {
     let backends = Backends::new(Runtime::new()?);
     backends.load_builtins_for(&config).await?;
     let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
-    let resources: Vec<wit::WaldurResource> =
-        big.accounts().into_iter().map(|backend_id| wit::WaldurResource { backend_id, cluster: None }).collect();
+    let resources: Vec<wit::WaldurResource> = big
+        .accounts()
+        .into_iter()
+        .map(|backend_id| wit::WaldurResource { backend_id, offering_backend_id: None })
+        .collect();
     let start = Instant::now();
     let report = backend.usage_report(resources.clone(), wit::BillingPeriod { year: 2024, month: 3 }).await?;
     let first = start.elapsed().as_secs_f64();

@@ -54,8 +54,11 @@ async fn main() -> Result<()> {
     let options = DwdiOptions::default();
     let sim = DwdiSim::start(data.clone(), options.clone()).await?;
     let config = AgentConfig::parse(&config(&sim, &options))?;
-    let resources: Vec<wit::WaldurResource> =
-        data.accounts().into_iter().map(|backend_id| wit::WaldurResource { backend_id, cluster: None }).collect();
+    let resources: Vec<wit::WaldurResource> = data
+        .accounts()
+        .into_iter()
+        .map(|backend_id| wit::WaldurResource { backend_id, offering_backend_id: None })
+        .collect();
     let few: Vec<wit::WaldurResource> = resources.iter().take(3).cloned().collect();
 
     let limited = backend(Runtime::with_limits(ComponentLimits::default())?, &config).await?;

@@ -105,7 +105,7 @@ async fn main() -> Result<()> {
     let loaded = Instant::now();
     let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
     let wit_resources: Vec<wit::WaldurResource> =
-        ids.iter().map(|id| wit::WaldurResource { backend_id: id.clone(), cluster: None }).collect();
+        ids.iter().map(|id| wit::WaldurResource { backend_id: id.clone(), offering_backend_id: None }).collect();
     let wit_period = wit::BillingPeriod { year: 2024, month: 3 };
     let first = backend.usage_report(wit_resources.clone(), wit_period).await?;
     let first_request = served.first_request.lock().ok().and_then(|f| *f);

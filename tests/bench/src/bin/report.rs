@@ -235,8 +235,9 @@ async fn phases(
     let mut phases = Vec::new();
     let billing_period = month.first_day().to_string();
     let client = &target.waldur;
-    let requested: Vec<wit::WaldurResource> =
-        (0..args.resources).map(|i| wit::WaldurResource { backend_id: account(i), cluster: None }).collect();
+    let requested: Vec<wit::WaldurResource> = (0..args.resources)
+        .map(|i| wit::WaldurResource { backend_id: account(i), offering_backend_id: None })
+        .collect();
     dwdi.reset_stats();
     let (report, seconds) = timed(target.backend_now().usage_report(requested, month.billing_period())).await;
     report?;

@@ -8,8 +8,8 @@
 mod component {
     wit_bindgen::generate!({ path: "../../../wit", world: "backend" });
 
-    use exports::waldur::usage::usage_backend::{
-        Amount, BackendError, BackendInfo, BillingPeriod, Config, Date, Guest, ManagementRequest, Operation, Report,
+    use exports::waldur::usage::reporting::{
+        Amount, BackendError, BackendInfo, BillingPeriod, Component, Config, Date, Guest, Operation, Report,
         ResourceUsage, UpstreamStatus, UserUsage, WaldurResource,
     };
     use serde_json::Value;
@@ -23,6 +23,23 @@ mod component {
     struct Settings {
         api_url: String,
         instance: String,
+    }
+
+    /// The upstream field a component reads: its `field` option, else its name.
+    fn field(component: &Component) -> Result<&str, BackendError> {
+        let mut field = component.name.as_str();
+        for option in &component.options {
+            match option.key.as_str() {
+                "field" => field = &option.value,
+                other => {
+                    return Err(BackendError::InvalidConfig(format!(
+                        "backend_components.{}: unknown option {other:?}; my-site-usage knows only field",
+                        component.name
+                    )));
+                }
+            }
+        }
+        Ok(field)
     }
 
     fn settings(config: &Config) -> Result<Settings, BackendError> {
@@ -93,8 +110,7 @@ mod component {
     fn amounts(config: &Config, row: Option<&Value>, at: &str, zeros: bool) -> Result<Vec<Amount>, BackendError> {
         let mut amounts = Vec::new();
         for component in &config.components {
-            // `dwdi_metric` in the config names the upstream field; else the component's name.
-            let field = component.dwdi_metric.as_deref().unwrap_or(&component.name);
+            let field = field(component)?;
             let value = match row.and_then(|row| row.get(field)) {
                 None if zeros => 0.0,
                 None => continue,
@@ -115,10 +131,14 @@ mod component {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 backend_types: vec!["my-site-usage".to_owned()],
                 operations: vec![Operation::Ping, Operation::UsageReport],
+                upstream: "My Site API".to_owned(),
             }
         }
 
         fn setup(config: Config) -> Result<(), BackendError> {
+            for component in &config.components {
+                field(component)?;
+            }
             settings(&config).map(drop)
         }
 
@@ -159,10 +179,6 @@ mod component {
 
         fn daily_report(_: Config, _: Vec<WaldurResource>, _: Date, _: Date) -> Result<Report, BackendError> {
             Err(BackendError::Unsupported("my-site-usage reports whole months only".to_owned()))
-        }
-
-        fn manage(_: Config, _: ManagementRequest) -> Result<(), BackendError> {
-            Err(BackendError::Unsupported("my-site-usage is read-only".to_owned()))
         }
     }
 

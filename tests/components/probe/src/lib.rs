@@ -1,6 +1,8 @@
 //! `probe`: a usage-backend component for tests. Its `settings_json` names a behaviour
 //! (`{"probe": "<behaviour>", ...}`) and the component acts it out when asked for a
-//! usage report, so each test can prove what the host does about it.
+//! usage report, so each test can prove what the host does about it. It is built
+//! against the frozen `waldur:usage@2.0.0`, so every hostile-component test runs the
+//! host's binding of the older contract too.
 //!
 //! Every report carries one total per resource, of the first configured component
 //! (the "value" below). Behaviours:
@@ -52,7 +54,7 @@
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
 mod component {
-    wit_bindgen::generate!({ path: "../../../wit", world: "backend" });
+    wit_bindgen::generate!({ path: "../../../wit/frozen/2.0.0", world: "backend" });
 
     use exports::waldur::usage::usage_backend as wit;
     use wasi::http::outgoing_handler;

@@ -5,7 +5,7 @@
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
 mod component {
-    wit_bindgen::generate!({ path: "../../../wit", world: "backend" });
+    wit_bindgen::generate!({ path: "../../../wit/frozen/2.0.0", world: "backend" });
 
     use exports::waldur::usage::usage_backend as wit;
 

@@ -1,4 +1,4 @@
-//! `wit-next`: a component built against `waldur:usage@3.0.0`, a major version this
+//! `wit-next`: a component built against `waldur:usage@4.0.0`, a major version this
 //! host does not implement. It names itself `cscs-dwdi-compute` so that only the WIT
 //! version check can refuse it.
 
@@ -7,7 +7,7 @@
 mod component {
     wit_bindgen::generate!({ path: "wit", world: "backend" });
 
-    use exports::waldur::usage::usage_backend as wit;
+    use exports::waldur::usage::reporting as wit;
 
     struct Next;
 
@@ -15,7 +15,7 @@ mod component {
         fn describe() -> wit::BackendInfo {
             wit::BackendInfo {
                 name: "cscs-dwdi-compute".to_owned(),
-                version: "3.0.0".to_owned(),
+                version: "4.0.0".to_owned(),
                 backend_types: vec!["cscs-dwdi-compute".to_owned()],
             }
         }

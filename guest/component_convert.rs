@@ -1,0 +1,55 @@
+// The conversions whose WIT types are the same in every contract version the
+// components are built against (today `waldur:usage` 2.0.0 and 3.0.0), `include!`d
+// after the glue has brought that version's types in as `wit`. The glue of each version
+// holds only what differs: `guest/component_glue.rs` (3.0.0) and the frozen 2.0.0 one
+// in `tests/components/compute-v2`.
+
+fn date_from(d: wit::Date) -> dwdi_core::Date {
+    dwdi_core::Date {
+        year: d.year,
+        month: d.month,
+        day: d.day,
+    }
+}
+
+fn operation_to(operation: dwdi_core::Operation) -> wit::Operation {
+    match operation {
+        dwdi_core::Operation::Ping => wit::Operation::Ping,
+        dwdi_core::Operation::UsageReport => wit::Operation::UsageReport,
+        dwdi_core::Operation::DailyReport => wit::Operation::DailyReport,
+        dwdi_core::Operation::Manage => wit::Operation::Manage,
+    }
+}
+
+fn amounts_to(amounts: Vec<dwdi_core::Amount>) -> Vec<wit::Amount> {
+    amounts
+        .into_iter()
+        .map(|a| wit::Amount {
+            component: a.component,
+            value: a.value,
+        })
+        .collect()
+}
+
+fn report_to(report: dwdi_core::UsageReport) -> wit::Report {
+    wit::Report {
+        resources: report
+            .resources
+            .into_iter()
+            .map(|r| wit::ResourceUsage {
+                backend_id: r.backend_id,
+                found: r.found,
+                totals: amounts_to(r.totals),
+                users: r
+                    .users
+                    .into_iter()
+                    .map(|u| wit::UserUsage {
+                        username: u.username,
+                        amounts: amounts_to(u.amounts),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        upstream_requests: report.upstream_requests,
+    }
+}
