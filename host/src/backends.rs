@@ -92,6 +92,8 @@ fn record_serving(backend_type: &str, loaded: &LoadedBackend) {
             ("version", &loaded.info.version),
             ("sha256", &loaded.sha256),
             ("source", source),
+            ("wit", &loaded.wit_version),
+            ("upstream", &loaded.info.upstream),
         ],
         1.0,
     );

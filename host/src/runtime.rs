@@ -67,15 +67,6 @@ pub(crate) enum Linked {
     V2(v2::BackendPre<CallState>),
 }
 
-impl Linked {
-    pub(crate) fn contract(&self) -> Contract {
-        match self {
-            Linked::V3(_) => Contract::V3,
-            Linked::V2(_) => Contract::V2,
-        }
-    }
-}
-
 /// A live instance's exports, through its contract's binding.
 enum Bindings {
     V3(bindings::Backend),
@@ -150,6 +141,8 @@ pub struct LoadedBackend {
     /// The component linked to the host's imports once, so each call only
     /// instantiates it.
     pub(crate) linked: Linked,
+    /// The version of `waldur:usage` it was built against, from its export's name.
+    pub wit_version: String,
     pub info: wit::BackendInfo,
     pub source: Source,
     pub sha256: String,
@@ -164,15 +157,8 @@ impl std::fmt::Debug for LoadedBackend {
             .field("version", &self.info.version)
             .field("source", &self.source)
             .field("sha256", &self.sha256)
-            .field("contract", &self.linked.contract())
+            .field("wit_version", &self.wit_version)
             .finish()
-    }
-}
-
-impl LoadedBackend {
-    /// The contract version it was built against.
-    pub fn contract(&self) -> Contract {
-        self.linked.contract()
     }
 }
 
@@ -270,7 +256,7 @@ impl Runtime {
             .await
             .context("compile task failed")?
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
-        let (contract, _) = contract_of(&self.engine, &component).map_err(|e| anyhow!("{source}: {e}"))?;
+        let (contract, wit_version) = contract_of(&self.engine, &component).map_err(|e| anyhow!("{source}: {e}"))?;
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
         let (linked, info) =
             self.describe_component(imports, contract).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
@@ -278,6 +264,7 @@ impl Runtime {
         Ok(LoadedBackend {
             component,
             linked,
+            wit_version,
             info,
             source,
             sha256: sha256_hex(bytes),

@@ -44,7 +44,7 @@ pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Resu
                 .unwrap_or_default();
             writeln!(out, "  source:     {source}")?;
             writeln!(out, "  component:  {} {}", loaded.info.name, loaded.info.version)?;
-            writeln!(out, "  wit:        {WIT_PACKAGE}@{}", plugin.wit_version)?;
+            writeln!(out, "  wit:        {WIT_PACKAGE}@{}", loaded.wit_version)?;
             if !loaded.info.upstream.is_empty() {
                 writeln!(out, "  upstream:   {}", loaded.info.upstream)?;
             }

@@ -453,7 +453,7 @@ impl Egress {
             match &denial {
                 Denial::Destination(shown) => tracing::warn!(
                     offering = %self.offering, component, destination = %shown, allowed = %self.policy.destinations(),
-                    "egress denied: the component may reach only its cscs_dwdi_api_url"
+                    "egress denied: the component may reach only its upstream URLs (upstream.urls, or cscs_dwdi_api_url)"
                 ),
                 other => tracing::warn!(
                     offering = %self.offering, component, rule = other.kind(), allowed = %self.policy.destinations(),

@@ -150,8 +150,6 @@ fn millis(d: Duration) -> String {
 #[derive(Debug, Clone)]
 pub struct Plugin {
     pub loaded: Arc<LoadedBackend>,
-    /// The version of `waldur:usage` it was built against, from its export's name.
-    pub wit_version: String,
     pub compiled: Compiled,
 }
 
@@ -632,7 +630,8 @@ impl Plugins {
             .collect();
         let known: Vec<&str> = known.into_iter().collect();
         check_backend_types(&info, backend_type, &known).map_err(Refusal::Description)?;
-        let loaded = LoadedBackend { component, linked, info, source, sha256, size, loaded_at: SystemTime::now() };
+        let loaded =
+            LoadedBackend { component, linked, wit_version, info, source, sha256, size, loaded_at: SystemTime::now() };
         // The built-in default's setup is checked by `prepare_offering` at start-up, with
         // the errors an operator fixing a config needs; a file must pass it here.
         if matches!(loaded.source, Source::File(_)) {
@@ -648,7 +647,7 @@ impl Plugins {
                 return Err(Refusal::Setup { index: *index, offering: offering.clone(), reason });
             }
         }
-        Ok(Plugin { loaded: Arc::new(loaded), wit_version, compiled })
+        Ok(Plugin { loaded: Arc::new(loaded), compiled })
     }
 }
 
