@@ -2,7 +2,11 @@
 //! component versus the same `dwdi-core` code run natively, and the host's start-up
 //! time to its first DWDI request.
 //!
-//! `cargo run --release -p bench --bin parse -- [--accounts 5000] [--users 20] [--runs 10]`
+//! `cargo run --release -p bench --bin parse -- [--accounts 5000] [--users 20] [--runs 10] [--component FILE]`
+//!
+//! `--component` runs a compute component from a file instead of the built-in one, e.g.
+//! `tests/components/compute-v2` (the same backend behind the `waldur:usage@2.0.0`
+//! binding, whose calls the host converts), to compare what the two bindings cost.
 //!
 //! The answers are built once, natively, per planned request, and served from memory
 //! by a small loopback server, so the component's time is its own work (HTTP over
@@ -20,7 +24,7 @@ use bench::median;
 use dwdi_core::{Backend, BillingPeriod, Component, Config, HttpAnswer, Resource};
 use usage_agent::backends::{Backends, prepare_offering};
 use usage_agent::config::AgentConfig;
-use usage_agent::runtime::{Runtime, wit};
+use usage_agent::runtime::{Runtime, Source, wit};
 
 #[derive(Clone, Default)]
 struct Served {
@@ -48,13 +52,15 @@ async fn main() -> Result<()> {
     let mut accounts = 5000usize;
     let mut users = 20usize;
     let mut runs = 10usize;
+    let mut file: Option<std::path::PathBuf> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value: usize = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?.parse()?;
+        let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--accounts" => accounts = value,
-            "--users" => users = value,
-            "--runs" => runs = value,
+            "--accounts" => accounts = value.parse()?,
+            "--users" => users = value.parse()?,
+            "--runs" => runs = value.parse()?,
+            "--component" => file = Some(value.into()),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -101,7 +107,14 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let config = AgentConfig::parse(&text)?;
     let backends = Backends::new(Runtime::new()?);
-    backends.load_builtins_for(&config).await?;
+    match &file {
+        Some(path) => {
+            let loaded = backends.runtime().load(&std::fs::read(path)?, Source::File(path.clone())).await?;
+            println!("component: {} {} (waldur:usage@{})", loaded.info.name, loaded.info.version, loaded.wit_version);
+            backends.install("cscs-dwdi-compute", loaded);
+        }
+        None => backends.load_builtins_for(&config).await?,
+    }
     let loaded = Instant::now();
     let backend = prepare_offering(&backends, 0, &config.offerings[0]).await?;
     let wit_resources: Vec<wit::WaldurResource> =
