@@ -16,6 +16,7 @@ const COMPONENTS: &[(&str, &str)] = &[
     ("setup-refuser-component", "SETUP_REFUSER"),
     ("my-site-usage", "MY_SITE_USAGE"),
     ("compute-v2-component", "COMPUTE_V2"),
+    ("managing-component", "MANAGING"),
 ];
 
 /// The version the second build of the compute component describes itself with.

@@ -1,8 +1,9 @@
 //! Two contract versions in one host: the real compute backend built against the frozen
 //! `waldur:usage@2.0.0` (`tests/components/compute-v2`), dropped into the plugins
 //! folder, and the built-in `waldur:usage@3.0.0` inference backend report into one
-//! Waldur in one run, each landing exactly the simulator's numbers. (Swaps between the
-//! two versions while the agent runs are in `hot_swap.rs`.)
+//! Waldur in one run, each landing exactly the simulator's numbers. A component of the
+//! world `managing-backend` is served through its reporting interface. (Swaps between
+//! the two versions while the agent runs are in `hot_swap.rs`.)
 
 use std::collections::BTreeMap;
 
@@ -111,5 +112,33 @@ async fn an_option_the_older_contract_cannot_carry_refuses_its_file() -> Result<
         ),
         "{message}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_that_also_manages_is_served_through_its_reporting_interface() -> Result<()> {
+    use usage_agent::runtime::{CallError, Runtime, Source, wit};
+    let runtime = Runtime::new()?;
+    let bytes = std::fs::read(components::MANAGING)?;
+    let loaded = runtime.load(&bytes, Source::File(components::MANAGING.into())).await?;
+    assert_eq!((loaded.wit_version.as_str(), loaded.info.upstream.as_str()), ("3.0.0", "Site Manager"));
+    assert_eq!(loaded.info.operations, [wit::Operation::UsageReport, wit::Operation::Manage]);
+    let backends = usage_agent::backends::Backends::new(runtime);
+    backends.install("managing", loaded);
+    let text = "offerings:\n  - name: site\n    backend_type: managing\n    backend_settings:\n      upstream:\n        urls: [\"http://127.0.0.1:9/api\"]\n        auth: {type: none}\n    backend_components:\n      cpu: {unit_factor: 1}\n";
+    let config = usage_agent::config::AgentConfig::parse(text)?;
+    let backend = usage_agent::backends::prepare_offering(&backends, 0, &config.offerings[0]).await?;
+    let resources = vec![wit::WaldurResource { backend_id: "a".into(), offering_backend_id: Some("Alps".into()) }];
+    let report = backend.usage_report(resources.clone(), wit::BillingPeriod { year: 2024, month: 3 }).await?;
+    assert_eq!(report.resources.len(), 1);
+    assert_eq!((report.resources[0].found, report.resources[0].totals[0].value), (true, 0.5));
+    let day = wit::Date { year: 2024, month: 3, day: 1 };
+    match backend.daily_report(resources, day, day).await {
+        Err(error @ CallError::Backend { error: wit::BackendError::InvalidRequest(_), .. }) => assert_eq!(
+            error.to_string(),
+            "invalid request: managing reports whole months only, not 2024-03-01 to 2024-03-01"
+        ),
+        other => anyhow::bail!("expected an invalid request, got {other:?}"),
+    }
     Ok(())
 }
