@@ -32,15 +32,11 @@ impl wit::Guest for Component {
     }
 
     fn setup(config: wit::Config) -> Result<(), wit::BackendError> {
-        dwdi_core::setup(BACKEND, &config_from(config))
-            .map(drop)
-            .map_err(error_to)
+        setup_with(&config_from(config)).map_err(error_to)
     }
 
     fn ping(config: wit::Config, today: wit::Date) -> Result<(), wit::BackendError> {
-        let request = dwdi_core::plan_ping(BACKEND, &config_from(config), date_from(today))
-            .map_err(error_to)?;
-        dwdi_core::fetch::ping(&request).map_err(error_to)
+        ping_with(&config_from(config), today).map_err(error_to)
     }
 
     fn usage_report(
@@ -48,19 +44,7 @@ impl wit::Guest for Component {
         resources: Vec<wit::WaldurResource>,
         period: wit::BillingPeriod,
     ) -> Result<wit::Report, wit::BackendError> {
-        let period = dwdi_core::BillingPeriod {
-            year: period.year,
-            month: period.month,
-        };
-        let plan = dwdi_core::plan_usage_report(
-            BACKEND,
-            &config_from(config),
-            &resources_from(resources),
-            period,
-        )
-        .map_err(error_to)?;
-        dwdi_core::fetch::usage_report(&plan)
-            .map(report_to)
+        usage_report_with(&config_from(config), &resources_from(resources), period)
             .map_err(error_to)
     }
 
@@ -70,16 +54,7 @@ impl wit::Guest for Component {
         first: wit::Date,
         last: wit::Date,
     ) -> Result<wit::Report, wit::BackendError> {
-        let plan = dwdi_core::plan_daily_report(
-            BACKEND,
-            &config_from(config),
-            &resources_from(resources),
-            date_from(first),
-            date_from(last),
-        )
-        .map_err(error_to)?;
-        dwdi_core::fetch::usage_report(&plan)
-            .map(report_to)
+        daily_report_with(&config_from(config), &resources_from(resources), first, last)
             .map_err(error_to)
     }
 }

@@ -260,13 +260,14 @@ pub struct ComponentConfig {
     pub options: IndexMap<String, String>,
 }
 
-/// The option `dwdi_metric` is spelled as a key of its own.
-const DWDI_METRIC_KEY: &str = "dwdi_metric";
+/// The DWDI backends' component option, which the config also spells as a key of its own
+/// (and contract 2.0.0 as a field).
+pub(crate) const DWDI_METRIC_OPTION: &str = "dwdi_metric";
 
 impl ComponentConfig {
     /// The component's options in config order, `dwdi_metric` first when it is set.
     pub fn options(&self) -> impl Iterator<Item = (&str, &str)> {
-        let metric = self.dwdi_metric.as_deref().map(|m| (DWDI_METRIC_KEY, m));
+        let metric = self.dwdi_metric.as_deref().map(|m| (DWDI_METRIC_OPTION, m));
         metric.into_iter().chain(self.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 }
@@ -605,7 +606,7 @@ impl OfferingConfig {
             if component.unit_factor_reporting.is_some_and(|v| !finite(v)) {
                 return Err(format!("backend_components.{name}.unit_factor_reporting: must be a finite number"));
             }
-            if component.dwdi_metric.is_some() && component.options.contains_key(DWDI_METRIC_KEY) {
+            if component.dwdi_metric.is_some() && component.options.contains_key(DWDI_METRIC_OPTION) {
                 return Err(format!(
                     "backend_components.{name}: dwdi_metric is set twice, as a key and in options; keep one"
                 ));

@@ -59,9 +59,12 @@ impl Component {
     pub fn option(&self, key: &str) -> Option<&str> {
         self.options.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
+}
 
+#[cfg(test)]
+impl Component {
     /// Sets option `key` to `value`, replacing an earlier value.
-    pub fn set_option(&mut self, key: &str, value: &str) {
+    pub(crate) fn set_option(&mut self, key: &str, value: &str) {
         self.options.retain(|(k, _)| k != key);
         self.options.push((key.to_owned(), value.to_owned()));
     }

@@ -8,6 +8,7 @@
 //! here with the error the current contract has for it, never dropped.
 
 use super::wit;
+use crate::config::DWDI_METRIC_OPTION;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -19,9 +20,6 @@ mod bindings {
 
 use bindings::exports::waldur::usage::usage_backend as old;
 pub(super) use bindings::{Backend, BackendPre};
-
-/// The only component option 2.0.0 has a field for.
-const DWDI_METRIC: &str = "dwdi_metric";
 
 /// A 2.0.0 description; it names no upstream system, so the host says "the upstream".
 pub(super) fn info(info: old::BackendInfo) -> wit::BackendInfo {
@@ -49,9 +47,9 @@ pub(super) fn config(config: &wit::Config) -> Result<old::Config, wit::BackendEr
     let component = |c: &wit::Component| {
         let mut dwdi_metric = None;
         for option in &c.options {
-            if option.key != DWDI_METRIC {
+            if option.key != DWDI_METRIC_OPTION {
                 return Err(wit::BackendError::InvalidConfig(format!(
-                    "backend_components.{}: option {:?} cannot be passed to a component built against waldur:usage@2.0.0, which knows only {DWDI_METRIC}",
+                    "backend_components.{}: option {:?} cannot be passed to a component built against waldur:usage@2.0.0, which knows only {DWDI_METRIC_OPTION}",
                     c.name, option.key
                 )));
             }

@@ -4,7 +4,8 @@
 //! components still runs: the tests prove it keeps serving beside 3.0.0 components and
 //! that a plugins folder swaps between the two in both directions.
 //!
-//! Only what 2.0.0 spells differently is here; the rest is `guest/component_convert.rs`.
+//! Only what 2.0.0 spells differently is here; the conversions and calls the versions
+//! share are `guest/component_convert.rs`.
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
@@ -30,12 +31,11 @@ mod component {
         }
 
         fn setup(config: wit::Config) -> Result<(), wit::BackendError> {
-            dwdi_core::setup(BACKEND, &config_from(config)).map(drop).map_err(error_to)
+            setup_with(&config_from(config)).map_err(error_to)
         }
 
         fn ping(config: wit::Config, today: wit::Date) -> Result<(), wit::BackendError> {
-            let request = dwdi_core::plan_ping(BACKEND, &config_from(config), date_from(today)).map_err(error_to)?;
-            dwdi_core::fetch::ping(&request).map_err(error_to)
+            ping_with(&config_from(config), today).map_err(error_to)
         }
 
         fn usage_report(
@@ -43,10 +43,7 @@ mod component {
             resources: Vec<wit::WaldurResource>,
             period: wit::BillingPeriod,
         ) -> Result<wit::Report, wit::BackendError> {
-            let period = dwdi_core::BillingPeriod { year: period.year, month: period.month };
-            let plan = dwdi_core::plan_usage_report(BACKEND, &config_from(config), &resources_from(resources), period)
-                .map_err(error_to)?;
-            dwdi_core::fetch::usage_report(&plan).map(report_to).map_err(error_to)
+            usage_report_with(&config_from(config), &resources_from(resources), period).map_err(error_to)
         }
 
         fn daily_report(
@@ -55,15 +52,7 @@ mod component {
             first: wit::Date,
             last: wit::Date,
         ) -> Result<wit::Report, wit::BackendError> {
-            let plan = dwdi_core::plan_daily_report(
-                BACKEND,
-                &config_from(config),
-                &resources_from(resources),
-                date_from(first),
-                date_from(last),
-            )
-            .map_err(error_to)?;
-            dwdi_core::fetch::usage_report(&plan).map(report_to).map_err(error_to)
+            daily_report_with(&config_from(config), &resources_from(resources), first, last).map_err(error_to)
         }
 
         // 2.0.0 made every backend export `manage`; a reporting one refuses it.
