@@ -6,7 +6,8 @@
 
 use std::env;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[path = "wasm_build.rs"]
 mod wasm_build;
@@ -27,9 +28,15 @@ fn main() {
 
     // Builds that never run a component (the fuzz targets, built by a nightly without
     // the wasm target) skip the guest build; the host then has no built-in components.
+    let wasmtime = locked_version(&root.join("Cargo.lock"), "wasmtime");
+    let wasmtime_line = format!(
+        "/// The wasmtime this host runs components in (Cargo.lock).\npub const WASMTIME_VERSION: &str = {wasmtime:?};\n"
+    );
     if env::var_os("USAGE_AGENT_SKIP_GUEST_BUILD").is_some() {
-        let empty =
-            "/// No components: built with USAGE_AGENT_SKIP_GUEST_BUILD.\npub const BUILTIN: &[(&str, &[u8])] = &[];\n";
+        let empty = format!(
+            "/// No components: built with USAGE_AGENT_SKIP_GUEST_BUILD.\npub const BUILTIN: &[(&str, &[u8])] = &[];\n\
+             pub const VERSIONS: &[(&str, &str)] = &[];\n{wasmtime_line}"
+        );
         std::fs::write(out_dir.join("builtin_components.rs"), empty).expect("cannot write builtin_components.rs");
         return;
     }
@@ -50,5 +57,42 @@ fn main() {
             .expect("writing to a String cannot fail");
     }
     generated.push_str("];\n");
+    generated.push_str("/// The crate version each built-in component was built as: (backend type, version).\n");
+    generated.push_str("pub const VERSIONS: &[(&str, &str)] = &[\n");
+    for name in COMPONENTS {
+        writeln!(generated, "    ({name:?}, {:?}),", package_version(&root, name))
+            .expect("writing to a String cannot fail");
+    }
+    generated.push_str("];\n");
+    generated.push_str(&wasmtime_line);
     std::fs::write(out_dir.join("builtin_components.rs"), generated).expect("cannot write builtin_components.rs");
+}
+
+/// The version of workspace package `name`, as cargo resolves it (`cargo pkgid`:
+/// `path+file:///…/name#1.2.3`, or `…#name@1.2.3` when the folder is named otherwise).
+fn package_version(root: &Path, name: &str) -> String {
+    let output = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["pkgid", "--offline", "-p", name])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run cargo pkgid -p {name}: {e}"));
+    let id = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "cargo pkgid -p {name} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let fragment = id.trim().rsplit('#').next().unwrap_or_default();
+    fragment.rsplit('@').next().unwrap_or_default().to_owned()
+}
+
+/// The version of registry package `name` in `lock` (Cargo.lock), "unknown" if absent.
+fn locked_version(lock: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(lock).unwrap_or_default();
+    let wanted = format!("name = \"{name}\"");
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line == wanted
+            && let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = \""))
+        {
+            return version.trim_end_matches('"').to_owned();
+        }
+    }
+    "unknown".to_owned()
 }

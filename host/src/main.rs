@@ -2,11 +2,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use usage_agent::cli::{self, Cli, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed =
+        Cli::command().long_version(cli::long_version()).try_get_matches().and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => return refused_command_line(error),
     };

@@ -92,3 +92,52 @@ fn the_historical_token_can_come_from_the_environment_and_is_never_shown() -> Re
     assert!(help.contains("USAGE_AGENT_USER_TOKEN") && !help.contains("t0ken-from-env"), "{help}");
     Ok(())
 }
+
+/// `--version` names what runs: the host, the contracts, each built-in component as its
+/// own `describe()` reports it (asked here through `plugins`) and the wasmtime; `-V` the
+/// first line alone.
+#[test]
+fn the_version_names_the_contracts_and_the_built_in_components_as_they_describe_themselves() -> Result<()> {
+    let output = usage_agent(&["--version"], &[])?;
+    assert!(output.status.success());
+    let version = String::from_utf8(output.stdout)?;
+    let mut lines = version.lines();
+    assert_eq!(lines.next(), Some(concat!("usage-agent ", env!("CARGO_PKG_VERSION"))), "{version}");
+    assert_eq!(
+        lines.next(),
+        Some("contracts served: waldur:usage@3.0.0, waldur:usage@2.0.0 (components built against 2.x and 3.x)"),
+        "{version}"
+    );
+    assert_eq!(lines.next(), Some("built-in components:"), "{version}");
+    let listed: Vec<&str> = lines.by_ref().take_while(|line| line.starts_with("  ")).collect();
+    let wasmtime = version.lines().last().context("empty --version")?;
+    assert!(wasmtime.strip_prefix("wasmtime ").is_some_and(|v| v.split('.').count() == 3), "{version}");
+
+    // What each built-in component says of itself, with an empty plugins folder.
+    let dir = tempfile::tempdir()?;
+    let plugins_dir = dir.path().join("plugins").to_string_lossy().into_owned();
+    let cache = dir.path().join("cache").to_string_lossy().into_owned();
+    let output = usage_agent(&["plugins", "--plugins-dir", &plugins_dir], &[("CACHE_DIRECTORY", &cache)])?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let plugins = String::from_utf8(output.stdout)?;
+    let mut described: Vec<String> = plugins
+        .split("\n\n")
+        .filter(|block| block.contains("default (built in)"))
+        .map(|block| {
+            let field = |name: &str| {
+                block.lines().find_map(|l| l.trim_start().strip_prefix(name)).map(str::trim).unwrap_or_default()
+            };
+            format!("  {} ({})", field("component:"), field("wit:"))
+        })
+        .collect();
+    assert_eq!(described.len(), 3, "{plugins}");
+    // `plugins` lists by backend type, `--version` in build order.
+    let mut listed: Vec<String> = listed.into_iter().map(str::to_owned).collect();
+    listed.sort();
+    described.sort();
+    assert_eq!(listed, described, "--version:\n{version}\nplugins:\n{plugins}");
+
+    let output = usage_agent(&["-V"], &[])?;
+    assert_eq!(String::from_utf8(output.stdout)?, concat!("usage-agent ", env!("CARGO_PKG_VERSION"), "\n"));
+    Ok(())
+}

@@ -15,6 +15,7 @@ mod plugins;
 mod progress;
 mod report;
 mod usage;
+mod version;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +38,7 @@ pub use ping::{PingArgs, Step as PingStep};
 pub use plugins::PluginsArgs;
 pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use usage::UsageArgs;
+pub use version::long_version;
 
 /// Moves accounting usage into Waldur through sandboxed WebAssembly backends.
 #[derive(Debug, Parser)]
