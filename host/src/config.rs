@@ -105,6 +105,11 @@ pub struct AgentConfig {
     /// What one component call may use; every key optional.
     #[serde(default)]
     pub component_limits: ComponentLimits,
+    /// waldur-site-agent's `global_proxy`: the proxy for every Waldur connection (and
+    /// a Waldur OIDC token endpoint), not for the upstream (that is `socks_proxy`).
+    /// Blank: direct.
+    #[serde(default)]
+    pub global_proxy: Option<String>,
     pub offerings: Vec<OfferingConfig>,
 }
 
@@ -202,6 +207,14 @@ pub struct OfferingConfig {
     pub waldur_api_url: Option<String>,
     #[serde(default)]
     pub waldur_api_token: Option<Secret>,
+    /// Waldur login by OIDC client credentials, used when `waldur_api_token` is blank
+    /// ([`OfferingConfig::waldur_login`]).
+    #[serde(default)]
+    pub oidc_token_url: Option<String>,
+    #[serde(default)]
+    pub oidc_client_id: Option<String>,
+    #[serde(default)]
+    pub oidc_client_secret: Option<Secret>,
     #[serde(default = "default_true")]
     pub verify_ssl: bool,
     #[serde(default)]
@@ -223,6 +236,9 @@ impl fmt::Debug for OfferingConfig {
             .field("name", &self.name)
             .field("waldur_api_url", &self.waldur_api_url)
             .field("waldur_api_token", &self.waldur_api_token)
+            .field("oidc_token_url", &self.oidc_token_url)
+            .field("oidc_client_id", &self.oidc_client_id)
+            .field("oidc_client_secret", &self.oidc_client_secret)
             .field("verify_ssl", &self.verify_ssl)
             .field("waldur_offering_uuid", &self.waldur_offering_uuid)
             .field("backend_type", &self.backend_type)
@@ -297,6 +313,28 @@ pub struct OidcClient {
     pub client_secret: Secret,
     pub scope: String,
     pub client_auth: ClientAuth,
+}
+
+/// How the agent logs into an offering's Waldur, by waldur-site-agent's rule:
+/// `waldur_api_token` when it is set, else the OIDC client of `oidc_token_url`,
+/// `oidc_client_id` and `oidc_client_secret`.
+#[derive(Debug, Clone)]
+pub enum WaldurLogin {
+    /// `Authorization: Token …`.
+    Token(Secret),
+    /// `Authorization: Bearer …` with a token of the OIDC client (client credentials in
+    /// the form, no scope: what the Python agent asks for), cached and refreshed.
+    Oidc(OidcClient),
+}
+
+impl WaldurLogin {
+    /// How the agent logs in, without the secret, for one line.
+    pub fn shown(&self) -> String {
+        match self {
+            WaldurLogin::Token(_) => "waldur_api_token".to_owned(),
+            WaldurLogin::Oidc(oidc) => format!("OIDC client {} at {}", oidc.client_id, oidc.token_url),
+        }
+    }
 }
 
 /// How the host authenticates an offering's upstream requests. A component never sees
@@ -520,6 +558,7 @@ impl AgentConfig {
         if let Some(tz) = &self.timezone {
             jiff::tz::TimeZone::get(tz).map_err(|e| anyhow::anyhow!("timezone: unknown time zone {tz:?}: {e}"))?;
         }
+        self.global_proxy()?;
         for (index, offering) in self.offerings.iter().enumerate() {
             offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
         }
@@ -554,6 +593,14 @@ impl AgentConfig {
             }
         }
         types
+    }
+
+    /// The proxy of every Waldur connection (`global_proxy`), `None` when blank.
+    pub fn global_proxy(&self) -> Result<Option<Proxy>> {
+        match self.global_proxy.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            None => Ok(None),
+            Some(url) => Proxy::parse(url).map(Some).map_err(|e| anyhow!("global_proxy: {e:#}")),
+        }
     }
 
     /// The Waldur request timeout: `waldur_timeout_seconds`, else 60 s.
@@ -615,9 +662,56 @@ impl OfferingConfig {
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
         }
+        // A login that is meant (a blank token, or OIDC keys) is checked now; a config
+        // without any is refused only by the commands that write into Waldur.
+        let blank_token = self.waldur_api_token.as_ref().is_some_and(|t| t.expose().trim().is_empty());
+        let oidc_keys =
+            self.oidc_token_url.is_some() || self.oidc_client_id.is_some() || self.oidc_client_secret.is_some();
+        if blank_token || oidc_keys {
+            self.waldur_login()?;
+        }
         self.upstream_access()?;
         crate::egress::Limits::from_settings(&self.backend_settings)?;
         Ok(())
+    }
+
+    /// How the agent logs into the offering's Waldur ([`WaldurLogin`]); errors name the
+    /// key.
+    pub fn waldur_login(&self) -> std::result::Result<WaldurLogin, String> {
+        fn set(value: Option<&str>) -> Option<&str> {
+            value.map(str::trim).filter(|v| !v.is_empty())
+        }
+        if let Some(token) = self.waldur_api_token.as_ref().filter(|t| set(Some(t.expose())).is_some()) {
+            return Ok(WaldurLogin::Token(token.clone()));
+        }
+        let keys = [
+            ("oidc_token_url", set(self.oidc_token_url.as_deref())),
+            ("oidc_client_id", set(self.oidc_client_id.as_deref())),
+            ("oidc_client_secret", set(self.oidc_client_secret.as_ref().map(Secret::expose))),
+        ];
+        match keys {
+            [(_, Some(url)), (_, Some(client_id)), (_, Some(secret))] => {
+                let token_url = parse_http_url(url).map_err(|e| format!("oidc_token_url: {e}"))?;
+                Ok(WaldurLogin::Oidc(OidcClient {
+                    token_url,
+                    client_id: client_id.to_owned(),
+                    client_secret: Secret::new(secret),
+                    scope: String::new(),
+                    client_auth: ClientAuth::Form,
+                }))
+            }
+            [(_, None), (_, None), (_, None)] => Err(format!(
+                "waldur_api_token: {} (or log into Waldur by OIDC: oidc_token_url, oidc_client_id and oidc_client_secret)",
+                if self.waldur_api_token.is_some() { "blank" } else { "missing" }
+            )),
+            partial => {
+                let missing: Vec<&str> = partial.iter().filter(|(_, v)| v.is_none()).map(|(key, _)| *key).collect();
+                Err(format!(
+                    "{}: missing; without waldur_api_token the offering logs into Waldur by OIDC and needs oidc_token_url, oidc_client_id and oidc_client_secret",
+                    missing.join(", ")
+                ))
+            }
+        }
     }
 
     /// Where the offering's component may send requests and how the host authenticates,
@@ -795,6 +889,62 @@ offerings:
             "{}",
             error_of(&not_text)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn waldur_login_is_the_token_else_a_complete_oidc_client() -> Result<()> {
+        let with = |lines: &str| MINIMAL.replace("    backend_type:", &format!("{lines}    backend_type:"));
+        let oidc = "    oidc_token_url: \"https://sso.example.org/token\"\n    oidc_client_id: agent\n    oidc_client_secret: 0idc-s3cret\n";
+        // A token wins, OIDC keys or not (as in waldur-site-agent).
+        let config = AgentConfig::parse(&with(&format!("    waldur_api_token: t0ken\n{oidc}")))?;
+        let login = config.offerings[0].waldur_login().map_err(anyhow::Error::msg)?;
+        assert!(matches!(&login, WaldurLogin::Token(t) if t.expose() == "t0ken"), "{login:?}");
+        // A blank token (or none) and the three keys: OIDC, the secret in the form, no scope.
+        for token in ["    waldur_api_token: \"\"\n", "    waldur_api_token: \"  \"\n", ""] {
+            let config = AgentConfig::parse(&with(&format!("{token}{oidc}")))?;
+            let WaldurLogin::Oidc(client) = config.offerings[0].waldur_login().map_err(anyhow::Error::msg)? else {
+                panic!("not OIDC: {token:?}")
+            };
+            assert_eq!(
+                (client.token_url.as_str(), client.client_id.as_str(), client.scope.as_str(), client.client_auth),
+                ("https://sso.example.org/token", "agent", "", ClientAuth::Form)
+            );
+            assert!(!format!("{config:?} {client:?}").contains("0idc-s3cret"));
+            assert_eq!(WaldurLogin::Oidc(client).shown(), "OIDC client agent at https://sso.example.org/token");
+        }
+        // No login at all: refused only where Waldur is written to.
+        let config = AgentConfig::parse(MINIMAL)?;
+        let missing = config.offerings[0].waldur_login().err().unwrap_or_default();
+        assert!(missing.starts_with("waldur_api_token: missing (or log into Waldur by OIDC"), "{missing}");
+        // A blank token without a complete OIDC client is refused at load, naming what is missing.
+        let err = error_of(&with("    waldur_api_token: \"\"\n"));
+        assert!(err.starts_with("offerings[0].waldur_api_token: blank (or log into Waldur by OIDC"), "{err}");
+        let err = error_of(&with("    waldur_api_token: \"\"\n    oidc_client_id: agent\n"));
+        assert!(
+            err.starts_with("offerings[0].oidc_token_url, oidc_client_secret: missing; without waldur_api_token"),
+            "{err}"
+        );
+        let err = error_of(&with(&oidc.replace("https://sso.example.org/token", "sso.example.org")));
+        assert!(err.starts_with("offerings[0].oidc_token_url: \"sso.example.org\" is not a URL"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn global_proxy_is_parsed_and_blank_is_direct() -> Result<()> {
+        for blank in ["", "global_proxy: \"\"\n", "global_proxy: ~\n"] {
+            assert_eq!(AgentConfig::parse(&format!("{blank}{MINIMAL}"))?.global_proxy()?, None, "{blank:?}");
+        }
+        let config = AgentConfig::parse(&format!("global_proxy: \"http://u:pw@proxy.example:3128\"\n{MINIMAL}"))?;
+        let proxy = config.global_proxy()?.context("a proxy")?;
+        assert_eq!(
+            (proxy.kind, proxy.to_string()),
+            (crate::egress::connect::ProxyKind::Http, "http://proxy.example:3128".to_owned())
+        );
+        for (url, want) in [("https://proxy.example:3128", "unsupported proxy scheme"), ("socks5://", "no host")] {
+            let err = error_of(&format!("global_proxy: {url:?}\n{MINIMAL}"));
+            assert!(err.starts_with("global_proxy: ") && err.contains(want), "{url}: {err}");
+        }
         Ok(())
     }
 

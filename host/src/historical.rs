@@ -142,9 +142,12 @@ pub async fn prepare(
             )
         })?;
     let name = offering.display_name(index);
-    if token.is_none() && offering.waldur_api_token.is_none() {
-        bail!("offerings[{index}].waldur_api_token: missing; pass --user-token");
+    if token.is_none()
+        && let Err(error) = offering.waldur_login()
+    {
+        bail!("offerings[{index}].{error}; or pass --user-token");
     }
+    let waldur = WaldurClient::for_offering(config, index, token)?;
     backends.load_builtin(index, offering).await?;
     let backend = prepare_offering(backends, index, offering).await?;
     let info = &backend.backend().info;
@@ -155,9 +158,7 @@ pub async fn prepare(
             info.version
         );
     }
-    let mut target = HistoricalTarget::new(index, offering, backend, token)?;
-    target.waldur.set_timeout(config.waldur_timeout());
-    Ok(target)
+    HistoricalTarget::new(index, offering, backend, waldur)
 }
 
 /// Refuses a token whose owner is not staff: only staff may back-fill usage-billed

@@ -14,6 +14,7 @@ use crate::backends::Backends;
 use crate::config::AgentConfig;
 use crate::period::Month;
 use crate::sync::{self, PastMonths, Policy, Zeros};
+use crate::waldur::WaldurClient;
 
 pub use crate::sync::{
     Clock, DEFAULT_CONCURRENCY, FixedClock, StopFlag, Summary as OfferingSummary, SystemClock, record_metrics,
@@ -70,9 +71,8 @@ pub async fn prepare_targets(config: &AgentConfig, backends: &Backends) -> Resul
     let mut targets = Vec::new();
     for (index, offering) in config.offerings() {
         let backend = crate::backends::prepare_offering(backends, index, offering).await?;
-        let mut target = ReportTarget::new(index, offering, backend, None)?.follow(backends);
-        target.waldur.set_timeout(config.waldur_timeout());
-        targets.push(target);
+        let waldur = WaldurClient::for_offering(config, index, None)?;
+        targets.push(ReportTarget::new(index, offering, backend, waldur)?.follow(backends));
     }
     Ok(targets)
 }

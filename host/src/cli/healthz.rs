@@ -1,7 +1,8 @@
 //! `usage-agent healthz`: exit 0 when healthy, 1 when not, like `waldur_site_healthz`.
 //! Liveness: the report loop's heartbeat is fresher than `heartbeat_max_age_seconds`.
 //! Readiness (unless `--liveness-only`): every offering's Waldur API answers to its
-//! token and its upstream's OIDC token endpoint, if it has one, issues a token.
+//! login (token or OIDC, through `global_proxy`) and its upstream's OIDC token endpoint,
+//! if it has one, issues a token.
 
 use std::io::Write;
 
@@ -42,18 +43,13 @@ pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Resu
     if !args.liveness_only {
         for (index, offering) in config.offerings() {
             let name = offering.display_name(index);
-            match (&offering.waldur_api_url, &offering.waldur_api_token) {
-                (Some(url), Some(token)) => {
-                    let outcome = match WaldurClient::new(url, token.clone(), offering.verify_ssl) {
-                        Ok(client) => client.me().await.map(|_| ()).map_err(|e| e.to_string()),
-                        Err(error) => Err(format!("{error:#}")),
-                    };
-                    match outcome {
-                        Ok(()) => writeln!(out, "ok    {name}: Waldur {url}")?,
-                        Err(error) => failures.push(format!("{name}: Waldur: {error}")),
-                    }
-                }
-                _ => failures.push(format!("{name}: waldur_api_url or waldur_api_token missing")),
+            // The client a report would use: its login (token or OIDC) and global_proxy.
+            match WaldurClient::for_offering(&config, index, None) {
+                Ok(client) => match client.me().await {
+                    Ok(_) => writeln!(out, "ok    {name}: Waldur {} ({})", client.api_url(), client.login_shown())?,
+                    Err(error) => failures.push(format!("{name}: Waldur: {error}")),
+                },
+                Err(error) => failures.push(format!("{name}: Waldur: {error:#}")),
             }
             // Only an OIDC upstream has a token endpoint to ask; a static key or none
             // has nothing to check without calling the upstream itself.

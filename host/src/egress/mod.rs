@@ -327,7 +327,14 @@ impl Egress {
         let via_http_proxy = connector.proxy().is_some_and(|p| p.kind == connect::ProxyKind::Http);
         // A token exchange is one small request: it gets the whole-request timeout.
         let tokens = access.oidc().map(|oidc| {
-            TokenSource::new(oidc, client.clone(), proxy_authorization.clone(), via_http_proxy, limits.request)
+            TokenSource::new(
+                oidc::TokenFor::Upstream,
+                oidc,
+                client.clone(),
+                proxy_authorization.clone(),
+                via_http_proxy,
+                limits.request,
+            )
         });
         Ok(Arc::new(Self {
             offering: offering_name.to_owned(),

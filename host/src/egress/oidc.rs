@@ -1,8 +1,9 @@
-//! OIDC client-credentials tokens for an upstream API.
+//! OIDC client-credentials tokens, for an upstream API and for Waldur alike.
 //!
 //! The host, never a component, holds the client secret and the token. One token is
-//! cached per offering and refreshed shortly before it expires; callers that arrive
-//! while a refresh is under way wait for that one refresh instead of starting their own.
+//! cached per offering and use and refreshed shortly before it expires; callers that
+//! arrive while a refresh is under way wait for that one refresh instead of starting
+//! their own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,8 +68,31 @@ fn shown(url: &url::Url) -> String {
     format!("{}{}", url.origin().ascii_serialization(), url.path())
 }
 
+/// What a token is for: its metric says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFor {
+    /// An offering's upstream (`upstream.auth`, the `cscs_dwdi_*` keys).
+    Upstream,
+    /// An offering's Waldur (`oidc_token_url`, when `waldur_api_token` is blank).
+    Waldur,
+}
+
+impl TokenFor {
+    fn fetches_metric(self) -> (&'static str, &'static str) {
+        match self {
+            TokenFor::Upstream => {
+                ("usage_agent_upstream_token_fetches_total", "Upstream OIDC tokens fetched (first and refreshes).")
+            }
+            TokenFor::Waldur => {
+                ("usage_agent_waldur_token_fetches_total", "Waldur OIDC tokens fetched (first and refreshes).")
+            }
+        }
+    }
+}
+
 /// Fetches and caches bearer tokens for one offering.
 pub struct TokenSource {
+    purpose: TokenFor,
     url: url::Url,
     client_id: String,
     client_secret: Secret,
@@ -89,6 +113,7 @@ pub struct TokenSource {
 
 impl TokenSource {
     pub fn new(
+        purpose: TokenFor,
         access: &OidcClient,
         client: HttpClient,
         proxy_authorization: Option<Secret>,
@@ -96,6 +121,7 @@ impl TokenSource {
         timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
+            purpose,
             url: access.token_url.clone(),
             client_id: access.client_id.clone(),
             client_secret: access.client_secret.clone(),
@@ -125,11 +151,8 @@ impl TokenSource {
         }
         let (token, lifetime) = self.fetch().await?;
         self.fetched.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::global().inc(
-            "usage_agent_upstream_token_fetches_total",
-            "OIDC tokens fetched (first and refreshes).",
-            &[("token_url", &shown(&self.url))],
-        );
+        let (metric, help) = self.purpose.fetches_metric();
+        crate::metrics::global().inc(metric, help, &[("token_url", &shown(&self.url))]);
         // A lifetime shorter than twice the margin would never be reused; halve it instead.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
         *cached =

@@ -42,7 +42,7 @@ pub use summary::{Summary, record_metrics};
 
 use crate::amount::Cents;
 use crate::backends::Backends;
-use crate::config::{OfferingConfig, Secret};
+use crate::config::OfferingConfig;
 use crate::period::Month;
 use crate::run_errors::RunErrors;
 use crate::runtime::{OfferingBackend, wit};
@@ -123,15 +123,12 @@ pub struct Target {
 }
 
 impl Target {
-    /// Binds offering `index` to Waldur, with `token` instead of the config's
-    /// `waldur_api_token` when given; errors name the missing key.
-    pub fn new(index: usize, config: &OfferingConfig, backend: OfferingBackend, token: Option<Secret>) -> Result<Self> {
-        let at = |key: &str| anyhow!("offerings[{index}].{key}: missing (needed to write usage into Waldur)");
-        let url = config.waldur_api_url.as_deref().ok_or_else(|| at("waldur_api_url"))?;
-        let token = token.or_else(|| config.waldur_api_token.clone()).ok_or_else(|| at("waldur_api_token"))?;
-        let offering_uuid = config.waldur_offering_uuid.clone().ok_or_else(|| at("waldur_offering_uuid"))?;
-        let waldur = WaldurClient::new(url, token, config.verify_ssl)
-            .map_err(|e| anyhow!("offerings[{index}].waldur_api_url: {e:#}"))?;
+    /// Binds offering `index` to `waldur` ([`WaldurClient::for_offering`]); errors name
+    /// the missing key.
+    pub fn new(index: usize, config: &OfferingConfig, backend: OfferingBackend, waldur: WaldurClient) -> Result<Self> {
+        let offering_uuid = config.waldur_offering_uuid.clone().ok_or_else(|| {
+            anyhow!("offerings[{index}].waldur_offering_uuid: missing (needed to write usage into Waldur)")
+        })?;
         Ok(Self {
             index,
             name: config.display_name(index),

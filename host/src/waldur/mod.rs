@@ -5,23 +5,23 @@
 //! request per resource. Idempotent requests are retried on connection errors and
 //! 502/503/504. Every error names the method, endpoint, status and Waldur's message.
 
+mod access;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::{Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::amount::Cents;
-use crate::config::Secret;
+use crate::config::{Secret, WaldurLogin};
 use crate::egress::connect::Connector;
 use crate::egress::oidc::snippet;
 use crate::egress::{HttpClient, error_chain, full_body};
@@ -44,6 +44,9 @@ pub enum WaldurError {
     Transport { method: Method, endpoint: String, reason: String },
     #[error("Waldur {method} {endpoint} sent an answer that cannot be read: {reason}")]
     Decode { method: Method, endpoint: String, reason: String },
+    /// No OIDC token for Waldur: the request was not sent.
+    #[error("Waldur {method} {endpoint}: cannot log in: {reason}")]
+    Login { method: Method, endpoint: String, reason: String },
 }
 
 impl WaldurError {
@@ -178,11 +181,14 @@ pub struct WaldurStats {
     pub writes: AtomicU64,
 }
 
-/// One Waldur API, one token.
+/// One Waldur API, one login ([`access`]: token or OIDC, proxy, TLS).
 #[derive(Clone)]
 pub struct WaldurClient {
     base: url::Url,
-    token: Secret,
+    access: Arc<access::Access>,
+    /// How it logs in, for messages.
+    login_shown: Arc<str>,
+    connector: Connector,
     client: HttpClient,
     timeout: Duration,
     max_retries: u32,
@@ -190,19 +196,11 @@ pub struct WaldurClient {
 }
 
 impl WaldurClient {
-    /// A client for `api_url` (ending in `/api/`), verifying TLS unless told not to.
+    /// A client for `api_url` (ending in `/api/`) with a static token, connecting
+    /// directly, verifying TLS unless told not to. [`WaldurClient::for_offering`] builds
+    /// one from the config.
     pub fn new(api_url: &str, token: Secret, verify_ssl: bool) -> Result<Self> {
-        let mut base = url::Url::parse(api_url).with_context(|| format!("waldur_api_url {api_url:?} is not a URL"))?;
-        if !base.path().ends_with('/') {
-            base.set_path(&format!("{}/", base.path()));
-        }
-        let tls = if verify_ssl { crate::egress::connect::tls_config(None)? } else { insecure_tls() };
-        let connector = Connector::new(None, tls, Duration::from_secs(10));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(connector);
-        Ok(Self { base, token, client, timeout: Duration::from_secs(60), max_retries: 3, stats: Arc::default() })
+        Self::connect(api_url, &WaldurLogin::Token(token), verify_ssl, None, Duration::from_secs(60))
     }
 
     /// Sets how long one request may take, answer included (default 60 s).
@@ -521,14 +519,23 @@ impl WaldurClient {
         let endpoint = endpoint_of(url);
         let idempotent = method == Method::GET;
         let mut attempt = 0;
+        let mut refreshed = false;
         loop {
+            let credential = self.access.credential().await.map_err(|error| WaldurError::Login {
+                method: method.clone(),
+                endpoint: endpoint.clone(),
+                reason: error.to_string(),
+            })?;
             let mut request = http::Request::builder()
                 .method(method.clone())
                 .uri(url)
-                .header(http::header::AUTHORIZATION, format!("Token {}", self.token.expose()))
+                .header(http::header::AUTHORIZATION, credential.value.clone())
                 .header(http::header::ACCEPT, "application/json");
             if body.is_some() {
                 request = request.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if url.starts_with("http:") {
+                request = self.access.plain_proxy_headers(request);
             }
             let request = request.body(full_body(body.clone().unwrap_or_default())).map_err(|e| {
                 WaldurError::Transport { method: method.clone(), endpoint: endpoint.clone(), reason: e.to_string() }
@@ -563,6 +570,16 @@ impl WaldurClient {
             );
             let retry = match outcome {
                 Ok(Ok((status, headers, bytes))) if status.is_success() => return Ok((headers, bytes)),
+                // An OIDC token Waldur no longer takes (revoked, or expired early): once
+                // more with a fresh one. Waldur did nothing with the request, so a write
+                // is safe to repeat.
+                Ok(Ok((StatusCode::UNAUTHORIZED, _, _)))
+                    if !refreshed && self.access.retry_after_unauthorized(&credential).await =>
+                {
+                    refreshed = true;
+                    tracing::info!(%endpoint, "Waldur refused the OIDC token; asking again with a fresh one");
+                    continue;
+                }
                 Ok(Ok((status, _, bytes))) => {
                     if idempotent && is_transient(status) && attempt < self.max_retries {
                         format!("HTTP {status}")

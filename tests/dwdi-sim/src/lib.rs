@@ -11,9 +11,14 @@
 //!
 //! - **Tokens**: `POST` to [`DwdiSim::token_url`] with a form body
 //!   (`grant_type=client_credentials`, `client_id`, `client_secret`, optional `scope`) or
-//!   with HTTP Basic client authentication. Tokens are opaque, expire after
+//!   with HTTP Basic client authentication. Tokens are JWTs in shape, as Keycloak's are
+//!   (a header, claims with `exp` and the client's service-account username, and a
+//!   signature nobody checks: a client must treat them as opaque, while Waldur's OIDC
+//!   login reads the claims before it introspects the token), expire after
 //!   [`DwdiOptions::token_lifetime`], and can all be expired at once
 //!   ([`DwdiSim::expire_all_tokens`]) to test refresh mid-run.
+//!   [`SimState::introspect`] answers what the token endpoint's introspection would, so
+//!   the Waldur simulator can stand for a Waldur that logs agents in by OIDC.
 //! - **API**: every call needs `Authorization: Bearer <valid token>` (401 otherwise), only
 //!   `GET` is allowed (405), unknown paths are 404, request targets longer than
 //!   [`DwdiOptions::max_uri_len`] are 414.

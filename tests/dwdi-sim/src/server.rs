@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -306,17 +306,44 @@ impl SimState {
         Some(fault)
     }
 
+    /// A new token: a JWT in shape (header, claims, an unchecked signature), unique.
     fn issue_token(&self) -> String {
+        use base64::Engine as _;
+        let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
         let n = self.inner.token_counter.fetch_add(1, Ordering::Relaxed);
         let random = std::collections::hash_map::RandomState::new();
         let mut h1 = random.build_hasher();
         h1.write_u64(n);
         let mut h2 = random.build_hasher();
         h2.write_u64(!n);
-        let token = format!("sim{n}.{:016x}{:016x}", h1.finish(), h2.finish());
-        let expiry = Instant::now() + self.inner.options.token_lifetime;
+        let options = &self.inner.options;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let claims = json!({
+            "exp": now + options.token_lifetime.as_secs(),
+            "iat": now,
+            "jti": format!("sim{n}"),
+            "azp": options.client_id,
+            "preferred_username": self.service_account(),
+        });
+        let header = encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+        let signature = encode(&[h1.finish().to_be_bytes(), h2.finish().to_be_bytes()].concat());
+        let token = format!("{header}.{}.{signature}", encode(claims.to_string().as_bytes()));
+        let expiry = Instant::now() + options.token_lifetime;
         lock(&self.inner.tokens).insert(token.clone(), expiry);
         token
+    }
+
+    /// The username a token of the configured client stands for, as Keycloak names a
+    /// client's service account.
+    fn service_account(&self) -> String {
+        format!("service-account-{}", self.inner.options.client_id)
+    }
+
+    /// What the token endpoint's introspection (RFC 7662) says of `token`: the username
+    /// it stands for while it is active (issued here, not expired), `None` otherwise.
+    pub fn introspect(&self, token: &str) -> Option<String> {
+        let active = lock(&self.inner.tokens).get(token).is_some_and(|expiry| Instant::now() < *expiry);
+        active.then(|| self.service_account())
     }
 
     fn record(&self, kind: Kind, path: String, record: RequestRecord) {

@@ -315,6 +315,34 @@ async fn api_requires_a_known_bearer_token() {
 }
 
 #[tokio::test]
+async fn tokens_are_jwts_in_shape_and_introspection_follows_their_life() {
+    use base64::Engine as _;
+    let sim = start(small_data()).await;
+    let first = token(&sim).await;
+    let second = token(&sim).await;
+    assert_ne!(first, second);
+    let parts: Vec<&str> = first.split('.').collect();
+    assert_eq!(parts.len(), 3, "{first}");
+    let decode = |part: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url");
+    let header: Value = serde_json::from_slice(&decode(parts[0])).expect("header JSON");
+    assert_eq!(header["typ"], "JWT");
+    let claims: Value = serde_json::from_slice(&decode(parts[1])).expect("claims JSON");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(exp > now && exp <= now + 301, "exp {exp}, now {now}");
+    assert_eq!(claims["azp"], "dwdi-client");
+    assert_eq!(claims["preferred_username"], "service-account-dwdi-client");
+    assert!(!decode(parts[2]).is_empty());
+    // Introspection: active while valid, never for a token it did not issue.
+    assert_eq!(sim.state().introspect(&first).as_deref(), Some("service-account-dwdi-client"));
+    assert_eq!(sim.state().introspect("header.claims.signature"), None);
+    sim.expire_all_tokens();
+    assert_eq!(sim.state().introspect(&first), None);
+    assert_eq!(sim.state().introspect(&second), None);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn expired_tokens_are_rejected() {
     let sim = start(small_data()).await;
     let old = token(&sim).await;

@@ -204,3 +204,82 @@ async fn the_usage_command_goes_through_the_proxy_too() -> Result<()> {
     ensure!(proxy.log().contains(&format!("connected to 127.0.0.1:{}", sim.addr().port())), "{}", proxy.log());
     Ok(())
 }
+
+/// An upstream-style config (waldur-site-agent 1.0.7's keys): a blank
+/// `waldur_api_token`, the offering logging into Waldur by OIDC, and `global_proxy`
+/// for every Waldur connection — the token request included — through the real
+/// tinyproxy. The upstream (DWDI) keeps its own way: `global_proxy` is not for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn waldur_login_by_oidc_through_global_proxy() -> Result<()> {
+    use e2e::{ComputeSims, NODE_AND_CPU, cycle_at, dwdi_access, report_targets};
+    const NOW: &str = "2024-03-15T12:00:00Z";
+    let data = DwdiData::generated(3, 2, &[(2024, 3)]);
+    let ComputeSims { dwdi, options, waldur, offering } =
+        ComputeSims::start(&data, waldur_sim::WaldurOptions::default(), "compute", "static-token", "").await?;
+    waldur.set_today(2024, 3, 15);
+    // The site's OIDC provider: a client of its own, no scope asked (as the Python agent).
+    let idp_options = DwdiOptions {
+        client_id: "site-agent".into(),
+        client_secret: "agent-s3cret".into(),
+        scope_required: String::new(),
+        ..DwdiOptions::default()
+    };
+    let idp = DwdiSim::start(DwdiData::new(), idp_options).await?;
+    let introspection = idp.state().clone();
+    waldur.accept_oidc(move |token| introspection.introspect(token));
+    let proxy = ProxyProcess::tinyproxy(&[], None)?;
+    let config = |global_proxy: &str| {
+        format!(
+            "global_proxy: {global_proxy:?}\nsentry_dsn: \"\"\ntimezone: UTC\nreporting_periods: 1\nofferings:\n  - name: compute\n    waldur_api_url: {:?}\n    waldur_api_token: \"\"\n    oidc_token_url: {:?}\n    oidc_client_id: site-agent\n    oidc_client_secret: agent-s3cret\n    waldur_offering_uuid: {offering}\n    backend_type: cscs-dwdi-compute\n    stomp_enabled: false\n    backend_settings:\n{}    backend_components:\n{NODE_AND_CPU}",
+            waldur.url(),
+            idp.token_url(),
+            dwdi_access(&dwdi, &options)
+        )
+    };
+    let text = config(&proxy.url("http", None));
+    let targets = report_targets(&text).await?;
+    let summary = cycle_at(&targets[0], &text, NOW).await?;
+    ensure!(summary.failed == 0 && summary.submitted == 3, "{summary:?}\n{}", proxy.log());
+    for account in data.accounts() {
+        let expected = data.compute_usage(&account, None, "2024-03-01", "2024-03-31");
+        let stored = waldur
+            .usages()
+            .into_iter()
+            .find(|u| u.resource_uuid == waldur_sim::uuid_from(&account) && u.component_type == "nodeHours");
+        ensure!(stored.is_some_and(|u| u.amount == e2e::cents(expected.node_hours)), "{account}");
+    }
+    // One token for the whole cycle, asked through the proxy; every request Waldur saw
+    // came through it too; none of DWDI's did.
+    let idp_stats = idp.stats();
+    ensure!(idp_stats.tokens_issued == 1, "{} tokens issued", idp_stats.tokens_issued);
+    ensure!(
+        idp_stats.recent.iter().all(|r| r.via.as_deref().is_some_and(|v| v.contains("tinyproxy"))),
+        "{idp_stats:?}"
+    );
+    let log = proxy.log();
+    let waldur_port = waldur.addr().port();
+    let proxied = log.matches(&format!("): GET http://127.0.0.1:{waldur_port}/api/")).count()
+        + log.matches(&format!("): POST http://127.0.0.1:{waldur_port}/api/")).count();
+    let seen = waldur.requests().total;
+    ensure!(seen > 0 && proxied as u64 == seen, "Waldur saw {seen} requests, the proxy forwarded {proxied}\n{log}");
+    ensure!(!log.contains(&format!(":{}/", dwdi.addr().port())), "DWDI went through global_proxy\n{log}");
+    ensure!(dwdi.stats().recent.iter().all(|r| r.via.is_none()), "DWDI went through a proxy");
+
+    // The provider revokes the token: Waldur refuses it, the agent fetches a fresh one
+    // once and carries on.
+    idp.expire_all_tokens();
+    let again = cycle_at(&targets[0], &text, NOW).await?;
+    ensure!(again.failed == 0 && again.unchanged == 3, "{again:?}");
+    ensure!(idp.stats().tokens_issued == 2, "{} tokens issued", idp.stats().tokens_issued);
+
+    // A proxy that is not there: every Waldur request fails, naming it; nothing goes
+    // around it.
+    let closed = format!("http://127.0.0.1:{}", e2e::proxies::free_port()?);
+    let text = config(&closed);
+    let before = waldur.requests().total;
+    let summary = cycle_at(&report_targets(&text).await?[0], &text, NOW).await?;
+    let errors = summary.errors.join("\n");
+    ensure!(summary.failed == 1 && errors.contains(&format!("cannot connect to proxy {closed}")), "{errors}");
+    ensure!(waldur.requests().total == before, "a request went around the proxy");
+    Ok(())
+}

@@ -10,7 +10,8 @@
 //! first surprise in production. In particular:
 //!
 //! - every request needs `Authorization: Token <token>` of a known token (401 otherwise,
-//!   with DRF's messages);
+//!   with DRF's messages), or, where the test set OIDC login up
+//!   ([`WaldurSim::accept_oidc`]), `Authorization: Bearer <JWT>` of an active token;
 //! - paths need their trailing slash; unknown paths are 404, wrong methods 405;
 //! - listings paginate like Waldur's `LinkHeaderPagination`: a bare JSON list,
 //!   `Link: <…>; rel="first|prev|next|last"` with absolute URLs, `X-Result-Count`, a
@@ -284,6 +285,18 @@ impl WaldurSim {
     pub fn add_token(&self, token: &str, username: &str, is_staff: bool) {
         let uuid = uuid_from(&format!("user {username}"));
         self.shared.lock().tokens.insert(token.to_owned(), Account { uuid, username: username.to_owned(), is_staff });
+    }
+
+    /// Accepts `Authorization: Bearer <JWT>` as a Waldur with OIDC login configured does
+    /// (MasterMind's `OIDCAuthentication`, which 7.0.7 lacks): the token's claims are
+    /// read without checking the signature (401 "Invalid JWT token." when they cannot
+    /// be, "Token has expired." past `exp`), then `introspect` — the provider's token
+    /// introspection — says which username an active token stands for (401 "Token is
+    /// inactive or invalid." otherwise). That user is the one [`WaldurSim::add_token`]
+    /// named, or else a new user who is not staff. Without this call a bearer token is
+    /// not looked at ("Authentication credentials were not provided.", as in 7.0.7).
+    pub fn accept_oidc(&self, introspect: impl Fn(&str) -> Option<String> + Send + Sync + 'static) {
+        self.shared.lock().introspect = Some(Arc::new(introspect));
     }
 
     /// Adds an offering whose components are usage-billed, named after their types.

@@ -171,6 +171,10 @@ impl RequestCounts {
     }
 }
 
+/// The token introspection of an OIDC provider: the username an active token stands
+/// for, `None` for an inactive or unknown one.
+pub(crate) type Introspect = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 pub(crate) struct Account {
     pub(crate) uuid: String,
     pub(crate) username: String,
@@ -253,6 +257,8 @@ pub(crate) struct Rejection {
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) tokens: HashMap<String, Account>,
+    /// Set when the simulated Waldur logs agents in by OIDC ([`crate::WaldurSim::accept_oidc`]).
+    pub(crate) introspect: Option<Introspect>,
     offerings: Vec<Offering>,
     offering_rows: HashMap<String, usize>,
     resources: Vec<Resource>,

@@ -41,6 +41,52 @@ async fn token_authentication_follows_drf() {
     assert!(f.sim.usages().is_empty());
 }
 
+/// A JWT in shape with `claims`: what an OIDC provider issues (the signature unchecked).
+fn jwt(claims: &Value) -> String {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    format!("{}.{}.{}", encode(br#"{"alg":"RS256"}"#), encode(claims.to_string().as_bytes()), encode(b"sig"))
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_read_then_introspected_once_oidc_login_is_set_up() {
+    let f = Fixture::new().await;
+    let me = f.url("users/me/");
+    let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 300;
+    let active = jwt(&json!({"exp": later, "jti": "1"}));
+    let bearer = |token: &str| format!("Bearer {token}");
+    // Not set up (Waldur 7.0.7 has no OIDC login): a bearer token is not looked at.
+    let ignored = raw("GET", &me, &[("Authorization", &bearer(&active))], b"").await;
+    assert_eq!(ignored.json(), json!({"detail": "Authentication credentials were not provided."}));
+
+    let active_for_test = active.clone();
+    f.sim.accept_oidc(move |token| (token == active_for_test).then(|| "agent".to_owned()));
+    let ok = raw("GET", &me, &[("Authorization", &bearer(&active))], b"").await;
+    assert_eq!((ok.status, ok.json()["username"].clone()), (200, json!("agent")), "{:?}", ok.json());
+    let cases = [
+        ("not-a-jwt".to_owned(), "Invalid JWT token."),
+        ("a.!!!.c".to_owned(), "Invalid JWT token."),
+        (jwt(&json!({"exp": 1, "jti": "2"})), "Token has expired."),
+        (jwt(&json!({"exp": later, "jti": "3"})), "Token is inactive or invalid."),
+    ];
+    for (token, message) in cases {
+        let refused = raw("GET", &me, &[("Authorization", &bearer(&token))], b"").await;
+        assert_eq!((refused.status, refused.json()), (401, json!({"detail": message})), "{token}");
+    }
+    // A write with an inactive token stores nothing; with the active one it lands.
+    let body = json!({"resource": f.res1, "usages": [{"type": "node_hours", "amount": "1"}]}).to_string();
+    let header = [("Authorization", bearer(&jwt(&json!({"jti": "4"})))), ("Content-Type", "application/json".into())];
+    let headers: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let denied = raw("POST", &f.url("marketplace-component-usages/set_usage/"), &headers, body.as_bytes()).await;
+    assert_eq!(denied.status, 401);
+    assert!(f.sim.usages().is_empty());
+    let header = [("Authorization", bearer(&active)), ("Content-Type", "application/json".into())];
+    let headers: Vec<(&str, &str)> = header.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let written = raw("POST", &f.url("marketplace-component-usages/set_usage/"), &headers, body.as_bytes()).await;
+    assert_eq!(written.status, 201);
+    assert_eq!(f.sim.usages().len(), 1);
+}
+
 #[tokio::test]
 async fn paths_and_methods_are_strict() {
     let f = Fixture::new().await;
