@@ -124,7 +124,12 @@ fn machine_state() -> Result<BTreeMap<String, String>> {
         ("dpkg", &["dpkg-query", "-W", "-f", "${Status}", "usage-agent"]),
     ] {
         let output = Command::new(args[0]).args(&args[1..]).output()?;
-        state.insert(key.to_owned(), String::from_utf8_lossy(&output.stdout).into_owned());
+        let mut value = String::from_utf8_lossy(&output.stdout).into_owned();
+        // dpkg keeps a purged package's name as "not-installed" until it forgets it.
+        if value.ends_with("not-installed") {
+            value.clear();
+        }
+        state.insert(key.to_owned(), value);
     }
     let overrides = run(true, "dpkg-statoverride", &["--list"])?;
     state.insert("statoverride".to_owned(), overrides.lines().filter(|l| l.contains("usage-agent")).collect());
@@ -146,6 +151,8 @@ fn as_service(args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
 /// checks the machine is as before.
 fn install_run_purge(deb: &Path) -> Result<()> {
     let _one = DPKG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    run(true, "true", &[])
+        .context("installing a package needs root: run the tests as root or with passwordless sudo")?;
     let before = machine_state()?;
     ensure!(
         !before["dpkg"].contains("installed"),
@@ -200,6 +207,10 @@ fn installed_package_works() -> Result<()> {
     let listing = String::from_utf8_lossy(&plugins.stdout);
     let loaded: Vec<&str> = listing.lines().filter(|l| l.trim_start().starts_with("loaded:")).collect();
     ensure!(loaded.len() == 3 && loaded.iter().all(|l| l.contains("from the cache")), "{listing}");
+    // So do the commands an operator runs with the config (its plugins_cache_dir).
+    let listing = run(true, BINARY, &["plugins", "-c", CONFIG])?;
+    let loaded: Vec<&str> = listing.lines().filter(|l| l.trim_start().starts_with("loaded:")).collect();
+    ensure!(loaded.len() == 1 && loaded[0].contains("from the cache"), "{listing}");
 
     // The units, at the package's paths, hardened, and clean for systemd-analyze.
     for unit in UNITS {
@@ -435,6 +446,13 @@ fn run_image(archive: &Path) -> Result<()> {
     ensure!(demo.contains("Cycle 2:") && demo.contains("12 written"), "{demo}");
     let checked = run(&["check-config", "-c", CONFIG])?;
     ensure!(checked.contains("valid"), "{checked}");
+    // The cache the image was built with serves a host of the same CPU as this one.
+    let plugins = run(&["plugins"])?;
+    let loaded: Vec<&str> = plugins.lines().filter(|l| l.trim_start().starts_with("loaded:")).collect();
+    ensure!(
+        loaded.len() == 3 && loaded.iter().all(|l| l.contains("from the cache")),
+        "the image's compiled cache was not used (run this on the machine that built it):\n{plugins}"
+    );
 
     // The default command, detached: its cycles fail (no network), its heartbeat beats.
     let mut detached = vec!["run", "-d", "--name", "usage-agent-test", "--network", "none"];
