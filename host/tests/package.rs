@@ -160,7 +160,9 @@ fn install_run_purge(deb: &Path) -> Result<()> {
         before["dpkg"]
     );
     let installed = command(true, "dpkg", &["-i", &deb.to_string_lossy()]).output()?;
-    let checked = installed_package_works().context("the installed package");
+    let checked = installed_package_works()
+        .context("the installed package")
+        .and_then(|()| an_upgrade_keeps_the_edited_config(deb).context("an upgrade"));
     // Purged whatever happened, so a failure leaves no package behind.
     let removed = run(true, "dpkg", &["--remove", "usage-agent"]);
     let binary_gone = !Path::new(BINARY).exists();
@@ -257,6 +259,22 @@ fn installed_package_works() -> Result<()> {
     // And the whole demo.
     let demo = run(false, BINARY, &["demo"])?;
     ensure!(demo.contains("Cycle 2:") && demo.contains("12 written"), "{demo}");
+    Ok(())
+}
+
+/// The package installed again over itself (an upgrade for dpkg, postinst included)
+/// keeps an edited config, its mode and its group.
+fn an_upgrade_keeps_the_edited_config(deb: &Path) -> Result<()> {
+    let edit = "# edited by the site\n";
+    let original = run(true, "cat", &[CONFIG])?;
+    let mut tee = command(true, "tee", &["-a", CONFIG]).stdin(Stdio::piped()).stdout(Stdio::null()).spawn()?;
+    std::io::Write::write_all(tee.stdin.as_mut().context("no stdin")?, edit.as_bytes())?;
+    drop(tee.stdin.take());
+    ensure!(tee.wait()?.success(), "cannot edit {CONFIG}");
+    let upgraded = command(true, "dpkg", &["-i", &deb.to_string_lossy()]).output()?;
+    ensure!(upgraded.status.success(), "dpkg -i over the installed package: {}", shown(&upgraded));
+    assert_eq!(run(true, "cat", &[CONFIG])?, format!("{original}{edit}"));
+    assert_eq!(run(true, "stat", &["-c", "%a %U:%G", CONFIG])?.trim(), "640 root:usage-agent");
     Ok(())
 }
 
