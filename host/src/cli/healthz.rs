@@ -1,8 +1,9 @@
 //! `usage-agent healthz`: exit 0 when healthy, 1 when not, like `waldur_site_healthz`.
 //! Liveness: the report loop's heartbeat is fresher than `heartbeat_max_age_seconds`.
-//! Readiness (unless `--liveness-only`): every offering's Waldur API answers to its
-//! login (token or OIDC, through `global_proxy`) and its upstream's OIDC token endpoint,
-//! if it has one, issues a token.
+//! Readiness (unless `--liveness-only`): the loop's last cycle left no offering's writes
+//! held (the heartbeat says), every offering's Waldur API answers to its login (token or
+//! OIDC, through `global_proxy`) and its upstream's OIDC token endpoint, if it has one,
+//! issues a token.
 
 use std::io::Write;
 
@@ -28,11 +29,13 @@ pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Resu
     let mut failures = Vec::new();
     let path = heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
     let max_age = config.heartbeat_max_age();
-    match heartbeat::age(&path) {
-        Ok(age) if age <= max_age => {
+    let mut held = Vec::new();
+    match heartbeat::read(&path) {
+        Ok((age, lines)) if age <= max_age => {
+            held = lines;
             writeln!(out, "ok    liveness: heartbeat {} is {}s old", path.display(), age.as_secs())?
         }
-        Ok(age) => failures.push(format!(
+        Ok((age, _)) => failures.push(format!(
             "liveness: heartbeat {} is {}s old (limit {}s)",
             path.display(),
             age.as_secs(),
@@ -41,6 +44,7 @@ pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Resu
         Err(error) => failures.push(format!("liveness: {error:#}")),
     }
     if !args.liveness_only {
+        failures.extend(held.iter().map(|line| format!("writes held after the last cycle: {line}")));
         for (index, offering) in config.offerings() {
             let name = offering.display_name(index);
             // The client a report would use: its login (token or OIDC) and global_proxy.

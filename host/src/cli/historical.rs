@@ -168,7 +168,7 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
             summary.errors.len()
         );
     }
-    if summary.interrupted {
+    if summary.interrupted() {
         bail!(
             "stopped after {} of {} months; run the same command again to continue (what is loaded is not written again)",
             summary.months,

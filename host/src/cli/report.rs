@@ -86,7 +86,8 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
         tracing::info!(%bound, "serving Prometheus metrics at /metrics");
     }
     let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
-    let _beat = (!args.once).then(|| crate::heartbeat::spawn_beat(heartbeat.clone()));
+    let held = crate::heartbeat::Held::default();
+    let _beat = (!args.once).then(|| crate::heartbeat::spawn_beat(heartbeat.clone(), held.clone()));
     tracing::info!(offerings = targets.len(), ?period, plugins_dir = %plugins.options().dir.display(), "report loop started");
     loop {
         let summaries = run_cycle(&targets, &options, &stop).await;
@@ -99,8 +100,15 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
                 failed += summary.failed.max(summary.errors.len());
             }
         }
+        let mut lines = Vec::new();
+        for summary in &summaries {
+            lines.extend(summary.held.iter().map(|line| format!("{}: {line}", summary.offering)));
+        }
+        if let Ok(mut held) = held.lock() {
+            held.clone_from(&lines);
+        }
         if !args.once
-            && let Err(error) = crate::heartbeat::touch(&heartbeat)
+            && let Err(error) = crate::heartbeat::touch_with(&heartbeat, &lines)
         {
             tracing::warn!("{error:#}");
         }

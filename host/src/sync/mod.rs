@@ -5,8 +5,12 @@
 //! Per month: one component call for all resources, its answer checked
 //! ([`answer`]), one paginated listing of what Waldur holds, the plan of writes
 //! ([`plan`]), the writes, and a read-back: what Waldur then lists for the month must
-//! be what was written, or the run stops writing past months and says why. Per-user
-//! usage follows the same way. Months overlap ([`MONTHS_IN_FLIGHT`]) and share one
+//! be what was written. A listing is ordered by `date`, which every write changes, so
+//! with another agent writing at the same time a row can move from a page not yet read
+//! to one already read: every value the listing does not show as written is asked for
+//! again, resource by resource, before any verdict. A value found under another month
+//! stops past-month writes ([`hold`]); anything else wrong fails its resource for this
+//! run only. Per-user usage follows the same way. Months overlap ([`MONTHS_IN_FLIGHT`]) and share one
 //! bound on writes in flight, totals before per-user values and older months first
 //! ([`WriteKind::priority`]): while a month waits for a read-back, the others' writes
 //! keep the slots busy.
@@ -20,6 +24,7 @@
 
 mod answer;
 pub mod dates;
+mod hold;
 mod plan;
 mod summary;
 
@@ -113,13 +118,9 @@ pub struct Target {
     serving: Option<Backends>,
     /// Warnings already given, so each is logged once per process.
     warned: Mutex<HashSet<String>>,
-    /// A read-back found a value under another billing period: no more past-month
-    /// writes for this offering while the process lives.
-    misfiled: AtomicBool,
-    /// Waldur refused to back-fill a past month with this token (not staff): a `report`
-    /// writes no more past months for this offering while the process lives, instead
-    /// of asking again for every resource every cycle.
-    backfill_refused: AtomicBool,
+    /// A read-back found a value under another billing period: past-month writes are
+    /// held until a later run finds the evidence gone ([`hold`]).
+    hold: Mutex<Option<hold::Misfiled>>,
 }
 
 impl Target {
@@ -139,8 +140,7 @@ impl Target {
             waldur,
             serving: None,
             warned: Mutex::new(HashSet::new()),
-            misfiled: AtomicBool::new(false),
-            backfill_refused: AtomicBool::new(false),
+            hold: Mutex::new(None),
         })
     }
 
@@ -179,14 +179,20 @@ impl Target {
         }
     }
 
-    /// Logs `message` the first time `key` is seen; `resource` is the backend id the
-    /// line is about, if any.
-    /// Whether this process writes no more past months for the offering: a month was
-    /// misfiled, or Waldur refused to back-fill with this token.
-    fn past_months_closed(&self) -> bool {
-        self.misfiled.load(Ordering::SeqCst) || self.backfill_refused.load(Ordering::SeqCst)
+    /// The hold on past-month writes, if one stands.
+    fn held(&self) -> Option<hold::Misfiled> {
+        self.hold.lock().ok().and_then(|held| held.clone())
     }
 
+    /// Holds past-month writes on `evidence`, unless a hold stands already.
+    fn hold_past_months(&self, evidence: hold::Misfiled) {
+        if let Ok(mut held) = self.hold.lock() {
+            held.get_or_insert(evidence);
+        }
+    }
+
+    /// Logs `message` the first time `key` is seen; `resource` is the backend id the
+    /// line is about, if any.
     fn warn_once(&self, key: String, resource: Option<&str>, message: impl FnOnce() -> String) {
         if self.first_time(key) {
             tracing::warn!(offering = %self.name, resource, "{}", message());
@@ -322,16 +328,28 @@ pub async fn run(
     let run = run?;
     summary.resources = run.resources.len();
     observer.started(policy.months.len(), run.resources.len());
+    if let Some(held) = run.held.as_ref() {
+        run.tally.errors.push(format!(
+            "offering {}: past-month writes are held since {}: {}. Past months are not written; the evidence is looked at again at the next run.",
+            target.name,
+            held.since.round(jiff::Unit::Second).unwrap_or(held.since),
+            held.describe()
+        ));
+    }
     if !run.resources.is_empty() {
-        summary.months = tracing::Instrument::instrument(run.all_months(), span).await;
-    } else {
-        summary.months = policy.months.len();
+        summary.unfinished = tracing::Instrument::instrument(run.all_months(), span).await;
+    }
+    summary.months = policy.months.len() - summary.unfinished.len();
+    if let Some(held) = target.held() {
+        summary.held.push(format!("past-month writes held: {}", held.describe()));
+    }
+    if run.backfill_refused.load(Ordering::SeqCst) {
+        summary.held.push("Waldur refuses past-month writes with this token".to_owned());
     }
     run.tally.fill(&mut summary);
     summary.waldur_calls = target.waldur.request_count() - waldur_before;
     summary.upstream_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - upstream_before;
     summary.duration = started.elapsed();
-    summary.interrupted = summary.months < policy.months.len();
     Ok(summary)
 }
 
@@ -395,6 +413,10 @@ async fn setup<'a>(
         tracing::warn!("the offering has no resource with a backend_id in state OK or Erred; nothing to write");
     }
     let capabilities = target.waldur.capabilities();
+    let has_past_months = policy.months.iter().any(|m| *m < current);
+    if has_past_months && !policy.dry_run && !resources.is_empty() {
+        recheck_hold(target).await;
+    }
     if policy.past_months == PastMonths::RefuseUnlessDated
         && !resources.is_empty()
         && policy.months.iter().any(|m| *m < current)
@@ -413,6 +435,9 @@ async fn setup<'a>(
         stop,
         observer,
         current,
+        started: clock.now(),
+        held: if has_past_months { target.held() } else { None },
+        backfill_refused: AtomicBool::new(false),
         offered,
         resources,
         // A failed listing here is asked again, and reported, where the links are used.
@@ -422,6 +447,25 @@ async fn setup<'a>(
         tally: Tally::default(),
         capabilities,
     })
+}
+
+/// Looks at the evidence of a hold on past-month writes again, before a run that
+/// covers past months writes anything; lifts the hold when it no longer stands.
+async fn recheck_hold(target: &Target) {
+    let Some(held) = target.held() else { return };
+    match hold::recheck(&target.waldur, &held).await {
+        Ok(hold::Recheck::Lifted(why)) => {
+            if let Ok(mut hold) = target.hold.lock() {
+                *hold = None;
+            }
+            tracing::warn!(
+                "past-month writes resume: {why}. They were held because {}; every write is read back as always.",
+                held.describe()
+            );
+        }
+        Ok(hold::Recheck::Stands) => {}
+        Err(error) => tracing::warn!("cannot look at the hold on past-month writes again: {error}"),
+    }
 }
 
 /// Outcome of one resource in one month; a later, worse outcome wins.
@@ -502,6 +546,7 @@ impl Slot<'_> {
 /// Per-user values of one component usage to write.
 struct UserJob {
     slot: usize,
+    resource_uuid: String,
     component: String,
     component_usage: String,
     usages: Vec<UserUsageInput>,
@@ -512,7 +557,18 @@ enum WriteError {
     /// Left out: the run was asked to stop, or the month can no longer be written
     /// safely.
     Skipped,
+    /// Kept out by what holds past-month writes (said in one line of its own).
+    Held,
     Waldur(WaldurError),
+}
+
+/// The date for a month's writes, or why there is none.
+enum Dated {
+    At(String),
+    /// Not written now, for a reason that is no failure (said once in a warning).
+    Skip,
+    /// Past-month writes are held (said in an error line of their own).
+    Held,
 }
 
 /// One run over one offering.
@@ -525,6 +581,13 @@ struct Run<'a> {
     observer: &'a dyn Observer,
     /// The current month when the run started.
     current: Month,
+    /// When the run started, by its clock.
+    started: Timestamp,
+    /// The hold on past-month writes when the run started, if it covers past months.
+    held: Option<hold::Misfiled>,
+    /// Waldur refused a past-month write with this token: no more past-month writes in
+    /// this run (the next run asks again).
+    backfill_refused: AtomicBool,
     /// Component types the Waldur offering has.
     offered: HashSet<String>,
     resources: Vec<Resource>,
@@ -539,16 +602,20 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Every month, [`MONTHS_IN_FLIGHT`] at a time; the number of months completed.
-    async fn all_months(&self) -> usize {
+    /// Every month, [`MONTHS_IN_FLIGHT`] at a time; the months a stop request left
+    /// unfinished.
+    async fn all_months(&self) -> Vec<Month> {
         // Collected first: a stream over a mapping closure is not provably `Send`.
-        let months: Vec<_> = self.policy.months.iter().map(|&month| self.month_observed(month)).collect();
+        let months: Vec<_> =
+            self.policy.months.iter().map(|&month| async move { (month, self.month_observed(month).await) }).collect();
         let mut results = futures::stream::iter(months).buffered(MONTHS_IN_FLIGHT);
-        let mut completed = 0;
-        while let Some(done) = results.next().await {
-            completed += usize::from(done);
+        let mut unfinished = Vec::new();
+        while let Some((month, done)) = results.next().await {
+            if !done {
+                unfinished.push(month);
+            }
         }
-        completed
+        unfinished
     }
 
     async fn month_observed(&self, month: Month) -> bool {
@@ -568,18 +635,17 @@ impl Run<'_> {
         }
     }
 
-    /// The date for writes into `month`, or `None` when the month cannot be written
-    /// safely now (said once per offering and reason).
-    async fn date_for(&self, month: Month) -> Result<Option<String>, WaldurError> {
+    /// The date for writes into `month`, or why there is none.
+    async fn date_for(&self, month: Month) -> Result<Dated, WaldurError> {
         let name = &self.target.name;
         let tz = &self.policy.time_zone;
         let unsafe_month = |key: &str, message: String| {
             self.target.warn_once(format!("{key}:{month}"), None, || message);
-            Ok(None)
+            Ok(Dated::Skip)
         };
         if month < self.current {
-            if self.target.past_months_closed() {
-                return Ok(None);
+            if self.target.held().is_some() || self.backfill_refused.load(Ordering::SeqCst) {
+                return Ok(Dated::Held);
             }
             if !self.target.waldur.honours_date().await? {
                 self.target.warn_once("undated".to_owned(), None, || {
@@ -589,13 +655,13 @@ impl Run<'_> {
                         self.current
                     )
                 });
-                return Ok(None);
+                return Ok(Dated::Skip);
             }
-            return Ok(dates::past_month(month, tz));
+            return Ok(dates::past_month(month, tz).map_or(Dated::Skip, Dated::At));
         }
         match dates::current_month(month, self.clock.now(), tz) {
-            dates::CurrentDate::Now(date) => Ok(Some(date)),
-            dates::CurrentDate::HeldBack(date) if self.target.waldur.honours_date().await? => Ok(Some(date)),
+            dates::CurrentDate::Now(date) => Ok(Dated::At(date)),
+            dates::CurrentDate::HeldBack(date) if self.target.waldur.honours_date().await? => Ok(Dated::At(date)),
             dates::CurrentDate::HeldBack(_) => unsafe_month(
                 "month-end",
                 format!(
@@ -712,12 +778,14 @@ impl Run<'_> {
             slots.push(slot);
             pace.tick().await;
         }
+        let mut stored = stored;
+        self.confirm_absence(month, &mut slots, &mut stored, &billing_period).await;
         let wants_writes = slots.iter().any(|s| s.outcome != Outcome::Failed && !s.send.is_empty())
             || (self.policy.user_usage
                 && slots.iter().any(|s| s.usage.is_some_and(|u| u.found && !u.users.is_empty())));
-        let date = if wants_writes {
+        let dated = if wants_writes {
             match self.date_for(month).await {
-                Ok(date) => date,
+                Ok(dated) => dated,
                 Err(error) => {
                     self.fail_all(format!(
                         "offering {name} {month}: cannot tell whether this Waldur honours `date`: {error}"
@@ -726,13 +794,16 @@ impl Run<'_> {
                 }
             }
         } else {
-            None
+            Dated::Skip
         };
-        let complete = match &date {
-            Some(date) => self.write_month(month, &mut slots, &stored, &billing_period, date).await,
-            None => {
+        let complete = match &dated {
+            Dated::At(date) => self.write_month(month, &mut slots, &stored, &billing_period, date).await,
+            Dated::Skip | Dated::Held => {
+                // Held: the writes are what the hold keeps out, so they count as failed
+                // (the hold's error line says why).
+                let outcome = if matches!(dated, Dated::Held) { Outcome::Failed } else { Outcome::Skipped };
                 for slot in slots.iter_mut().filter(|s| s.outcome != Outcome::Failed && !s.send.is_empty()) {
-                    slot.worsen(Outcome::Skipped);
+                    slot.worsen(outcome);
                 }
                 true
             }
@@ -758,7 +829,8 @@ impl Run<'_> {
         date: &str,
     ) -> bool {
         let written = self.write_totals(month, slots, date).await;
-        let relisted = if written { self.read_back_totals(month, slots, stored, billing_period).await } else { None };
+        let relisted =
+            if written { self.read_back_totals(month, slots, stored, billing_period, date).await } else { None };
         if !self.policy.user_usage {
             return !self.stop.is_stopped();
         }
@@ -766,8 +838,17 @@ impl Run<'_> {
             // Totals without their per-user usage: the month is not done.
             return false;
         }
-        let usages = relisted.as_ref().unwrap_or(stored);
-        self.user_usages(month, slots, stored, usages, billing_period, date).await;
+        // What was listed before, with what the read-back listed over it: a row one
+        // listing skipped (reordered by another agent's writes) the other may hold.
+        let usages = match relisted {
+            Some(relisted) => {
+                let mut usages = stored.clone();
+                usages.extend(relisted);
+                usages
+            }
+            None => stored.clone(),
+        };
+        self.user_usages(month, slots, stored, &usages, billing_period, date).await;
         !self.stop.is_stopped()
     }
 
@@ -811,8 +892,8 @@ impl Run<'_> {
         if self.stop.is_stopped() {
             return Err(WriteError::Skipped);
         }
-        if month < self.current && self.target.past_months_closed() {
-            return Err(WriteError::Skipped);
+        if month < self.current && (self.target.held().is_some() || self.backfill_refused.load(Ordering::SeqCst)) {
+            return Err(WriteError::Held);
         }
         if month == self.current && Month::containing(self.clock.now(), &self.policy.time_zone) != self.current {
             // Fetched in one month, would land in the next: left to the next cycle.
@@ -871,16 +952,21 @@ impl Run<'_> {
         written
     }
 
-    /// Lists the month again and checks that every value written is there. A value
-    /// that is not was filed under another billing period: an error, and no more
-    /// past-month writes for the offering. Returns the new listing (it holds the
-    /// component usages just created, which per-user usage goes under).
+    /// Lists the month again and checks that every value written is there. A value the
+    /// listing does not show as written is asked for again with its resource's own
+    /// listing (one page, all months), which no other write can reorder: under the
+    /// month it was meant for, it is in place after all; found under another month (as
+    /// written, see [`hold::is_evidence`]), it was misfiled: an error, and past-month
+    /// writes are held; otherwise its resource fails for this run. Returns the new
+    /// listing (it holds the component usages just created, which per-user usage goes
+    /// under).
     async fn read_back_totals(
         &self,
         month: Month,
         slots: &mut [Slot<'_>],
         before: &StoredTotals,
         billing_period: &str,
+        date: &str,
     ) -> Option<StoredTotals> {
         let name = &self.target.name;
         // What was there before, and what the writes created.
@@ -890,7 +976,7 @@ impl Run<'_> {
             .flat_map(|s| s.send.iter().map(move |(component, _)| (s, component)))
             .filter(|(s, component)| !before.contains_key(&(s.resource.uuid.clone(), (*component).clone())))
             .count();
-        let relisted = match self.list_totals(billing_period, before.len() + created).await {
+        let mut relisted = match self.list_totals(billing_period, before.len() + created).await {
             Ok(relisted) => relisted,
             Err(error) => {
                 self.tally.errors.push(format!("offering {name} {month}: cannot read back what was written: {error}"));
@@ -900,40 +986,157 @@ impl Run<'_> {
                 return None;
             }
         };
-        let mut missing = Vec::new();
-        for slot in slots.iter_mut().filter(|s| s.outcome == Outcome::Submitted && !s.send.is_empty()) {
-            let before = missing.len();
-            for (component, written) in &slot.send {
-                let listed = relisted.get(&(slot.resource.uuid.clone(), component.clone())).map(|u| u.amount);
-                if listed != Some(*written) {
-                    let listed = listed.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
-                    missing.push(format!(
-                        "resource {} {component}: wrote {written}, Waldur lists {listed}",
-                        slot.backend_id
-                    ));
+        let listed_as_written = |relisted: &StoredTotals, slot: &Slot<'_>, component: &String, written: Cents| {
+            relisted.get(&(slot.resource.uuid.clone(), component.clone())).map(|u| u.amount) == Some(written)
+        };
+        let doubtful: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].outcome == Outcome::Submitted)
+            .filter(|&i| slots[i].send.iter().any(|(c, w)| !listed_as_written(&relisted, &slots[i], c, *w)))
+            .collect();
+        if doubtful.is_empty() {
+            return Some(relisted);
+        }
+        let rechecked = self.resource_usages(doubtful.iter().map(|&i| slots[i].resource.uuid.as_str())).await;
+        let (mut wrong, mut evidence, mut unreadable) = (Vec::new(), None, None);
+        for &index in &doubtful {
+            let slot = &mut slots[index];
+            let rows = match rechecked.get(slot.resource.uuid.as_str()) {
+                Some(Ok(rows)) => rows,
+                Some(Err(error)) => {
+                    unreadable.get_or_insert_with(|| error.to_string());
+                    slot.worsen(Outcome::Failed);
+                    slot.totals_in_place = false;
+                    continue;
                 }
+                None => continue,
+            };
+            for row in rows.iter().filter(|u| u.billing_period == billing_period) {
+                relisted.insert((row.resource_uuid.clone(), row.component_type.clone()), row.clone());
             }
-            if missing.len() > before {
+            let before = wrong.len();
+            for (component, written) in &slot.send {
+                if listed_as_written(&relisted, slot, component, *written) {
+                    continue;
+                }
+                let elsewhere = rows.iter().find(|u| {
+                    u.component_type == *component && hold::is_evidence(u, billing_period, *written, date, self.started)
+                });
+                if let Some(row) = elsewhere {
+                    evidence.get_or_insert_with(|| hold::Misfiled {
+                        resource_uuid: slot.resource.uuid.clone(),
+                        backend_id: slot.backend_id.to_owned(),
+                        component: component.clone(),
+                        wrote: *written,
+                        meant: billing_period.to_owned(),
+                        found: row.billing_period.clone(),
+                        date: date.to_owned(),
+                        since: self.clock.now(),
+                    });
+                }
+                let listed = relisted.get(&(slot.resource.uuid.clone(), component.clone())).map(|u| u.amount);
+                let listed = listed.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
+                let under = elsewhere.map(|row| format!(" (it is under {})", row.billing_period)).unwrap_or_default();
+                wrong.push(format!(
+                    "resource {} {component}: wrote {written}, Waldur lists {listed}{under}",
+                    slot.backend_id
+                ));
+            }
+            if wrong.len() > before {
                 slot.worsen(Outcome::Failed);
                 slot.totals_in_place = false;
             }
         }
-        if !missing.is_empty() {
-            self.target.misfiled.store(true, Ordering::SeqCst);
+        if let Some(error) = unreadable {
+            self.tally.errors.push(format!("offering {name} {month}: cannot read back what was written: {error}"));
+        }
+        if let Some(evidence) = evidence {
             self.tally.errors.push(format!(
-                "offering {name} {month}: {} written value(s) are not under billing period {billing_period} (first: {}): the writes went to another month. Either this Waldur ignores `date` (before 8.0 it files every write under its current month) or its time zone differs from `timezone` ({}) by more than 12 hours. No more past months are written for this offering.",
-                missing.len(),
-                missing[0],
+                "offering {name} {month}: {} written value(s) are not under billing period {billing_period} (first: {}); {}: the writes went to another month. Either this Waldur ignores `date` (before 8.0 it files every write under its current month) or its time zone differs from `timezone` ({}) by more than 12 hours. Past months are not written for this offering until a later run finds otherwise.",
+                wrong.len(),
+                wrong[0],
+                evidence.describe(),
                 self.policy.time_zone.iana_name().unwrap_or("UTC"),
+            ));
+            self.target.hold_past_months(evidence);
+        } else if let Some(first) = wrong.first() {
+            self.tally.errors.push(format!(
+                "offering {name} {month}: {} written value(s) are not what Waldur lists under billing period {billing_period}, asked resource by resource (first: {first}); someone else writing or deleting this offering's usages at the same time does this. Written again at the next run.",
+                wrong.len(),
             ));
         }
         Some(relisted)
+    }
+
+    /// Every component usage (all months) of each resource in `uuids`, a few listings at
+    /// a time.
+    async fn resource_usages<'u>(
+        &self,
+        uuids: impl Iterator<Item = &'u str>,
+    ) -> HashMap<&'u str, Result<Vec<ComponentUsage>, WaldurError>> {
+        let unique: std::collections::BTreeSet<&str> = uuids.collect();
+        // Collected first: a stream over a mapping closure is not provably `Send`.
+        let listings: Vec<_> = unique
+            .into_iter()
+            .map(|uuid| async move { (uuid, self.target.waldur.resource_usages(uuid).await) })
+            .collect();
+        futures::stream::iter(listings).buffer_unordered(RECHECKS_AT_ONCE).collect().await
+    }
+
+    /// Before a zero is written where the month's listing showed nothing (a resource
+    /// the upstream did not mention): asks for the resource's own usages of the month,
+    /// since a listing that another agent's writes reorder can skip a row, and a zero
+    /// must never replace a value that is there. What is found is planned against.
+    async fn confirm_absence(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        stored: &mut StoredTotals,
+        billing_period: &str,
+    ) {
+        let unsure: Vec<usize> = (0..slots.len())
+            .filter(|&i| {
+                slots[i].creates && slots[i].outcome != Outcome::Failed && slots[i].usage.is_some_and(|u| !u.found)
+            })
+            .collect();
+        if unsure.is_empty() || self.policy.dry_run {
+            return;
+        }
+        let rechecked = self.resource_usages(unsure.iter().map(|&i| slots[i].resource.uuid.as_str())).await;
+        let rules = self.policy.rules();
+        for index in unsure {
+            let slot = &mut slots[index];
+            let Some(usage) = slot.usage else { continue };
+            match rechecked.get(slot.resource.uuid.as_str()) {
+                Some(Ok(rows)) => {
+                    for row in rows.iter().filter(|u| u.billing_period == billing_period) {
+                        stored.insert((row.resource_uuid.clone(), row.component_type.clone()), row.clone());
+                    }
+                    let held = |component: &str| {
+                        stored.get(&(slot.resource.uuid.clone(), component.to_owned())).map(|u| u.amount)
+                    };
+                    let plan = plan::plan_totals(usage, &self.offered, held, rules, month == self.current);
+                    (slot.send, slot.creates) = (plan.send, plan.creates);
+                }
+                Some(Err(error)) => {
+                    self.tally.errors.push_resource(
+                        slot.backend_id,
+                        format!(
+                            "offering {} {month}: resource {}: absent upstream, and Waldur's usages of the month cannot be read to make sure it holds none, so no zero is written: {error}",
+                            self.target.name, slot.backend_id
+                        ),
+                    );
+                    slot.worsen(Outcome::Failed);
+                }
+                None => {}
+            }
+        }
     }
 
     /// What a refused write means for its resource.
     fn write_failed(&self, resource: &Resource, month: Month, what: &str, error: WriteError) -> Outcome {
         let error = match error {
             WriteError::Skipped => return Outcome::Skipped,
+            WriteError::Held => return Outcome::Failed,
             WriteError::Waldur(error) => error,
         };
         let backend_id = resource.backend_id.as_deref().unwrap_or_default();
@@ -941,15 +1144,14 @@ impl Run<'_> {
         if error.is_backfill_refusal() {
             match self.policy.past_months {
                 PastMonths::SkipUnlessDated => {
-                    // The refusal is the token's, not the resource's: one warning for the
-                    // offering, and no more past-month writes it would refuse.
-                    self.target.backfill_refused.store(true, Ordering::SeqCst);
-                    self.target.warn_once("backfill".to_owned(), None, || {
-                        format!(
-                            "offering {name}: Waldur refuses to back-fill past billing periods with this token (first: {month}, resource {backend_id}: {error}); this process writes the current month only. Use a staff token, or reporting_periods: 1"
-                        )
-                    });
-                    return Outcome::Skipped;
+                    // The refusal is the token's, not the resource's: one error for the
+                    // run, and no more past-month writes in it; the next run asks again.
+                    if !self.backfill_refused.swap(true, Ordering::SeqCst) {
+                        self.tally.errors.push(format!(
+                            "offering {name}: Waldur refuses to back-fill past billing periods with this token (first: {month}, resource {backend_id}: {error}); no past month is written in this run, and the next run asks again. Use a staff token, or reporting_periods: 1"
+                        ));
+                    }
+                    return Outcome::Failed;
                 }
                 PastMonths::RefuseUnlessDated => {
                     let message = format!(
@@ -1057,6 +1259,7 @@ impl Run<'_> {
                     self.tally.user_writes.fetch_add(1, Ordering::Relaxed);
                     jobs.push(UserJob {
                         slot: index,
+                        resource_uuid: slot.resource.uuid.clone(),
                         component: component.clone(),
                         component_usage: String::new(),
                         usages: Vec::new(),
@@ -1066,6 +1269,7 @@ impl Run<'_> {
                 match component_usage {
                     Some(cu) => jobs.push(UserJob {
                         slot: index,
+                        resource_uuid: slot.resource.uuid.clone(),
                         component: component.clone(),
                         component_usage: cu.uuid.clone(),
                         usages: plan.send,
@@ -1108,7 +1312,10 @@ impl Run<'_> {
                 let expected = expected_users(component, usages, stored_users, &written);
                 let listed = self.list_users(billing_period, Some(component.as_str()), expected).await;
                 // Compared here, so that each component's listing is let go of once read.
-                Some(listed.map(|listed| users_not_listed(&written, &listed)))
+                match listed.map(|listed| users_not_listed(&written, &listed)) {
+                    Ok(wrong) => Some(Ok(self.recheck_users(&written, wrong, billing_period).await)),
+                    Err(error) => Some(Err(error)),
+                }
             };
             (results, written, check)
         });
@@ -1204,13 +1411,57 @@ impl Run<'_> {
         if let Some(first) = wrong.first() {
             let held = first.held.map_or_else(|| "nothing".to_owned(), |c| c.to_string());
             self.tally.errors.push(format!(
-                "offering {name} {month}: {} per-user value(s) written are not what Waldur lists under billing period {billing_period} (first: resource {} user {}: wrote {}, Waldur lists {held})",
+                "offering {name} {month}: {} per-user value(s) written are not what Waldur lists under billing period {billing_period}, asked resource by resource (first: resource {} user {}: wrote {}, Waldur lists {held}); written again at the next run",
                 wrong.len(),
                 slots[first.slot].backend_id,
                 first.username,
                 first.wrote
             ));
         }
+    }
+}
+
+impl Run<'_> {
+    /// The per-user values of `wrong` asked for again with their resource's own listing
+    /// of the month, which no other write can reorder (see [`Run::read_back_totals`]);
+    /// those still not as written. A resource whose listing fails keeps its mismatches.
+    async fn recheck_users(&self, written: &[&UserJob], wrong: Vec<Mismatch>, billing_period: &str) -> Vec<Mismatch> {
+        if wrong.is_empty() {
+            return wrong;
+        }
+        let doubtful: std::collections::BTreeSet<usize> = wrong.iter().map(|m| m.slot).collect();
+        let jobs: Vec<&UserJob> = written.iter().copied().filter(|job| doubtful.contains(&job.slot)).collect();
+        let uuids: std::collections::BTreeSet<&str> = jobs.iter().map(|job| job.resource_uuid.as_str()).collect();
+        let waldur = &self.target.waldur;
+        // Collected first: a stream over a mapping closure is not provably `Send`.
+        let listings: Vec<_> = uuids
+            .into_iter()
+            .map(|uuid| async move { (uuid, waldur.resource_user_usages(uuid, billing_period).await) })
+            .collect();
+        let listings: Vec<(&str, Result<Vec<ComponentUserUsage>, WaldurError>)> =
+            futures::stream::iter(listings).buffer_unordered(RECHECKS_AT_ONCE).collect().await;
+        let mut listed = StoredUsers::new();
+        let mut unreadable = std::collections::BTreeSet::new();
+        for (uuid, listing) in listings {
+            match listing {
+                Ok(rows) => {
+                    for usage in rows {
+                        let component_usage = usage.component_usage_uuid().to_owned();
+                        listed.entry(component_usage).or_default().insert(usage.username.clone(), usage);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(resource_uuid = uuid, "cannot ask again for per-user usages: {error}");
+                    unreadable.insert(uuid);
+                }
+            }
+        }
+        let (readable, kept): (Vec<&UserJob>, Vec<&UserJob>) =
+            jobs.into_iter().partition(|job| !unreadable.contains(job.resource_uuid.as_str()));
+        let kept_slots: std::collections::BTreeSet<usize> = kept.iter().map(|job| job.slot).collect();
+        let mut still = users_not_listed(&readable, &listed);
+        still.extend(wrong.into_iter().filter(|m| kept_slots.contains(&m.slot)));
+        still
     }
 }
 
@@ -1255,6 +1506,9 @@ fn expected_users(component: &str, usages: &StoredTotals, before: &StoredUsers, 
         .count();
     stored + created
 }
+
+/// Listings of single resources asked for at the same time by a read-back.
+const RECHECKS_AT_ONCE: usize = 8;
 
 /// How long a loop of the run may hold its thread before it lets the run's other
 /// futures go on.

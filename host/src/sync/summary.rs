@@ -39,8 +39,12 @@ pub struct Summary {
     pub waldur_calls: u64,
     pub duration: Duration,
     pub dry_run: bool,
-    /// Stopped by a signal before the end.
-    pub interrupted: bool,
+    /// Months a stop request (a signal) left unfinished, oldest first.
+    pub unfinished: Vec<Month>,
+    /// What keeps writes of this offering out after the run (a hold on past months,
+    /// a Waldur that does not answer, a refusal of the token), one line each: what
+    /// `healthz` and the metrics report until a later run clears it.
+    pub held: Vec<String>,
     /// One line per error, for the operator. Any error fails the command.
     pub errors: Vec<String>,
 }
@@ -49,6 +53,17 @@ impl Summary {
     /// Whether the command that ran it must exit non-zero.
     pub fn has_failures(&self) -> bool {
         self.failed > 0 || !self.errors.is_empty()
+    }
+
+    /// Stopped by a signal before the end.
+    pub fn interrupted(&self) -> bool {
+        !self.unfinished.is_empty()
+    }
+
+    /// `compute (2024-02, 2024-03)`: the offering and the months it did not finish.
+    pub fn unfinished_text(&self) -> String {
+        let months: Vec<String> = self.unfinished.iter().map(Month::to_string).collect();
+        format!("{} ({})", self.offering, months.join(", "))
     }
 }
 
@@ -87,8 +102,9 @@ impl fmt::Display for Summary {
         if !self.backend.is_empty() {
             write!(f, "; {}", self.backend)?;
         }
-        if self.interrupted {
-            f.write_str("; interrupted")?;
+        if self.interrupted() {
+            let months: Vec<String> = self.unfinished.iter().map(Month::to_string).collect();
+            write!(f, "; interrupted: {} not finished", months.join(", "))?;
         }
         Ok(())
     }
@@ -117,6 +133,12 @@ pub fn record_metrics(summary: &Summary) {
             now,
         );
     }
+    metrics.set(
+        "usage_agent_writes_held",
+        "What keeps the offering's writes out after its last cycle (a hold on past months, a Waldur that does not answer, a token Waldur refuses for past months); 0 when nothing does.",
+        &[("offering", offering)],
+        summary.held.len() as f64,
+    );
     for (outcome, count) in [
         ("submitted", summary.submitted),
         ("unchanged", summary.unchanged),
@@ -151,7 +173,7 @@ mod tests {
             user_usages_submitted: 5,
             backend: "cscs-dwdi-compute 0.1.0".into(),
             dry_run: true,
-            interrupted: true,
+            unfinished: vec![Month::new(2024, 2)?],
             ..Summary::default()
         };
         let text = summary.to_string();
@@ -161,7 +183,7 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.ends_with("; cscs-dwdi-compute 0.1.0; interrupted"), "{text}");
+        assert!(text.ends_with("; cscs-dwdi-compute 0.1.0; interrupted: 2024-02 not finished"), "{text}");
         Ok(())
     }
 }

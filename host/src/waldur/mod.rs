@@ -107,6 +107,10 @@ pub struct ComponentUsage {
     #[serde(rename = "usage", deserialize_with = "de_cents")]
     pub amount: Cents,
     pub billing_period: String,
+    /// The `date` of the last write (Waldur 8: the one it was sent with; Waldur 7: when
+    /// it was made).
+    #[serde(default)]
+    pub date: Option<String>,
 }
 
 /// A stored per-user usage of a component usage.
@@ -310,6 +314,13 @@ impl WaldurClient {
             &[("resource_uuid", resource_uuid), ("billing_period", billing_period)],
         )
         .await
+    }
+
+    /// Every component usage of one resource, of all billing periods: what a read-back
+    /// asks when a value is not where it was written, to find it under another month.
+    /// One page for years of a resource's usage.
+    pub async fn resource_usages(&self, resource_uuid: &str) -> Result<Vec<ComponentUsage>, WaldurError> {
+        self.list("marketplace-component-usages/", &[("resource_uuid", resource_uuid)]).await
     }
 
     /// Per-user usages of an offering in one billing period.

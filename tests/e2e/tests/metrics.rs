@@ -157,6 +157,7 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
     let all = samples(&text)?;
     assert!(all.len() > 20, "{text}");
     assert_eq!(sample(&text, "usage_agent_cycles_failed_total{offering=\"ops\"}"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "usage_agent_writes_held{offering=\"ops\"}"), Some(0.0), "{text}");
     assert_eq!(
         sample(&text, "usage_agent_resources_total{offering=\"ops\",outcome=\"submitted\"}"),
         Some(3.0),

@@ -139,3 +139,55 @@ async fn demo_serve_writes_a_config_the_other_commands_run_against() -> Result<(
     assert!(printed.contains(&format!("Config written to {}", path.display())), "{printed}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthz_is_not_ready_while_a_cycle_leaves_writes_held() -> Result<()> {
+    // Last month and this one, with a provider token: Waldur refuses last month's writes.
+    let month = usage_agent::period::Month::containing(jiff::Timestamp::now(), &jiff::tz::TimeZone::UTC);
+    let last = month.back(2)[0];
+    let months = [(i32::from(last.year), last.month as u32), (i32::from(month.year), month.month as u32)];
+    let data = dwdi_sim::DwdiData::generated(3, 2, &months);
+    let e2e::ComputeSims { dwdi, options, waldur, offering } =
+        e2e::ComputeSims::start(&data, waldur_sim::WaldurOptions::default(), "ops", "ops-token", "").await?;
+    let s = e2e::OpsWorld { dwdi, options, waldur, offering };
+    let dir = tempfile::tempdir()?;
+    let file = ConfigFile::new(&s.config(dir.path(), "").replace("reporting_periods: 1", "reporting_periods: 2"))?;
+    let cli =
+        usage_agent::cli::Cli::try_parse_from(["usage-agent", "report", "-c", file.arg(), "--period-minutes", "60"])?;
+    let usage_agent::cli::Command::Report(args) = cli.command else { anyhow::bail!("not a report command") };
+    let stop = usage_agent::report::StopFlag::default();
+    let loop_stop = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut out = Vec::new();
+        usage_agent::cli::run_report_until(args, &mut out, loop_stop).await
+    });
+    let heartbeat = dir.path().join("heartbeat");
+    let mut waited = 0;
+    let held = loop {
+        if let Ok((_, held)) = usage_agent::heartbeat::read(&heartbeat)
+            && !held.is_empty()
+        {
+            break held;
+        }
+        anyhow::ensure!(waited < 600, "no cycle left anything held");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    };
+    assert_eq!(held, ["ops: Waldur refuses past-month writes with this token"]);
+    let mut cli_out = Vec::new();
+    let cli = usage_agent::cli::Cli::try_parse_from(["usage-agent", "healthz", "-c", file.arg()])?;
+    let result = usage_agent::cli::run(cli, &mut cli_out).await;
+    let printed = String::from_utf8(cli_out)?;
+    assert!(result.is_err(), "{printed}");
+    assert!(
+        printed
+            .contains("FAIL  writes held after the last cycle: ops: Waldur refuses past-month writes with this token"),
+        "{printed}"
+    );
+    // Alive all the same, and a liveness check says so.
+    run_cli(&["healthz", "--liveness-only", "-c", file.arg()]).await?;
+    // Stopped between cycles: the loop exits cleanly.
+    stop.stop();
+    tokio::time::timeout(std::time::Duration::from_secs(30), task).await???;
+    Ok(())
+}

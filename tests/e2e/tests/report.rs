@@ -6,6 +6,7 @@ use anyhow::Result;
 use dwdi_sim::{DwdiData, DwdiOptions, DwdiSim};
 use e2e::{ComputeSims, NODE_AND_CPU, cents, cycle_at, dwdi_access, report_targets};
 use usage_agent::config::Secret;
+use usage_agent::report::OfferingSummary;
 use usage_agent::waldur::WaldurClient;
 use waldur_sim::{WaldurOptions, WaldurSim, WaldurVersion, uuid_from};
 
@@ -269,18 +270,31 @@ async fn two_reporting_periods_fill_the_previous_month_with_a_staff_token() -> R
     assert_eq!(stored.get(&(account.clone(), "2024-02-01".into(), "nodeHours".into())), Some(&cents(feb.node_hours)));
     assert_eq!(world.dwdi.stats().api_count("/compute/usage-month/account"), 2, "one call per month");
 
-    // A provider token cannot back-fill February: skipped with a warning, not failed.
+    // A provider token cannot back-fill February: its resources fail, with one error
+    // for the offering, every cycle (a later one asks again: the token may have
+    // changed its rights); March is written.
     let text = world.config(TOKEN, 2, "");
     world.dwdi.set_data(DwdiData::generated(2, 3, &[(2024, 2), (2024, 3)]));
     let targets = report_targets(&text).await?;
-    let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
-    assert_eq!(summary.failed, 0, "{summary:?}");
-    assert!(summary.skipped >= 1, "{summary:?}");
-    // The refusal is the token's: later cycles do not ask again for February.
-    world.waldur.reset_counters();
-    let again = cycle_at(&targets[0], &text, MID_MARCH).await?;
-    assert_eq!((again.failed, again.skipped), (0, 2), "{again:?}");
-    assert_eq!(world.waldur.requests().writes, 0, "{again:?}");
+    let february = |stored: &BTreeMap<(String, String, String), String>| {
+        stored
+            .iter()
+            .filter(|((_, p, _), _)| p == "2024-02-01")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+    };
+    let staff_wrote = february(&world.stored());
+    for cycle in 0..2 {
+        world.waldur.reset_counters();
+        let summary = cycle_at(&targets[0], &text, MID_MARCH).await?;
+        assert_eq!((summary.failed, summary.months), (2, 2), "cycle {cycle}: {summary:?}");
+        let refused: Vec<&String> = summary.errors.iter().filter(|e| e.contains("refuses to back-fill")).collect();
+        assert_eq!((refused.len(), summary.errors.len()), (1, 1), "cycle {cycle}: {:?}", summary.errors);
+        assert!(refused[0].contains("the next run asks again") && refused[0].contains("staff token"), "{}", refused[0]);
+        assert_eq!(summary.held, ["Waldur refuses past-month writes with this token"], "cycle {cycle}");
+        assert_eq!(summary.submitted + summary.unchanged, 2, "cycle {cycle}: March is written: {summary:?}");
+        assert_eq!(february(&world.stored()), staff_wrote, "cycle {cycle}: February is as the staff token left it");
+    }
     Ok(())
 }
 
@@ -397,7 +411,7 @@ async fn waldur_7_gets_the_current_month_only_and_users_one_at_a_time() -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn after_a_misfiled_write_no_later_cycle_writes_a_past_month() -> Result<()> {
+async fn after_a_misfiled_write_every_cycle_fails_until_waldur_files_it_right() -> Result<()> {
     // Waldur 25 hours behind the agent: February's date falls in January there.
     let world = World::new(2, 1, WaldurOptions { utc_offset_minutes: -11 * 60, ..WaldurOptions::default() }).await?;
     let text = world.config(STAFF, 2, "").replace("timezone: UTC", "timezone: Pacific/Kiritimati");
@@ -405,9 +419,148 @@ async fn after_a_misfiled_write_no_later_cycle_writes_a_past_month() -> Result<(
     let first = cycle_at(target, &text, MID_MARCH).await?;
     assert!(first.has_failures(), "{first:?}");
     assert!(first.errors.iter().any(|e| e.contains("not under billing period 2024-02-01")), "{:?}", first.errors);
-    world.waldur.reset_counters();
-    let second = cycle_at(target, &text, MID_MARCH).await?;
-    assert_eq!(world.waldur.requests().set_usage, 0, "{second:?}");
-    assert!(second.skipped >= 2, "{second:?}");
+    let misfiled = world.stored();
+    // Every later cycle: the same error, February's resources failed, and nothing in
+    // Waldur changed: the one write is the value written again with the same date,
+    // which lands where it lies already.
+    for cycle in 0..2 {
+        world.waldur.reset_counters();
+        let again = cycle_at(target, &text, MID_MARCH).await?;
+        assert_eq!(world.waldur.requests().set_usage, 1, "cycle {cycle}: {again:?}");
+        assert_eq!(again.failed, 2, "cycle {cycle}: {again:?}");
+        let held: Vec<&String> = again.errors.iter().filter(|e| e.contains("past-month writes are held")).collect();
+        assert_eq!(held.len(), 1, "cycle {cycle}: {:?}", again.errors);
+        assert!(held[0].contains("is under 2024-01-01"), "{}", held[0]);
+        assert_eq!(again.held.len(), 1, "cycle {cycle}: {again:?}");
+        assert_eq!(world.stored(), misfiled, "cycle {cycle}");
+    }
+    // Waldur's operator moves it to the agent's zone: the next cycle sees the value
+    // land where it belongs, and February is written and read back.
+    world.waldur.set_utc_offset_minutes(14 * 60);
+    let fixed = cycle_at(target, &text, MID_MARCH).await?;
+    assert!(!fixed.has_failures(), "{fixed}: {:?}", fixed.errors);
+    assert!(fixed.held.is_empty(), "{fixed:?}");
+    let stored = world.stored();
+    for account in world.data.accounts() {
+        let feb = world.data.compute_usage(&account, None, "2024-02-01", "2024-02-29");
+        let held = stored.get(&(account.clone(), "2024-02-01".into(), "nodeHours".into()));
+        assert!(holds(held, feb.node_hours), "{account}: {held:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_on_past_months_ends_when_its_evidence_is_deleted() -> Result<()> {
+    // Waldur 25 hours behind the agent: February's writes land in January.
+    let world = World::new(2, 1, WaldurOptions { utc_offset_minutes: -11 * 60, ..WaldurOptions::default() }).await?;
+    let text = world.config(STAFF, 2, "").replace("timezone: UTC", "timezone: Pacific/Kiritimati");
+    let target = &report_targets(&text).await?[0];
+    let first = cycle_at(target, &text, MID_MARCH).await?;
+    assert_eq!(first.held.len(), 1, "{first:?}");
+    // The operator deletes the misfiled usages and moves Waldur to the agent's zone.
+    world.waldur.delete_usages();
+    world.waldur.set_utc_offset_minutes(14 * 60);
+    let again = cycle_at(target, &text, MID_MARCH).await?;
+    assert!(!again.has_failures() && again.held.is_empty(), "{again}: {:?}", again.errors);
+    assert_eq!((again.submitted, again.months), (4, 2), "{again}");
+    let periods: std::collections::BTreeSet<String> =
+        world.waldur.usages().into_iter().map(|u| u.billing_period).collect();
+    assert_eq!(periods.into_iter().collect::<Vec<_>>(), ["2024-02-01", "2024-03-01"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_waldur_s_usages_are_deleted_the_next_cycle_writes_them_all_again() -> Result<()> {
+    let world = World::new(20, 2, WaldurOptions::default()).await?;
+    let text = world.config(STAFF, 2, "");
+    let target = &report_targets(&text).await?[0];
+    let first = cycle_running(target, &text).await?;
+    assert!(!first.has_failures(), "{first}: {:?}", first.errors);
+    assert_holds_everything(&world)?;
+    world.waldur.delete_usages();
+    let again = cycle_running(target, &text).await?;
+    assert!(!again.has_failures(), "{again}: {:?}", again.errors);
+    assert_eq!((again.submitted, again.months), (40, 2), "{again}");
+    assert_holds_everything(&world)?;
+    Ok(())
+}
+
+/// Whether Waldur's `held` is `value` rounded to cents (either way at a half cent: DWDI's
+/// days summed in another order differ in the last bits).
+fn holds(held: Option<&String>, value: f64) -> bool {
+    held.and_then(|h| h.parse::<f64>().ok()).is_some_and(|h| (h - value).abs() <= 0.005 + 1e-6)
+}
+
+/// Fails unless Waldur holds what DWDI says for every account, in February and March
+/// (node and CPU hours, and every user's node hours).
+fn assert_holds_everything(world: &World) -> Result<()> {
+    let stored = world.stored();
+    let users: BTreeMap<(String, String, String), String> = world
+        .waldur
+        .user_usages()
+        .into_iter()
+        .filter(|u| u.component_type == "nodeHours")
+        .map(|u| ((u.resource_uuid, u.billing_period, u.username), u.usage))
+        .collect();
+    for account in world.data.accounts() {
+        for (period, last) in [("2024-02-01", "2024-02-29"), ("2024-03-01", "2024-03-31")] {
+            let expected = world.data.compute_usage(&account, None, period, last);
+            let key = |t: &str| (account.clone(), period.to_owned(), t.to_owned());
+            for (component, value) in [("nodeHours", expected.node_hours), ("cpuHours", expected.cpu_hours)] {
+                let held = stored.get(&key(component));
+                anyhow::ensure!(
+                    holds(held, value),
+                    "{account} {period} {component}: Waldur holds {held:?}, DWDI says {value}"
+                );
+            }
+            for (user, (node, _, _)) in &expected.users {
+                let held = users.get(&(uuid_from(&account), period.to_owned(), user.clone()));
+                anyhow::ensure!(holds(held, *node), "{account} {period} {user}: Waldur holds {held:?}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A clock that starts at `start` and runs: every write of the current month carries
+/// another `date`, which moves its row in Waldur's listing order, as on a real server.
+struct Running(std::time::Instant, jiff::Timestamp);
+
+impl usage_agent::report::Clock for Running {
+    fn now(&self) -> jiff::Timestamp {
+        self.1 + jiff::SignedDuration::try_from(self.0.elapsed()).unwrap_or_default()
+    }
+}
+
+/// One cycle of `target` on a running clock that starts mid-March.
+async fn cycle_running(target: &usage_agent::report::ReportTarget, text: &str) -> Result<OfferingSummary> {
+    use usage_agent::report::{CycleOptions, StopFlag, report_offering};
+    let options = CycleOptions::from_config(&usage_agent::config::AgentConfig::parse(text)?)?;
+    let clock = Running(std::time::Instant::now(), MID_MARCH.parse()?);
+    Ok(report_offering(target, &options, &clock, &StopFlag::default()).await)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_agents_at_once_on_the_same_offering_both_succeed() -> Result<()> {
+    // Two agents on other hosts (no shared lock), no latency: each one's writes reorder
+    // the listings the other reads back. Repeated, since the interleaving varies.
+    for round in 0..3 {
+        // Pages of 50, so a read-back spans many pages for the writes to reorder.
+        let world = World::new(400, 2, WaldurOptions { max_page_size: 50, ..WaldurOptions::default() }).await?;
+        let text = world.config(STAFF, 2, "");
+        let (one, two) = (report_targets(&text).await?, report_targets(&text).await?);
+        let (first, second) = tokio::join!(cycle_running(&one[0], &text), cycle_running(&two[0], &text));
+        let (first, second) = (first?, second?);
+        for summary in [&first, &second] {
+            assert!(!summary.has_failures(), "round {round}: {summary}: {:?}", summary.errors);
+            assert_eq!(summary.months, 2, "round {round}: {summary}");
+        }
+        assert_holds_everything(&world)?;
+        // And a later cycle of each finds everything in place.
+        for targets in [&one, &two] {
+            let again = cycle_running(&targets[0], &text).await?;
+            assert_eq!((again.unchanged, again.failed), (800, 0), "round {round}: {again}: {:?}", again.errors);
+        }
+    }
     Ok(())
 }

@@ -203,6 +203,9 @@ impl WaldurVersion {
 pub(crate) struct Shared {
     state: Mutex<State>,
     options: WaldurOptions,
+    /// The server's time zone, minutes east of UTC: [`WaldurOptions::utc_offset_minutes`]
+    /// until [`WaldurSim::set_utc_offset_minutes`] changes it.
+    utc_offset_minutes: std::sync::atomic::AtomicI32,
     /// `http://ip:port`, used for hyperlinks when a request has no `Host`.
     origin: String,
 }
@@ -213,7 +216,7 @@ impl Shared {
     }
 
     pub(crate) fn offset_secs(&self) -> i64 {
-        i64::from(self.options.utc_offset_minutes) * 60
+        i64::from(self.utc_offset_minutes.load(std::sync::atomic::Ordering::SeqCst)) * 60
     }
 }
 
@@ -236,8 +239,12 @@ impl WaldurSim {
             .await
             .with_context(|| format!("binding the Waldur simulator to {}", options.bind))?;
         let addr = listener.local_addr().context("reading the Waldur simulator's address")?;
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), options, origin: format!("http://{addr}") });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            utc_offset_minutes: std::sync::atomic::AtomicI32::new(options.utc_offset_minutes),
+            options,
+            origin: format!("http://{addr}"),
+        });
         let app = axum::Router::new().fallback(api::handle).with_state(Arc::clone(&shared));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -391,6 +398,18 @@ impl WaldurSim {
         let date =
             Date::new(year, month, day).unwrap_or_else(|| panic!("set_today: {year}-{month}-{day} is not a date"));
         self.shared.lock().today = Some(date);
+    }
+
+    /// Moves the server to another time zone (an operator changing `TIME_ZONE` and
+    /// restarting Waldur): from now on, billing periods and dates are read there.
+    pub fn set_utc_offset_minutes(&self, minutes: i32) {
+        self.shared.utc_offset_minutes.store(minutes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Deletes every component usage and per-user usage, of every offering (what a staff
+    /// user removing them in Django's admin leaves); requests are not counted.
+    pub fn delete_usages(&self) {
+        self.shared.lock().delete_usages();
     }
 
     /// Follows the wall clock again (the default).

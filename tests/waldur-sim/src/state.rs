@@ -405,6 +405,19 @@ impl State {
     // -----------------------------------------------------------------------------------
     // Usages
 
+    /// Deletes every component usage and per-user usage (what a staff user removing
+    /// them through Django's admin leaves).
+    pub(crate) fn delete_usages(&mut self) {
+        self.usages.clear();
+        self.usage_rows.clear();
+        self.usage_keys.clear();
+        self.usages_by_resource.clear();
+        self.usage_order = Ordered::default();
+        self.user_usages.clear();
+        self.user_usage_keys.clear();
+        self.user_usage_order = Ordered::default();
+    }
+
     /// Every component usage, in creation order (row order).
     pub(crate) fn usages(&self) -> &[UsageRecord] {
         &self.usages
