@@ -10,5 +10,10 @@ pub fn component(backend_type: &str) -> Option<&'static [u8]> {
 
 /// The built-in backend types, for messages: `cscs-dwdi-compute, cscs-dwdi-storage, …`.
 pub fn names() -> String {
-    BUILTIN.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+    types().collect::<Vec<_>>().join(", ")
+}
+
+/// The built-in backend types.
+pub fn types() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().map(|(name, _)| *name)
 }

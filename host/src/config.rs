@@ -6,6 +6,12 @@
 //! proxy, time zone); backend-specific settings are checked by the component's own
 //! `setup`, whose errors the runtime prefixes with the offering's path.
 //!
+//! What loading refuses and what it only warns about: a value that could write a wrong
+//! number (or that the Python agent refuses too) is refused, naming the key; a key the
+//! agent does not read, or one given twice, is a warning ([`lint`]), so a file written
+//! for the Python agent keeps loading. [`AgentConfig::warnings`] holds them; every
+//! command logs them at start and `check-config` prints them.
+//!
 //! The YAML is read as the Python agent reads it: PyYAML follows YAML 1.1, so `yes`,
 //! `no`, `on`, `off` (any case) are booleans beside `true`/`false`, `y`/`n` are booleans
 //! where a boolean is expected (as pydantic reads PyYAML's string), `~`, `null`, `Null`,
@@ -24,6 +30,21 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::egress::connect::Proxy;
+
+mod lint;
+
+/// The largest config file read. Real ones are a few KiB; the bound keeps a wrong
+/// `-c` (a device, a log file) from filling memory.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The most Waldur writes in flight per offering, in the config and the flags alike.
+pub const MAX_CONCURRENCY: u16 = 1024;
+
+/// The most months one cycle reports (`reporting_periods`), as the Python agent allows.
+pub const MAX_REPORTING_PERIODS: u32 = 12;
+
+/// `log_level` values, in any case: the Python agent's five, and `WARN` and `TRACE`.
+const LOG_LEVELS: &[&str] = &["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", "WARN", "TRACE"];
 
 /// Settings keys the host keeps to itself besides [`DWDI_OIDC_KEYS`]: they never reach
 /// a component (nor does `upstream.auth`).
@@ -111,6 +132,10 @@ pub struct AgentConfig {
     #[serde(default)]
     pub global_proxy: Option<String>,
     pub offerings: Vec<OfferingConfig>,
+    /// What the file holds that is not used as written (unknown and repeated keys),
+    /// one line each; set by [`AgentConfig::parse`].
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// The limits of one component call (`component_limits`). A component that breaks one
@@ -223,6 +248,12 @@ pub struct OfferingConfig {
     pub backend_type: Option<String>,
     #[serde(default)]
     pub reporting_backend: Option<String>,
+    /// The Python agent's backends for its other modes (orders, membership); this agent
+    /// only reports usage. Read so that they are not unknown keys.
+    #[serde(default)]
+    pub order_processing_backend: Option<String>,
+    #[serde(default)]
+    pub membership_sync_backend: Option<String>,
     #[serde(default)]
     pub backend_settings: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
@@ -385,6 +416,74 @@ impl UpstreamAccess {
     }
 }
 
+/// The keys of `backend_settings` the host reads itself (besides the request limits of
+/// [`crate::egress::LimitSettings`]); the component reads the others. Values are
+/// checked where they are used, so each error names its key in the agent's words.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct HostSettings {
+    socks_proxy: Option<serde_json::Value>,
+    ca_bundle: Option<serde_json::Value>,
+    upstream: Option<serde_json::Value>,
+    cscs_dwdi_api_url: Option<serde_json::Value>,
+    cscs_dwdi_client_id: Option<serde_json::Value>,
+    cscs_dwdi_client_secret: Option<serde_json::Value>,
+    cscs_dwdi_oidc_token_url: Option<serde_json::Value>,
+    cscs_dwdi_oidc_scope: Option<serde_json::Value>,
+    cscs_dwdi_oidc_auth_method: Option<serde_json::Value>,
+}
+
+impl HostSettings {
+    fn of(settings: &serde_json::Map<String, serde_json::Value>) -> std::result::Result<Self, String> {
+        // Every field takes any JSON value, so this cannot fail on a map.
+        serde_json::from_value(serde_json::Value::Object(settings.clone()))
+            .map_err(|e| format!("backend_settings: {e}"))
+    }
+}
+
+/// A path the host reads at start-up: absolute, so that `check-config` run from one
+/// folder and the service started from another read the same file.
+fn absolute(path: &Path, key: &str) -> std::result::Result<(), String> {
+    if path.is_absolute() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: {:?} is a relative path; write it in full (the agent may start in any folder)",
+            path.display().to_string()
+        ))
+    }
+}
+
+/// A UUID as Django reads one: 32 hexadecimal digits, dashes optional (in the usual
+/// places or none), any case; lower-case without dashes.
+fn normalised_uuid(text: &str) -> Option<String> {
+    let text = text.trim();
+    let digits: String = text.chars().filter(|c| *c != '-').collect();
+    let dashed_right =
+        !text.contains('-') || (text.len() == 36 && [8, 13, 18, 23].iter().all(|at| text.as_bytes()[*at] == b'-'));
+    (digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()) && dashed_right)
+        .then(|| digits.to_ascii_lowercase())
+}
+
+/// The warning for a key no config field takes, with the nearest field of the same
+/// place when one is close.
+fn unknown_key_warning(path: &lint::KeyPath) -> String {
+    use lint::Step;
+    let steps = &path.0;
+    let fields: &[&str] = match steps.as_slice() {
+        [_] => lint::fields_of::<AgentConfig>(),
+        [Step::Key(list), Step::Index(_), _] if list == "offerings" => lint::fields_of::<OfferingConfig>(),
+        [Step::Key(list), Step::Index(_), Step::Key(components), Step::Key(_), _]
+            if list == "offerings" && components == "backend_components" =>
+        {
+            lint::fields_of::<ComponentConfig>()
+        }
+        _ => &[],
+    };
+    let near = path.key().and_then(|key| lint::nearest(key, fields.iter().copied()));
+    format!("{path}: not a key this agent reads; ignored{}", lint::did_you_mean(near))
+}
+
 /// `backend_settings.upstream`: the spelling for a backend that is not DWDI.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,10 +525,14 @@ enum AuthSettings {
 /// environment variable; `at` is the settings path for messages.
 fn secret_from(file: Option<&Path>, env: Option<&str>, at: &str) -> std::result::Result<Secret, String> {
     let value = match (file, env) {
-        (Some(path), None) => std::fs::read_to_string(path)
-            .map_err(|e| format!("{at}.value_file: cannot read {}: {e}", path.display()))?
-            .trim_end()
-            .to_owned(),
+        (Some(path), None) => {
+            let key = format!("{at}.value_file");
+            absolute(path, &key)?;
+            read_regular_file(path, SECRET_FILE_BYTES)
+                .map_err(|e| format!("{key}: cannot read {}: {e:#}", path.display()))?
+                .trim_end()
+                .to_owned()
+        }
         (None, Some(name)) => std::env::var(name).map_err(|e| format!("{at}.value_env: {name}: {e}"))?,
         (None, None) => return Err(format!("{at}: set value_file or value_env")),
         (Some(_), Some(_)) => return Err(format!("{at}: set value_file or value_env, not both")),
@@ -492,6 +595,11 @@ impl AuthSettings {
 /// Reads YAML text as PyYAML does (see the module docs). An error names the key path
 /// and the line: `offerings[0].verify_ssl: invalid boolean at line 3, column 17`.
 pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T> {
+    from_yaml_noting(text, |_| {})
+}
+
+/// [`from_yaml`], telling `ignored` the path of every key no field takes.
+fn from_yaml_noting<T: DeserializeOwned>(text: &str, mut ignored: impl FnMut(lint::KeyPath)) -> Result<T> {
     let options = serde_saphyr::options! {
         // One line per error, as every other error of the agent.
         with_snippet: false,
@@ -500,6 +608,8 @@ pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T> {
     };
     let mut path = None;
     serde_saphyr::with_deserializer_from_str_with_options(text, options, |deserializer| {
+        let mut note = |at: serde_ignored::Path<'_>| ignored(lint::KeyPath::from_ignored(&at));
+        let deserializer = serde_ignored::Deserializer::new(deserializer, &mut note);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             path = Some(error.path().to_string());
             error.into_inner()
@@ -511,19 +621,77 @@ pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T> {
     })
 }
 
+/// The largest secret file (`upstream.auth.value_file`) read.
+const SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// The text of the config file at `path`: a regular file (or a link to one) of at most
+/// [`MAX_FILE_BYTES`], never a device, a FIFO or a folder.
+pub fn read_file(path: &Path) -> Result<String> {
+    read_regular_file(path, MAX_FILE_BYTES).with_context(|| format!("cannot read config file {}", path.display()))
+}
+
+/// The text of a regular file (or a link to one) of at most `max` bytes. A device, a
+/// FIFO or a folder is refused before it is opened: opening a FIFO waits for a writer,
+/// and a device may never end.
+fn read_regular_file(path: &Path, max: u64) -> Result<String> {
+    use std::io::Read as _;
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        bail!("not a regular file (it is {})", crate::plugins::describe_kind(kind));
+    }
+    let mut text = String::new();
+    // One byte more than allowed tells a file that grew past the bound since it was looked at.
+    std::fs::File::open(path)?.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        bail!("larger than {} KiB; is it the right file?", max >> 10);
+    }
+    Ok(text)
+}
+
 impl AgentConfig {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = read_file(path)?;
         Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
     }
 
-    /// Parses and checks YAML text.
+    /// Parses and checks YAML text; what is not used as written is in `warnings`.
     pub fn parse(text: &str) -> Result<Self> {
-        let config: AgentConfig = from_yaml(text)?;
+        let mut unknown = Vec::new();
+        let mut config: AgentConfig = from_yaml_noting(text, |path| unknown.push(path))?;
         config.check()?;
+        let mut warnings: Vec<String> = lint::repeated_keys(text).iter().map(ToString::to_string).collect();
+        warnings.extend(unknown.iter().map(unknown_key_warning));
+        for (index, offering) in config.offerings() {
+            warnings.extend(offering.unknown_settings().map(|line| format!("offerings[{index}].{line}")));
+        }
+        warnings.extend(config.pins_for_nothing());
+        config.warnings = warnings;
         Ok(config)
+    }
+
+    /// Logs the config's warnings, one line each.
+    pub fn log_warnings(&self) {
+        for warning in &self.warnings {
+            tracing::warn!("config: {warning}");
+        }
+    }
+
+    /// Pins in `plugins` for a backend type that is neither built in nor used by an
+    /// offering: a misspelt type pins nothing.
+    fn pins_for_nothing(&self) -> Vec<String> {
+        let known: Vec<String> =
+            self.backend_types().into_iter().chain(crate::builtin::types().map(str::to_owned)).collect();
+        let unknown = self.plugins.keys().filter(|t| !known.contains(t));
+        unknown
+            .map(|t| {
+                let near = lint::nearest(t, known.iter().map(String::as_str));
+                format!(
+                    "plugins.{t}: no offering uses this backend type and none is built in, so the pin guards nothing{}",
+                    lint::did_you_mean(near)
+                )
+            })
+            .collect()
     }
 
     fn check(&self) -> Result<()> {
@@ -533,8 +701,15 @@ impl AgentConfig {
         if self.heartbeat_max_age_seconds == Some(0) {
             bail!("heartbeat_max_age_seconds: must be at least 1");
         }
-        if self.waldur_max_concurrency == Some(0) {
-            bail!("waldur_max_concurrency: must be at least 1");
+        if let Some(n) = self.waldur_max_concurrency
+            && !(1..=usize::from(MAX_CONCURRENCY)).contains(&n)
+        {
+            bail!("waldur_max_concurrency: must be an integer from 1 to {MAX_CONCURRENCY}");
+        }
+        if let Some(level) = &self.log_level
+            && !LOG_LEVELS.iter().any(|known| known.eq_ignore_ascii_case(level.trim()))
+        {
+            bail!("log_level: {level:?} is not a level; use DEBUG, INFO, WARNING, ERROR or CRITICAL");
         }
         if let Some(seconds) = self.waldur_timeout_seconds
             && !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0)
@@ -552,8 +727,11 @@ impl AgentConfig {
         {
             bail!("plugins_compile_timeout_seconds: must be a number of seconds above 0 and at most 3600");
         }
-        if self.reporting_periods == 0 {
-            bail!("reporting_periods: must be at least 1");
+        if !(1..=MAX_REPORTING_PERIODS).contains(&self.reporting_periods) {
+            bail!(
+                "reporting_periods: must be an integer from 1 to {MAX_REPORTING_PERIODS} (months reported each cycle, the current one included), not {}",
+                self.reporting_periods
+            );
         }
         if let Some(tz) = &self.timezone {
             jiff::tz::TimeZone::get(tz).map_err(|e| anyhow::anyhow!("timezone: unknown time zone {tz:?}: {e}"))?;
@@ -562,11 +740,36 @@ impl AgentConfig {
         for (index, offering) in self.offerings.iter().enumerate() {
             offering.check().map_err(|e| anyhow::anyhow!("offerings[{index}].{e}"))?;
         }
+        self.check_each_offering_once()?;
         for (backend_type, plugin) in &self.plugins {
             if let Some(pin) = &plugin.sha256
                 && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
             {
                 bail!("plugins.{backend_type}.sha256: {pin:?} is not a sha256 digest (64 hexadecimal digits)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Two entries for one offering would report it twice, each by its own settings:
+    /// refused by name, and by UUID on the same Waldur.
+    fn check_each_offering_once(&self) -> Result<()> {
+        for (index, offering) in self.offerings() {
+            for (earlier, other) in self.offerings().take(index) {
+                if offering.name.is_some() && offering.name == other.name {
+                    bail!(
+                        "offerings[{index}].name: {:?} is also the name of offerings[{earlier}]; give each offering once, under its own name",
+                        offering.name.as_deref().unwrap_or_default()
+                    );
+                }
+                let uuid = |o: &OfferingConfig| o.waldur_offering_uuid.as_deref().and_then(normalised_uuid);
+                let url =
+                    |o: &OfferingConfig| o.waldur_api_url.as_deref().map(|u| u.trim().trim_end_matches('/').to_owned());
+                if uuid(offering).is_some() && uuid(offering) == uuid(other) && url(offering) == url(other) {
+                    bail!(
+                        "offerings[{index}].waldur_offering_uuid: the same offering as offerings[{earlier}] (same UUID on the same Waldur); give each offering once"
+                    );
+                }
             }
         }
         Ok(())
@@ -646,12 +849,18 @@ impl OfferingConfig {
             return Err("backend_components: no component configured".to_owned());
         }
         for (name, component) in &self.backend_components {
-            let finite = |v: f64| v.is_finite();
-            if !finite(component.unit_factor) {
-                return Err(format!("backend_components.{name}.unit_factor: must be a finite number"));
-            }
-            if component.unit_factor_reporting.is_some_and(|v| !finite(v)) {
-                return Err(format!("backend_components.{name}.unit_factor_reporting: must be a finite number"));
+            // Every reported value is multiplied by the factor: zero would overwrite
+            // real usage with zeros, a negative one could not be stored.
+            let factor = |key: &str, v: f64| {
+                if v.is_finite() && v > 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("backend_components.{name}.{key}: must be a number above 0, not {v}"))
+                }
+            };
+            factor("unit_factor", component.unit_factor)?;
+            if let Some(v) = component.unit_factor_reporting {
+                factor("unit_factor_reporting", v)?;
             }
             if component.dwdi_metric.is_some() && component.options.contains_key(DWDI_METRIC_OPTION) {
                 return Err(format!(
@@ -661,6 +870,13 @@ impl OfferingConfig {
         }
         if let Some(url) = &self.waldur_api_url {
             parse_http_url(url).map_err(|e| format!("waldur_api_url: {e}"))?;
+        }
+        if let Some(uuid) = &self.waldur_offering_uuid
+            && normalised_uuid(uuid).is_none()
+        {
+            return Err(format!(
+                "waldur_offering_uuid: {uuid:?} is not a UUID (32 hexadecimal digits, with or without dashes); copy it from the offering's page in Waldur"
+            ));
         }
         // A login that is meant (a blank token, or OIDC keys) is checked now; a config
         // without any is refused only by the commands that write into Waldur.
@@ -714,14 +930,41 @@ impl OfferingConfig {
         }
     }
 
+    /// Warnings for the `backend_settings` keys nobody reads: not the host's, and, for a
+    /// built-in DWDI backend, not the backend's. A site's own backend reads keys the
+    /// host cannot know, so there only a likely misspelling of a host key is named.
+    fn unknown_settings(&self) -> impl Iterator<Item = String> + '_ {
+        let host = lint::fields_of::<HostSettings>().iter().chain(lint::fields_of::<crate::egress::LimitSettings>());
+        let host: Vec<&str> = host.copied().collect();
+        let backend = self.usage_backend().unwrap_or_default().to_owned();
+        let dwdi = crate::builtin::component(&backend).is_some();
+        self.backend_settings.keys().filter_map(move |key| {
+            if host.contains(&key.as_str()) || (dwdi && dwdi_core::SETTING_KEYS.contains(&key.as_str())) {
+                return None;
+            }
+            if dwdi {
+                let near = lint::nearest(key, host.iter().copied().chain(dwdi_core::SETTING_KEYS.iter().copied()));
+                Some(format!(
+                    "backend_settings.{key}: not a setting of the host or of the DWDI backends; ignored{}",
+                    lint::did_you_mean(near)
+                ))
+            } else {
+                let near = lint::nearest(key, host.iter().copied())?;
+                Some(format!(
+                    "backend_settings.{key}: not a setting of the host; did you mean {near}? (ignored unless {backend} reads it)"
+                ))
+            }
+        })
+    }
+
     /// Where the offering's component may send requests and how the host authenticates,
     /// proxies and trusts them; errors name the key. Either `upstream` (any backend) or
     /// the DWDI spelling: `cscs_dwdi_api_url` and the OIDC client of the `cscs_dwdi_*`
     /// keys. `socks_proxy` and `ca_bundle` apply to both.
     pub fn upstream_access(&self) -> std::result::Result<UpstreamAccess, String> {
-        let settings = &self.backend_settings;
-        let text = |key: &str| -> std::result::Result<Option<String>, String> {
-            match settings.get(key) {
+        let settings = HostSettings::of(&self.backend_settings)?;
+        let text = |key: &str, value: &Option<serde_json::Value>| -> std::result::Result<Option<String>, String> {
+            match value {
                 None | Some(serde_json::Value::Null) => Ok(None),
                 Some(serde_json::Value::String(s)) if s.trim().is_empty() => {
                     Err(format!("backend_settings.{key}: empty"))
@@ -731,14 +974,17 @@ impl OfferingConfig {
             }
         };
         // Parsed here so a bad proxy URL is a start-up error naming the key.
-        let proxy = text("socks_proxy")?
+        let proxy = text("socks_proxy", &settings.socks_proxy)?
             .map(|url| Proxy::parse(&url))
             .transpose()
             .map_err(|e| format!("backend_settings.socks_proxy: {e:#}"))?;
-        let ca_bundle = text("ca_bundle")?.map(PathBuf::from);
-        if let Some(upstream) = settings.get("upstream") {
+        let ca_bundle = text("ca_bundle", &settings.ca_bundle)?.map(PathBuf::from);
+        if let Some(path) = &ca_bundle {
+            absolute(path, "backend_settings.ca_bundle")?;
+        }
+        if let Some(upstream) = &settings.upstream {
             // One way to say it: an OIDC client given twice could differ.
-            if let Some(key) = DWDI_OIDC_KEYS.iter().find(|key| settings.contains_key(**key)) {
+            if let Some(key) = DWDI_OIDC_KEYS.iter().find(|key| self.backend_settings.contains_key(**key)) {
                 return Err(format!(
                     "backend_settings.{key}: set the OIDC client in upstream.auth or in the cscs_dwdi_* keys, not both"
                 ));
@@ -756,18 +1002,21 @@ impl OfferingConfig {
                 .collect::<std::result::Result<Vec<_>, String>>()?;
             return Ok(UpstreamAccess { urls, auth: upstream.auth.resolve()?, proxy, ca_bundle });
         }
-        let required = |key: &str| -> std::result::Result<String, String> {
-            text(key)?.ok_or_else(|| format!("backend_settings.{key}: missing"))
+        let required = |key: &str, value: &Option<serde_json::Value>| -> std::result::Result<String, String> {
+            text(key, value)?.ok_or_else(|| format!("backend_settings.{key}: missing"))
         };
-        let api_url = parse_http_url(&required("cscs_dwdi_api_url")?)
+        let api_url = parse_http_url(&required("cscs_dwdi_api_url", &settings.cscs_dwdi_api_url)?)
             .map_err(|e| format!("backend_settings.cscs_dwdi_api_url: {e}"))?;
-        let client_id = required("cscs_dwdi_client_id")?;
-        let client_secret = Secret::new(required("cscs_dwdi_client_secret")?);
-        let token_url = parse_http_url(&required("cscs_dwdi_oidc_token_url")?)
+        let client_id = required("cscs_dwdi_client_id", &settings.cscs_dwdi_client_id)?;
+        let client_secret = Secret::new(required("cscs_dwdi_client_secret", &settings.cscs_dwdi_client_secret)?);
+        let token_url = parse_http_url(&required("cscs_dwdi_oidc_token_url", &settings.cscs_dwdi_oidc_token_url)?)
             .map_err(|e| format!("backend_settings.cscs_dwdi_oidc_token_url: {e}"))?;
-        let scope = text("cscs_dwdi_oidc_scope")?.unwrap_or_else(|| "openid".to_owned());
-        let client_auth =
-            client_auth(text("cscs_dwdi_oidc_auth_method")?.as_deref(), "backend_settings.cscs_dwdi_oidc_auth_method")?;
+        let scope =
+            text("cscs_dwdi_oidc_scope", &settings.cscs_dwdi_oidc_scope)?.unwrap_or_else(|| "openid".to_owned());
+        let client_auth = client_auth(
+            text("cscs_dwdi_oidc_auth_method", &settings.cscs_dwdi_oidc_auth_method)?.as_deref(),
+            "backend_settings.cscs_dwdi_oidc_auth_method",
+        )?;
         let oidc = OidcClient { token_url, client_id, client_secret, scope, client_auth };
         Ok(UpstreamAccess { urls: vec![api_url], auth: UpstreamAuth::Oidc(oidc), proxy, ca_bundle })
     }
@@ -1209,5 +1458,268 @@ offerings:
             err.starts_with("offerings[0].backend_settings.cscs_dwdi_client_id: set the OIDC client in upstream.auth"),
             "{err}"
         );
+    }
+
+    /// `MINIMAL` with the Waldur keys of a report.
+    fn with_waldur(token: &str, uuid: &str) -> String {
+        MINIMAL.replace(
+            "    backend_type:",
+            &format!(
+                "    waldur_api_url: \"https://waldur.example/api/\"\n    waldur_api_token: {token}\n    waldur_offering_uuid: {uuid:?}\n    backend_type:"
+            ),
+        )
+    }
+
+    #[test]
+    fn unit_factors_that_would_write_a_wrong_number_are_refused() -> Result<()> {
+        for key in ["unit_factor", "unit_factor_reporting"] {
+            for (value, shown) in [("0", "0"), ("-1", "-1"), (".nan", "NaN"), (".inf", "inf"), ("-.inf", "-inf")] {
+                let text = MINIMAL.replace("unit_factor: 1,", &format!("unit_factor: 1, {key}: {value},"));
+                let text = if key == "unit_factor" {
+                    MINIMAL.replace("unit_factor: 1,", &format!("unit_factor: {value},"))
+                } else {
+                    text
+                };
+                assert_eq!(
+                    error_of(&text),
+                    format!("offerings[0].backend_components.nodeHours.{key}: must be a number above 0, not {shown}"),
+                    "{key}: {value}"
+                );
+            }
+        }
+        let text = MINIMAL.replace("unit_factor: 1,", "unit_factor: 0.000000001, unit_factor_reporting: 2.5,");
+        let factors = &AgentConfig::parse(&text)?.offerings[0].backend_components["nodeHours"];
+        assert_eq!((factors.unit_factor, factors.unit_factor_reporting), (0.000000001, Some(2.5)));
+        Ok(())
+    }
+
+    #[test]
+    fn reporting_periods_are_one_to_twelve_as_in_the_python_agent() -> Result<()> {
+        for periods in [1, 12] {
+            assert_eq!(
+                AgentConfig::parse(&format!("reporting_periods: {periods}\n{MINIMAL}"))?.reporting_periods,
+                periods
+            );
+        }
+        for periods in ["0", "13", "1000"] {
+            let err = error_of(&format!("reporting_periods: {periods}\n{MINIMAL}"));
+            assert_eq!(
+                err,
+                format!(
+                    "reporting_periods: must be an integer from 1 to 12 (months reported each cycle, the current one included), not {periods}"
+                )
+            );
+        }
+        assert!(error_of(&format!("reporting_periods: -1\n{MINIMAL}")).starts_with("reporting_periods: "));
+        Ok(())
+    }
+
+    #[test]
+    fn an_offering_uuid_must_be_one() -> Result<()> {
+        for uuid in ["d629d5e45567425da9cdbdc1af67b32c", "D629D5E4-5567-425D-A9CD-BDC1AF67B32C"] {
+            AgentConfig::parse(&with_waldur("t0ken", uuid))?;
+        }
+        for uuid in [
+            "compute",
+            "d629d5e45567425da9cdbdc1af67b32",
+            "d629d5e4-5567425da9cdbdc1af67b32c",
+            "g629d5e45567425da9cdbdc1af67b32c",
+            "",
+        ] {
+            let err = error_of(&with_waldur("t0ken", uuid));
+            assert_eq!(
+                err,
+                format!(
+                    "offerings[0].waldur_offering_uuid: {uuid:?} is not a UUID (32 hexadecimal digits, with or without dashes); copy it from the offering's page in Waldur"
+                )
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_blank_waldur_token_is_refused_without_an_oidc_login() -> Result<()> {
+        for token in ["\"\"", "\"  \"", "''"] {
+            assert_eq!(
+                error_of(&with_waldur(token, "d629d5e45567425da9cdbdc1af67b32c")),
+                "offerings[0].waldur_api_token: blank (or log into Waldur by OIDC: oidc_token_url, oidc_client_id and oidc_client_secret)",
+                "{token}"
+            );
+        }
+        // Absent is another matter: the commands that write say it is missing.
+        AgentConfig::parse(MINIMAL)?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_offering_given_twice_is_refused() -> Result<()> {
+        let offering = |name: &str, url: &str, uuid: &str| {
+            MINIMAL.replace("offerings:\n", "").replace("name: compute", &format!("name: {name}")).replace(
+                "    backend_type:",
+                &format!("    waldur_api_url: {url:?}\n    waldur_api_token: t\n    waldur_offering_uuid: {uuid:?}\n    backend_type:"),
+            )
+        };
+        let uuid = "d629d5e45567425da9cdbdc1af67b32c";
+        let dashed = "d629d5e4-5567-425d-a9cd-bdc1af67b32c";
+        let other = "8a3b2c1d0e9f48a7b6c5d4e3f2a1b0c9";
+        let url = "https://waldur.example/api/";
+        let twice = format!("offerings:\n{}{}", offering("a", url, uuid), offering("a", url, other));
+        assert_eq!(
+            error_of(&twice),
+            "offerings[1].name: \"a\" is also the name of offerings[0]; give each offering once, under its own name"
+        );
+        let twice =
+            format!("offerings:\n{}{}", offering("a", url, uuid), offering("b", "https://waldur.example/api", dashed));
+        assert_eq!(
+            error_of(&twice),
+            "offerings[1].waldur_offering_uuid: the same offering as offerings[0] (same UUID on the same Waldur); give each offering once"
+        );
+        // The same UUID on another Waldur is another offering.
+        let two =
+            format!("offerings:\n{}{}", offering("a", url, uuid), offering("b", "https://staging.example/api/", uuid));
+        assert_eq!(AgentConfig::parse(&two)?.offerings.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn log_level_must_be_a_level() -> Result<()> {
+        for level in ["DEBUG", "info", "Warning", "ERROR", "CRITICAL", "warn", "trace"] {
+            AgentConfig::parse(&format!("log_level: {level}\n{MINIMAL}"))?;
+        }
+        assert_eq!(
+            error_of(&format!("log_level: VERBOSE\n{MINIMAL}")),
+            "log_level: \"VERBOSE\" is not a level; use DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn waldur_concurrency_has_the_range_of_the_flag() -> Result<()> {
+        AgentConfig::parse(&format!("waldur_max_concurrency: {MAX_CONCURRENCY}\n{MINIMAL}"))?;
+        for n in ["0", "1025"] {
+            assert_eq!(
+                error_of(&format!("waldur_max_concurrency: {n}\n{MINIMAL}")),
+                "waldur_max_concurrency: must be an integer from 1 to 1024"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn paths_read_at_start_up_must_be_absolute() {
+        let text = MINIMAL.replace("storage_tenant: cscs", "ca_bundle: certs/site.pem");
+        assert_eq!(
+            error_of(&text),
+            "offerings[0].backend_settings.ca_bundle: \"certs/site.pem\" is a relative path; write it in full (the agent may start in any folder)"
+        );
+        let err = error_of(&with_upstream(
+            "        urls: [\"https://x\"]\n        auth: {type: bearer, value_file: keys/meter.key}\n",
+        ));
+        assert_eq!(
+            err,
+            "offerings[0].backend_settings.upstream.auth.value_file: \"keys/meter.key\" is a relative path; write it in full (the agent may start in any folder)"
+        );
+    }
+
+    #[test]
+    fn the_config_file_is_a_regular_file_of_bounded_size() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let error = |path: &Path| AgentConfig::load(path).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        // A device that never ends, and one that blocks: refused without reading.
+        assert_eq!(
+            error(Path::new("/dev/zero")),
+            "cannot read config file /dev/zero: not a regular file (it is a character device)"
+        );
+        let fifo = dir.path().join("config.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status()?;
+        assert!(made.success());
+        assert_eq!(
+            error(&fifo),
+            format!("cannot read config file {}: not a regular file (it is a FIFO)", fifo.display())
+        );
+        assert_eq!(
+            error(dir.path()),
+            format!("cannot read config file {}: not a regular file (it is a folder)", dir.path().display())
+        );
+        let large = dir.path().join("large.yaml");
+        let mut text = MINIMAL.to_owned();
+        text.push_str(&format!("# {}\n", "x".repeat(MAX_FILE_BYTES as usize)));
+        std::fs::write(&large, text)?;
+        assert_eq!(
+            error(&large),
+            format!("cannot read config file {}: larger than 4096 KiB; is it the right file?", large.display())
+        );
+        // A link to a regular file is read.
+        let real = dir.path().join("real.yaml");
+        std::fs::write(&real, MINIMAL)?;
+        let link = dir.path().join("link.yaml");
+        std::os::unix::fs::symlink(&real, &link)?;
+        assert_eq!(AgentConfig::load(&link)?.offerings.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_at_any_level_are_warnings_with_the_nearest_key() -> Result<()> {
+        let text = format!("reporting_period: 1\nsentry_dsn: x\n{MINIMAL}")
+            .replace("    backend_type:", "    waldur_offering_uid: x\n    backend_type:")
+            .replace("unit_factor: 1,", "unit_factr: 1,")
+            .replace("storage_tenant: cscs", "socks_proxi: \"socks5://x:1\"\n      cscs_dwdi_clustre: alps");
+        let config = AgentConfig::parse(&text)?;
+        assert_eq!(
+            config.warnings,
+            [
+                "reporting_period: not a key this agent reads; ignored; did you mean reporting_periods?",
+                "sentry_dsn: not a key this agent reads; ignored",
+                "offerings[0].waldur_offering_uid: not a key this agent reads; ignored; did you mean waldur_offering_uuid?",
+                "offerings[0].backend_components.nodeHours.unit_factr: not a key this agent reads; ignored; did you mean unit_factor?",
+                "offerings[0].backend_settings.cscs_dwdi_clustre: not a setting of the host or of the DWDI backends; ignored; did you mean cscs_dwdi_cluster?",
+                "offerings[0].backend_settings.socks_proxi: not a setting of the host or of the DWDI backends; ignored; did you mean socks_proxy?",
+            ]
+        );
+        // Still read: the misspelt factor is the default.
+        assert_eq!(config.offerings[0].backend_components["nodeHours"].unit_factor, 1.0);
+        assert!(AgentConfig::parse(MINIMAL)?.warnings.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_site_backend_s_own_settings_are_not_warned_about_unless_they_look_like_the_host_s() -> Result<()> {
+        let text = with_upstream("        urls: [\"https://meter.example.org\"]\n        auth: {type: none}\n")
+            .replace("cscs-dwdi-compute", "my-site-usage")
+            .replace("storage_tenant: cscs", "my_site_instance: prod\n      socks_proxi: x");
+        let config = AgentConfig::parse(&text)?;
+        assert_eq!(
+            config.warnings,
+            [
+                "offerings[0].backend_settings.socks_proxi: not a setting of the host; did you mean socks_proxy? (ignored unless my-site-usage reads it)"
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_repeated_key_is_a_warning_naming_both_lines() -> Result<()> {
+        let text = format!("reporting_periods: 3\nreporting_periods: 1\n{MINIMAL}");
+        let config = AgentConfig::parse(&text)?;
+        assert_eq!(
+            config.warnings,
+            [
+                "reporting_periods: given twice, at lines 1 and 2; the one at line 2 is used (as the Python agent reads it), remove the other"
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_pin_for_a_backend_type_nobody_uses_is_a_warning() -> Result<()> {
+        let digest = "ab".repeat(32);
+        let text = format!("plugins:\n  cscs-dwdi-compte:\n    sha256: {digest}\n{MINIMAL}");
+        let warnings = AgentConfig::parse(&text)?.warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("plugins.cscs-dwdi-compte: no offering uses this backend type and none is built in, so the pin guards nothing"),
+            "{warnings:?}"
+        );
+        Ok(())
     }
 }

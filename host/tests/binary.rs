@@ -5,10 +5,11 @@ use std::process::{Command, Output};
 
 use anyhow::{Context as _, Result};
 
-/// One compute offering, valid but for what `top` adds at the top level.
+/// One compute offering, valid but for what `top` adds at the top level. Nothing
+/// listens at its Waldur and DWDI addresses.
 fn config_text(top: &str) -> String {
     format!(
-        "{top}offerings:\n  - name: compute\n    waldur_offering_uuid: 11111111-2222-4333-8444-555555555555\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: https://dwdi.example/api/v1\n      cscs_dwdi_client_id: id\n      cscs_dwdi_client_secret: s3cret\n      cscs_dwdi_oidc_token_url: https://auth.example/token\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n"
+        "{top}offerings:\n  - name: compute\n    waldur_api_url: http://127.0.0.1:9/api/\n    waldur_api_token: t0ken\n    waldur_offering_uuid: 11111111-2222-4333-8444-555555555555\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: https://dwdi.example/api/v1\n      cscs_dwdi_client_id: id\n      cscs_dwdi_client_secret: s3cret\n      cscs_dwdi_oidc_token_url: https://auth.example/token\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n"
     )
 }
 
@@ -139,5 +140,97 @@ fn the_version_names_the_contracts_and_the_built_in_components_as_they_describe_
 
     let output = usage_agent(&["-V"], &[])?;
     assert_eq!(String::from_utf8(output.stdout)?, concat!("usage-agent ", env!("CARGO_PKG_VERSION"), "\n"));
+    Ok(())
+}
+
+/// Every command that reads a config, with that config.
+fn every_config_command(config: &str) -> Vec<Vec<String>> {
+    let uuid = "11111111-2222-4333-8444-555555555555";
+    let commands: [&[&str]; 7] = [
+        &["check-config", "-c", config],
+        &["report", "--once", "-c", config],
+        &["usage", "-c", config, "--resource", "p1"],
+        &["ping", "-c", config],
+        &["load-historical-usage", "-c", config, "-o", uuid, "-s", "2024-01-01", "-e", "2024-01-31", "-t", "t"],
+        &["plugins", "-c", config],
+        &["healthz", "-c", config],
+    ];
+    commands.iter().map(|args| args.iter().map(|a| (*a).to_owned()).collect()).collect()
+}
+
+#[test]
+fn a_config_that_could_write_a_wrong_number_stops_every_command_before_any_request() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    // Nothing listens on the Waldur and DWDI URLs: a command that got as far as a
+    // request would fail otherwise, naming them.
+    std::fs::write(&config, config_text("").replace("unit_factor: 1", "unit_factor: 0"))?;
+    let config = config.to_string_lossy();
+    for args in every_config_command(&config) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = usage_agent(&args, &[])?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "usage-agent: invalid config file {config}: offerings[0].backend_components.nodeHours.unit_factor: must be a number above 0, not 0"
+            ),
+            "{args:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn unknown_and_repeated_keys_are_warned_about_by_every_command_and_listed_by_check_config() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config.yaml");
+    let text = config_text("reporting_period: 1\ntimezone: UTC\ntimezone: UTC\n")
+        .replace("cscs_dwdi_client_id: id", "cscs_dwdi_client_id: id\n      socks_proxi: \"socks5://localhost:1\"");
+    std::fs::write(&config, text)?;
+    let config = config.to_string_lossy();
+    let warnings = [
+        "timezone: given twice, at lines 2 and 3; the one at line 3 is used (as the Python agent reads it), remove the other",
+        "reporting_period: not a key this agent reads; ignored; did you mean reporting_periods?",
+        "offerings[0].backend_settings.socks_proxi: not a setting of the host or of the DWDI backends; ignored; did you mean socks_proxy?",
+    ];
+    for args in every_config_command(&config) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = usage_agent(&args, &[])?;
+        let (stdout, stderr) = (String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
+        if args[0] == "check-config" {
+            // A warning is not a refusal; check-config prints them with its report.
+            assert!(output.status.success(), "{stderr}");
+            assert!(stdout.contains(": valid; timezone UTC, reporting_periods 2; 3 warnings\n"), "{stdout}");
+            for warning in warnings {
+                assert!(stdout.contains(&format!("\nwarning    {warning}\n")), "{warning}\n{stdout}");
+            }
+            continue;
+        }
+        for warning in warnings {
+            let line = stderr.lines().find(|line| line.ends_with(&format!("config: {warning}")));
+            assert!(line.is_some_and(|l| l.contains("WARN")), "{args:?}: {warning}\n{stderr}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() -> Result<()> {
+    let started = std::time::Instant::now();
+    for args in every_config_command("/dev/zero") {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = usage_agent(&args, &[])?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            "usage-agent: cannot read config file /dev/zero: not a regular file (it is a character device)",
+            "{args:?}"
+        );
+    }
+    // Not a timing assertion: a generous bound that reading /dev/zero could never meet.
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
     Ok(())
 }

@@ -53,6 +53,6 @@ pub use model::{
 };
 pub use plan::{Plan, Request, ValidConfig, plan_daily_report, plan_ping, plan_usage_report, read_only, setup};
 pub use report::{assemble, check_ping};
-pub use settings::{BackendSettings, Settings, StorageSettings};
+pub use settings::{BackendSettings, SETTING_KEYS, Settings, StorageSettings};
 pub use synthetic::{synthetic_account, synthetic_compute_answer, synthetic_compute_answer_for, synthetic_user};
 pub use url::{MAX_URL_BYTES, Scheme, UrlParts, endpoint, split_url};

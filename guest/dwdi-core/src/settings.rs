@@ -12,6 +12,19 @@ use crate::metric::Backend;
 use crate::model::{BackendError, invalid};
 use crate::url::strip_scheme;
 
+/// The `backend_settings` keys the DWDI backends read, compute, storage and inference
+/// together (one settings block may serve all three). The host names any other key of
+/// a DWDI offering's settings that it does not read itself in a warning.
+pub const SETTING_KEYS: &[&str] =
+    &[API_URL, CLUSTER, STORAGE_FILESYSTEM, STORAGE_DATA_TYPE, STORAGE_TENANT, STORAGE_PATH_MAPPING];
+
+const API_URL: &str = "cscs_dwdi_api_url";
+const CLUSTER: &str = "cscs_dwdi_cluster";
+const STORAGE_FILESYSTEM: &str = "storage_filesystem";
+const STORAGE_DATA_TYPE: &str = "storage_data_type";
+const STORAGE_TENANT: &str = "storage_tenant";
+const STORAGE_PATH_MAPPING: &str = "storage_path_mapping";
+
 /// Settings every backend needs, plus its own.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -60,17 +73,15 @@ impl Settings {
         let Value::Object(map) = value else {
             return Err(invalid(format!("backend_settings: expected an object, found {}", kind(&value))));
         };
-        let api_url = api_url(required_string(&map, "cscs_dwdi_api_url")?)?;
+        let api_url = api_url(required_string(&map, API_URL)?)?;
         let backend = match backend {
             Backend::Compute => BackendSettings::Compute {
-                cluster: optional_string(&map, "cscs_dwdi_cluster")?
-                    .filter(|c| !c.is_empty())
-                    .map(|c| c.to_lowercase()),
+                cluster: optional_string(&map, CLUSTER)?.filter(|c| !c.is_empty()).map(|c| c.to_lowercase()),
             },
             Backend::Storage => BackendSettings::Storage(StorageSettings {
-                filesystem: required_string(&map, "storage_filesystem")?.to_owned(),
-                data_type: required_string(&map, "storage_data_type")?.to_owned(),
-                tenant: optional_string(&map, "storage_tenant")?.filter(|t| !t.is_empty()).map(str::to_owned),
+                filesystem: required_string(&map, STORAGE_FILESYSTEM)?.to_owned(),
+                data_type: required_string(&map, STORAGE_DATA_TYPE)?.to_owned(),
+                tenant: optional_string(&map, STORAGE_TENANT)?.filter(|t| !t.is_empty()).map(str::to_owned),
                 path_mapping: path_mapping(&map)?,
             }),
             Backend::Inference => BackendSettings::Inference,
@@ -136,7 +147,7 @@ fn api_url(raw: &str) -> Result<String, BackendError> {
 
 fn path_mapping(map: &Map<String, Value>) -> Result<BTreeMap<String, String>, BackendError> {
     let key = "backend_settings.storage_path_mapping";
-    let entries = match map.get("storage_path_mapping") {
+    let entries = match map.get(STORAGE_PATH_MAPPING) {
         None | Some(Value::Null) => return Ok(BTreeMap::new()),
         Some(Value::Object(entries)) => entries,
         Some(other) => {
@@ -146,10 +157,17 @@ fn path_mapping(map: &Map<String, Value>) -> Result<BTreeMap<String, String>, Ba
     let mut mapping = BTreeMap::new();
     for (id, path) in entries {
         match path {
-            Value::String(p) if !p.is_empty() => {
+            // DWDI knows storage by absolute path: a relative one matches nothing, and
+            // the resource would read as absent, i.e. zero.
+            Value::String(p) if p.starts_with('/') => {
                 mapping.insert(id.clone(), p.clone());
             }
-            Value::String(_) => return Err(invalid(format!("{key}.{id}: empty path"))),
+            Value::String(p) if p.is_empty() => return Err(invalid(format!("{key}.{id}: empty path"))),
+            Value::String(p) => {
+                return Err(invalid(format!(
+                    "{key}.{id}: {p:?} is not an absolute path; DWDI reports storage by absolute path (/store/…)"
+                )));
+            }
             other => {
                 return Err(invalid(format!("{key}.{id}: expected a path string, found {}", kind(other))));
             }
@@ -273,6 +291,12 @@ mod tests {
                 r#"{"cscs_dwdi_api_url":"https://x","storage_filesystem":"l","storage_data_type":"p",
                     "storage_path_mapping":{"p1":""}}"#,
                 "backend_settings.storage_path_mapping.p1: empty path",
+            ),
+            (
+                Backend::Storage,
+                r#"{"cscs_dwdi_api_url":"https://x","storage_filesystem":"l","storage_data_type":"p",
+                    "storage_path_mapping":{"p1":"store/p1"}}"#,
+                "backend_settings.storage_path_mapping.p1: \"store/p1\" is not an absolute path; DWDI reports storage by absolute path (/store/…)",
             ),
             (Backend::Compute, "[1]", "backend_settings: expected an object, found an array"),
         ];

@@ -24,13 +24,21 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
     let config = AgentConfig::load(path)?;
     let plugins = super::serving_components(Some(&config), Some(path), &args.plugins).await?;
     let targets = prepare_targets(&config, plugins.backends()).await?;
+    let warnings = match config.warnings.len() {
+        0 => String::new(),
+        1 => "; 1 warning".to_owned(),
+        n => format!("; {n} warnings"),
+    };
     writeln!(
         out,
-        "{}: valid; timezone {}, reporting_periods {}",
+        "{}: valid; timezone {}, reporting_periods {}{warnings}",
         path.display(),
         config.timezone.as_deref().unwrap_or("UTC"),
         config.reporting_periods
     )?;
+    for warning in &config.warnings {
+        writeln!(out, "warning    {warning}")?;
+    }
     let heartbeat = crate::heartbeat::path(config.heartbeat_file.as_deref(), path);
     writeln!(out, "heartbeat  {} (stale after {} s)", heartbeat.display(), config.heartbeat_max_age().as_secs())?;
     let metrics = config.metrics_listen.map_or_else(|| "off".to_owned(), |addr| format!("http://{addr}/metrics"));

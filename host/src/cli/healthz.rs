@@ -10,7 +10,6 @@ use std::io::Write;
 use anyhow::{Result, bail};
 
 use super::ConfigArg;
-use crate::config::AgentConfig;
 use crate::egress::Egress;
 use crate::heartbeat;
 use crate::waldur::WaldurClient;
@@ -25,7 +24,7 @@ pub struct HealthzArgs {
 }
 
 pub(crate) async fn run(args: HealthzArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
+    let config = super::load_config(&args.config.config)?;
     let mut failures = Vec::new();
     let path = heartbeat::path(config.heartbeat_file.as_deref(), &args.config.config);
     let max_age = config.heartbeat_max_age();

@@ -15,7 +15,7 @@ use jiff::civil::Date;
 
 use super::progress::Progress;
 use super::{ConfigArg, PluginsDirArg};
-use crate::config::{AgentConfig, Secret};
+use crate::config::Secret;
 use crate::historical::{self, HistoricalOptions, Observer, Planned};
 use crate::period::{self, Month};
 use crate::report::{DEFAULT_CONCURRENCY, StopFlag};
@@ -58,7 +58,7 @@ pub struct HistoricalArgs {
     #[arg(long = "resource-backend-id", value_name = "ID", value_parser = parse_backend_id)]
     pub resource_backend_ids: Vec<String>,
     /// Waldur writes in flight (overrides `waldur_max_concurrency`, default 8).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::config::MAX_CONCURRENCY)), allow_negative_numbers = true)]
     pub concurrency: Option<u16>,
     #[command(flatten)]
     pub plugins: PluginsDirArg,
@@ -116,7 +116,7 @@ impl Observer for CliObserver<'_> {
 }
 
 pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
+    let config = super::load_config(&args.config.config)?;
     let time_zone = period::time_zone(config.timezone.as_deref())?;
     let current = Month::containing(jiff::Timestamp::now(), &time_zone);
     let months = historical::months_between(args.start_date, args.end_date, current)?;

@@ -26,7 +26,7 @@ pub fn config_log_level(path: &std::path::Path) -> Option<String> {
     struct LogLevel {
         log_level: Option<String>,
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = crate::config::read_file(path).ok()?;
     let read: LogLevel = crate::config::from_yaml(&text).ok()?;
     let level = read.log_level?.trim().to_ascii_lowercase();
     let level = if level == "warning" { "warn".to_owned() } else { level };

@@ -96,6 +96,14 @@ pub struct PluginsDirArg {
     pub plugins_dir: Option<PathBuf>,
 }
 
+/// Reads the config at `path` and logs its warnings (unknown and repeated keys): what
+/// every command but `check-config`, which prints them, does first.
+pub(crate) fn load_config(path: &std::path::Path) -> Result<AgentConfig> {
+    let config = AgentConfig::load(path)?;
+    config.log_warnings();
+    Ok(config)
+}
+
 /// The components `report` would serve for `config`: the plugins folder's files that
 /// pass validation, the built-in components for the other backend types, all held to
 /// the config's `component_limits`. Without a config: every built-in backend type,

@@ -13,7 +13,7 @@ use anyhow::{Result, bail};
 
 use super::{ConfigArg, PluginsDirArg};
 use crate::backends::{Backends, prepare_offering};
-use crate::config::{AgentConfig, OfferingConfig};
+use crate::config::OfferingConfig;
 use crate::egress::Egress;
 use crate::egress::connect::{self, Connector, Target};
 
@@ -68,7 +68,7 @@ fn line(out: &mut (dyn Write + Send), step: Step, status: &str, detail: &str) ->
 }
 
 pub(crate) async fn run(args: PingArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
+    let config = super::load_config(&args.config.config)?;
     let selected: Vec<(usize, &OfferingConfig)> = match &args.offering {
         Some(key) => vec![config.find_offering(key)?],
         None => config.offerings().collect(),

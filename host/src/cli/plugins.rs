@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::config::AgentConfig;
 use crate::runtime::{Source, WIT_PACKAGE};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -22,7 +21,7 @@ pub struct PluginsArgs {
 }
 
 pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = args.config.as_deref().map(AgentConfig::load).transpose()?;
+    let config = args.config.as_deref().map(super::load_config).transpose()?;
     let plugins = super::serving_components(config.as_ref(), args.config.as_deref(), &args.plugins).await?;
     let options = plugins.options();
     let missing = if options.dir.is_dir() { "" } else { " (missing: the built-in components serve)" };

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 
 use super::{ConfigArg, PluginsDirArg};
-use crate::config::AgentConfig;
 use crate::report::{
     CycleOptions, OfferingSummary, ReportTarget, StopFlag, SystemClock, prepare_targets, report_offering,
 };
@@ -23,7 +22,7 @@ pub struct ReportArgs {
     #[arg(long)]
     pub once: bool,
     /// Waldur writes in flight per offering (overrides `waldur_max_concurrency`).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::config::MAX_CONCURRENCY)), allow_negative_numbers = true)]
     pub concurrency: Option<u16>,
     /// New files in the plugins folder are picked up while the loop runs.
     #[command(flatten)]
@@ -71,7 +70,7 @@ pub(crate) async fn run(args: ReportArgs, out: &mut (dyn Write + Send)) -> Resul
 /// The report loop of `usage-agent report`, until `stop` is raised (by a signal in the
 /// command; by the caller in tests). The plugins folder is watched while it runs.
 pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: StopFlag) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
+    let config = super::load_config(&args.config.config)?;
     let period = cycle_period(&args.period_minutes)?;
     let mut options = CycleOptions::from_config(&config)?;
     if let Some(n) = args.concurrency {

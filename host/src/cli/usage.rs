@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{ConfigArg, PluginsDirArg};
 use crate::amount::Cents;
 use crate::backends::{Backends, prepare_offering};
-use crate::config::{AgentConfig, OfferingConfig};
+use crate::config::OfferingConfig;
 use crate::period::{self, Month};
 use crate::runtime::wit;
 use crate::sync::CheckedReport;
@@ -84,7 +84,7 @@ impl std::fmt::Display for Period {
 }
 
 pub(crate) async fn run(args: UsageArgs, out: &mut (dyn Write + Send)) -> Result<()> {
-    let config = AgentConfig::load(&args.config.config)?;
+    let config = super::load_config(&args.config.config)?;
     let tz = period::time_zone(config.timezone.as_deref())?;
     let period = match (&args.month, &args.from, &args.to) {
         (Some(month), _, _) => Period::Month(Month::parse(month).map_err(|e| anyhow::anyhow!("--month: {e}"))?),

@@ -108,52 +108,71 @@ impl Default for Limits {
     }
 }
 
+/// The request-limit keys of `backend_settings`, as written; [`Limits::from_settings`]
+/// checks them. (The config's unknown-key warning knows the host's keys from here.)
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct LimitSettings {
+    connect_timeout_seconds: Option<serde_json::Value>,
+    first_byte_timeout_seconds: Option<serde_json::Value>,
+    request_timeout_seconds: Option<serde_json::Value>,
+    max_response_bytes: Option<serde_json::Value>,
+    max_retries: Option<serde_json::Value>,
+    max_requests_in_flight: Option<serde_json::Value>,
+    max_requests_per_call: Option<serde_json::Value>,
+    max_retries_per_call: Option<serde_json::Value>,
+}
+
 impl Limits {
     /// Reads the optional limit settings of an offering; errors name the key.
     pub fn from_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        // Every field takes any JSON value, so this cannot fail on a map.
+        let given: LimitSettings = serde_json::from_value(serde_json::Value::Object(settings.clone()))
+            .map_err(|e| format!("backend_settings: {e}"))?;
         let mut limits = Self::default();
-        let seconds = |key: &str, slot: &mut Duration| -> Result<(), String> {
-            if let Some(value) = settings.get(key) {
+        let seconds = |key: &str, value: &Option<serde_json::Value>, slot: &mut Duration| -> Result<(), String> {
+            if let Some(value) = value {
                 let secs = value.as_f64().filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0).ok_or_else(|| {
-                    format!("backend_settings.{key}: must be a number of seconds between 0 and 86400")
+                    format!("backend_settings.{key}: must be a number of seconds above 0 and at most 86400")
                 })?;
                 *slot = Duration::from_secs_f64(secs);
             }
             Ok(())
         };
-        seconds("connect_timeout_seconds", &mut limits.connect)?;
-        seconds("first_byte_timeout_seconds", &mut limits.first_byte)?;
-        seconds("request_timeout_seconds", &mut limits.request)?;
-        if let Some(value) = settings.get("max_response_bytes") {
+        seconds("connect_timeout_seconds", &given.connect_timeout_seconds, &mut limits.connect)?;
+        seconds("first_byte_timeout_seconds", &given.first_byte_timeout_seconds, &mut limits.first_byte)?;
+        seconds("request_timeout_seconds", &given.request_timeout_seconds, &mut limits.request)?;
+        if let Some(value) = &given.max_response_bytes {
             limits.max_response_bytes = value
                 .as_u64()
                 .filter(|n| *n > 0)
                 .ok_or_else(|| "backend_settings.max_response_bytes: must be a positive integer".to_owned())?;
         }
-        if let Some(value) = settings.get("max_retries") {
+        if let Some(value) = &given.max_retries {
             limits.max_retries = value
                 .as_u64()
                 .filter(|n| *n <= 10)
                 .map(|n| n as u32)
                 .ok_or_else(|| "backend_settings.max_retries: must be an integer from 0 to 10".to_owned())?;
         }
-        let integer = |key: &str, min: u64, max: u64| -> Result<Option<u64>, String> {
-            match settings.get(key) {
-                None => Ok(None),
-                Some(value) => value
-                    .as_u64()
-                    .filter(|n| (min..=max).contains(n))
-                    .map(Some)
-                    .ok_or_else(|| format!("backend_settings.{key}: must be an integer from {min} to {max}")),
-            }
-        };
-        if let Some(n) = integer("max_requests_in_flight", 1, 256)? {
+        let integer =
+            |key: &str, value: &Option<serde_json::Value>, min: u64, max: u64| -> Result<Option<u64>, String> {
+                match value {
+                    None => Ok(None),
+                    Some(value) => value
+                        .as_u64()
+                        .filter(|n| (min..=max).contains(n))
+                        .map(Some)
+                        .ok_or_else(|| format!("backend_settings.{key}: must be an integer from {min} to {max}")),
+                }
+            };
+        if let Some(n) = integer("max_requests_in_flight", &given.max_requests_in_flight, 1, 256)? {
             limits.max_in_flight = n as usize;
         }
-        if let Some(n) = integer("max_requests_per_call", 1, 100_000)? {
+        if let Some(n) = integer("max_requests_per_call", &given.max_requests_per_call, 1, 100_000)? {
             limits.max_requests_per_call = n as u32;
         }
-        if let Some(n) = integer("max_retries_per_call", 0, 10_000)? {
+        if let Some(n) = integer("max_retries_per_call", &given.max_retries_per_call, 0, 10_000)? {
             limits.max_retries_per_call = n as u32;
         }
         Ok(limits)

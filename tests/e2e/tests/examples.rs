@@ -1,5 +1,5 @@
-//! Every example config, and every config snippet of the user's README, loads as-is
-//! and passes the components' own `setup`.
+//! Every example config, and every config snippet of the user's README, loads as-is,
+//! without a warning, and passes the components' own `setup`.
 
 use anyhow::{Context, Result};
 use e2e::examples_dir;
@@ -23,6 +23,8 @@ async fn every_example_config_loads() -> Result<()> {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "yaml") && path.to_string_lossy().contains("config") {
             let config = AgentConfig::load(&path)?;
+            // What the project ships is what it recommends: nothing to warn about.
+            assert!(config.warnings.is_empty(), "{}: {:?}", path.display(), config.warnings);
             load_and_set_up(&config).await.with_context(|| path.display().to_string())?;
             seen.push(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
         }
