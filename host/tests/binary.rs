@@ -234,3 +234,111 @@ fn a_config_path_that_is_not_a_regular_file_is_refused_at_once() -> Result<()> {
     assert!(started.elapsed() < std::time::Duration::from_secs(120));
     Ok(())
 }
+
+/// Runs usage-agent, failing instead of hanging past a generous bound (a FIFO opened by
+/// mistake would block it forever).
+fn usage_agent_bounded(args: &[&str]) -> Result<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_usage-agent"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while child.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("usage-agent {args:?} did not finish: did it open a FIFO?");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().context("cannot read usage-agent's output")
+}
+
+#[test]
+fn the_plugins_folder_names_every_entry_meant_as_a_plugin_and_never_reads_a_fifo_or_a_device() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    let made = Command::new("mkfifo").arg(plugins.join("cscs-dwdi-compute.wasm")).status()?;
+    assert!(made.success());
+    std::fs::create_dir(plugins.join("cscs-dwdi-storage.wasm"))?;
+    std::os::unix::fs::symlink("cscs-dwdi-inference.wasm", plugins.join("cscs-dwdi-inference.wasm"))?;
+    std::os::unix::fs::symlink("/dev/zero", plugins.join("cscs_dwdi_compute.wasm"))?;
+    std::os::unix::fs::symlink("/nonexistent/site.wasm", plugins.join("my-site-usage.wasm"))?;
+    std::fs::write(plugins.join("CSCS-DWDI-Storage"), b"not even wasm")?;
+    std::fs::write(plugins.join(".cscs-dwdi-compute.wasm.new"), b"being copied in")?;
+    std::fs::write(plugins.join("notes.txt"), b"not meant as a plugin")?;
+    let folder = plugins.to_string_lossy().into_owned();
+
+    let output = usage_agent_bounded(&["plugins", "--plugins-dir", &folder])?;
+    let (stdout, stderr) = (String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    let refused =
+        |name: &str, why: &str| format!("  refused:    {folder}/{name}: {why}; only a regular file can serve\n");
+    for line in [
+        refused("cscs-dwdi-compute.wasm", "not a regular file (it is a FIFO)"),
+        refused("cscs-dwdi-storage.wasm", "not a regular file (it is a folder)"),
+        refused("cscs-dwdi-inference.wasm", "a symbolic link loop"),
+        format!(
+            "  {folder}/CSCS-DWDI-Storage: misnamed: a file for cscs-dwdi-storage must be named cscs-dwdi-storage.wasm; it serves nothing\n"
+        ),
+        format!(
+            "  {folder}/cscs_dwdi_compute.wasm: misnamed: a file for cscs-dwdi-compute must be named cscs-dwdi-compute.wasm; it serves nothing\n"
+        ),
+        format!(
+            "  {folder}/my-site-usage.wasm: no offering uses backend type \"my-site-usage\" (in use: cscs-dwdi-compute, cscs-dwdi-inference, cscs-dwdi-storage); not loaded\n"
+        ),
+    ] {
+        assert!(stdout.contains(&line), "missing {line:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("notes.txt") && !stdout.contains(".new"), "{stdout}");
+    // The built-in components serve meanwhile.
+    assert_eq!(stdout.matches("  source:     default (built in)\n").count(), 3, "{stdout}");
+    assert!(stderr.contains("usage-agent: plugins folder: ") && stderr.contains("refused, see above"), "{stderr}");
+
+    // With a config, check-config says the same and fails; a file for a backend type
+    // no offering uses is only listed.
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, config_text(&format!("plugins_dir: {folder}\n")))?;
+    let output = usage_agent_bounded(&["check-config", "-c", &config.to_string_lossy()])?;
+    let (stdout, stderr) = (String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("  refused  {folder}/cscs-dwdi-compute.wasm: not a regular file (it is a FIFO)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("  refused  {folder}/cscs_dwdi_compute.wasm: misnamed")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "  ignored  {folder}/cscs-dwdi-storage.wasm: no offering uses backend type \"cscs-dwdi-storage\" (in use: cscs-dwdi-compute); not loaded\n"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("  ignored  {folder}/CSCS-DWDI-Storage: misnamed")), "{stdout}");
+
+    // A clean folder passes.
+    let clean = dir.path().join("clean");
+    std::fs::create_dir(&clean)?;
+    let output = usage_agent_bounded(&["plugins", "--plugins-dir", &clean.to_string_lossy()])?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+#[test]
+fn a_plugins_folder_that_is_a_file_is_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("plugins");
+    std::fs::write(&file, b"")?;
+    let output = usage_agent_bounded(&["plugins", "--plugins-dir", &file.to_string_lossy()])?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "usage-agent: plugins folder {}: a file; name a folder (plugins_dir or --plugins-dir), or one that does not exist to use only the built-in components",
+            file.display()
+        )
+    );
+    Ok(())
+}

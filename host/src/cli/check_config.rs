@@ -49,6 +49,15 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
             writeln!(out, "  refused  {}: {reason}", file.display())?;
         }
     }
+    for stray in plugins.strays() {
+        writeln!(
+            out,
+            "  {}  {}: {}",
+            if stray.meant_for_served_type { "refused" } else { "ignored" },
+            stray.path.display(),
+            stray.reason
+        )?;
+    }
     for target in &targets {
         let backend = target.backend.backend();
         let components: Vec<&str> = target.config.backend_components.keys().map(String::as_str).collect();
@@ -84,6 +93,27 @@ pub(crate) async fn run(args: CheckConfigArgs, out: &mut (dyn Write + Send)) -> 
             target.config.waldur_api_url.as_deref().unwrap_or(""),
             target.offering_uuid
         )?;
+    }
+    fail_on_refused_files(&plugins).await
+}
+
+/// Fails when a file in the plugins folder meant for a backend type in use was refused
+/// or is misnamed: the built-in component serves meanwhile, but not what the operator
+/// put there. A file for a type nobody uses is only listed.
+pub(super) async fn fail_on_refused_files(plugins: &crate::plugins::Plugins) -> Result<()> {
+    let mut refused: Vec<String> = plugins
+        .status()
+        .await
+        .into_iter()
+        .filter_map(|status| status.refused.map(|(file, _)| file.display().to_string()))
+        .collect();
+    refused
+        .extend(plugins.strays().into_iter().filter(|s| s.meant_for_served_type).map(|s| s.path.display().to_string()));
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "plugins folder: {} refused, see above; the component serving before keeps serving",
+            refused.join(", ")
+        );
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `usage-agent plugins`: which component serves each backend type, and why a file in
 //! the plugins folder does not. It loads and validates exactly as `report` does at
 //! start-up (with the same cache), so an operator can check a file before the running
-//! agent picks it up, and copy the digest into a pin.
+//! agent picks it up, and copy the digest into a pin. It exits non-zero when a file meant
+//! for a backend type it lists was refused or is misnamed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,5 +59,16 @@ pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Resu
             writeln!(out, "  refused:    {}: {reason}", file.display())?;
         }
     }
-    Ok(())
+    let strays = plugins.strays();
+    if !strays.is_empty() {
+        writeln!(
+            out,
+            "
+other entries"
+        )?;
+        for stray in &strays {
+            writeln!(out, "  {}: {}", stray.path.display(), stray.reason)?;
+        }
+    }
+    super::check_config::fail_on_refused_files(&plugins).await
 }

@@ -15,6 +15,12 @@
 //! old version serving and is logged once, naming the file and the reason. Deleting
 //! the file brings the built-in default back.
 //!
+//! Nothing in the folder is ever opened unless it is a regular file (a FIFO would block,
+//! a device never end): any other entry named `<backend_type>.wasm` — a folder, a FIFO,
+//! a device, a dangling link, a link loop — is refused with what it is. Entries that look
+//! meant as a plugin but serve nothing (misnamed, for a backend type nobody uses) are
+//! listed by [`Plugins::strays`] for `usage-agent plugins` and `check-config`.
+//!
 //! What it deliberately does not do: load files for backend types no offering uses,
 //! or look into sub-folders.
 
@@ -190,6 +196,9 @@ pub enum Refusal {
     Pinned { pinned: String, actual: String },
     #[error("cannot read the file: {0}")]
     Unreadable(String),
+    /// A folder, a FIFO, a device, a dangling link or a link loop: never opened.
+    #[error("{0}; only a regular file can serve")]
+    NotAFile(String),
     #[error(
         "the file is {} bytes ({}), more than plugins_max_file_mib allows ({} MiB)",
         .bytes, crate::runtime::size_text(*.bytes), .limit / (1024 * 1024)
@@ -223,6 +232,7 @@ impl Refusal {
         match self {
             Refusal::Pinned { .. } => "pinned",
             Refusal::Unreadable(_) => "unreadable",
+            Refusal::NotAFile(_) => "not_a_file",
             Refusal::TooLarge { .. } => "too_large",
             Refusal::CompileTimeout { .. } => "compile_timeout",
             Refusal::NotComponent(_) => "not_component",
@@ -273,6 +283,56 @@ struct TypeState {
     refused: Option<(PathBuf, Refusal)>,
     /// The serving file is gone and nothing can replace it; said once.
     orphan_said: bool,
+}
+
+/// An entry of the plugins folder that looks meant as a plugin (a `.wasm` name, or a
+/// backend type's name spelt with other separators) but serves nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stray {
+    pub path: PathBuf,
+    pub reason: String,
+    /// It was meant for a backend type this agent serves (the config's, or without a
+    /// config the built-in ones): `check-config` and `plugins` fail on it.
+    pub meant_for_served_type: bool,
+}
+
+/// What an entry of the folder is, looked at without opening it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Missing,
+    /// A regular file, or a link to one.
+    File,
+    /// Anything else, described: `not a regular file (it is a FIFO)`.
+    Other(String),
+}
+
+fn entry_at(path: &Path) -> Entry {
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Entry::Missing,
+        Err(e) => return Entry::Other(format!("cannot look at it: {e}")),
+    };
+    let through = if link.is_symlink() { "a symbolic link to " } else { "" };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Entry::File,
+        Ok(meta) => Entry::Other(format!("not a regular file (it is {through}{})", describe_kind(meta.file_type()))),
+        Err(e) if link.is_symlink() && e.raw_os_error() == Some(libc::ELOOP) => {
+            Entry::Other("a symbolic link loop".to_owned())
+        }
+        Err(e) if link.is_symlink() && e.kind() == std::io::ErrorKind::NotFound => {
+            let target = std::fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+            Entry::Other(format!("a dangling symbolic link (to {target})"))
+        }
+        Err(e) => Entry::Other(format!("cannot look at it: {e}")),
+    }
+}
+
+/// A name with `_`, `.` and spaces read as `-`, in lower case, without `.wasm`: how a
+/// backend type's name may have been spelt by a build or a hand.
+fn loosely(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    let stem = lower.strip_suffix(".wasm").unwrap_or(&lower);
+    stem.chars().map(|c| if matches!(c, '_' | '.' | ' ') { '-' } else { c }).collect()
 }
 
 /// The state of one backend type, for `usage-agent plugins`.
@@ -362,6 +422,21 @@ impl Plugins {
     /// them. A refused file leaves the default serving; a backend type with neither a
     /// default nor a usable file is an error.
     pub async fn start(&self) -> Result<()> {
+        // A missing folder is fine (the built-in components serve); something else under
+        // its name is a mistake worth stopping for.
+        let dir = &self.inner.options.dir;
+        let wrong = match entry_at(dir) {
+            Entry::Missing => None,
+            _ if dir.is_dir() => None,
+            Entry::File => Some("a file".to_owned()),
+            Entry::Other(what) => Some(what.replace("not a regular file", "not a folder")),
+        };
+        if let Some(what) = wrong {
+            return Err(anyhow!(
+                "plugins folder {}: {what}; name a folder (plugins_dir or --plugins-dir), or one that does not exist to use only the built-in components",
+                dir.display()
+            ));
+        }
         for (backend_type, _) in self.inner.types.iter() {
             // Zero from the start, so a dashboard's rate() has a series to work on.
             crate::metrics::global().add(SWAPS, SWAPS_HELP, &[("backend_type", backend_type)], 0.0);
@@ -423,6 +498,46 @@ impl Plugins {
             .collect()
     }
 
+    /// The folder's entries that look meant as a plugin but are not the file of a
+    /// backend type this agent serves: misnamed ones, and files for types nobody uses.
+    /// Looked at by name and kind only; nothing is opened.
+    pub fn strays(&self) -> Vec<Stray> {
+        let Ok(entries) = std::fs::read_dir(&self.inner.options.dir) else { return Vec::new() };
+        let mut strays: Vec<Stray> = entries
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let name = path.file_name()?.to_str()?.to_owned();
+                // Hidden names are how a file is copied in before its rename.
+                if name.starts_with('.') {
+                    return None;
+                }
+                let stem = name.strip_suffix(".wasm");
+                if stem.is_some_and(|stem| self.inner.types.contains_key(stem)) {
+                    // The file of a served type: its own status says how it went.
+                    return None;
+                }
+                let loose = loosely(&name);
+                let served = self.inner.types.keys().find(|t| loosely(t) == loose);
+                let known =
+                    served.map(String::as_str).or_else(|| crate::builtin::types().find(|t| loosely(t) == loose));
+                let reason = match (known, stem) {
+                    (Some(meant), _) if stem != Some(meant) => {
+                        format!("misnamed: a file for {meant} must be named {meant}.wasm; it serves nothing")
+                    }
+                    (_, Some(stem)) => {
+                        let used: Vec<&str> = self.inner.types.keys().map(String::as_str).collect();
+                        format!("no offering uses backend type {stem:?} (in use: {}); not loaded", used.join(", "))
+                    }
+                    (Some(_), None) => return None,
+                    (None, None) => return None,
+                };
+                Some(Stray { path, reason, meant_for_served_type: served.is_some() })
+            })
+            .collect();
+        strays.sort_by(|a, b| a.path.cmp(&b.path));
+        strays
+    }
+
     /// The file of `backend_type` in the folder.
     pub fn file_of(&self, backend_type: &str) -> PathBuf {
         self.inner.options.dir.join(format!("{backend_type}.wasm"))
@@ -454,8 +569,20 @@ impl Plugins {
         let mut states = self.inner.state.lock().await;
         let state = states.entry(backend_type.to_owned()).or_default();
         let path = self.file_of(backend_type);
+        match entry_at(&path) {
+            Entry::Missing => {
+                self.file_gone(backend_type, state);
+                return;
+            }
+            Entry::Other(what) => {
+                state.seen = None;
+                self.refuse(backend_type, state, &path, None, Refusal::NotAFile(what));
+                return;
+            }
+            Entry::File => {}
+        }
         let Some(fingerprint) = fingerprint(&path) else {
-            self.file_gone(backend_type, state);
+            // Gone or replaced since: the next event or rescan looks again.
             return;
         };
         if state.seen.as_ref().is_some_and(|(seen, _)| *seen == fingerprint) {
@@ -755,7 +882,13 @@ async fn read_when_stable(
             return Ok(Settled::TooLarge(now));
         }
         let mut bytes = Vec::new();
-        tokio::fs::File::open(path).await?.take(limit.saturating_add(1)).read_to_end(&mut bytes).await?;
+        // Opened without waiting: a FIFO put in its place since the look must not block,
+        // and is not read.
+        let file = tokio::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).await?;
+        if !file.metadata().await?.is_file() {
+            return Ok(Settled::Changing);
+        }
+        file.take(limit.saturating_add(1)).read_to_end(&mut bytes).await?;
         if fingerprint(path) == Some(now) && bytes.len() as u64 == now.len {
             return Ok(Settled::Read(bytes, now));
         }
@@ -788,6 +921,34 @@ mod tests {
         bytes.push(import.len() as u8);
         bytes.extend_from_slice(&import);
         bytes
+    }
+
+    #[test]
+    fn entries_are_told_apart_without_being_opened() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let at = |name: &str| dir.path().join(name);
+        std::fs::write(at("file.wasm"), b"x")?;
+        std::os::unix::fs::symlink(at("file.wasm"), at("link.wasm"))?;
+        std::os::unix::fs::symlink("/dev/zero", at("zero.wasm"))?;
+        std::os::unix::fs::symlink(at("gone"), at("dangling.wasm"))?;
+        std::os::unix::fs::symlink(at("loop-b.wasm"), at("loop-a.wasm"))?;
+        std::os::unix::fs::symlink(at("loop-a.wasm"), at("loop-b.wasm"))?;
+        assert_eq!(entry_at(&at("file.wasm")), Entry::File);
+        assert_eq!(entry_at(&at("link.wasm")), Entry::File);
+        assert_eq!(entry_at(&at("missing.wasm")), Entry::Missing);
+        let other = |what: &str| Entry::Other(what.to_owned());
+        assert_eq!(
+            entry_at(&at("zero.wasm")),
+            other("not a regular file (it is a symbolic link to a character device)")
+        );
+        assert_eq!(
+            entry_at(&at("dangling.wasm")),
+            other(&format!("a dangling symbolic link (to {})", at("gone").display()))
+        );
+        assert_eq!(entry_at(&at("loop-a.wasm")), other("a symbolic link loop"));
+        assert_eq!(entry_at(dir.path()), other("not a regular file (it is a folder)"));
+        assert_eq!(loosely("CSCS_DWDI.Compute.WASM"), "cscs-dwdi-compute");
+        Ok(())
     }
 
     #[test]
