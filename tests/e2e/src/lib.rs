@@ -27,6 +27,20 @@ pub async fn run_cli(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out)?)
 }
 
+/// Runs `usage-agent ARGS…` in this process: what it printed, and how it ended (a
+/// failing command prints too).
+pub async fn run_cli_ending(args: &[&str]) -> (String, Result<()>) {
+    let mut argv = vec!["usage-agent"];
+    argv.extend_from_slice(args);
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(error) => return (String::new(), Err(error.into())),
+    };
+    let mut out = Vec::new();
+    let ended = cli::run(cli, &mut out).await;
+    (String::from_utf8_lossy(&out).into_owned(), ended)
+}
+
 /// A temp dir with a config file in it.
 pub struct ConfigFile {
     pub dir: tempfile::TempDir,

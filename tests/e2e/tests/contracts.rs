@@ -95,8 +95,9 @@ async fn an_option_the_older_contract_cannot_carry_refuses_its_file() -> Result<
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, text)?;
     let config = config.to_str().context("temp path is not UTF-8")?;
-    // The file is refused for what its contract cannot carry…
-    let listing = run_cli(&["plugins", "-c", config]).await?;
+    // The file is refused for what its contract cannot carry (and `plugins` fails)…
+    let (listing, ended) = e2e::run_cli_ending(&["plugins", "-c", config]).await;
+    assert!(ended.is_err(), "{listing}");
     assert!(
         listing.contains(
             "setup of offerings[0] (compute) failed: backend_components.nodeHours: option \"scale\" cannot be passed to a component built against waldur:usage@2.0.0, which knows only dwdi_metric"

@@ -334,8 +334,10 @@ async fn a_pinned_digest_refuses_another_build() -> Result<()> {
     assert!(line.contains("ERROR") && line.contains("refused"), "{line}");
     assert_served_by(&agent.next_cycles(2).await?, BUILTIN_VERSION);
 
-    // `plugins` shows the pin and the refusal.
-    let listing = e2e::run_cli(&["plugins", "-c", config.to_str().unwrap_or_default()]).await?;
+    // `plugins` shows the pin and the refusal, and fails for it.
+    let (listing, ended) = e2e::run_cli_ending(&["plugins", "-c", config.to_str().unwrap_or_default()]).await;
+    let error = format!("{:#}", ended.err().context("plugins passed a refused file")?);
+    assert!(error.contains(&format!("{} refused, see above", file.display())), "{error}");
     assert!(listing.contains(&format!("pinned:     sha256 {pin}")), "{listing}");
     assert!(listing.contains(&format!("refused:    {}: {wanted}", file.display())), "{listing}");
     assert!(listing.contains("source:     default (built in)"), "{listing}");
