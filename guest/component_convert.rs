@@ -1,9 +1,9 @@
 // What the binding layer of every contract version the components are built against
-// (today `waldur:usage` 2.0.0 and 3.0.0) has in common: the conversions whose WIT
+// (today `waldur:usage` 2.0.0 and 3.1.0) has in common: the conversions whose WIT
 // types are the same in both, and the calls into dwdi-core once the arguments are
 // converted. `include!`d after the glue has defined `BACKEND` and brought that
 // version's types in as `wit`. The glue of each version holds only what differs:
-// `guest/component_glue.rs` (3.0.0) and the frozen 2.0.0 one in
+// `guest/component_glue.rs` (3.1.0) and the frozen 2.0.0 one in
 // `tests/components/compute-v2`.
 
 fn setup_with(config: &dwdi_core::Config) -> Result<(), dwdi_core::BackendError> {

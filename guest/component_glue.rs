@@ -6,7 +6,7 @@
 // Included rather than a library because `wit_bindgen::generate!` must run in the
 // crate that exports the world, and the crates would otherwise each hold the same
 // conversions. The components are reporting backends: world `backend` of
-// `waldur:usage@3.0.0`, no management export.
+// `waldur:usage@3.1.0`, no management export.
 
 wit_bindgen::generate!({ path: "../../wit", world: "backend" });
 
@@ -56,6 +56,14 @@ impl wit::Guest for Component {
     ) -> Result<wit::Report, wit::BackendError> {
         daily_report_with(&config_from(config), &resources_from(resources), first, last)
             .map_err(error_to)
+    }
+}
+
+// Every DWDI value may go down within a month: DWDI corrects its records, and storage
+// is a snapshot (the Python plugin declares `supports_decreasing_usage` for all three).
+impl exports::waldur::usage::usage_traits::Guest for Component {
+    fn usage_may_decrease() -> bool {
+        true
     }
 }
 

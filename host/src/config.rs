@@ -242,6 +242,11 @@ pub struct OfferingConfig {
     pub oidc_client_secret: Option<Secret>,
     #[serde(default = "default_true")]
     pub verify_ssl: bool,
+    /// Where the backend does not say its values may go down: leave out only the
+    /// components whose total went down, instead of the resource's whole month
+    /// (`sync`'s anomaly rule, waldur-site-agent's key).
+    #[serde(default)]
+    pub omit_anomalous_usage_components: bool,
     #[serde(default)]
     pub waldur_offering_uuid: Option<String>,
     #[serde(default)]
@@ -271,6 +276,7 @@ impl fmt::Debug for OfferingConfig {
             .field("oidc_client_id", &self.oidc_client_id)
             .field("oidc_client_secret", &self.oidc_client_secret)
             .field("verify_ssl", &self.verify_ssl)
+            .field("omit_anomalous_usage_components", &self.omit_anomalous_usage_components)
             .field("waldur_offering_uuid", &self.waldur_offering_uuid)
             .field("backend_type", &self.backend_type)
             .field("reporting_backend", &self.reporting_backend)

@@ -59,6 +59,9 @@ impl HistoricalOptions {
             zeros: Zeros::OnlyToReconcile,
             absent_is_zero_in_current_month: false,
             reconcile_stale: self.reconcile_stale,
+            // What the backend says for a past month is written, lower or not, as the
+            // Python loader does: a back-fill is the operator's explicit request.
+            refuse_decreases: false,
             user_usage: self.user_usage,
             // The seed's historical loader passes no Waldur clusters: the backend applies
             // `cscs_dwdi_cluster` when it is set, else no cluster filter.

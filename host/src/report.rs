@@ -54,6 +54,7 @@ impl CycleOptions {
             zeros: Zeros::Write,
             absent_is_zero_in_current_month: true,
             reconcile_stale: false,
+            refuse_decreases: true,
             user_usage: self.user_usage,
             send_offering_backend_ids: true,
             resources: Vec::new(),

@@ -60,17 +60,39 @@ mod bindings {
 
 /// The current contract's types, which the whole host speaks.
 pub use bindings::exports::waldur::usage::reporting as wit;
+use bindings::exports::waldur::usage::usage_traits;
 
 /// A component linked to the host's imports through its contract's binding.
 pub(crate) enum Linked {
-    V3(bindings::BackendPre<CallState>),
+    /// 3.x: `reporting`, and `usage-traits` from 3.1.0 on (a 3.0.0 component has none;
+    /// the current binding serves every 3.x, the lookup of its exports being
+    /// semver-compatible).
+    V3 {
+        pre: InstancePre<CallState>,
+        reporting: wit::GuestIndices,
+        traits: Option<usage_traits::GuestIndices>,
+    },
     V2(v2::BackendPre<CallState>),
 }
 
 /// A live instance's exports, through its contract's binding.
 enum Bindings {
-    V3(bindings::Backend),
+    /// `usage-traits` is looked up only when asked (once, at load), not for every call.
+    V3 {
+        reporting: wit::Guest,
+        instance: wasmtime::component::Instance,
+        traits: Option<usage_traits::GuestIndices>,
+    },
     V2(v2::Backend),
+}
+
+/// What a backend says about its numbers (`usage-traits`); a component of a contract
+/// without that interface gets the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTraits {
+    /// Its values for a resource and month may go down; when false, the host refuses a
+    /// value lower than Waldur holds (`sync`'s anomaly rule).
+    pub usage_may_decrease: bool,
 }
 
 /// What one call's store holds.
@@ -144,6 +166,7 @@ pub struct LoadedBackend {
     /// The version of `waldur:usage` it was built against, from its export's name.
     pub wit_version: String,
     pub info: wit::BackendInfo,
+    pub traits: UsageTraits,
     pub source: Source,
     pub sha256: String,
     pub size: usize,
@@ -158,6 +181,7 @@ impl std::fmt::Debug for LoadedBackend {
             .field("source", &self.source)
             .field("sha256", &self.sha256)
             .field("wit_version", &self.wit_version)
+            .field("traits", &self.traits)
             .finish()
     }
 }
@@ -258,7 +282,7 @@ impl Runtime {
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
         let (contract, wit_version) = contract_of(&self.engine, &component).map_err(|e| anyhow!("{source}: {e}"))?;
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
-        let (linked, info) =
+        let (linked, info, traits) =
             self.describe_component(imports, contract).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
         check_description(&info).map_err(|e| anyhow!("{source}: refused: {e}"))?;
         Ok(LoadedBackend {
@@ -266,6 +290,7 @@ impl Runtime {
             linked,
             wit_version,
             info,
+            traits,
             source,
             sha256: sha256_hex(bytes),
             size: bytes.len(),
@@ -315,7 +340,14 @@ impl Runtime {
             });
         }
         let instantiated = match linked {
-            Linked::V3(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V3),
+            Linked::V3 { pre, reporting, traits } => match pre.instantiate_async(&mut store).await {
+                Ok(instance) => reporting.load(&mut store, &instance).map(|reporting| Bindings::V3 {
+                    reporting,
+                    instance,
+                    traits: traits.clone(),
+                }),
+                Err(error) => Err(error),
+            },
             Linked::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
         };
         match instantiated {
@@ -335,6 +367,18 @@ impl Runtime {
             }
         }
     }
+}
+
+/// A 3.x component's exports: `reporting`, and `usage-traits` when it has that
+/// interface at all (3.1.0 on); one it has in another shape is refused.
+fn link_v3(pre: InstancePre<CallState>) -> wasmtime::Result<Linked> {
+    let reporting = wit::GuestIndices::new(&pre)?;
+    let traits_export = format!("{WIT_PACKAGE}/usage-traits@{}", Contract::V3.version());
+    let traits = match pre.component().get_export_index(None, &traits_export) {
+        Some(_) => Some(usage_traits::GuestIndices::new(&pre)?),
+        None => None,
+    };
+    Ok(Linked::V3 { pre, reporting, traits })
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] for as long as the engine lives.
@@ -508,14 +552,14 @@ type Answer<T> = wasmtime::Result<Result<T, wit::BackendError>>;
 impl Instance {
     async fn call_describe(&mut self) -> wasmtime::Result<wit::BackendInfo> {
         match &self.bindings {
-            Bindings::V3(b) => b.waldur_usage_reporting().call_describe(&mut self.store).await,
+            Bindings::V3 { reporting: b, .. } => b.call_describe(&mut self.store).await,
             Bindings::V2(b) => b.waldur_usage_usage_backend().call_describe(&mut self.store).await.map(v2::info),
         }
     }
 
     pub(crate) async fn setup(&mut self, config: &wit::Config) -> Answer<()> {
         match &self.bindings {
-            Bindings::V3(b) => b.waldur_usage_reporting().call_setup(&mut self.store, config).await,
+            Bindings::V3 { reporting: b, .. } => b.call_setup(&mut self.store, config).await,
             Bindings::V2(b) => {
                 let config = match v2::config(config) {
                     Ok(config) => config,
@@ -528,7 +572,7 @@ impl Instance {
 
     pub(crate) async fn ping(&mut self, config: &wit::Config, today: wit::Date) -> Answer<()> {
         match &self.bindings {
-            Bindings::V3(b) => b.waldur_usage_reporting().call_ping(&mut self.store, config, today).await,
+            Bindings::V3 { reporting: b, .. } => b.call_ping(&mut self.store, config, today).await,
             Bindings::V2(b) => {
                 let config = match v2::config(config) {
                     Ok(config) => config,
@@ -548,9 +592,7 @@ impl Instance {
         period: wit::BillingPeriod,
     ) -> Answer<wit::Report> {
         match &self.bindings {
-            Bindings::V3(b) => {
-                b.waldur_usage_reporting().call_usage_report(&mut self.store, config, resources, period).await
-            }
+            Bindings::V3 { reporting: b, .. } => b.call_usage_report(&mut self.store, config, resources, period).await,
             Bindings::V2(b) => {
                 let config = match v2::config(config) {
                     Ok(config) => config,
@@ -572,8 +614,8 @@ impl Instance {
         last: wit::Date,
     ) -> Answer<wit::Report> {
         match &self.bindings {
-            Bindings::V3(b) => {
-                b.waldur_usage_reporting().call_daily_report(&mut self.store, config, resources, first, last).await
+            Bindings::V3 { reporting: b, .. } => {
+                b.call_daily_report(&mut self.store, config, resources, first, last).await
             }
             Bindings::V2(b) => {
                 let config = match v2::config(config) {
@@ -591,22 +633,36 @@ impl Instance {
 }
 
 impl Instance {
-    /// The component's description, within the call limits like any call.
-    async fn describe(mut self, limits: Option<&ComponentLimits>) -> Result<wit::BackendInfo> {
+    /// What the component says about its numbers; the defaults without `usage-traits`.
+    async fn call_traits(&mut self) -> wasmtime::Result<UsageTraits> {
+        match &self.bindings {
+            Bindings::V3 { instance, traits: Some(traits), .. } => {
+                let traits = traits.load(&mut self.store, instance)?;
+                Ok(UsageTraits { usage_may_decrease: traits.call_usage_may_decrease(&mut self.store).await? })
+            }
+            _ => Ok(UsageTraits::default()),
+        }
+    }
+
+    /// The component's description and traits, within the call limits like any call.
+    async fn describe(mut self, limits: Option<&ComponentLimits>) -> Result<(wit::BackendInfo, UsageTraits)> {
         let name = self.store.data().hooks.component().to_owned();
-        let call = self.call_describe();
+        let call = async {
+            let info = self.call_describe().await?;
+            Ok((info, self.call_traits().await?))
+        };
         let outcome = match limits {
             Some(limits) => tokio::time::timeout(limits.call_timeout(), call)
                 .await
                 .map_err(|_| anyhow::Error::new(LimitExceeded::time(&name, limits.call_timeout())))?,
             None => call.await,
         };
-        let info = match outcome {
-            Ok(info) => info,
+        let (info, traits) = match outcome {
+            Ok(described) => described,
             Err(error) => return Err(anyhow!("{}", trap_error(&name, &mut self.store, error))),
         };
         limits::check_result_size(&name, limits, &info)?;
-        Ok(info)
+        Ok((info, traits))
     }
 }
 
@@ -751,21 +807,22 @@ impl Runtime {
         self.linker.instantiate_pre(component).map_err(|e| anyhow!("{e:#}"))
     }
 
-    /// Asks a component whose imports are linked to describe itself, on a fresh instance
-    /// with no egress; also returns it ready to instantiate for every later call.
+    /// Asks a component whose imports are linked to describe itself (and, from 3.1.0,
+    /// what its numbers may do), on a fresh instance with no egress; also returns it
+    /// ready to instantiate for every later call.
     pub(crate) async fn describe_component(
         &self,
         imports: InstancePre<CallState>,
         contract: Contract,
-    ) -> Result<(Linked, wit::BackendInfo)> {
+    ) -> Result<(Linked, wit::BackendInfo, UsageTraits)> {
         let linked = match contract {
-            Contract::V3 => bindings::BackendPre::new(imports).map(Linked::V3),
+            Contract::V3 => link_v3(imports),
             Contract::V2 => v2::BackendPre::new(imports).map(Linked::V2),
         }
         .map_err(|e| anyhow!("{e:#}"))?;
-        let info =
-            self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?.describe(self.limits()).await?;
-        Ok((linked, info))
+        let instance = self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?;
+        let (info, traits) = instance.describe(self.limits()).await?;
+        Ok((linked, info, traits))
     }
 
     /// Calls `setup` with `config` on a fresh instance with no egress, within the call

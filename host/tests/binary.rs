@@ -106,7 +106,7 @@ fn the_version_names_the_contracts_and_the_built_in_components_as_they_describe_
     assert_eq!(lines.next(), Some(concat!("usage-agent ", env!("CARGO_PKG_VERSION"))), "{version}");
     assert_eq!(
         lines.next(),
-        Some("contracts served: waldur:usage@3.0.0, waldur:usage@2.0.0 (components built against 2.x and 3.x)"),
+        Some("contracts served: waldur:usage@3.1.0, waldur:usage@2.0.0 (components built against 2.x and 3.x)"),
         "{version}"
     );
     assert_eq!(lines.next(), Some("built-in components:"), "{version}");

@@ -48,6 +48,12 @@ pub(crate) async fn run(args: PluginsArgs, out: &mut (dyn Write + Send)) -> Resu
             if !loaded.info.upstream.is_empty() {
                 writeln!(out, "  upstream:   {}", loaded.info.upstream)?;
             }
+            let decreasing = if loaded.traits.usage_may_decrease {
+                "written (its values may go down within a month)"
+            } else {
+                "refused (a value lower than Waldur holds for the month is an anomaly)"
+            };
+            writeln!(out, "  decreasing: {decreasing}")?;
             writeln!(out, "  sha256:     {}", loaded.sha256)?;
             writeln!(out, "  size:       {} bytes", loaded.size)?;
             writeln!(out, "  loaded:     {at} ({})", plugin.compiled)?;

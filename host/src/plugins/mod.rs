@@ -758,7 +758,7 @@ impl Plugins {
             compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone(), slot, timeout).await?;
         let (contract, wit_version) = contract_of(runtime.engine(), &component).map_err(Refusal::Export)?;
         let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
-        let (linked, info) = runtime
+        let (linked, info, traits) = runtime
             .describe_component(imports, contract)
             .await
             .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
@@ -779,8 +779,17 @@ impl Plugins {
             .collect();
         let known: Vec<&str> = known.into_iter().collect();
         check_backend_types(&info, backend_type, &known).map_err(Refusal::Description)?;
-        let loaded =
-            LoadedBackend { component, linked, wit_version, info, source, sha256, size, loaded_at: SystemTime::now() };
+        let loaded = LoadedBackend {
+            component,
+            linked,
+            wit_version,
+            info,
+            traits,
+            source,
+            sha256,
+            size,
+            loaded_at: SystemTime::now(),
+        };
         // The built-in default's setup is checked by `prepare_offering` at start-up, with
         // the errors an operator fixing a config needs; a file must pass it here.
         if matches!(loaded.source, Source::File(_)) {

@@ -2,7 +2,7 @@
 //! built against.
 //!
 //! A component names its contract in the name of its export
-//! (`waldur:usage/reporting@3.0.0`). Each major version the host implements has a
+//! (`waldur:usage/reporting@3.1.0`). Each major version the host implements has a
 //! binding of its own ([`super::v2`] for 2.x); a component of a major the host does not
 //! implement is refused before any of its code runs.
 
@@ -17,7 +17,8 @@ pub const WIT_PACKAGE: &str = "waldur:usage";
 pub enum Contract {
     /// `waldur:usage@2.0.0`: one `usage-backend` interface, management included.
     V2,
-    /// `waldur:usage@3.0.0`: `reporting`, with `management` apart.
+    /// `waldur:usage@3.x`: `reporting`, with `management` apart; from 3.1.0,
+    /// `usage-traits`.
     V3,
 }
 
@@ -31,7 +32,7 @@ impl Contract {
     pub const fn version(self) -> &'static str {
         match self {
             Contract::V2 => "2.0.0",
-            Contract::V3 => "3.0.0",
+            Contract::V3 => "3.1.0",
         }
     }
 
@@ -106,12 +107,12 @@ mod tests {
         let refusal = ExportError::UnknownMajor { found: "4.0.0".into() }.to_string();
         assert_eq!(
             refusal,
-            "built against waldur:usage@4.0.0, but this host serves waldur:usage 2.x and 3.x (it implements waldur:usage@3.0.0)"
+            "built against waldur:usage@4.0.0, but this host serves waldur:usage 2.x and 3.x (it implements waldur:usage@3.1.0)"
         );
         let missing = ExportError::Missing { exports: "nothing".into() }.to_string();
         assert_eq!(
             missing,
-            "does not export a waldur:usage backend interface (waldur:usage/reporting@3.0.0 or waldur:usage/usage-backend@2.0.0) (it exports: nothing)"
+            "does not export a waldur:usage backend interface (waldur:usage/reporting@3.1.0 or waldur:usage/usage-backend@2.0.0) (it exports: nothing)"
         );
     }
 }

@@ -22,6 +22,7 @@
 //! [`WaldurClient::honours_date`]), every date keeps [`dates::EDGE`] away from the
 //! edges of its month, and a read-back that finds a value filed elsewhere is an error.
 
+mod anomaly;
 mod answer;
 pub mod dates;
 mod hold;
@@ -224,6 +225,9 @@ pub struct Policy {
     pub absent_is_zero_in_current_month: bool,
     /// Lower stored values to zero where the upstream now says zero or nothing.
     pub reconcile_stale: bool,
+    /// Refuse a total lower than Waldur's where the backend does not say its values
+    /// may go down ([`anomaly`]; `report`, not `load-historical-usage`).
+    pub refuse_decreases: bool,
     pub user_usage: bool,
     /// Pass each resource's `offering_backend_id` to the component (DWDI compute's
     /// cluster filter).
@@ -535,6 +539,8 @@ struct Slot<'r> {
     outcome: Outcome,
     /// Totals are stored (written now or already there), so per-user usage may follow.
     totals_in_place: bool,
+    /// Components left out by the anomaly rule: their per-user usage is left out too.
+    omitted: Vec<String>,
 }
 
 impl Slot<'_> {
@@ -753,6 +759,7 @@ impl Run<'_> {
                 creates: false,
                 outcome: Outcome::Unchanged,
                 totals_in_place: false,
+                omitted: Vec::new(),
             };
             match checked.usage(backend_id) {
                 Err(reason) => {
@@ -780,6 +787,9 @@ impl Run<'_> {
         }
         let mut stored = stored;
         self.confirm_absence(month, &mut slots, &mut stored, &billing_period).await;
+        if self.policy.refuse_decreases && !self.backend.backend().traits.usage_may_decrease {
+            self.refuse_decreases(month, &mut slots, &stored, &billing_period).await;
+        }
         let wants_writes = slots.iter().any(|s| s.outcome != Outcome::Failed && !s.send.is_empty())
             || (self.policy.user_usage
                 && slots.iter().any(|s| s.usage.is_some_and(|u| u.found && !u.users.is_empty())));
@@ -816,6 +826,85 @@ impl Run<'_> {
             self.observer.resource_done();
         }
         complete
+    }
+
+    /// The anomaly rule ([`anomaly`]) over the month's planned totals: a resource with a
+    /// total lower than Waldur's is refused (an error line naming the values), or, with
+    /// `omit_anomalous_usage_components`, loses only those totals (one warning each).
+    async fn refuse_decreases(
+        &self,
+        month: Month,
+        slots: &mut [Slot<'_>],
+        stored: &StoredTotals,
+        billing_period: &str,
+    ) {
+        let held = |slot: &Slot<'_>, component: &str| stored.get(&(slot.resource.uuid.clone(), component.to_owned()));
+        let amount = |slot: &Slot<'_>, component: &str| held(slot, component).map(|u| u.amount);
+        let lower = slots.iter().any(|slot| !anomaly::decreases(&slot.send, |c| amount(slot, c), |_| true).is_empty());
+        if !lower {
+            return;
+        }
+        // Records with per-user usages under them take no part, as in the Python agent:
+        // which those are takes one listing, asked only when something went down. Unable
+        // to tell, every record takes part (nothing lower is written by mistake).
+        let with_users: HashSet<String> = match self.list_users(billing_period, None, 0).await {
+            Ok(users) => users.into_keys().collect(),
+            Err(error) => {
+                tracing::warn!(%month, "cannot tell which usages have per-user usages ({error}); every lower total is refused");
+                HashSet::new()
+            }
+        };
+        let name = &self.target.name;
+        let backend = &self.backend.backend().info;
+        let omit = self.target.config.omit_anomalous_usage_components;
+        for slot in slots.iter_mut().filter(|s| s.outcome != Outcome::Failed && !s.send.is_empty()) {
+            let checked = |c: &str| held(slot, c).is_none_or(|u| !with_users.contains(&u.uuid));
+            let found = anomaly::decreases(&slot.send, |c| amount(slot, c), checked);
+            let measured = slot.usage.map_or(0, |u| {
+                u.totals
+                    .iter()
+                    .filter(|a| self.offered.contains(&a.component) && Cents::round(a.value).is_some())
+                    .count()
+            });
+            let backend_id = slot.backend_id;
+            match anomaly::judge(&mut slot.send, found, measured, omit) {
+                anomaly::Verdict::Clean => {}
+                anomaly::Verdict::Refused(found) => {
+                    let hint = if omit {
+                        "every component it measures went down"
+                    } else {
+                        "omit_anomalous_usage_components: true writes the components that did not go down"
+                    };
+                    self.tally.errors.push_resource(
+                        backend_id,
+                        format!(
+                            "offering {name} {month}: resource {backend_id}: usage anomaly: {} is lower than Waldur holds; nothing of the month is written for it: {} {} does not declare that its usage may decrease ({hint})",
+                            anomaly::describe(&found),
+                            backend.name,
+                            backend.version
+                        ),
+                    );
+                    slot.worsen(Outcome::Failed);
+                }
+                anomaly::Verdict::Omitted(found) => {
+                    for decrease in &found {
+                        let key = format!(
+                            "anomaly:{month}:{}:{}:{}:{}",
+                            slot.resource.uuid, decrease.component, decrease.held, decrease.new
+                        );
+                        self.target.warn_once(key, Some(backend_id), || {
+                            format!(
+                                "offering {name} {month}: resource {backend_id}: usage anomaly: {} is lower than Waldur holds; left out (omit_anomalous_usage_components), the other components are written: {} {} does not declare that its usage may decrease",
+                                anomaly::describe(std::slice::from_ref(decrease)),
+                                backend.name,
+                                backend.version
+                            )
+                        });
+                    }
+                    slot.omitted = found.into_iter().map(|d| d.component).collect();
+                }
+            }
+        }
     }
 
     /// The writes of one month, their read-back, then per-user usage; false when a
@@ -1239,7 +1328,9 @@ impl Run<'_> {
             let slot = &slots[index];
             let Some(usage) = slot.usage else { continue };
             let measured = plan::measured_users(usage, &self.offered);
-            for component in self.target.components().filter(|c| self.offered.contains(*c)) {
+            let components =
+                self.target.components().filter(|c| self.offered.contains(*c) && !slot.omitted.contains(c));
+            for component in components {
                 let values = measured.get(component.as_str()).map(Vec::as_slice).unwrap_or_default();
                 let component_usage = usages.get(&(slot.resource.uuid.clone(), component.clone()));
                 let held = component_usage.and_then(|cu| stored_users.get(&cu.uuid));

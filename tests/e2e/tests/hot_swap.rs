@@ -271,7 +271,7 @@ async fn components_of_the_older_and_the_current_contract_swap_both_ways() -> Re
     assert!(first.contains("3 written"), "{first}");
     let written = world.waldur.usages();
 
-    // Current (built in, 3.0.0) → older (a 2.0.0 file): it serves the next cycles, and
+    // Current (built in, 3.1.0) → older (a 2.0.0 file): it serves the next cycles, and
     // finds exactly what the current one wrote, so nothing is written again.
     let file = world.compute_file();
     let old = std::fs::read(components::COMPUTE_V2)?;
@@ -287,7 +287,7 @@ async fn components_of_the_older_and_the_current_contract_swap_both_ways() -> Re
         e2e::run_cli(&["plugins", "-c", world.dir.path().join("config.yaml").to_str().unwrap_or_default()]).await?;
     assert!(listing.contains("wit:        waldur:usage@2.0.0"), "{listing}");
 
-    // Older → current (a 3.0.0 file), and back to the older one: each serves the next cycle.
+    // Older → current (a 3.1.0 file), and back to the older one: each serves the next cycle.
     let next = std::fs::read(components::COMPUTE_NEXT)?;
     drop_file(&file, &next)?;
     agent.wait_for_version(components::COMPUTE_NEXT_VERSION).await?;

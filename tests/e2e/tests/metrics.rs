@@ -117,7 +117,7 @@ async fn the_report_loop_beats_and_serves_metrics_through_a_plugin_swap() -> Res
         "{}",
         lines[0]
     );
-    assert!(lines[0].contains("wit=\"3.0.0\",upstream=\"DWDI\""), "{}", lines[0]);
+    assert!(lines[0].contains("wit=\"3.1.0\",upstream=\"DWDI\""), "{}", lines[0]);
 
     // A broken file is refused and counted; the built-in keeps serving.
     let plugin = dir.path().join("plugins").join(format!("{COMPUTE}.wasm"));

@@ -1,7 +1,7 @@
 //! `compute-v2`: the real `cscs-dwdi-compute` backend (dwdi-core) behind the binding
 //! layer it had under `waldur:usage@2.0.0`, built from the frozen copy of that contract
 //! in `wit/frozen/2.0.0`. It is what a site that upgraded the host but not its
-//! components still runs: the tests prove it keeps serving beside 3.0.0 components and
+//! components still runs: the tests prove it keeps serving beside 3.x components and
 //! that a plugins folder swaps between the two in both directions.
 //!
 //! Only what 2.0.0 spells differently is here; the conversions and calls the versions

@@ -1,12 +1,15 @@
 //! `managing`: a component of the world `managing-backend`, which exports `management`
 //! beside `reporting`, so a test can prove that the host serves such a component through
-//! its reporting interface (this host calls no management function yet). It makes no
-//! request: every resource is found with 0.5 of each configured component.
+//! its reporting interface (this host calls no management function yet). It is built
+//! against the frozen `waldur:usage@3.0.0`, so it also proves that the host serves a
+//! component of an earlier minor, and treats one that cannot say its usage may decrease
+//! as one whose usage may not. It makes no request: every resource is found with 0.5 of
+//! each configured component.
 
 #[cfg(target_arch = "wasm32")]
 #[allow(unsafe_code)] // Only wit-bindgen's generated ABI glue.
 mod component {
-    wit_bindgen::generate!({ path: "../../../wit", world: "managing-backend" });
+    wit_bindgen::generate!({ path: "../../../wit/frozen/3.0.0", world: "managing-backend" });
 
     use exports::waldur::usage::management;
     use exports::waldur::usage::reporting as wit;

@@ -182,5 +182,13 @@ mod component {
         }
     }
 
+    /// The site's meters only count up within a month: a lower value than the one Waldur
+    /// holds would be a mistake, and the host refuses it.
+    impl exports::waldur::usage::usage_traits::Guest for MySite {
+        fn usage_may_decrease() -> bool {
+            false
+        }
+    }
+
     export!(MySite);
 }
