@@ -173,6 +173,38 @@ pub struct LoadedBackend {
     pub loaded_at: std::time::SystemTime,
 }
 
+/// What a component said about itself when it was loaded, and how to call it.
+pub(crate) struct Described {
+    pub(crate) linked: Linked,
+    pub(crate) info: wit::BackendInfo,
+    pub(crate) traits: UsageTraits,
+}
+
+impl LoadedBackend {
+    /// A component loaded now from `source`, whose bytes have `sha256` and `size`.
+    pub(crate) fn new(
+        component: Component,
+        described: Described,
+        wit_version: String,
+        source: Source,
+        sha256: String,
+        size: usize,
+    ) -> Self {
+        let Described { linked, info, traits } = described;
+        Self {
+            component,
+            linked,
+            wit_version,
+            info,
+            traits,
+            source,
+            sha256,
+            size,
+            loaded_at: std::time::SystemTime::now(),
+        }
+    }
+}
+
 impl std::fmt::Debug for LoadedBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedBackend")
@@ -282,20 +314,10 @@ impl Runtime {
             .map_err(|e| anyhow!("{source}: not a usable WebAssembly component: {e:#}"))?;
         let (contract, wit_version) = contract_of(&self.engine, &component).map_err(|e| anyhow!("{source}: {e}"))?;
         let imports = self.check_imports(&component).with_context(|| format!("{source}: cannot instantiate"))?;
-        let (linked, info, traits) =
+        let described =
             self.describe_component(imports, contract).await.map_err(|e| anyhow!("{source}: describe failed: {e}"))?;
-        check_description(&info).map_err(|e| anyhow!("{source}: refused: {e}"))?;
-        Ok(LoadedBackend {
-            component,
-            linked,
-            wit_version,
-            info,
-            traits,
-            source,
-            sha256: sha256_hex(bytes),
-            size: bytes.len(),
-            loaded_at: std::time::SystemTime::now(),
-        })
+        check_description(&described.info).map_err(|e| anyhow!("{source}: refused: {e}"))?;
+        Ok(LoadedBackend::new(component, described, wit_version, source, sha256_hex(bytes), bytes.len()))
     }
 
     async fn instantiate(&self, linked: &Linked, hooks: ComponentHooks) -> Result<Instance> {
@@ -814,7 +836,7 @@ impl Runtime {
         &self,
         imports: InstancePre<CallState>,
         contract: Contract,
-    ) -> Result<(Linked, wit::BackendInfo, UsageTraits)> {
+    ) -> Result<Described> {
         let linked = match contract {
             Contract::V3 => link_v3(imports),
             Contract::V2 => v2::BackendPre::new(imports).map(Linked::V2),
@@ -822,7 +844,7 @@ impl Runtime {
         .map_err(|e| anyhow!("{e:#}"))?;
         let instance = self.instantiate(&linked, ComponentHooks::new("(describe)", None)).await?;
         let (info, traits) = instance.describe(self.limits()).await?;
-        Ok((linked, info, traits))
+        Ok(Described { linked, info, traits })
     }
 
     /// Calls `setup` with `config` on a fresh instance with no egress, within the call

@@ -758,16 +758,17 @@ impl Plugins {
             compile(&runtime, self.inner.cache.clone(), bytes, sha256.clone(), slot, timeout).await?;
         let (contract, wit_version) = contract_of(runtime.engine(), &component).map_err(Refusal::Export)?;
         let imports = runtime.check_imports(&component).map_err(|e| Refusal::Imports(one_line(&format!("{e:#}"))))?;
-        let (linked, info, traits) = runtime
+        let described = runtime
             .describe_component(imports, contract)
             .await
             .map_err(|e| Refusal::Describe(one_line(&format!("{e:#}"))))?;
+        let info = &described.info;
         // Before anything quotes the description (the refusal below names it).
-        check_description(&info).map_err(Refusal::Description)?;
+        check_description(info).map_err(Refusal::Description)?;
         if !info.backend_types.iter().any(|t| t == backend_type) {
             return Err(Refusal::WrongBackendType {
-                name: info.name,
-                version: info.version,
+                name: info.name.clone(),
+                version: info.version.clone(),
                 served: format!("{:?}", info.backend_types),
                 expected: backend_type.to_owned(),
             });
@@ -778,18 +779,8 @@ impl Plugins {
             .chain(self.inner.types.keys().map(String::as_str))
             .collect();
         let known: Vec<&str> = known.into_iter().collect();
-        check_backend_types(&info, backend_type, &known).map_err(Refusal::Description)?;
-        let loaded = LoadedBackend {
-            component,
-            linked,
-            wit_version,
-            info,
-            traits,
-            source,
-            sha256,
-            size,
-            loaded_at: SystemTime::now(),
-        };
+        check_backend_types(info, backend_type, &known).map_err(Refusal::Description)?;
+        let loaded = LoadedBackend::new(component, described, wit_version, source, sha256, size);
         // The built-in default's setup is checked by `prepare_offering` at start-up, with
         // the errors an operator fixing a config needs; a file must pass it here.
         if matches!(loaded.source, Source::File(_)) {
