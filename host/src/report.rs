@@ -92,9 +92,15 @@ pub async fn report_offering(
         Ok(summary) => summary,
         Err(error) => {
             let span = tracing::info_span!("cycle", offering = %target.name, backend_type = %target.backend_type);
-            let message = format!("offering {}: {error:#}", target.name);
+            let message = format!("offering {}: nothing written this cycle: {error:#}", target.name);
             span.in_scope(|| tracing::error!("{message}"));
-            OfferingSummary { failed: 1, errors: vec![message], ..target.summary(&target.backend_now(), &policy) }
+            let held: Vec<String> = target
+                .waldur
+                .not_answering()
+                .map(|reason| format!("Waldur {} is not answering ({reason})", target.waldur.api_url()))
+                .into_iter()
+                .collect();
+            OfferingSummary { failed: 1, errors: vec![message], held, ..target.summary(&target.backend_now(), &policy) }
         }
     }
 }

@@ -350,6 +350,12 @@ pub async fn run(
     if run.backfill_refused.load(Ordering::SeqCst) {
         summary.held.push("Waldur refuses past-month writes with this token".to_owned());
     }
+    if let Some(line) = run.unanswered_line() {
+        run.tally.errors.push(line);
+    }
+    if let Some(reason) = target.waldur.not_answering() {
+        summary.held.push(format!("Waldur {} is not answering ({reason})", target.waldur.api_url()));
+    }
     run.tally.fill(&mut summary);
     summary.waldur_calls = target.waldur.request_count() - waldur_before;
     summary.upstream_calls = target.backend.egress().stats().requests.load(Ordering::Relaxed) - upstream_before;
@@ -370,6 +376,8 @@ async fn setup<'a>(
     if let Some(future) = policy.months.iter().find(|m| **m > current) {
         bail!("{future} is after the current month {current}; Waldur refuses usage for future months");
     }
+    // A Waldur that stopped answering is asked once before anything else.
+    target.waldur.check_answering().await?;
     // What every run needs first, asked together: the offering, its resources and, for
     // per-user usage, the offering users.
     let (offering, listed, links) = tokio::join!(
@@ -442,6 +450,7 @@ async fn setup<'a>(
         started: clock.now(),
         held: if has_past_months { target.held() } else { None },
         backfill_refused: AtomicBool::new(false),
+        unanswered: Mutex::new(Unanswered::default()),
         offered,
         resources,
         // A failed listing here is asked again, and reported, where the links are used.
@@ -558,6 +567,14 @@ struct UserJob {
     usages: Vec<UserUsageInput>,
 }
 
+/// Resource-months a Waldur that did not answer left unwritten or unread, and the
+/// first such error: one error line for the run instead of one per resource.
+#[derive(Default)]
+struct Unanswered {
+    first: Option<String>,
+    undone: std::collections::BTreeSet<(Month, String)>,
+}
+
 /// A write that did not happen.
 enum WriteError {
     /// Left out: the run was asked to stop, or the month can no longer be written
@@ -594,6 +611,8 @@ struct Run<'a> {
     /// Waldur refused a past-month write with this token: no more past-month writes in
     /// this run (the next run asks again).
     backfill_refused: AtomicBool,
+    /// What a Waldur that did not answer left undone, said in one line at the end.
+    unanswered: Mutex<Unanswered>,
     /// Component types the Waldur offering has.
     offered: HashSet<String>,
     resources: Vec<Resource>,
@@ -639,6 +658,49 @@ impl Run<'_> {
             self.tally.count(Outcome::Failed);
             self.observer.resource_done();
         }
+    }
+
+    /// [`Run::fail_all`] for a Waldur request that failed with `error`: where Waldur did
+    /// not answer, the resources go into the run's one line about that instead.
+    fn fail_all_on(&self, month: Month, error: &WaldurError, message: String) {
+        let ids = self.resources.iter().map(|r| r.backend_id.as_deref().unwrap_or_default());
+        if !self.no_answer(month, error, ids) {
+            return self.fail_all(message);
+        }
+        for _ in &self.resources {
+            self.tally.count(Outcome::Failed);
+            self.observer.resource_done();
+        }
+    }
+
+    /// Notes `resources` of `month` as left undone by a Waldur that did not answer, if
+    /// `error` says so; false (nothing noted) for any other error.
+    fn no_answer<'r>(&self, month: Month, error: &WaldurError, resources: impl IntoIterator<Item = &'r str>) -> bool {
+        if !error.is_unanswered() {
+            return false;
+        }
+        if let Ok(mut unanswered) = self.unanswered.lock() {
+            unanswered.first.get_or_insert_with(|| error.to_string());
+            unanswered.undone.extend(resources.into_iter().map(|id| (month, id.to_owned())));
+        }
+        true
+    }
+
+    /// The one error line about a Waldur that did not answer, if one did not.
+    fn unanswered_line(&self) -> Option<String> {
+        let unanswered = self.unanswered.lock().ok()?;
+        let first = unanswered.first.as_ref()?;
+        let months: std::collections::BTreeSet<String> = unanswered.undone.iter().map(|(m, _)| m.to_string()).collect();
+        let shown: Vec<&str> = unanswered.undone.iter().take(5).map(|(_, id)| id.as_str()).collect();
+        let more = if unanswered.undone.len() > shown.len() { ", …" } else { "" };
+        Some(format!(
+            "offering {}: Waldur {} did not answer ({first}): {} resource-month(s) of {} not written or not read back (first: {}{more}); the next cycle asks Waldur once before it writes",
+            self.target.name,
+            self.target.waldur.api_url(),
+            unanswered.undone.len(),
+            months.into_iter().collect::<Vec<_>>().join(", "),
+            shown.join(", "),
+        ))
     }
 
     /// The date for writes into `month`, or why there is none.
@@ -742,7 +804,11 @@ impl Run<'_> {
         let stored = match stored {
             Ok(stored) => stored,
             Err(error) => {
-                self.fail_all(format!("offering {name} {month}: cannot read Waldur's usages: {error}"));
+                self.fail_all_on(
+                    month,
+                    &error,
+                    format!("offering {name} {month}: cannot read Waldur's usages: {error}"),
+                );
                 return true;
             }
         };
@@ -797,9 +863,11 @@ impl Run<'_> {
             match self.date_for(month).await {
                 Ok(dated) => dated,
                 Err(error) => {
-                    self.fail_all(format!(
-                        "offering {name} {month}: cannot tell whether this Waldur honours `date`: {error}"
-                    ));
+                    self.fail_all_on(
+                        month,
+                        &error,
+                        format!("offering {name} {month}: cannot tell whether this Waldur honours `date`: {error}"),
+                    );
                     return true;
                 }
             }
@@ -1068,7 +1136,12 @@ impl Run<'_> {
         let mut relisted = match self.list_totals(billing_period, before.len() + created).await {
             Ok(relisted) => relisted,
             Err(error) => {
-                self.tally.errors.push(format!("offering {name} {month}: cannot read back what was written: {error}"));
+                let submitted = slots.iter().filter(|s| s.outcome == Outcome::Submitted).map(|s| s.backend_id);
+                if !self.no_answer(month, &error, submitted) {
+                    self.tally
+                        .errors
+                        .push(format!("offering {name} {month}: cannot read back what was written: {error}"));
+                }
                 for slot in slots.iter_mut().filter(|s| s.outcome == Outcome::Submitted) {
                     slot.worsen(Outcome::Failed);
                 }
@@ -1092,7 +1165,9 @@ impl Run<'_> {
             let rows = match rechecked.get(slot.resource.uuid.as_str()) {
                 Some(Ok(rows)) => rows,
                 Some(Err(error)) => {
-                    unreadable.get_or_insert_with(|| error.to_string());
+                    if !self.no_answer(month, error, [slot.backend_id]) {
+                        unreadable.get_or_insert_with(|| error.to_string());
+                    }
                     slot.worsen(Outcome::Failed);
                     slot.totals_in_place = false;
                     continue;
@@ -1229,6 +1304,9 @@ impl Run<'_> {
             WriteError::Waldur(error) => error,
         };
         let backend_id = resource.backend_id.as_deref().unwrap_or_default();
+        if self.no_answer(month, &error, [backend_id]) {
+            return Outcome::Failed;
+        }
         let name = &self.target.name;
         if error.is_backfill_refusal() {
             match self.policy.past_months {
@@ -1294,8 +1372,10 @@ impl Run<'_> {
         if eligible.is_empty() || (!any_users && !self.policy.reconcile_stale) {
             return;
         }
-        let fail = |slots: &mut [Slot<'_>], message: String| {
-            self.tally.errors.push(message);
+        let fail = |slots: &mut [Slot<'_>], error: &WaldurError, message: String| {
+            if !self.no_answer(month, error, eligible.iter().map(|&i| slots[i].backend_id)) {
+                self.tally.errors.push(message);
+            }
             for &i in &eligible {
                 slots[i].worsen(Outcome::Failed);
             }
@@ -1307,7 +1387,8 @@ impl Run<'_> {
             match self.list_users(billing_period, None, 0).await {
                 Ok(users) => users,
                 Err(error) => {
-                    return fail(slots, format!("offering {name} {month}: cannot list per-user usages: {error}"));
+                    let message = format!("offering {name} {month}: cannot list per-user usages: {error}");
+                    return fail(slots, &error, message);
                 }
             }
         } else {
@@ -1315,7 +1396,10 @@ impl Run<'_> {
         };
         let links = match self.links().await {
             Ok(links) => links,
-            Err(error) => return fail(slots, format!("offering {name}: cannot list offering users: {error}")),
+            Err(error) => {
+                let message = format!("offering {name}: cannot list offering users: {error}");
+                return fail(slots, &error, message);
+            }
         };
         let rules = self.policy.rules();
         // Bulk writes set the link; the singular endpoint only when it creates a record.
@@ -1489,7 +1573,11 @@ impl Run<'_> {
         let wrong = match check {
             Ok(wrong) => wrong,
             Err(error) => {
-                self.tally.errors.push(format!("offering {name} {month}: cannot read back per-user usage: {error}"));
+                if !self.no_answer(month, &error, written.iter().map(|job| slots[job.slot].backend_id)) {
+                    self.tally
+                        .errors
+                        .push(format!("offering {name} {month}: cannot read back per-user usage: {error}"));
+                }
                 for job in written {
                     slots[job.slot].worsen(Outcome::Failed);
                 }

@@ -3,9 +3,11 @@
 //! Listings ask for the largest page Waldur allows and follow `Link: rel="next"`;
 //! they filter by offering and billing period, so one paginated listing replaces one
 //! request per resource. Idempotent requests are retried on connection errors and
-//! 502/503/504. Every error names the method, endpoint, status and Waldur's message.
+//! 502/503/504. Every error names the method, endpoint, status and Waldur's message. A
+//! Waldur that stops answering is noticed once per URL ([`circuit`]).
 
 mod access;
+mod circuit;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,12 +49,23 @@ pub enum WaldurError {
     /// No OIDC token for Waldur: the request was not sent.
     #[error("Waldur {method} {endpoint}: cannot log in: {reason}")]
     Login { method: Method, endpoint: String, reason: String },
+    /// No answer: a timeout or a connection that could not be made (retries included).
+    #[error("Waldur {method} {endpoint} failed: {reason}")]
+    NoAnswer { method: Method, endpoint: String, reason: String },
+    /// Not sent: requests to this Waldur got no answer several times in a row.
+    #[error("Waldur {url} is not answering ({reason}); it is asked again at the next cycle")]
+    NotAnswering { url: String, reason: String },
 }
 
 impl WaldurError {
     /// Waldur refused a back-fill into a past billing period (a staff token can).
     pub fn is_backfill_refusal(&self) -> bool {
         matches!(self, WaldurError::Status { status: 400..=403, message, .. } if message.to_ascii_lowercase().contains("backfill"))
+    }
+
+    /// Waldur did not answer, or was not asked because it had stopped answering.
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self, WaldurError::NoAnswer { .. } | WaldurError::NotAnswering { .. })
     }
 
     /// The HTTP status, if Waldur answered.
@@ -521,17 +534,57 @@ impl WaldurClient {
         url::Url::parse(link).is_ok_and(|u| u.origin() == self.base.origin())
     }
 
+    /// Why requests to this Waldur are not sent now (it stopped answering), if they are
+    /// not.
+    pub fn not_answering(&self) -> Option<String> {
+        circuit::Circuit::of(self.base.as_str()).open()
+    }
+
+    /// Whether this Waldur answers, asked once with a cheap request when its circuit is
+    /// open (requests got no answer several times in a row); at once otherwise. Every
+    /// run asks this first, so a Waldur that stopped answering costs a run one timeout.
+    pub async fn check_answering(&self) -> Result<(), WaldurError> {
+        let circuit = circuit::Circuit::of(self.base.as_str());
+        let Some(reason) = circuit.open() else { return Ok(()) };
+        tracing::info!(waldur = %self.base, "Waldur did not answer before ({reason}); asking once whether it does now");
+        let url = self.url("users/me/", &[]);
+        match self.send_with(Method::GET, url.as_str(), None, true).await {
+            Err(error) if error.is_unanswered() => {
+                Err(WaldurError::NotAnswering { url: self.base.to_string(), reason: error.to_string() })
+            }
+            // Any answer, even a refusal, says it is there.
+            _ => Ok(()),
+        }
+    }
+
     async fn send(
         &self,
         method: Method,
         url: &str,
         body: Option<Bytes>,
     ) -> Result<(http::HeaderMap, Bytes), WaldurError> {
+        self.send_with(method, url, body, false).await
+    }
+
+    /// Sends a request, retried as the module says. A `trial` goes out even while the
+    /// circuit is open, and only once.
+    async fn send_with(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<Bytes>,
+        trial: bool,
+    ) -> Result<(http::HeaderMap, Bytes), WaldurError> {
         let endpoint = endpoint_of(url);
         let idempotent = method == Method::GET;
+        let max_retries = if trial { 0 } else { self.max_retries };
+        let circuit = circuit::Circuit::of(self.base.as_str());
         let mut attempt = 0;
         let mut refreshed = false;
         loop {
+            if !trial && let Some(reason) = circuit.open() {
+                return Err(WaldurError::NotAnswering { url: self.base.to_string(), reason });
+            }
             let credential = self.access.credential().await.map_err(|error| WaldurError::Login {
                 method: method.clone(),
                 endpoint: endpoint.clone(),
@@ -579,6 +632,12 @@ impl WaldurClient {
                 &labels[..2],
                 started.elapsed(),
             );
+            match &outcome {
+                Ok(Ok(_)) => circuit.answered(),
+                Ok(Err((reason, true))) => self.missed(&circuit, reason),
+                Err(_) => self.missed(&circuit, &format!("no answer within {:?}", self.timeout)),
+                Ok(Err((_, false))) => {}
+            }
             let retry = match outcome {
                 Ok(Ok((status, headers, bytes))) if status.is_success() => return Ok((headers, bytes)),
                 // An OIDC token Waldur no longer takes (revoked, or expired early): once
@@ -592,7 +651,7 @@ impl WaldurClient {
                     continue;
                 }
                 Ok(Ok((status, _, bytes))) => {
-                    if idempotent && is_transient(status) && attempt < self.max_retries {
+                    if idempotent && is_transient(status) && attempt < max_retries {
                         format!("HTTP {status}")
                     } else {
                         return Err(WaldurError::Status {
@@ -605,18 +664,20 @@ impl WaldurClient {
                 }
                 Ok(Err((reason, connect))) => {
                     // A write that may have reached Waldur is not repeated blindly.
-                    if (idempotent || connect) && attempt < self.max_retries {
+                    if (idempotent || connect) && attempt < max_retries {
                         reason
+                    } else if connect {
+                        return Err(WaldurError::NoAnswer { method, endpoint, reason });
                     } else {
                         return Err(WaldurError::Transport { method, endpoint, reason });
                     }
                 }
                 Err(_) => {
                     let reason = format!("no answer within {:?}", self.timeout);
-                    if idempotent && attempt < self.max_retries {
+                    if idempotent && attempt < max_retries {
                         reason
                     } else {
-                        return Err(WaldurError::Transport { method, endpoint, reason });
+                        return Err(WaldurError::NoAnswer { method, endpoint, reason });
                     }
                 }
             };
@@ -624,6 +685,19 @@ impl WaldurClient {
             let pause = Duration::from_millis(200 * (1 << attempt.min(6)));
             tracing::info!(%endpoint, attempt, reason = %retry, "retrying Waldur request");
             tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+impl WaldurClient {
+    /// Counts a request without an answer; says so once when that stops the requests.
+    fn missed(&self, circuit: &circuit::Circuit, reason: &str) {
+        if circuit.missed(reason) {
+            tracing::warn!(
+                waldur = %self.base,
+                "Waldur is not answering ({} requests in a row got none; the last: {reason}): no more requests to it until one gets an answer; every run asks it once first",
+                circuit::MISSES_TO_OPEN
+            );
         }
     }
 }

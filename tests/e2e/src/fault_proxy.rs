@@ -4,7 +4,9 @@
 //!
 //! The mode applies to connections accepted after it is set, except a cut armed with
 //! [`FaultProxy::cut_after`], which hits the first connection that carries the given
-//! number of answer bytes from then on (so it lands in the middle of an answer), once.
+//! number of answer bytes from then on (so it lands in the middle of an answer), once,
+//! and [`FaultProxy::hang`], which stalls the connections already open too (a server
+//! that stops answering in the middle of a cycle, kept-alive connections included).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +33,8 @@ pub enum Mode {
 struct Shared {
     upstream: SocketAddr,
     mode: Mutex<Mode>,
+    /// Open connections forward nothing while set ([`FaultProxy::hang`]).
+    frozen: std::sync::atomic::AtomicBool,
     /// Answer bytes still allowed before the armed cut; `u64::MAX`: none armed.
     cut_budget: AtomicU64,
     accepted: AtomicU64,
@@ -58,6 +62,7 @@ impl FaultProxy {
         let shared = Arc::new(Shared {
             upstream,
             mode: Mutex::new(Mode::Pass),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             cut_budget: AtomicU64::new(u64::MAX),
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
@@ -78,8 +83,20 @@ impl FaultProxy {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The mode of new connections; [`Mode::Pass`] also lets connections stalled by
+    /// [`FaultProxy::hang`] forward again.
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
+        if mode == Mode::Pass {
+            self.shared.frozen.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Stops answering at once: new connections stall, and the open ones forward
+    /// nothing more either way.
+    pub fn hang(&self) {
+        self.set_mode(Mode::Stall);
+        self.shared.frozen.store(true, Ordering::SeqCst);
     }
 
     /// Cuts the connection that carries the `bytes`-th answer byte from now on (both
@@ -156,12 +173,29 @@ async fn stall(mut client: TcpStream) {
     while matches!(client.read(&mut buffer).await, Ok(n) if n > 0) {}
 }
 
+/// Returns once the proxy is not hung ([`FaultProxy::hang`]).
+async fn wait_while_frozen(shared: &Shared) {
+    while shared.frozen.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn pass(client: TcpStream, shared: &Shared) {
     let Ok(server) = TcpStream::connect(shared.upstream).await else { return };
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upload = async {
-        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            wait_while_frozen(shared).await;
+            if server_write.write_all(&buffer[..n]).await.is_err() {
+                break;
+            }
+        }
         let _ = server_write.shutdown().await;
     };
     let download = async {
@@ -191,6 +225,7 @@ async fn pass(client: TcpStream, shared: &Shared) {
                     Ordering::SeqCst,
                 );
             }
+            wait_while_frozen(shared).await;
             if buffer[..n].starts_with(b"HTTP/") {
                 let line = String::from_utf8_lossy(&buffer[..n]).lines().next().unwrap_or_default().to_owned();
                 let at = shared.forwarded.load(Ordering::SeqCst);
