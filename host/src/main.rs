@@ -37,6 +37,9 @@ fn main() -> ExitCode {
                 LogFormat::Json => tracing::error!("{error:#}"),
                 LogFormat::Text => eprintln!("usage-agent: {error:#}"),
             }
+            if error.downcast_ref::<cli::Interrupted>().is_some() {
+                return ExitCode::from(cli::EXIT_INTERRUPTED);
+            }
             ExitCode::FAILURE
         }
     }

@@ -342,3 +342,144 @@ fn a_plugins_folder_that_is_a_file_is_an_error() -> Result<()> {
     );
     Ok(())
 }
+
+/// Simulators in this process for a `usage-agent` child: DWDI with last month and this
+/// one for `accounts` accounts, Waldur answering every request `latency` late, a staff
+/// token (so last month is written too), and the config file pointing at both.
+struct Sims {
+    /// Kept to keep serving (and the folder to stay) while the child runs.
+    _dwdi: dwdi_sim::DwdiSim,
+    waldur: waldur_sim::WaldurSim,
+    offering: String,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Sims {
+    async fn start(accounts: usize, latency: std::time::Duration, top: &str) -> Result<Self> {
+        use waldur_sim::{WaldurOptions, WaldurSim, uuid_from};
+        let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+        let last = now.date().first_of_month().checked_sub(jiff::ToSpan::days(1))?;
+        let months = [(i32::from(last.year()), last.month() as u32), (i32::from(now.year()), now.month() as u32)];
+        let data = dwdi_sim::DwdiData::generated(accounts, 1, &months);
+        let options = dwdi_sim::DwdiOptions::default();
+        let dwdi = dwdi_sim::DwdiSim::start(data.clone(), options.clone()).await?;
+        let waldur = WaldurSim::start(WaldurOptions { latency, ..WaldurOptions::default() }).await?;
+        waldur.add_token("staff-token", "staff", true);
+        let offering = uuid_from("compute");
+        waldur.add_offering(&offering, "compute", &["nodeHours"]);
+        for account in data.accounts() {
+            waldur.add_resource(&offering, &uuid_from(&account), &account, "", "OK");
+        }
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("config.yaml");
+        let text = format!(
+            "timezone: UTC\nreporting_periods: 2\nwaldur_max_concurrency: 2\nheartbeat_file: heartbeat\nplugins_dir: plugins\nplugins_cache_dir: cache\n{top}offerings:\n  - name: compute\n    waldur_api_url: {:?}\n    waldur_api_token: staff-token\n    waldur_offering_uuid: {offering}\n    backend_type: cscs-dwdi-compute\n    backend_settings:\n      cscs_dwdi_api_url: {:?}\n      cscs_dwdi_client_id: {:?}\n      cscs_dwdi_client_secret: {:?}\n      cscs_dwdi_oidc_token_url: {:?}\n    backend_components:\n      nodeHours: {{unit_factor: 1}}\n",
+            waldur.url(),
+            dwdi.api_url(),
+            options.client_id,
+            options.client_secret,
+            dwdi.token_url(),
+        );
+        std::fs::write(&config, text)?;
+        Ok(Self { _dwdi: dwdi, waldur, offering, _dir: dir, config })
+    }
+
+    fn config(&self) -> String {
+        self.config.to_string_lossy().into_owned()
+    }
+
+    /// Starts `usage-agent ARGS…` with its output captured.
+    fn spawn(&self, args: &[&str]) -> Result<std::process::Child> {
+        Command::new(env!("CARGO_BIN_EXE_usage-agent"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env_remove("USAGE_AGENT_USER_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot start usage-agent")
+    }
+
+    /// Waits until Waldur has taken `writes` usage writes (the child is mid-cycle).
+    async fn wait_for_writes(&self, writes: u64) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while self.waldur.requests().set_usage < writes {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "no {writes} writes: {:?}", self.waldur.requests());
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Sends SIGTERM to `child` and waits (in a blocking thread) for it to exit.
+async fn terminate(child: std::process::Child) -> Result<Output> {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    anyhow::ensure!(status.success(), "kill -TERM failed");
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    Ok(tokio::time::timeout(std::time::Duration::from_secs(120), waited)
+        .await
+        .context("no exit after SIGTERM")???)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cuts_report_once_short_with_exit_status_75_naming_what_is_unfinished() -> Result<()> {
+    let sims = Sims::start(200, std::time::Duration::from_millis(10), "").await?;
+    let config = sims.config();
+    let child = sims.spawn(&["report", "--once", "-c", &config])?;
+    sims.wait_for_writes(5).await?;
+    let output = terminate(child).await?;
+    let (stdout, stderr) = (String::from_utf8(output.stdout)?, String::from_utf8(output.stderr)?);
+    assert_eq!(output.status.code(), Some(75), "{stdout}\n{stderr}");
+    // The summary line says which months are not finished, and the final error names
+    // the offering with them.
+    let summary = stdout.lines().find(|l| l.starts_with("compute ")).unwrap_or_default();
+    assert!(summary.contains("; interrupted: ") && summary.ends_with(" not finished"), "{stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("usage-agent: stopped by a signal before the work was done; not finished: compute (")
+            && last.contains("Run the same command again"),
+        "{stderr}"
+    );
+    // The writes in flight finished; far from all 400 were made.
+    let written = sims.waldur.requests().set_usage;
+    assert!(written < 400, "{written} writes: the signal did not stop the cycle");
+
+    // Run again without a signal: it finishes, and exits 0.
+    let output = sims.spawn(&["report", "--once", "-c", &config])?.wait_with_output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8(output.stdout)?.contains(" 0 failed;"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cuts_load_historical_usage_short_with_exit_status_75() -> Result<()> {
+    let sims = Sims::start(200, std::time::Duration::from_millis(10), "").await?;
+    let config = sims.config();
+    let month = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().first_of_month();
+    let start = month.checked_sub(jiff::ToSpan::months(1))?.to_string();
+    let args = ["load-historical-usage", "-c", &config, "-o", &sims.offering, "-s", &start, "-e", &start];
+    let child = sims.spawn(&args)?;
+    sims.wait_for_writes(5).await?;
+    let output = terminate(child).await?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    let unfinished = format!("not finished: compute ({})", &start[..7]);
+    assert!(stderr.lines().last().is_some_and(|l| l.contains(&unfinished)), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_report_loop_with_status_0_after_the_writes_in_flight() -> Result<()> {
+    let sims = Sims::start(200, std::time::Duration::from_millis(10), "").await?;
+    let config = sims.config();
+    let child = sims.spawn(&["report", "-c", &config, "--period-minutes", "60"])?;
+    sims.wait_for_writes(5).await?;
+    let output = terminate(child).await?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("signal received: finishing the work in flight"), "{stderr}");
+    assert!(stderr.contains("; interrupted: ") && stderr.contains("stopped by signal"), "{stderr}");
+    assert!(sims.waldur.requests().set_usage < 400, "the signal did not stop the cycle");
+    Ok(())
+}

@@ -161,18 +161,14 @@ pub(crate) async fn run(args: HistoricalArgs, out: &mut (dyn Write + Send)) -> R
     let summary = loaded?;
     tracing::info!(offering = %summary.offering, "{summary}");
     writeln!(out, "{summary}")?;
+    if let Some(interrupted) = super::Interrupted::from_summaries(std::slice::from_ref(&summary)) {
+        return Err(interrupted.into());
+    }
     if summary.has_failures() {
         bail!(
             "{} resource-month(s) failed, {} error(s); see the errors above (months already loaded are not written again on a re-run)",
             summary.failed,
             summary.errors.len()
-        );
-    }
-    if summary.interrupted() {
-        bail!(
-            "stopped after {} of {} months; run the same command again to continue (what is loaded is not written again)",
-            summary.months,
-            options.months.len()
         );
     }
     Ok(())

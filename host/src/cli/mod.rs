@@ -40,6 +40,42 @@ pub use report::{PERIOD_VARIABLE, ReportArgs, run_until as run_report_until};
 pub use usage::UsageArgs;
 pub use version::long_version;
 
+/// The exit status of `report --once` and `load-historical-usage` when a signal (SIGTERM,
+/// Ctrl-C) stopped them before all the work asked for was done: `EX_TEMPFAIL` of
+/// sysexits.h, "try again later" — running the same command again finishes the work.
+pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// A signal stopped the command before its work was done: it exits with
+/// [`EXIT_INTERRUPTED`], whatever else failed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stopped by a signal before the work was done; not finished: {unfinished}{failures}. Run the same command again to finish it (what Waldur holds is not written again)"
+)]
+pub struct Interrupted {
+    /// The offerings and months not finished: `compute (2024-02, 2024-03), storage (2024-03)`.
+    pub unfinished: String,
+    /// `; and 3 resource-month(s) failed` when something failed as well, else empty.
+    pub failures: String,
+}
+
+impl Interrupted {
+    /// The error for the summaries of a stopped run, if any of them was cut short.
+    pub(crate) fn from_summaries(summaries: &[crate::sync::Summary]) -> Option<Self> {
+        let cut: Vec<String> = summaries.iter().filter(|s| s.interrupted()).map(|s| s.unfinished_text()).collect();
+        if cut.is_empty() {
+            return None;
+        }
+        let failed: usize = summaries.iter().map(|s| s.failed).sum();
+        let errors: usize = summaries.iter().map(|s| s.errors.len()).sum();
+        let failures = if failed + errors > 0 {
+            format!("; and {failed} resource-month(s) failed, {errors} error(s) (see above)")
+        } else {
+            String::new()
+        };
+        Some(Self { unfinished: cut.join(", "), failures })
+    }
+}
+
 /// Moves accounting usage into Waldur through sandboxed WebAssembly backends.
 #[derive(Debug, Parser)]
 #[command(name = "usage-agent", version, about, propagate_version = true)]

@@ -113,6 +113,9 @@ pub async fn run_until(args: ReportArgs, out: &mut (dyn Write + Send), stop: Sto
         }
         out.flush()?;
         if args.once {
+            if let Some(interrupted) = super::Interrupted::from_summaries(&summaries) {
+                return Err(interrupted.into());
+            }
             if failed > 0 {
                 bail!("the cycle finished with {failed} failure(s); see the log");
             }
