@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use crate::egress::connect::Proxy;
 
 mod lint;
+mod upstream_keys;
 
 /// The largest config file read. Real ones are a few KiB; the bound keeps a wrong
 /// `-c` (a device, a log file) from filling memory.
@@ -253,12 +254,6 @@ pub struct OfferingConfig {
     pub backend_type: Option<String>,
     #[serde(default)]
     pub reporting_backend: Option<String>,
-    /// The Python agent's backends for its other modes (orders, membership); this agent
-    /// only reports usage. Read so that they are not unknown keys.
-    #[serde(default)]
-    pub order_processing_backend: Option<String>,
-    #[serde(default)]
-    pub membership_sync_backend: Option<String>,
     #[serde(default)]
     pub backend_settings: serde_json::Map<String, serde_json::Value>,
     #[serde(default)]
@@ -667,7 +662,9 @@ impl AgentConfig {
         let mut config: AgentConfig = from_yaml_noting(text, |path| unknown.push(path))?;
         config.check()?;
         let mut warnings: Vec<String> = lint::repeated_keys(text).iter().map(ToString::to_string).collect();
-        warnings.extend(unknown.iter().map(unknown_key_warning));
+        let (named, unknown) = upstream_keys::name_unread(&unknown);
+        warnings.extend(named);
+        warnings.extend(unknown.into_iter().map(unknown_key_warning));
         for (index, offering) in config.offerings() {
             warnings.extend(offering.unknown_settings().map(|line| format!("offerings[{index}].{line}")));
         }
@@ -1674,8 +1671,8 @@ offerings:
         assert_eq!(
             config.warnings,
             [
+                "sentry_dsn: waldur-site-agent sends its errors to this Sentry; not done here: errors are log lines (--log-format json for a collector) and usage_agent_* metrics (metrics_listen); ignored",
                 "reporting_period: not a key this agent reads; ignored; did you mean reporting_periods?",
-                "sentry_dsn: not a key this agent reads; ignored",
                 "offerings[0].waldur_offering_uid: not a key this agent reads; ignored; did you mean waldur_offering_uuid?",
                 "offerings[0].backend_components.nodeHours.unit_factr: not a key this agent reads; ignored; did you mean unit_factor?",
                 "offerings[0].backend_settings.cscs_dwdi_clustre: not a setting of the host or of the DWDI backends; ignored; did you mean cscs_dwdi_cluster?",
